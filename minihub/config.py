@@ -1,0 +1,337 @@
+"""Every setting minihub has, declared once, and the TOML loader that validates them.
+
+The same declarations drive the TOML loader, the command-line flags, `--generate-config`
+and the settings test that checks every one is documented.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StartupError
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    name: str
+    type: type | tuple[type, ...]
+    default: Any
+    help: str
+    flag: str | None = None  # command-line flag overriding the file, if any
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def _s(section: str, name: str, typ: Any, default: Any, help: str, flag: str | None = None) -> Setting:
+    return Setting(section, name, typ, default, help, flag)
+
+
+SETTINGS: list[Setting] = [
+    # [hub]
+    _s("hub", "ip", str, "127.0.0.1", "Address the hub listens on.", "--ip"),
+    _s("hub", "port", int, 8000, "Port the hub listens on (443 with TLS on a VM).", "--port"),
+    _s("hub", "base_url", str, "/", "URL prefix everything is served under, e.g. /jupyter/.",
+       "--base-url"),
+    _s("hub", "data_dir", str, "",
+       "Where the SQLite database, cookie secret, logs and sockets live. Empty: "
+       "/var/lib/minihub as root, ~/.local/share/minihub otherwise.", "--data-dir"),
+    _s("hub", "ssl_cert", str, "", "PEM certificate chain: serve HTTPS when set with ssl_key.",
+       "--ssl-cert"),
+    _s("hub", "ssl_key", str, "", "PEM private key for ssl_cert.", "--ssl-key"),
+    _s("hub", "redirect_port", int, 0,
+       "If non-zero, a plain-HTTP listener on this port that only redirects to HTTPS.",
+       "--redirect-port"),
+    _s("hub", "public_url", str, "",
+       "The URL people use to reach the hub, e.g. https://hub.example.org/ (used in links)."),
+    _s("hub", "cookie_secret_file", str, "",
+       "File holding the secret that signs XSRF tokens and derives server secrets. "
+       "Empty: <data_dir>/cookie_secret. Created with mode 0600 if missing."),
+    _s("hub", "session_max_age_days", (int, float), 14, "How long a login session lasts."),
+    _s("hub", "admin_access", bool, False,
+       "Admins may open other users' servers (as in JupyterHub's admin_access)."),
+    _s("hub", "cleanup_servers", bool, False,
+       "Stop every user's server when the hub shuts down (default: leave them running)."),
+    _s("hub", "shutdown_grace_seconds", (int, float), 10,
+       "On SIGTERM, how long in-flight requests get to finish."),
+    _s("hub", "log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
+    # [auth]
+    _s("auth", "authenticator", str, "pam", '"pam" (system accounts) or "native" (minihub '
+       "passwords stored with bcrypt)."),
+    _s("auth", "pam_service", str, "login", "PAM service name used to check passwords."),
+    _s("auth", "admin_users", list, [], "Users who are admins."),
+    _s("auth", "allowed_users", list, [],
+       "If set (or allowed_groups is), only these users may log in. Empty: any account."),
+    _s("auth", "blocked_users", list, [], "Users who may never log in."),
+    _s("auth", "allowed_groups", list, [], "Unix groups whose members may log in (PAM)."),
+    _s("auth", "admin_groups", list, [], "Unix groups whose members are admins (PAM)."),
+    _s("auth", "open_signup", bool, False, "Native authenticator: anyone may sign up."),
+    _s("auth", "min_password_length", int, 8, "Native authenticator: shortest password accepted."),
+    _s("auth", "login_delay_after", int, 3,
+       "Failed logins for one name or address before each further failure is slowed down."),
+    _s("auth", "login_lockout_after", int, 10,
+       "Failed logins for one name or address before it is locked out."),
+    _s("auth", "login_lockout_seconds", int, 300, "How long a lockout lasts."),
+    _s("auth", "login_max_delay_seconds", (int, float), 4.0,
+       "Longest delay added to a failed login before lockout."),
+    # [spawner]
+    _s("spawner", "cmd", list, [],
+       'Command that runs a user\'s server. Empty: minihub\'s own server. '
+       '["jupyterhub-singleuser"] runs JupyterLab through JupyterHub\'s protocol.'),
+    _s("spawner", "python", str, "",
+       "Python interpreter for user servers and kernels. Empty: the one running the hub. "
+       "It must be readable and executable by every user."),
+    _s("spawner", "notebook_dir", str, "", "Directory a user's server opens in; {username} "
+       "is replaced. Empty: the user's home."),
+    _s("spawner", "default_url", str, "/tree/", "Path under /user/<name> a browser lands on."),
+    _s("spawner", "start_timeout", (int, float), 60,
+       "Seconds a server may take to answer before its start counts as failed."),
+    _s("spawner", "stop_timeout", (int, float), 10,
+       "Seconds between SIGTERM and SIGKILL when stopping a server."),
+    _s("spawner", "uid_min", int, 1000, "Lowest uid that may run a server (root never may)."),
+    _s("spawner", "umask", int, 0o022, "umask of user servers and their kernels."),
+    _s("spawner", "concurrent_spawn_limit", int, 100,
+       "Servers starting at once; past it a start gets 429 and Retry-After."),
+    _s("spawner", "active_server_limit", int, 0,
+       "Servers running at once (0: no limit); past it a start gets 429."),
+    _s("spawner", "mem_limit", str, "", 'Memory per user, e.g. "512M" or "2G" (cgroups). '
+       "Empty: no limit."),
+    _s("spawner", "cpu_limit", (int, float), 0, "CPUs per user, e.g. 1.5 (cgroups). 0: no limit."),
+    _s("spawner", "environment", dict, {}, "Extra environment variables for user servers."),
+    _s("spawner", "kernel_idle_timeout", int, 0,
+       "Seconds after which an idle kernel inside a server is shut down (0: never)."),
+    # [users]
+    _s("users", "create_system_users", bool, False,
+       "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has none."),
+    _s("users", "shared_dirs", list, [],
+       "Directories linked into every user's home at spawn (the link is named after the dir)."),
+    # [culler]
+    _s("culler", "timeout", int, 0, "Stop servers idle this many seconds (0: never)."),
+    _s("culler", "every", int, 60, "How often the culler looks, in seconds."),
+    _s("culler", "max_age", int, 0, "Stop servers older than this many seconds (0: never)."),
+    _s("culler", "cull_users", bool, False, "Also delete culled users that are not admins."),
+]
+
+SECTIONS = ["hub", "auth", "spawner", "users", "culler"]
+LIST_SECTIONS = {"services"}  # [[services]] arrays of tables, validated by their owner
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    """Validated settings: `cfg.get("hub.port")` or attribute-style `cfg.hub["port"]`."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+    def get(self, key: str) -> Any:
+        return self.values[key]
+
+    def set(self, key: str, value: Any) -> None:
+        if key not in BY_KEY:
+            raise KeyError(key)
+        self.values[key] = value
+
+    def section(self, name: str) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in self.values.items() if k.startswith(name + ".")}
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["hub.data_dir"])
+
+    @property
+    def base_url(self) -> str:
+        return str(self.values["hub.base_url"])
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.values["hub.ssl_cert"] and self.values["hub.ssl_key"])
+
+
+def defaults() -> Config:
+    cfg = Config({s.key: _copy(s.default) for s in SETTINGS})
+    finish(cfg)
+    return cfg
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+
+
+def _type_ok(setting: Setting, value: Any) -> bool:
+    types = setting.type if isinstance(setting.type, tuple) else (setting.type,)
+    if isinstance(value, bool) and bool not in types:
+        return False
+    if not isinstance(value, types):
+        return False
+    if isinstance(value, list):
+        return all(isinstance(x, str) for x in value)
+    return True
+
+
+def _type_name(setting: Setting) -> str:
+    types = setting.type if isinstance(setting.type, tuple) else (setting.type,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list of strings", dict: "a table"}
+    return " or ".join(names[t] for t in types)
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `path` (if given), apply `overrides` (from flags), validate, fill defaults."""
+    cfg = Config({s.key: _copy(s.default) for s in SETTINGS}, path)
+    if path is not None:
+        raw = _read_toml(path)
+        _apply(cfg, raw, path)
+    for key, value in (overrides or {}).items():
+        cfg.values[key] = value
+    finish(cfg)
+    _validate(cfg, str(path) if path else "command line")
+    return cfg
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise StartupError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise StartupError(f"{path}: config file is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise StartupError(f"{path}: not valid TOML: {e}") from None
+
+
+def _apply(cfg: Config, raw: dict[str, Any], path: Path) -> None:
+    for section, table in raw.items():
+        if section == "services":
+            if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
+                raise StartupError(f"{path}: [[services]] must be an array of tables")
+            cfg.services = table
+            continue
+        if section not in SECTIONS:
+            raise StartupError(f"{path}: unknown section [{section}] "
+                               f"(known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise StartupError(f"{path}: '{section}' must be a [section]")
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            setting = BY_KEY.get(key)
+            if setting is None:
+                raise StartupError(f"{path}: unknown key '{name}' in [{section}]")
+            if not _type_ok(setting, value):
+                raise StartupError(f"{path}: [{section}] {name} must be {_type_name(setting)}, "
+                                   f"not {value!r}"[:300])
+            cfg.values[key] = value
+
+
+def default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/minihub"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "minihub")
+
+
+def finish(cfg: Config) -> None:
+    """Fill settings whose default depends on others."""
+    v = cfg.values
+    if not v["hub.data_dir"]:
+        v["hub.data_dir"] = default_data_dir()
+    v["hub.data_dir"] = os.path.abspath(os.path.expanduser(v["hub.data_dir"]))
+    if not v["hub.cookie_secret_file"]:
+        v["hub.cookie_secret_file"] = os.path.join(v["hub.data_dir"], "cookie_secret")
+    base = "/" + v["hub.base_url"].strip("/") + "/"
+    v["hub.base_url"] = base.replace("//", "/")
+
+
+def _validate(cfg: Config, where: str) -> None:
+    v = cfg.values
+
+    def bad(key: str, msg: str) -> StartupError:
+        return StartupError(f"{where}: {key}: {msg}")
+
+    if v["auth.authenticator"] not in ("pam", "native", "oauth"):
+        raise bad("[auth] authenticator", f'must be "pam" or "native", not {v["auth.authenticator"]!r}')
+    if not 0 < v["hub.port"] < 65536:
+        raise bad("[hub] port", f"must be between 1 and 65535, not {v['hub.port']}")
+    if v["hub.log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise bad("[hub] log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    if bool(v["hub.ssl_cert"]) != bool(v["hub.ssl_key"]):
+        raise bad("[hub] ssl_cert/ssl_key", "set both (or neither)")
+    if v["spawner.mem_limit"] and parse_bytes(v["spawner.mem_limit"]) is None:
+        raise bad("[spawner] mem_limit", f"{v['spawner.mem_limit']!r} is not a size like 512M or 2G")
+    for key in ("spawner.environment",):
+        if not all(isinstance(x, str) for x in v[key].values()):
+            raise bad("[spawner] environment", "values must be strings")
+
+
+def parse_bytes(text: str) -> int | None:
+    """'512M' → 536870912; None if it is not a size."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        n = float(num)
+    except ValueError:
+        return None
+    return int(n * units[unit]) if n > 0 else None
+
+
+def find_config(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    here = Path("minihub.toml")
+    return here if here.is_file() else None
+
+
+def generate(settings: list[Setting] = SETTINGS) -> str:
+    """A commented minihub.toml with every key at its default."""
+    lines = ["# minihub configuration. Every key is shown at its default, commented out.",
+             "# Command-line flags override these values.", ""]
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for s in (x for x in settings if x.section == section):
+            for h in _wrap(s.help):
+                lines.append(f"# {h}")
+            value = f"0o{s.default:03o}" if s.name == "umask" else _toml_value(s.default)
+            lines.append(f"# {s.name} = {value}")
+            lines.append("")
+    lines += [
+        "# Hub services, as JupyterHub's c.JupyterHub.services:",
+        "# [[services]]",
+        '# name = "idle-culler"',
+        '# command = ["python3", "-m", "jupyterhub_idle_culler", "--timeout=3600"]',
+        '# scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int = 88) -> list[str]:
+    out, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return out + ([line] if line else [])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{}" if not v else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    return str(v)

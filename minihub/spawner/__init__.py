@@ -1,0 +1,1 @@
+"""Starting, stopping and polling user servers as their own Unix accounts."""
