@@ -1,0 +1,317 @@
+"""LocalSpawner: user servers as local processes running under the users' own accounts.
+
+Processes are started with subprocess.Popen (privilege drop, own session, a clean
+environment), reaped through pidfds on the event loop, and recognised after a hub restart
+by pid plus start time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+from ..errors import SpawnError
+from .accounts import drop_to
+from .base import UNKNOWN_EXIT, LaunchSpec, Proc, Spawner
+from .cgroups import UserCgroup
+
+log = logging.getLogger("minihub.spawner")
+
+LOG_ROTATE_BYTES = 4 << 20
+_TAIL_BYTES = 64 << 10
+_POLL_INTERVAL = 0.05
+_KILL_WAIT = 5.0
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class LocalSpawner(Spawner):
+    """Runs each server as a child process; any instance can poll/stop any Proc."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
+        self._pidfds: dict[int, int] = {}
+        self._exited: dict[tuple[int, int], int] = {}  # (pid, start_ticks) -> status
+
+    async def start(self, spec: LaunchSpec) -> Proc:
+        _refuse_root(spec)
+        logfd = await asyncio.to_thread(open_log, spec.log_path, spec.account.uid,
+                                        spec.account.gid)
+        sock = None
+        try:
+            sock, port = _listen_socket(spec)
+            popen = self._popen(spec, logfd, sock)
+        finally:
+            os.close(logfd)
+            if sock is not None:
+                sock.close()  # the child holds its own copy now
+        ticks = start_ticks(popen.pid) or 0
+        cg = UserCgroup.for_user(spec.username)
+        extra = {"uid": spec.account.uid, "cgroup": cg.paths()}
+        # Limit the process before it reads its config: until then it does nothing heavy.
+        if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit):
+            cg.add(popen.pid)
+            extra["oom_base"] = cg.oom_kills()
+        self._watch(popen, ticks)
+        await self._send_config(popen, ticks, spec)
+        log.info("started server for %s: pid %d, port %d", spec.username, popen.pid, port)
+        return Proc(popen.pid, ticks, spec.listen_host, port, extra)
+
+    def _popen(self, spec: LaunchSpec, logfd: int, sock: socket.socket | None
+               ) -> subprocess.Popen[bytes]:
+        user, group, extra = drop_to(spec.account)
+        try:
+            return subprocess.Popen(
+                spec.cmd, stdin=subprocess.PIPE, stdout=logfd, stderr=logfd,
+                cwd=spec.cwd, env=launch_env(spec), umask=spec.umask,
+                start_new_session=True, close_fds=True,
+                pass_fds=(sock.fileno(),) if sock is not None else (),
+                user=user, group=group, extra_groups=extra)
+        except OSError as e:
+            raise _start_error(spec, e) from None
+
+    async def _send_config(self, popen: subprocess.Popen[bytes], ticks: int,
+                           spec: LaunchSpec) -> None:
+        assert popen.stdin is not None
+        data = (json.dumps(spec.stdin_config) + "\n").encode()
+        try:
+            # Smaller than a pipe buffer, so this never blocks.
+            popen.stdin.write(data)
+            popen.stdin.close()
+        except BrokenPipeError:
+            popen.stdin = None
+            status = await self._wait_exit(popen.pid, ticks, 2.0)
+            raise SpawnError(
+                f"The server for {spec.username} exited at once (status {status}).",
+                log_tail=await asyncio.to_thread(tail_log, spec.log_path)) from None
+
+    # -- reaping -------------------------------------------------------------------------
+
+    def _watch(self, popen: subprocess.Popen[bytes], ticks: int) -> None:
+        """Reap the child as soon as it exits: the pidfd becomes readable then."""
+        pid = popen.pid
+        self._children[pid] = (popen, ticks)
+        fd = os.pidfd_open(pid)
+        self._pidfds[pid] = fd
+        asyncio.get_running_loop().add_reader(fd, self._reap, pid)
+
+    def _reap(self, pid: int) -> None:
+        if pid not in self._children:
+            return
+        popen, ticks = self._children[pid]
+        if popen.poll() is None:
+            return
+        self._exited[(pid, ticks)] = popen.returncode
+        del self._children[pid]
+        self._unwatch(pid)
+        log.info("server pid %d exited with status %d", pid, popen.returncode)
+
+    def _unwatch(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    # -- poll / stop ---------------------------------------------------------------------
+
+    async def poll(self, proc: Proc) -> int | None:
+        return self._poll(proc.pid, proc.start_ticks)
+
+    def _poll(self, pid: int, ticks: int) -> int | None:
+        self._reap(pid)  # an own child that just exited: collect its real status
+        if (pid, ticks) in self._exited:
+            return self._exited[(pid, ticks)]
+        info = proc_stat(pid)
+        if info is None or info[0] == "Z" or info[2] != ticks:
+            return UNKNOWN_EXIT
+        return None
+
+    async def stop(self, proc: Proc, timeout: float) -> None:
+        alive = self._poll(proc.pid, proc.start_ticks) is None
+        if alive:
+            _killpg(proc.pid, signal.SIGTERM)
+            await self._wait_exit(proc.pid, proc.start_ticks, timeout)
+        # Whatever is left of the group (a kernel ignoring SIGTERM) and of the user's
+        # cgroup (kernels that left the group with setsid) gets SIGKILL.
+        if alive or self._group_alive(proc):
+            _killpg(proc.pid, signal.SIGKILL)
+        cg = UserCgroup.from_paths(list(proc.extra.get("cgroup", [])))
+        await asyncio.to_thread(cg.kill_all)
+        await self._wait_exit(proc.pid, proc.start_ticks, _KILL_WAIT)
+        await self._wait_group_gone(proc, _KILL_WAIT)
+        log.info("stopped server pid %d", proc.pid)
+
+    def _group_alive(self, proc: Proc) -> bool:
+        """Members of the dead leader's group remain (only ones that are provably ours)."""
+        return bool(group_members(proc.pid, proc.start_ticks, proc.extra.get("uid")))
+
+    async def _wait_exit(self, pid: int, ticks: int, timeout: float) -> int | None:
+        """Wait (polling /proc, bounded) until the process is gone; its status if known."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = self._poll(pid, ticks)
+            if status is not None or loop.time() >= deadline:
+                return status
+            await asyncio.sleep(_POLL_INTERVAL)
+
+    async def _wait_group_gone(self, proc: Proc, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._group_alive(proc) and loop.time() < deadline:
+            await asyncio.sleep(_POLL_INTERVAL)
+
+    def oom_killed(self, proc: Proc) -> bool:
+        """True if the kernel killed something of this server's user for lack of memory."""
+        cg = UserCgroup.from_paths(list(proc.extra.get("cgroup", [])))
+        return cg.enabled and cg.oom_killed_recently(int(proc.extra.get("oom_base", 0)))
+
+    async def close(self) -> None:
+        for pid in list(self._pidfds):
+            self._unwatch(pid)
+        for popen, _ in self._children.values():
+            # The server outlives the hub by design. Mark the Popen as settled so it neither
+            # warns about a running child nor reaps it behind a later hub's back.
+            popen.returncode = UNKNOWN_EXIT
+        self._children.clear()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _refuse_root(spec: LaunchSpec) -> None:
+    if os.geteuid() == 0 and spec.account.uid == 0:
+        raise SpawnError("minihub never runs a server as root.", status=403)
+
+
+def launch_env(spec: LaunchSpec) -> dict[str, str]:
+    """spec.env exactly, plus the login variables a shell would set if they are missing."""
+    env = dict(spec.env)
+    acct = spec.account
+    env.setdefault("HOME", acct.home)
+    env.setdefault("USER", acct.name)
+    env.setdefault("LOGNAME", acct.name)
+    env.setdefault("SHELL", acct.shell)
+    env.setdefault("PATH", DEFAULT_PATH)
+    return env
+
+
+def _listen_socket(spec: LaunchSpec) -> tuple[socket.socket | None, int]:
+    """Bind the server's socket here so its port is known before it runs and nobody can
+    grab it in between; without pass_listen_socket, only pick a free port."""
+    family = socket.AF_INET6 if ":" in spec.listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((spec.listen_host, int(spec.stdin_config.get("port") or 0)))
+        port = int(sock.getsockname()[1])
+        if not spec.pass_listen_socket:
+            sock.close()
+            spec.stdin_config["port"] = port
+            return None, port
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise SpawnError(f"Cannot listen on {spec.listen_host} for the server: {e}") from None
+    spec.stdin_config["listen_fd"] = sock.fileno()
+    return sock, port
+
+
+def _start_error(spec: LaunchSpec, e: OSError) -> SpawnError:
+    name = spec.account.name
+    if e.filename == spec.cwd:
+        return SpawnError(f"The server's directory {spec.cwd} does not exist or {name} cannot "
+                          "enter it (check [spawner] notebook_dir).")
+    if isinstance(e, PermissionError):
+        return SpawnError(f"{name} may not run {spec.cmd[0]}: permission denied. Set "
+                          "[spawner] python to an interpreter every user can read and run.")
+    if isinstance(e, FileNotFoundError):
+        return SpawnError(f"Cannot run {spec.cmd[0]}: no such file (check [spawner] cmd "
+                          "and [spawner] python).")
+    return SpawnError(f"Cannot start the server for {name}: {e.strerror or e}")
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, pgrp, start_ticks, uid) of a process from /proc, or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode(errors="replace")
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[0], int(fields[2]), int(fields[19]), uid
+
+
+def start_ticks(pid: int) -> int | None:
+    info = proc_stat(pid)
+    return info[2] if info else None
+
+
+def group_members(pgid: int, since_ticks: int, uid: int | None) -> list[int]:
+    """Live processes in process group `pgid` that started no earlier than its leader and
+    belong to `uid`: a later process reusing the number cannot match all three."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        info = proc_stat(int(entry))
+        if (info and info[1] == pgid and info[0] != "Z" and info[2] >= since_ticks
+                and (uid is None or info[3] == uid)):
+            found.append(int(entry))
+    return found
+
+
+def open_log(path: Path, uid: int, gid: int) -> int:
+    """Open the server's log for appending, owned by the user, mode 0600; rotate if big.
+
+    The directory belongs to the hub, so the user cannot plant a link there; O_NOFOLLOW and
+    the regular-file check are a second line of defence.
+    """
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    try:
+        if os.lstat(path).st_size > LOG_ROTATE_BYTES:
+            os.replace(path, str(path) + ".1")
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise SpawnError(f"The server log {path} is not a plain file; remove it.")
+        if os.geteuid() == 0:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def tail_log(path: Path | str, lines: int = 20) -> str:
+    """The last `lines` lines of a log (reads at most 64 KiB), "" if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        f.seek(max(0, size - _TAIL_BYTES))
+        data = f.read(_TAIL_BYTES)
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""

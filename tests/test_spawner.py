@@ -1,0 +1,372 @@
+"""LocalSpawner and accounts with real system users and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from minihub.errors import SpawnError
+from minihub.spawner.accounts import (
+    create_system_user,
+    link_shared_dirs,
+    lookup_account,
+    unprivileged_account,
+)
+from minihub.spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc
+from minihub.spawner.local import LocalSpawner, open_log, proc_stat, tail_log
+
+from conftest import SystemUser, needs_root
+
+pytestmark = needs_root
+
+# A stand-in server: reads its config from stdin, then answers every connection on the
+# inherited socket with a JSON report of who and where it is. Optional helpers it starts:
+# "ignore_term" (a grandchild ignoring SIGTERM, same group) and "escape" (a grandchild that
+# leaves the group with setsid and ignores SIGTERM too).
+REPORTER = r"""
+import json, os, signal, socket, subprocess, sys, time
+cfg = json.loads(sys.stdin.readline())
+print("reporter-started", flush=True)
+print("to-stderr", file=sys.stderr, flush=True)
+sleeper = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)"
+kids = {}
+if cfg.get("ignore_term"):
+    kids["ignore_term"] = subprocess.Popen([sys.executable, "-c", sleeper]).pid
+if cfg.get("escape"):
+    kids["escape"] = subprocess.Popen([sys.executable, "-c", sleeper],
+                                      start_new_session=True).pid
+mask = os.umask(0); os.umask(mask)
+report = {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
+          "groups": sorted(os.getgroups()), "env": dict(os.environ), "cwd": os.getcwd(),
+          "umask": mask, "pid": os.getpid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
+          "cfg": cfg, "kids": kids}
+srv = socket.socket(fileno=cfg["listen_fd"])
+while True:
+    conn, _ = srv.accept()
+    conn.sendall(json.dumps(report).encode())
+    conn.close()
+"""
+
+
+def make_spec(account: Account, log_dir: Path, cmd: list[str] | None = None,
+              **kw: Any) -> LaunchSpec:
+    config = kw.pop("config", {})
+    return LaunchSpec(
+        username=kw.pop("username", account.name), account=account,
+        cmd=cmd or [sys.executable, "-c", REPORTER],
+        env=kw.pop("env", {"MINIHUB_VISIBLE": "yes"}), cwd=kw.pop("cwd", account.home),
+        stdin_config={"secret": "s3cret", **config}, log_path=log_dir / f"{account.name}.log",
+        **kw)
+
+
+async def report(proc: Proc, timeout: float = 20) -> dict[str, Any]:
+    async def ask() -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection(proc.host, proc.port)
+        data = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return dict(json.loads(data))
+    return await asyncio.wait_for(ask(), timeout)
+
+
+def gone(pid: int) -> bool:
+    info = proc_stat(pid)
+    return info is None or info[0] == "Z"
+
+
+def ignores_term(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    sigign = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn"))
+    return bool(int(sigign, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 10) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return cond()
+
+
+@pytest.fixture(scope="module")
+def alice(make_system_user: Callable[..., SystemUser]) -> Account:
+    u = make_system_user("mhsp_alice", groups=["users"])
+    return lookup_account(u.name, uid_min=1000)
+
+
+@pytest.fixture
+def log_dir(data_dir: str) -> Path:
+    return Path(data_dir) / "logs"
+
+
+@pytest.fixture
+async def spawner() -> AsyncIterator[LocalSpawner]:
+    sp = LocalSpawner()
+    started: list[Proc] = []
+    orig = sp.start
+
+    async def start(spec: LaunchSpec) -> Proc:
+        proc = await orig(spec)
+        started.append(proc)
+        return proc
+
+    sp.start = start  # type: ignore[method-assign]
+    yield sp
+    for proc in started:
+        await sp.stop(proc, 2)
+    await sp.close()
+
+
+async def test_server_runs_as_the_user_with_a_clean_environment(
+        spawner: LocalSpawner, alice: Account, log_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIHUB_TEST_SECRET", "must-not-leak")
+    proc = await spawner.start(make_spec(alice, log_dir, umask=0o027))
+    r = await report(proc)
+    assert (r["uid"], r["euid"], r["gid"]) == (alice.uid, alice.uid, alice.gid)
+    assert r["groups"] == sorted(set(alice.groups))
+    assert 100 in r["groups"]  # supplementary group "users"
+    assert r["cwd"] == alice.home
+    assert r["umask"] == 0o027
+    assert r["pid"] == r["pgid"] == r["sid"] == proc.pid
+    env = r["env"]
+    assert "MINIHUB_TEST_SECRET" not in env
+    assert env["MINIHUB_VISIBLE"] == "yes"
+    assert (env["HOME"], env["USER"], env["LOGNAME"]) == (alice.home, alice.name, alice.name)
+    assert env["SHELL"] == "/bin/bash" and env["PATH"]
+    assert set(env) - {"MINIHUB_VISIBLE", "HOME", "USER", "LOGNAME", "SHELL", "PATH",
+                       "LC_CTYPE"} == set()
+    assert r["cfg"]["secret"] == "s3cret" and "listen_fd" in r["cfg"]
+    assert await spawner.poll(proc) is None
+
+
+async def test_log_file_is_the_users_and_tail_shows_output(
+        spawner: LocalSpawner, alice: Account, log_dir: Path) -> None:
+    spec = make_spec(alice, log_dir)
+    proc = await spawner.start(spec)
+    await report(proc)
+    st = os.stat(spec.log_path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (alice.uid, alice.gid, 0o600)
+    assert await wait_for(lambda: "to-stderr" in tail_log(spec.log_path))
+    assert "reporter-started" in tail_log(spec.log_path)
+    assert tail_log(spec.log_path, lines=1).strip() in ("to-stderr", "reporter-started")
+    assert tail_log(log_dir / "missing.log") == ""
+
+
+def test_log_rotates_when_big_and_tail_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "u.log"
+    path.parent.mkdir()
+    path.write_bytes(b"x" * (5 << 20) + b"\nlast line\n")
+    assert tail_log(path, lines=1) == "last line"
+    assert len(tail_log(path, lines=10**6)) <= 64 << 10
+    fd = open_log(path, 1234, 1234)
+    os.close(fd)
+    assert path.stat().st_size == 0 and path.stat().st_uid == 1234
+    assert Path(str(path) + ".1").stat().st_size > 5 << 20
+
+
+def test_log_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("precious")
+    (tmp_path / "u.log").symlink_to(target)
+    with pytest.raises(OSError):
+        open_log(tmp_path / "u.log", 1234, 1234)
+    assert target.read_text() == "precious" and target.stat().st_uid == 0
+
+
+async def test_refuses_root_and_low_uids(spawner: LocalSpawner, alice: Account,
+                                         log_dir: Path) -> None:
+    with pytest.raises(SpawnError, match="root"):
+        lookup_account("root", uid_min=0)
+    with pytest.raises(SpawnError, match=r"uid_min"):
+        lookup_account(alice.name, uid_min=alice.uid + 1)
+    with pytest.raises(SpawnError, match="uid_min"):
+        lookup_account("daemon", uid_min=1000)
+    with pytest.raises(SpawnError, match="create_system_users"):
+        lookup_account("mhsp_nobody_here", uid_min=1000)
+    root = Account("root", 0, 0, (0,), "/root", "/bin/sh")
+    with pytest.raises(SpawnError, match="root"):
+        await spawner.start(make_spec(root, log_dir))
+
+
+async def test_start_errors_are_for_people(spawner: LocalSpawner, alice: Account,
+                                           log_dir: Path) -> None:
+    with pytest.raises(SpawnError, match="notebook_dir"):
+        await spawner.start(make_spec(alice, log_dir, cwd="/nonexistent/dir"))
+    with pytest.raises(SpawnError, match=r"permission denied.*\[spawner\] python"):
+        await spawner.start(make_spec(alice, log_dir, cmd=["/root/somewhere/python"]))
+    with pytest.raises(SpawnError, match="no such file"):
+        await spawner.start(make_spec(alice, log_dir, cmd=["/usr/bin/no-such-python"]))
+
+
+async def test_server_that_exits_at_once_reports_its_log(spawner: LocalSpawner,
+                                                         alice: Account, log_dir: Path) -> None:
+    cmd = [sys.executable, "-c", "import sys; sys.exit('config? no thanks')"]
+    try:
+        proc = await spawner.start(make_spec(alice, log_dir, cmd=cmd))
+    except SpawnError as e:  # it may die before or after reading its stdin
+        assert "no thanks" in e.log_tail
+        return
+    assert await wait_for(lambda: gone(proc.pid))
+    assert await spawner.poll(proc) == 1
+    assert "no thanks" in tail_log(log_dir / f"{alice.name}.log")
+
+
+async def test_stop_kills_the_group_and_escaped_kernels(spawner: LocalSpawner, alice: Account,
+                                                        log_dir: Path) -> None:
+    spec = make_spec(alice, log_dir, config={"ignore_term": True, "escape": True})
+    proc = await spawner.start(spec)
+    kids = (await report(proc))["kids"]
+    assert await wait_for(lambda: ignores_term(kids["ignore_term"]))
+    assert await wait_for(lambda: ignores_term(kids["escape"]))
+    await spawner.stop(proc, timeout=1)
+    assert gone(proc.pid)
+    assert await spawner.poll(proc) == -signal.SIGTERM
+    assert gone(kids["ignore_term"])
+    if proc.extra.get("cgroup"):  # without cgroups a setsid'd process cannot be found
+        assert gone(kids["escape"])
+    else:
+        os.kill(kids["escape"], signal.SIGKILL)
+
+
+async def test_poll_and_readoption(spawner: LocalSpawner, alice: Account,
+                                   log_dir: Path) -> None:
+    proc = await spawner.start(make_spec(alice, log_dir))
+    await report(proc)
+    fresh = LocalSpawner()  # as after a hub restart: knows only the stored Proc
+    assert await fresh.poll(proc) is None
+    reused = Proc(proc.pid, proc.start_ticks + 1, proc.host, proc.port)
+    assert await fresh.poll(reused) == UNKNOWN_EXIT
+    assert await spawner.poll(reused) == UNKNOWN_EXIT
+    os.kill(proc.pid, signal.SIGKILL)
+    assert await wait_for(lambda: gone(proc.pid))
+    assert await fresh.poll(proc) == UNKNOWN_EXIT
+    assert await spawner.poll(proc) == -signal.SIGKILL
+    await fresh.close()
+
+
+async def test_readopting_spawner_stops_a_live_server(spawner: LocalSpawner, alice: Account,
+                                                      log_dir: Path) -> None:
+    proc = await spawner.start(make_spec(alice, log_dir, config={"ignore_term": True}))
+    kids = (await report(proc))["kids"]
+    assert await wait_for(lambda: ignores_term(kids["ignore_term"]))
+    stored = Proc(**json.loads(json.dumps(proc.__dict__)))  # as read back from SQLite
+    fresh = LocalSpawner()
+    await fresh.stop(stored, timeout=1)
+    assert gone(proc.pid) and gone(kids["ignore_term"])
+    assert await fresh.poll(stored) == UNKNOWN_EXIT
+    await fresh.close()
+
+
+async def test_listen_on_ipv6_loopback(spawner: LocalSpawner, alice: Account,
+                                       log_dir: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no ::1")
+    proc = await spawner.start(make_spec(alice, log_dir, listen_host="::1"))
+    assert (await report(proc))["uid"] == alice.uid
+
+
+async def test_create_system_user_copies_skel(tmp_path: Path) -> None:
+    skel = tmp_path / "skel"
+    skel.mkdir()
+    (skel / ".marker").write_text("from skel")
+    (skel / "link-marker").symlink_to("/usr/share")
+    name = "mhsp_created"
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True, check=False)
+    try:
+        await create_system_user(name, skel_dir=str(skel))
+        acct = lookup_account(name, uid_min=1000)
+        home = Path(acct.home)
+        assert (home / ".marker").read_text() == "from skel"
+        assert os.readlink(home / "link-marker") == "/usr/share"
+        assert acct.shell == "/bin/bash" and home.stat().st_uid == acct.uid
+        with pytest.raises(SpawnError, match="useradd says"):
+            await create_system_user(name)
+    finally:
+        subprocess.run(["userdel", "-r", "-f", name], capture_output=True, check=False)
+    with pytest.raises(SpawnError, match="not a valid Unix user name"):
+        await create_system_user("-o")
+
+
+async def test_shared_dirs_are_linked_idempotently(alice: Account, tmp_path: Path) -> None:
+    shared = [str(tmp_path / "datasets"), str(tmp_path / "course")]
+    for d in shared:
+        os.mkdir(d)
+    home = Path(alice.home)
+    (home / "course").unlink(missing_ok=True)
+    subprocess.run(["install", "-o", alice.name, "-m", "600", "/dev/null",
+                    str(home / "course")], check=True)
+    (home / "datasets").unlink(missing_ok=True)
+    first = await link_shared_dirs(alice, shared)
+    assert first[shared[0]] == "created"
+    assert first[shared[1]].startswith("kept")
+    assert os.readlink(home / "datasets") == shared[0]
+    assert os.lstat(home / "datasets").st_uid == alice.uid  # made by the user, not root
+    assert not (home / "course").is_symlink()
+    again = await link_shared_dirs(alice, shared)
+    assert again[shared[0]] == "ok" and again[shared[1]].startswith("kept")
+    assert await link_shared_dirs(alice, []) == {}
+
+
+def test_unprivileged_account(data_dir: str) -> None:
+    acct = unprivileged_account(data_dir, "someone")
+    assert acct.uid == os.getuid() and acct.home == f"{data_dir}/users/someone"
+    assert stat.S_IMODE(os.stat(acct.home).st_mode) == 0o700
+    assert acct.name == pwd.getpwuid(os.getuid()).pw_name
+    with pytest.raises(SpawnError):
+        unprivileged_account(data_dir, "../escape")
+
+
+def _singleuser_available() -> bool:
+    try:
+        return importlib.util.find_spec("minihub.singleuser.__main__") is not None
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _singleuser_available(), reason="minihub.singleuser not written yet")
+async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account,
+                                      log_dir: Path) -> None:
+    base_url = f"/user/{alice.name}/"
+    config = {"base_url": base_url, "notebook_dir": alice.home, "user": alice.name,
+              "kernel_idle_timeout": 0, "mem_limit": 0}
+    spec = make_spec(alice, log_dir, cmd=[sys.executable, "-m", "minihub.singleuser"],
+                     config=config)
+    proc = await spawner.start(spec)
+    url = f"http://{proc.host}:{proc.port}{base_url}api/status"
+    status = 0
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):  # bounded: about 30 s
+            try:
+                async with s.get(url, headers={"X-Minihub-Secret": "s3cret"}) as r:
+                    status = r.status
+                    break
+            except aiohttp.ClientConnectionError:
+                assert await spawner.poll(proc) is None, tail_log(spec.log_path)
+                await asyncio.sleep(0.1)
+        assert status == 200, tail_log(spec.log_path)
+        async with s.get(url) as r:
+            assert r.status == 403
+    await spawner.stop(proc, timeout=5)
+    assert await spawner.poll(proc) is not None
