@@ -12,12 +12,13 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import SystemUser, needs_root
 
 from minihub.errors import SpawnError
 from minihub.spawner.accounts import (
@@ -27,9 +28,8 @@ from minihub.spawner.accounts import (
     unprivileged_account,
 )
 from minihub.spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc
+from minihub.spawner.cgroups import UserCgroup
 from minihub.spawner.local import LocalSpawner, open_log, proc_stat, tail_log
-
-from conftest import SystemUser, needs_root
 
 pytestmark = needs_root
 
@@ -106,9 +106,10 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10) -> bool:
 
 
 @pytest.fixture(scope="module")
-def alice(make_system_user: Callable[..., SystemUser]) -> Account:
+def alice(make_system_user: Callable[..., SystemUser]) -> Iterator[Account]:
     u = make_system_user("mhsp_alice", groups=["users"])
-    return lookup_account(u.name, uid_min=1000)
+    yield lookup_account(u.name, uid_min=1000)
+    UserCgroup.for_user(u.name).remove()
 
 
 @pytest.fixture
@@ -287,13 +288,17 @@ async def test_listen_on_ipv6_loopback(spawner: LocalSpawner, alice: Account,
     assert (await report(proc))["uid"] == alice.uid
 
 
+def _userdel(name: str) -> None:
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True, check=False)
+
+
 async def test_create_system_user_copies_skel(tmp_path: Path) -> None:
     skel = tmp_path / "skel"
     skel.mkdir()
     (skel / ".marker").write_text("from skel")
     (skel / "link-marker").symlink_to("/usr/share")
     name = "mhsp_created"
-    subprocess.run(["userdel", "-r", "-f", name], capture_output=True, check=False)
+    await asyncio.to_thread(_userdel, name)
     try:
         await create_system_user(name, skel_dir=str(skel))
         acct = lookup_account(name, uid_min=1000)
@@ -304,7 +309,7 @@ async def test_create_system_user_copies_skel(tmp_path: Path) -> None:
         with pytest.raises(SpawnError, match="useradd says"):
             await create_system_user(name)
     finally:
-        subprocess.run(["userdel", "-r", "-f", name], capture_output=True, check=False)
+        await asyncio.to_thread(_userdel, name)
     with pytest.raises(SpawnError, match="not a valid Unix user name"):
         await create_system_user("-o")
 
@@ -315,8 +320,8 @@ async def test_shared_dirs_are_linked_idempotently(alice: Account, tmp_path: Pat
         os.mkdir(d)
     home = Path(alice.home)
     (home / "course").unlink(missing_ok=True)
-    subprocess.run(["install", "-o", alice.name, "-m", "600", "/dev/null",
-                    str(home / "course")], check=True)
+    await asyncio.to_thread(subprocess.run, ["install", "-o", alice.name, "-m", "600",
+                                             "/dev/null", str(home / "course")], check=True)
     (home / "datasets").unlink(missing_ok=True)
     first = await link_shared_dirs(alice, shared)
     assert first[shared[0]] == "created"
