@@ -1,0 +1,389 @@
+"""The in-process reverse proxy: /user/<name>/... HTTP requests and websockets to user servers.
+
+The hub authenticates a request, normalises its path with `normalise_path`, then calls
+`Proxy.forward` with the user server's `Upstream`; bodies and frames stream, never buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .errors import HubError
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Minihub-Secret"
+CHUNK_SIZE = 256 * 1024  # upstream read buffer: large reads, few syscalls and writes
+SMALL_BODY = 64 * 1024  # bodies up to this size are read whole and sent in one write
+ACTIVITY_EVERY = 1.0  # seconds between on_activity calls for one connection
+
+# Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded.
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization",
+})
+# What a client may not send to a user server: hub credentials, a forged secret, forged
+# forwarding information (the proxy sets its own) and headers the proxy rebuilds itself.
+_REQUEST_DROP = _HOP_BY_HOP | {
+    "authorization", SECRET_HEADER.lower(), "forwarded", "x-forwarded-for",
+    "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
+    "x-real-ip", "expect", "cookie", "host",
+}
+_WS_REQUEST_DROP = _REQUEST_DROP | {
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "sec-websocket-accept", "content-length",
+}
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
+# Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
+_UNSENDABLE_CLOSE = frozenset({0, 1005, 1006, 1015})
+
+# %2E and %2F are decoded before dot-segments are resolved, so an encoded ".." cannot reach
+# a server that decodes it after the hub chose a route on the raw text.
+_ENCODED_DOT_SLASH = re.compile(r"%2[eEfF]")
+# What a failed exchange with a user server can raise (aiohttp wraps most in ClientError).
+_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
+
+
+class ProxyError(HubError):
+    """The user server could not answer; rendered by the hub's error handler."""
+
+    status = 502
+
+
+class UpstreamUnavailable(ProxyError):
+    """Connection refused or no route: the server is gone or not started."""
+
+    status = 503
+
+
+class UpstreamFailed(ProxyError):
+    """The server broke the connection or sent something that is not HTTP."""
+
+    status = 502
+
+
+class UpstreamTimeout(ProxyError):
+    """The server accepted the request but did not answer in time."""
+
+    status = 504
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A user server: it listens on host:port and requires `X-Minihub-Secret: <secret>`."""
+
+    host: str
+    port: int
+    secret: str = field(repr=False)
+    origin: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "origin", f"http://{host}:{self.port}")
+
+
+def normalise_path(raw_path: str) -> str:
+    """The path part of a raw request target, made canonical and still percent-encoded.
+
+    `%2E`/`%2F` are decoded, `.`/`..` segments resolved (never above `/`), runs of `/`
+    collapsed; other escapes are kept, so `%252F` stays a literal `%2F` in a name. A
+    trailing slash is kept; a query string or fragment is dropped.
+    """
+    path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    if "%" in path:
+        path = _ENCODED_DOT_SLASH.sub(lambda m: "." if m[0][2] in "eE" else "/", path)
+    parts = path.split("/")
+    out: list[str] = []
+    for part in parts:
+        if part == "..":
+            if out:
+                out.pop()
+        elif part and part != ".":
+            out.append(part)
+    trailing = parts[-1] in ("", ".", "..") and bool(out)
+    return "/" + "/".join(out) + ("/" if trailing else "")
+
+
+class _Ticker:
+    """Calls on_activity at most once per ACTIVITY_EVERY seconds."""
+
+    __slots__ = ("_callback", "_loop", "_next")
+
+    def __init__(self, callback: Callable[[], None] | None) -> None:
+        self._callback = callback
+        self._loop = asyncio.get_running_loop()
+        self._next = 0.0
+
+    def __call__(self) -> None:
+        if self._callback is None:
+            return
+        now = self._loop.time()
+        if now >= self._next:
+            self._next = now + ACTIVITY_EVERY
+            try:
+                self._callback()
+            except Exception:  # a broken counter must not break the request
+                log.exception("on_activity callback failed")
+
+
+class Proxy:
+    """Forwards requests to user servers over one pooled, keep-alive client session.
+
+    Create it inside a running loop (e.g. in a cleanup_ctx) and `await close()` at shutdown.
+    """
+
+    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 300.0,
+                 ws_max_msg_size: int = 64 * 1024 * 1024, ws_close_timeout: float = 10.0
+                 ) -> None:
+        self._ws_max_msg_size = ws_max_msg_size
+        self._ws_close_timeout = ws_close_timeout
+        # limit=0: every open websocket holds a pooled connection; a cap would stall the next.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # A shared jar would carry one user's cookies to another user's server.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                          sock_read=read_timeout),
+            read_bufsize=CHUNK_SIZE,
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def forward(self, request: web.Request, upstream: Upstream, *, path: str,
+                      strip_cookies: Collection[str] = (),
+                      on_activity: Callable[[], None] | None = None) -> web.StreamResponse:
+        """Send `request` to `upstream` at `path` (from normalise_path) plus its query string.
+
+        Handles plain HTTP and websocket upgrades. Cookies named in `strip_cookies` and the
+        Authorization header never reach the server, and it cannot set those cookies.
+        Raises a ProxyError (503/502/504) if no response was started; if the server fails
+        after the response started, the client connection is aborted instead.
+        """
+        if not path.startswith("/"):
+            raise ValueError("path must start with /")
+        raw = request.raw_path
+        q = raw.find("?")
+        url = URL(upstream.origin + (path + raw[q:] if q >= 0 else path), encoded=True)
+        if _is_websocket(request):
+            return await self._forward_ws(request, upstream, url, strip_cookies, on_activity)
+        return await self._forward_http(request, upstream, url, strip_cookies, on_activity)
+
+    async def _forward_http(self, request: web.Request, upstream: Upstream, url: URL,
+                            strip_cookies: Collection[str],
+                            on_activity: Callable[[], None] | None) -> web.StreamResponse:
+        headers = _request_headers(request, upstream, strip_cookies, _REQUEST_DROP)
+        data = request.content if request.body_exists else None
+        try:
+            up = await self._session.request(request.method, url, headers=headers, data=data,
+                                             allow_redirects=False)
+        except _UPSTREAM_ERRORS as e:
+            raise _upstream_error(e, upstream) from None
+        try:
+            return await _relay(request, up, upstream, strip_cookies, _Ticker(on_activity))
+        finally:
+            up.release()
+
+    async def _forward_ws(self, request: web.Request, upstream: Upstream, url: URL,
+                          strip_cookies: Collection[str],
+                          on_activity: Callable[[], None] | None) -> web.StreamResponse:
+        headers = _request_headers(request, upstream, strip_cookies, _WS_REQUEST_DROP)
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        try:
+            up_ws = await self._session.ws_connect(
+                url, protocols=[p for p in offered if p], headers=headers, autoclose=False,
+                autoping=False, max_msg_size=self._ws_max_msg_size, compress=0,
+                decode_text=False,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._ws_close_timeout))
+        except aiohttp.WSServerHandshakeError as e:
+            status = e.status if 400 <= e.status < 600 else 502
+            raise ProxyError(f"The server refused the websocket ({e.status}).", status) from None
+        except _UPSTREAM_ERRORS as e:
+            raise _upstream_error(e, upstream) from None
+        client_ws = web.WebSocketResponse(
+            protocols=(up_ws.protocol,) if up_ws.protocol else (), autoclose=False,
+            autoping=False, compress=False, max_msg_size=self._ws_max_msg_size,
+            timeout=self._ws_close_timeout, decode_text=False)
+        try:
+            await client_ws.prepare(request)
+            await _bridge(client_ws, up_ws, _Ticker(on_activity))
+        finally:
+            await up_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        return client_ws
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return (request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+def _request_headers(request: web.Request, upstream: Upstream, strip_cookies: Collection[str],
+                     drop: frozenset[str]) -> CIMultiDict[str]:
+    src = request.headers
+    extra = _connection_tokens(src.get("Connection"))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in src.items():
+        low = name.lower()
+        if low not in drop and (extra is None or low not in extra):
+            out.add(name, value)
+    out["Host"] = request.host
+    cookie = _filter_cookies(src.getall("Cookie", ()), strip_cookies)
+    if cookie:
+        out["Cookie"] = cookie
+    out["X-Forwarded-For"] = request.remote or ""
+    out["X-Forwarded-Proto"] = request.scheme
+    out["X-Forwarded-Host"] = request.host
+    out[SECRET_HEADER] = upstream.secret
+    return out
+
+
+def _connection_tokens(value: str | None) -> frozenset[str] | None:
+    """Header names listed in Connection, which are hop-by-hop for this message."""
+    if not value or "," not in value and value.lower() in ("keep-alive", "close", "upgrade"):
+        return None
+    return frozenset(t.strip().lower() for t in value.split(","))
+
+
+def _filter_cookies(values: Collection[str], strip: Collection[str]) -> str:
+    kept = []
+    for value in values:
+        for item in value.split(";"):
+            item = item.strip()
+            if item and item.split("=", 1)[0].strip() not in strip:
+                kept.append(item)
+    return "; ".join(kept)
+
+
+def _response_headers(up: aiohttp.ClientResponse, upstream: Upstream,
+                      strip_cookies: Collection[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in up.headers.items():
+        low = name.lower()
+        if low in _RESPONSE_DROP:
+            continue
+        if low == "location" and value.startswith(upstream.origin):
+            value = value[len(upstream.origin):] or "/"
+        elif low == "set-cookie" and value.split("=", 1)[0].strip() in strip_cookies:
+            log.warning("dropped a Set-Cookie for a hub cookie from %s", upstream)
+            continue
+        out.add(name, value)
+    return out
+
+
+async def _relay(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
+                 strip_cookies: Collection[str], tick: _Ticker) -> web.StreamResponse:
+    headers = _response_headers(up, upstream, strip_cookies)
+    length = up.content_length
+    tick()
+    if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+        try:
+            body = await up.read()
+        except _UPSTREAM_ERRORS as e:
+            raise _upstream_error(e, upstream) from None
+        return web.Response(status=up.status, reason=up.reason, body=body, headers=headers)
+    out = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+    if length is not None:
+        out.content_length = length
+    try:
+        await out.prepare(request)
+        await _stream_body(request, up, out, upstream, tick)
+    except ConnectionResetError:
+        up.close()  # the client went away: drop the half-read upstream connection too
+    return out
+
+
+async def _stream_body(request: web.Request, up: aiohttp.ClientResponse,
+                       out: web.StreamResponse, upstream: Upstream, tick: _Ticker) -> None:
+    read = up.content.readany
+    while True:
+        try:
+            chunk = await read()
+        except _UPSTREAM_ERRORS as e:
+            _abort(request, up, upstream, e)
+            return
+        if not chunk:
+            break
+        await out.write(chunk)
+        tick()
+    await out.write_eof()
+
+
+def _abort(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
+           exc: BaseException) -> None:
+    """The server failed mid-response: cut the client off so it sees an incomplete body."""
+    log.warning("user server %s failed mid-response for %s %s: %s", upstream,
+                request.method, request.path, type(exc).__name__)
+    up.close()
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _upstream_error(exc: BaseException, upstream: Upstream) -> ProxyError:
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+        log.info("user server %s unavailable: %s", upstream, exc)
+        return UpstreamUnavailable("The server is not running or not reachable.")
+    if isinstance(exc, asyncio.TimeoutError):
+        log.warning("user server %s timed out", upstream)
+        return UpstreamTimeout("The server did not answer in time.")
+    log.warning("user server %s failed: %s: %.200s", upstream, type(exc).__name__, exc)
+    return UpstreamFailed("The server failed to answer.")
+
+
+async def _bridge(client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse[Any],
+                  tick: _Ticker) -> None:
+    """Relay frames both ways until either side closes; each pump closes the other side."""
+    pumps = (asyncio.create_task(_pump(client, up, tick)),
+             asyncio.create_task(_pump(up, client, tick)))
+    try:
+        await asyncio.gather(*pumps)
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+_WS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse[Any]
+
+
+async def _pump(src: _WS, dst: _WS, tick: _Ticker) -> None:
+    """Copy frames from src to dst. Each send awaits the writer's drain, so a slow reader on
+    dst stops us reading src, and src's own flow control then stops its peer."""
+    try:
+        while True:
+            msg = await src.receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                await dst.send_frame(msg.data, kind)
+            elif kind is WSMsgType.PING:
+                await dst.ping(msg.data)
+            elif kind is WSMsgType.PONG:
+                await dst.pong(msg.data)
+            elif kind is WSMsgType.CLOSE:
+                code = msg.data if msg.data not in _UNSENDABLE_CLOSE else 1000
+                reason = (msg.extra or "").encode()[:123]
+                await dst.close(code=code, message=reason)
+                await src.close(code=code, message=reason)
+                return
+            elif kind is WSMsgType.CLOSING:
+                return  # the other pump is closing src
+            else:  # CLOSED or ERROR: src vanished without a close frame
+                await dst.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR
+                                if kind is WSMsgType.ERROR else aiohttp.WSCloseCode.GOING_AWAY)
+                return
+            tick()
+    except ConnectionError:
+        await src.close(code=aiohttp.WSCloseCode.GOING_AWAY)
