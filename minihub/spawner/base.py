@@ -72,5 +72,10 @@ class Spawner(abc.ABC):
     @abc.abstractmethod
     async def stop(self, proc: Proc, timeout: float) -> None: ...
 
+    def oom_killed(self, proc: Proc) -> bool:
+        """True if the kernel killed part of this server (e.g. a kernel) for lack of memory
+        under the user's mem_limit, so the user can be told why. Default: unknown, False."""
+        return False
+
     async def close(self) -> None:
         """Release watchers; never stops servers (they outlive the hub)."""

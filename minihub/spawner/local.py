@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ..errors import SpawnError
 from .accounts import drop_to
@@ -28,6 +29,7 @@ LOG_ROTATE_BYTES = 4 << 20
 _TAIL_BYTES = 64 << 10
 _POLL_INTERVAL = 0.05
 _KILL_WAIT = 5.0
+_MAX_EXITED = 1000  # exit statuses remembered for poll(); the hub reads each soon after
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -41,27 +43,26 @@ class LocalSpawner(Spawner):
 
     async def start(self, spec: LaunchSpec) -> Proc:
         _refuse_root(spec)
-        logfd = await asyncio.to_thread(open_log, spec.log_path, spec.account.uid,
-                                        spec.account.gid)
+        # Forking, exec and the log/cgroup file work can stall on a busy machine: off the loop.
+        popen, port, config = await asyncio.to_thread(self._launch, spec)
+        ticks = start_ticks(popen.pid) or 0
+        self._watch(popen, ticks)
+        extra = await asyncio.to_thread(_confine, spec, popen.pid)
+        await self._send_config(popen, ticks, spec, config)
+        log.info("started server for %s: pid %d, port %d", spec.username, popen.pid, port)
+        return Proc(popen.pid, ticks, spec.listen_host, port, extra)
+
+    def _launch(self, spec: LaunchSpec) -> tuple[subprocess.Popen[bytes], int, dict[str, Any]]:
+        config = dict(spec.stdin_config)
+        logfd = open_log(spec.log_path, spec.account.uid, spec.account.gid)
         sock = None
         try:
-            sock, port = _listen_socket(spec)
-            popen = self._popen(spec, logfd, sock)
+            sock, port = _listen_socket(spec, config)
+            return self._popen(spec, logfd, sock), port, config
         finally:
             os.close(logfd)
             if sock is not None:
                 sock.close()  # the child holds its own copy now
-        ticks = start_ticks(popen.pid) or 0
-        cg = UserCgroup.for_user(spec.username)
-        extra = {"uid": spec.account.uid, "cgroup": cg.paths()}
-        # Limit the process before it reads its config: until then it does nothing heavy.
-        if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit):
-            cg.add(popen.pid)
-            extra["oom_base"] = cg.oom_kills()
-        self._watch(popen, ticks)
-        await self._send_config(popen, ticks, spec)
-        log.info("started server for %s: pid %d, port %d", spec.username, popen.pid, port)
-        return Proc(popen.pid, ticks, spec.listen_host, port, extra)
 
     def _popen(self, spec: LaunchSpec, logfd: int, sock: socket.socket | None
                ) -> subprocess.Popen[bytes]:
@@ -77,9 +78,9 @@ class LocalSpawner(Spawner):
             raise _start_error(spec, e) from None
 
     async def _send_config(self, popen: subprocess.Popen[bytes], ticks: int,
-                           spec: LaunchSpec) -> None:
+                           spec: LaunchSpec, config: dict[str, Any]) -> None:
         assert popen.stdin is not None
-        data = (json.dumps(spec.stdin_config) + "\n").encode()
+        data = (json.dumps(config) + "\n").encode()
         try:
             # Smaller than a pipe buffer, so this never blocks.
             popen.stdin.write(data)
@@ -107,6 +108,8 @@ class LocalSpawner(Spawner):
         popen, ticks = self._children[pid]
         if popen.poll() is None:
             return
+        if len(self._exited) >= _MAX_EXITED:
+            del self._exited[next(iter(self._exited))]
         self._exited[(pid, ticks)] = popen.returncode
         del self._children[pid]
         self._unwatch(pid)
@@ -133,6 +136,8 @@ class LocalSpawner(Spawner):
         return None
 
     async def stop(self, proc: Proc, timeout: float) -> None:
+        """SIGTERM the group, SIGKILL what is left after `timeout`, then empty the user's
+        cgroup: a user has one server, so everything in it belongs to this one."""
         alive = self._poll(proc.pid, proc.start_ticks) is None
         if alive:
             _killpg(proc.pid, signal.SIGTERM)
@@ -202,24 +207,39 @@ def launch_env(spec: LaunchSpec) -> dict[str, str]:
     return env
 
 
-def _listen_socket(spec: LaunchSpec) -> tuple[socket.socket | None, int]:
+def _confine(spec: LaunchSpec, pid: int) -> dict[str, Any]:
+    """Put the new process in its user's cgroup; what a later hub needs to find it again.
+
+    Called before the process gets its config: until then it only waits on stdin, so
+    nothing heavy runs unlimited.
+    """
+    cg = UserCgroup.for_user(spec.username)
+    extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
+    if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit):
+        cg.add(pid)
+        extra["oom_base"] = cg.oom_kills()
+    return extra
+
+
+def _listen_socket(spec: LaunchSpec, config: dict[str, Any]
+                   ) -> tuple[socket.socket | None, int]:
     """Bind the server's socket here so its port is known before it runs and nobody can
     grab it in between; without pass_listen_socket, only pick a free port."""
     family = socket.AF_INET6 if ":" in spec.listen_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((spec.listen_host, int(spec.stdin_config.get("port") or 0)))
+        sock.bind((spec.listen_host, int(config.get("port") or 0)))
         port = int(sock.getsockname()[1])
         if not spec.pass_listen_socket:
             sock.close()
-            spec.stdin_config["port"] = port
+            config["port"] = port
             return None, port
         sock.listen(128)
     except OSError as e:
         sock.close()
         raise SpawnError(f"Cannot listen on {spec.listen_host} for the server: {e}") from None
-    spec.stdin_config["listen_fd"] = sock.fileno()
+    config["listen_fd"] = sock.fileno()
     return sock, port
 
 
