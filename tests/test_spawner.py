@@ -375,3 +375,45 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account,
             assert r.status == 403
     await spawner.stop(proc, timeout=5)
     assert await spawner.poll(proc) is not None
+
+
+# A hub that starts one server, prints its Proc, and dies by SIGKILL without cleaning up.
+DYING_HUB = r"""
+import asyncio, json, os, signal, sys
+from pathlib import Path
+from minihub.spawner.base import Account, LaunchSpec
+from minihub.spawner.local import LocalSpawner
+args = json.loads(sys.argv[1])
+async def main():
+    acct = Account(**{**args["account"], "groups": tuple(args["account"]["groups"])})
+    spec = LaunchSpec(username=acct.name, account=acct, cmd=args["cmd"], env={},
+                      cwd=acct.home, stdin_config={"ignore_term": True},
+                      log_path=Path(args["log"]))
+    proc = await LocalSpawner().start(spec)
+    print(json.dumps(proc.__dict__), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+asyncio.run(main())
+"""
+
+
+async def test_readoption_after_the_hub_was_killed(alice: Account, log_dir: Path) -> None:
+    args = {"account": alice.__dict__, "cmd": [sys.executable, "-c", REPORTER],
+            "log": str(log_dir / "dying.log")}
+    hub = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DYING_HUB, json.dumps(args), stdout=subprocess.PIPE,
+        cwd=str(Path(__file__).parent.parent))
+    out, _ = await asyncio.wait_for(hub.communicate(), 30)
+    assert hub.returncode == -signal.SIGKILL
+    proc = Proc(**json.loads(out))
+    new_hub = LocalSpawner()
+    try:
+        assert await new_hub.poll(proc) is None
+        r = await report(proc)
+        assert r["uid"] == alice.uid and proc_stat(proc.pid) is not None
+        assert await wait_for(lambda: ignores_term(r["kids"]["ignore_term"]))
+        await new_hub.stop(proc, timeout=1)
+        assert gone(proc.pid) and gone(r["kids"]["ignore_term"])
+        assert await new_hub.poll(proc) == UNKNOWN_EXIT
+    finally:
+        await new_hub.stop(proc, timeout=1)
+        await new_hub.close()
