@@ -1,0 +1,354 @@
+"""The JupyterHub-compatible REST API under /hub/api: users, servers, tokens, activity.
+
+A user sees and changes only themself; admins see and change everyone. Errors are JSON
+`{"status": N, "message": "..."}` (rendered by minihub.web.errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__, users
+from .context import Parts, identity, parts
+from .errors import BadRequest, Forbidden, NotFound
+from .models import parse_iso, server_model, token_model, user_model
+from .store import User
+
+routes = web.RouteTableDef()
+PAGINATION = "application/jupyterhub-pagination+json"
+MAX_LIMIT = 500
+
+
+def me(request: web.Request) -> User:
+    ident = identity(request)
+    if ident is None:
+        raise Forbidden("Missing or invalid credentials: send 'Authorization: token <token>'.")
+    return ident.user
+
+
+def admin(request: web.Request) -> User:
+    user = me(request)
+    if not user.admin:
+        raise Forbidden("Only admins may do this.")
+    return user
+
+
+async def target(request: web.Request) -> User:
+    """The {name} user of the URL, if the caller may act on them (themself, or any if admin)."""
+    caller = me(request)
+    name = request.match_info["name"]
+    if caller.name != name.lower() and not caller.admin:
+        raise Forbidden(f"You may not act on user {name[:64]!r}.")
+    return await users.get(parts(request).store, name)
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("Request body is not valid JSON.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadRequest("Request body must be a JSON object.")
+    return data
+
+
+def model(p: Parts, user: User) -> dict[str, Any]:
+    return user_model(p.cfg.base_url, user, p.servers.peek(user.id))
+
+
+@routes.get("")
+@routes.get("/")
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+@routes.get("/info")
+async def info(request: web.Request) -> web.Response:
+    admin(request)
+    p = parts(request)
+    return web.json_response({
+        "version": __version__,
+        "python": platform.python_version(),
+        "sys_executable": sys.executable,
+        "authenticator": {"class": type(p.authenticator).__name__, "version": __version__},
+        "spawner": {"class": type(p.servers.spawner).__name__, "version": __version__},
+    })
+
+
+@routes.get("/user")
+async def whoami(request: web.Request) -> web.Response:
+    user = me(request)
+    m = model(parts(request), user)
+    ident = identity(request)
+    m["session_id"] = None
+    m["scopes"] = ident.token.scopes if ident and ident.token and ident.token.scopes else [
+        "inherit"]
+    return web.json_response(m)
+
+
+@routes.get("/users")
+async def list_users(request: web.Request) -> web.Response:
+    admin(request)
+    p = parts(request)
+    state = request.query.get("state", "")
+    if state not in ("", "active", "inactive", "ready"):
+        raise BadRequest("state must be active, inactive or ready")
+    offset, limit = _int(request, "offset", 0), min(_int(request, "limit", MAX_LIMIT), MAX_LIMIT)
+    everyone = [u for u in await p.store.list_users() if _in_state(p, u, state)]
+    page = everyone[offset: offset + limit]
+    items = [model(p, u) for u in page]
+    if PAGINATION in request.headers.get("Accept", ""):
+        nxt = None
+        if offset + limit < len(everyone):
+            nxt = {"offset": offset + limit, "limit": limit,
+                   "url": f"{request.url.with_query(offset=offset + limit, limit=limit)}"}
+        return web.json_response({"items": items, "_pagination": {
+            "offset": offset, "limit": limit, "total": len(everyone), "next": nxt}})
+    return web.json_response(items)
+
+
+def _in_state(p: Parts, user: User, state: str) -> bool:
+    srv = p.servers.peek(user.id)
+    status = srv.status if srv else "stopped"
+    return {"": True, "active": status != "stopped", "inactive": status == "stopped",
+            "ready": status == "running"}[state]
+
+
+def _int(request: web.Request, key: str, default: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise BadRequest(f"{key} must be a non-negative integer")
+    return int(raw)
+
+
+@routes.post("/users")
+async def create_users(request: web.Request) -> web.Response:
+    admin(request)
+    p = parts(request)
+    data = await body(request)
+    names = data.get("usernames")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise BadRequest("Send {\"usernames\": [\"name\", ...], \"admin\": false}")
+    made = []
+    for name in names:
+        if await p.store.get_user(name.lower()):
+            continue
+        made.append(await users.create(p.store, p.authenticator, name, bool(data.get("admin"))))
+    if not made:
+        raise BadRequest("All those users already exist.", 409)
+    return web.json_response([model(p, u) for u in made], status=201)
+
+
+@routes.get("/users/{name}")
+async def get_user(request: web.Request) -> web.Response:
+    return web.json_response(model(parts(request), await target(request)))
+
+
+@routes.post("/users/{name}")
+async def create_user(request: web.Request) -> web.Response:
+    admin(request)
+    p = parts(request)
+    data = await body(request)
+    user = await users.create(p.store, p.authenticator, request.match_info["name"],
+                              bool(data.get("admin")))
+    return web.json_response(model(p, user), status=201)
+
+
+@routes.patch("/users/{name}")
+async def patch_user(request: web.Request) -> web.Response:
+    caller = me(request)
+    user = await target(request)
+    p = parts(request)
+    data = await body(request)
+    unknown = set(data) - {"name", "admin"}
+    if unknown:
+        raise BadRequest(f"Cannot change {', '.join(sorted(unknown))}")
+    if ("admin" in data or "name" in data) and not caller.admin:
+        raise Forbidden("Only admins may change names or admin rights.")
+    if "admin" in data:
+        if not isinstance(data["admin"], bool):
+            raise BadRequest("admin must be true or false")
+        await p.store.set_admin(user.id, data["admin"])
+    if "name" in data and data["name"] != user.name:
+        await _rename(p, user, data["name"])
+    p.identities.invalidate()
+    fresh = await p.store.get_user_by_id(user.id)
+    assert fresh is not None
+    return web.json_response(model(p, fresh))
+
+
+async def _rename(p: Parts, user: User, new: Any) -> None:
+    from .auth import names
+
+    if not isinstance(new, str):
+        raise BadRequest("name must be a string")
+    new = names.validate(new)
+    if await p.store.get_user(new):
+        raise BadRequest(f"User {new} already exists", 409)
+    srv = p.servers.peek(user.id)
+    if srv and srv.status != "stopped":
+        raise BadRequest("Stop the user's server before renaming them.")
+    await p.store.rename_user(user.id, new)
+
+
+@routes.delete("/users/{name}")
+async def delete_user(request: web.Request) -> web.Response:
+    caller = admin(request)
+    p = parts(request)
+    user = await users.get(p.store, request.match_info["name"])
+    if user.id == caller.id:
+        raise BadRequest("You cannot delete yourself.")
+    await p.servers.stop(user.name, user.id)
+    await p.store.delete_user(user.id)
+    p.identities.invalidate()
+    return web.Response(status=204)
+
+
+@routes.post("/users/{name}/server")
+@routes.post("/users/{name}/servers/")
+async def start_server(request: web.Request) -> web.Response:
+    user = await target(request)
+    p = parts(request)
+    srv = p.servers.peek(user.id)
+    if srv and srv.status == "running":
+        raise BadRequest(f"{user.name}'s server is already running.")
+    srv = await p.servers.spawn(user)
+    status = 201 if srv.status == "running" else 202
+    return web.json_response(server_model(p.cfg.base_url, user, srv), status=status)
+
+
+@routes.delete("/users/{name}/server")
+@routes.delete("/users/{name}/servers/")
+async def stop_server(request: web.Request) -> web.Response:
+    user = await target(request)
+    p = parts(request)
+    srv = p.servers.peek(user.id)
+    if srv is None or srv.status == "stopped":
+        return web.Response(status=204)
+    task = asyncio.create_task(p.servers.stop(user.name, user.id))
+    done, _ = await asyncio.wait({task}, timeout=10)
+    return web.Response(status=204 if done else 202)
+
+
+@routes.get("/users/{name}/server/progress")
+async def progress(request: web.Request) -> web.StreamResponse:
+    """EventSource stream of spawn progress, as JupyterHub's."""
+    user = await target(request)
+    p = parts(request)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    sent = 0
+    for _ in range(int(float(p.cfg.get("spawner.start_timeout")) * 10) + 20):
+        srv = p.servers.peek(user.id)
+        msgs = srv.progress if srv else []
+        for i, msg in enumerate(msgs[sent:], start=sent + 1):
+            await _event(resp, {"progress": min(95, 10 * i), "message": msg})
+        sent = len(msgs)
+        if srv is None or srv.status != "pending":
+            break
+        await asyncio.sleep(0.1)
+    srv = p.servers.peek(user.id)
+    if srv and srv.status == "running":
+        await _event(resp, {"progress": 100, "ready": True, "message": "Server ready",
+                            "url": f"{p.cfg.base_url}user/{user.name}/"})
+    elif srv and srv.error:
+        await _event(resp, {"progress": 100, "failed": True, "message": srv.error})
+    return resp
+
+
+async def _event(resp: web.StreamResponse, data: dict[str, Any]) -> None:
+    await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+
+
+@routes.get("/users/{name}/tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    user = await target(request)
+    toks = await parts(request).store.list_tokens(user.id)
+    return web.json_response({"api_tokens": [token_model(user, t) for t in toks],
+                              "oauth_tokens": []})
+
+
+@routes.post("/users/{name}/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    user = await target(request)
+    data = await body(request)
+    note = data.get("note") or "Requested via api"
+    expires_in = data.get("expires_in")
+    scopes = data.get("scopes") or []
+    if not isinstance(note, str) or len(note) > 500:
+        raise BadRequest("note must be a string of at most 500 characters")
+    if expires_in is not None and (not isinstance(expires_in, (int, float)) or expires_in <= 0):
+        raise BadRequest("expires_in must be a positive number of seconds")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise BadRequest("scopes must be a list of strings")
+    secret, tok = await users.new_token(parts(request).store, user, note, scopes, expires_in)
+    return web.json_response(token_model(user, tok, secret), status=201)
+
+
+def _token_id(request: web.Request) -> int:
+    raw = request.match_info["token_id"]
+    raw = raw[1:] if raw[:1] in ("a", "o") else raw
+    if not raw.isdigit():
+        raise NotFound("No such token")
+    return int(raw)
+
+
+@routes.get("/users/{name}/tokens/{token_id}")
+async def get_token(request: web.Request) -> web.Response:
+    user = await target(request)
+    tok = await parts(request).store.get_token(_token_id(request))
+    if tok is None or tok.user_id != user.id:
+        raise NotFound("No such token")
+    return web.json_response(token_model(user, tok))
+
+
+@routes.delete("/users/{name}/tokens/{token_id}")
+async def delete_token(request: web.Request) -> web.Response:
+    user = await target(request)
+    p = parts(request)
+    if not await p.store.delete_token(user.id, _token_id(request)):
+        raise NotFound("No such token")
+    p.identities.invalidate()
+    return web.Response(status=204)
+
+
+@routes.post("/users/{name}/activity")
+async def activity(request: web.Request) -> web.Response:
+    user = await target(request)
+    p = parts(request)
+    data = await body(request)
+    times = [data.get("last_activity")]
+    for s in (data.get("servers") or {}).values():
+        if isinstance(s, dict):
+            times.append(s.get("last_activity"))
+    try:
+        stamps = [parse_iso(t) for t in times if isinstance(t, str)]
+    except ValueError:
+        raise BadRequest("last_activity must be an ISO 8601 time") from None
+    if not stamps:
+        raise BadRequest("Send {\"last_activity\": \"<ISO 8601 time>\"}")
+    await p.store.touch_user(user.id, max(stamps))
+    srv = p.servers.peek(user.id)
+    if srv and srv.status == "running":
+        srv.last_activity = max(srv.last_activity, max(stamps))
+    return web.Response(status=204)
+
+
+def setup(app: web.Application, base_url: str) -> None:
+    prefix = base_url + "hub/api"
+    for r in routes:
+        assert isinstance(r, web.RouteDef)
+        app.router.add_route(r.method, prefix + r.path, r.handler)

@@ -1,0 +1,202 @@
+"""Wires the hub's parts into one aiohttp application: middlewares, routes, lifetimes.
+
+Behaviour lives in the parts (auth/, servers, proxy, api, web/); this module only connects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from . import api
+from .auth.base import Authenticator
+from .auth.identity import HUB_COOKIES, Identities
+from .auth.native import NativeAuthenticator
+from .auth.pam import PAMAuthenticator
+from .auth.secrets import load_or_create_key
+from .auth.throttle import Throttle
+from .config import Config
+from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, PARTS, Parts, identity, parts
+from .errors import Forbidden, ServiceUnavailable
+from .metrics import Metrics
+from .proxy import Proxy, ProxyError, normalise_path
+from .servers import Servers
+from .spawner.local import LocalSpawner
+from .store import Store
+from .web import admin, pages
+from .web.errors import Handler, errors_middleware, log_middleware, wants_json
+from .web.render import add_filters
+
+log = logging.getLogger("minihub")
+STATIC = Path(__file__).parent / "web" / "static"
+NO_XSRF_PATHS = ("hub/login", "hub/signup")
+
+
+def make_authenticator(cfg: Config, store: Store) -> Authenticator:
+    if cfg.get("auth.authenticator") == "native":
+        return NativeAuthenticator(cfg, store)
+    return PAMAuthenticator(cfg)
+
+
+def parts_ctx(cfg: Config) -> object:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        data = cfg.data_dir
+        data.mkdir(mode=0o711, parents=True, exist_ok=True)
+        store = await Store.open(data / "minihub.sqlite")
+        key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
+        metrics = Metrics()
+        servers = Servers(cfg, store, key, LocalSpawner(),
+                          on_spawned=metrics.spawn_duration.observe)
+        proxy = Proxy()
+        p = Parts(cfg, store, key, Identities(store, key), make_authenticator(cfg, store),
+                  Throttle(cfg), servers, proxy, metrics)
+        _gauges(p)
+        app[PARTS] = p
+        await servers.open()
+        try:
+            yield
+        finally:
+            await servers.close(stop_all=bool(cfg.get("hub.cleanup_servers")))
+            await proxy.close()
+            await store.close()
+
+    return ctx
+
+
+def _gauges(p: Parts) -> None:
+    m = p.metrics
+    m.gauge("minihub_active_servers", "Running user servers.",
+            lambda: p.servers.count("running"))
+    m.gauge("minihub_pending_servers", "User servers starting.",
+            lambda: p.servers.count("pending"))
+    m.gauge("minihub_websocket_connections", "Open proxied websockets.",
+            lambda: m.websockets)
+
+
+@web.middleware
+async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resp = await handler(request)
+    if request.path.startswith(request.config_dict[BASE_URL] + "user/"):
+        return resp  # the user server's own headers (CSP included) pass through
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    if parts(request).cfg.tls:
+        resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return resp
+
+
+@web.middleware
+async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    p = parts(request)
+    base = p.cfg.base_url
+    if request.path.startswith(base + "hub/static/") or request.path == base + "hub/health":
+        return await handler(request)
+    ident = await p.identities.resolve(request)
+    request[IDENTITY] = ident
+    request[PAGE_CONTEXT] = {"user": ident.user if ident else None,
+                             "xsrf": p.identities.xsrf_for(ident),
+                             "kind": p.authenticator.kind}
+    if not request.path.startswith(tuple(base + x for x in NO_XSRF_PATHS)):
+        await p.identities.check_xsrf(request, ident)
+    return await handler(request)
+
+
+async def user_route(request: web.Request) -> web.StreamResponse:
+    """/user/<name>/...: authenticate, authorise, then hand the request to the proxy."""
+    p = parts(request)
+    path = normalise_path(request.raw_path.split("?", 1)[0])
+    base = p.cfg.base_url
+    rest = path[len(base + "user/"):] if path.startswith(base + "user/") else ""
+    name, _, tail = rest.partition("/")
+    if not name:
+        raise web.HTTPNotFound()
+    ident = identity(request)
+    if ident is None:
+        if wants_json(request) or request.headers.get("Upgrade", "").lower() == "websocket":
+            raise Forbidden("Missing or invalid credentials: log in or send a token.")
+        raise web.HTTPFound(f"{base}hub/login?next={quote(request.path_qs, safe='')}")
+    if ident.name != name and not (ident.user.admin and p.cfg.get("hub.admin_access")):
+        raise Forbidden(f"You may not access {name[:64]!r}'s server.")
+    user = ident.user if ident.name == name else await p.store.get_user(name)
+    srv = p.servers.peek(user.id) if user else None
+    upstream = srv.upstream if srv else None
+    if user is None or srv is None or upstream is None:
+        return _not_running(request, base, name, tail)
+    if not path.startswith(f"{base}user/{name}/"):
+        raise web.HTTPFound(f"{base}user/{name}/")
+    return await _forward(request, p, srv.user_id, upstream, path)
+
+
+def _not_running(request: web.Request, base: str, name: str, tail: str) -> web.StreamResponse:
+    if wants_json(request) or request.headers.get("Upgrade", "").lower() == "websocket":
+        raise ServiceUnavailable(f"{name}'s server is not running.")
+    qs = f"?{request.query_string}" if request.query_string else ""
+    raise web.HTTPFound(f"{base}hub/user/{name}/{quote(tail)}{qs}")
+
+
+async def _forward(request: web.Request, p: Parts, user_id: int, upstream: object,
+                   path: str) -> web.StreamResponse:
+    from .proxy import Upstream
+
+    assert isinstance(upstream, Upstream)
+    start = time.perf_counter()
+    p.metrics.proxied.inc()
+    ws = request.headers.get("Upgrade", "").lower() == "websocket"
+    if ws:
+        p.metrics.websockets += 1
+    try:
+        return await p.proxy.forward(request, upstream, path=path, strip_cookies=HUB_COOKIES,
+                                     on_activity=lambda: p.servers.touch(user_id))
+    except ProxyError:
+        srv = p.servers.peek(user_id)
+        if srv is not None and not await p.servers.check(srv):
+            raise ServiceUnavailable("The server stopped: reload to see why and restart it.")
+        raise
+    finally:
+        if ws:
+            p.metrics.websockets -= 1
+        p.metrics.proxy_latency.observe(time.perf_counter() - start)
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    base = parts(request).cfg.base_url
+    raise web.HTTPFound(f"{base}hub/" if identity(request) else f"{base}hub/login")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=parts(request).metrics.render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+def make_app(cfg: Config) -> web.Application:
+    add_filters()
+    app = web.Application(middlewares=[log_middleware, errors_middleware, security_middleware,
+                                       identity_middleware],
+                          client_max_size=4 * 1024 * 1024)
+    base = cfg.base_url
+    app[BASE_URL] = base
+    app.cleanup_ctx.append(parts_ctx(cfg))  # type: ignore[arg-type]
+    app.router.add_get(base, root)
+    if base != "/":
+        app.router.add_get(base.rstrip("/"), root)
+    app.router.add_get(base + "hub", root)
+    app.router.add_get(base + "hub/health", health)
+    app.router.add_get(base + "hub/metrics", metrics)
+    app.router.add_static(base + "hub/static/", STATIC, append_version=False)
+    api.setup(app, base)
+    pages.setup(app, base)
+    admin.setup(app, base)
+    app.router.add_route("*", base + "user/{name}", user_route)
+    app.router.add_route("*", base + "user/{name}/{tail:.*}", user_route)
+    return app

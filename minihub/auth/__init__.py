@@ -1,0 +1,1 @@
+"""Authentication: who a request is (session cookie or API token), and password checks."""

@@ -1,0 +1,103 @@
+"""Who a request is: a session cookie or an API token, cached briefly, plus CSRF checks.
+
+The cookie holds a random session id; SQLite holds its SHA-256. API tokens come in an
+`Authorization: token T` or `Bearer T` header, never in a URL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..errors import Forbidden
+from ..store import Store, Token, User
+from . import secrets as S
+
+SESSION_COOKIE = "minihub-session"
+XSRF_COOKIE = "_xsrf"
+HUB_COOKIES = (SESSION_COOKIE, XSRF_COOKIE)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CACHE_SECONDS = 5.0
+
+
+@dataclass
+class Identity:
+    user: User
+    via: str  # "cookie" or "token"
+    session_hash: str | None = None
+    token: Token | None = None
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+
+class Identities:
+    """Resolves requests to identities; a short cache keeps the proxy path off SQLite."""
+
+    def __init__(self, store: Store, key: bytes) -> None:
+        self.store = store
+        self.key = key
+        self._cache: dict[str, tuple[float, Identity | None]] = {}
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    async def resolve(self, request: web.Request) -> Identity | None:
+        auth = request.headers.get("Authorization", "")
+        if auth:
+            return await self._from_token(auth)
+        sid = request.cookies.get(SESSION_COOKIE)
+        return await self._from_session(sid) if sid else None
+
+    async def _from_token(self, header: str) -> Identity | None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not value.strip():
+            return None
+        h = S.hash_token(value.strip())
+        hit = self._cached("t:" + h)
+        if hit is not False:
+            return hit
+        found = await self.store.token_owner(h)
+        ident = Identity(found[0], "token", token=found[1]) if found else None
+        if found:
+            await self.store.touch_token(found[1].id)
+        return self._remember("t:" + h, ident)
+
+    async def _from_session(self, sid: str) -> Identity | None:
+        h = S.hash_token(sid)
+        hit = self._cached("s:" + h)
+        if hit is not False:
+            return hit
+        user = await self.store.session_user(h)
+        return self._remember("s:" + h, Identity(user, "cookie", session_hash=h) if user else None)
+
+    def _cached(self, key: str) -> Identity | None | bool:
+        entry = self._cache.get(key)
+        if entry and entry[0] > time.monotonic():
+            return entry[1]
+        return False
+
+    def _remember(self, key: str, ident: Identity | None) -> Identity | None:
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + CACHE_SECONDS, ident)
+        return ident
+
+    def xsrf_for(self, ident: Identity | None) -> str:
+        if ident is None or ident.session_hash is None:
+            return ""
+        return S.xsrf_token(self.key, ident.session_hash)
+
+    async def check_xsrf(self, request: web.Request, ident: Identity | None) -> None:
+        """Refuse a cookie-authenticated state change without the session's XSRF token."""
+        if request.method in SAFE_METHODS or ident is None or ident.via != "cookie":
+            return
+        given = request.headers.get("X-XSRFToken", "")
+        if not given and request.content_type in (
+                "application/x-www-form-urlencoded", "multipart/form-data"):
+            given = str((await request.post()).get("_xsrf", ""))
+        if not given or not S.equal(given, self.xsrf_for(ident)):
+            raise Forbidden("'_xsrf' argument missing or wrong: reload the page and try again.")

@@ -1,0 +1,144 @@
+"""The `minihub` command: serve the hub, write a config, manage users and tokens.
+
+Global options come before the command and apply to all of them:
+`minihub -f /etc/minihub.toml token alice`. Start-up errors are one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import BY_KEY, SETTINGS, Config, find_config, generate, load
+from .errors import HubError, StartupError
+
+EPILOG = """\
+first steps:
+  minihub                               serve on http://127.0.0.1:8000 (no config needed)
+  minihub user add alice --admin        make the first admin (PAM: an existing system user)
+  minihub --generate-config             write a commented minihub.toml
+  minihub --ssl-cert c.pem --ssl-key k.pem --ip 0.0.0.0 --port 443 --redirect-port 80
+                                        serve HTTPS on a VM (see README: Deploy on a small VM)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="minihub", description="A multi-user Jupyter notebook hub in one process.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"minihub {__version__}")
+    ap.add_argument("-f", "--config", metavar="PATH",
+                    help="TOML config file (default: ./minihub.toml if present)")
+    for s in SETTINGS:
+        if s.flag:
+            typ = int if s.type is int else str
+            ap.add_argument(s.flag, dest=s.key, type=typ, default=None, metavar=s.name.upper(),
+                            help=f"{s.help} [{s.section}] {s.name}")
+    ap.add_argument("--no-ssl", action="store_true", help="serve plain HTTP even if the "
+                    "config names a certificate")
+    ap.add_argument("--generate-config", nargs="?", const="minihub.toml", metavar="PATH",
+                    help="write a commented config with every key and its default, then exit")
+    ap.add_argument("--force", action="store_true", help="with --generate-config: overwrite")
+    sub = ap.add_subparsers(dest="command", metavar="command")
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action",
+                                                                     metavar="action")
+    add = user.add_parser("add", help="add a user (native: password read from stdin)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true")
+    user.add_parser("list", help="list users")
+    rm = user.add_parser("remove", help="remove a user (stops their server)")
+    rm.add_argument("name")
+    sp = user.add_parser("set-password", help="set a native password (read from stdin)")
+    sp.add_argument("name")
+    adm = user.add_parser("admin", help="make a user admin (or --remove)")
+    adm.add_argument("name")
+    adm.add_argument("--remove", action="store_true")
+    imp = user.add_parser("import", help="add users from a file, one name per line")
+    imp.add_argument("file")
+    tok = sub.add_parser("token", help="print a new API token for a user")
+    tok.add_argument("name")
+    tok.add_argument("--note", default="Requested via minihub token")
+    return ap
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    for key in BY_KEY:
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    if args.no_ssl:
+        overrides["hub.ssl_cert"] = overrides["hub.ssl_key"] = ""
+    return load(find_config(args.config), overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.generate_config:
+            return write_config(Path(args.generate_config), args.force)
+        cfg = config_from(args)
+        logging.basicConfig(level=cfg.get("hub.log_level").upper(),
+                            format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+        if args.command is None:
+            from .serve import serve
+
+            return serve(cfg)
+        return run_command(cfg, args)
+    except StartupError as e:
+        print(f"minihub: {e}", file=sys.stderr)
+        return 2
+    except HubError as e:
+        print(f"minihub: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def write_config(path: Path, force: bool) -> int:
+    if path.exists() and not force:
+        raise StartupError(f"{path} exists; use --force to overwrite it")
+    try:
+        path.write_text(generate())
+    except OSError as e:
+        raise StartupError(f"{path}: cannot write: {e.strerror}") from None
+    print(f"wrote {path}")
+    return 0
+
+
+def run_command(cfg: Config, args: argparse.Namespace) -> int:
+    from . import commands
+
+    table: dict[tuple[str, str | None], Callable[..., Awaitable[int]]] = {
+        ("user", "add"): commands.user_add, ("user", "list"): commands.user_list,
+        ("user", "remove"): commands.user_remove,
+        ("user", "set-password"): commands.user_set_password,
+        ("user", "admin"): commands.user_admin, ("user", "import"): commands.user_import,
+        ("token", None): commands.token,
+    }
+    fn = table.get((args.command, getattr(args, "action", None)))
+    if fn is None:
+        build_parser().parse_args([args.command, "--help"])
+        return 2
+    return asyncio.run(fn(cfg, args))
+
+
+def read_password(prompt: str = "Password: ") -> str:
+    if sys.stdin.isatty():
+        pw = getpass.getpass(prompt)
+        if pw != getpass.getpass("Again: "):
+            raise HubError("The passwords differ.")
+        return pw
+    line = sys.stdin.readline()
+    return line.rstrip("\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Operator commands (`minihub user ...`, `minihub token NAME`), run against the SQLite store.
+
+They work while the hub runs: SQLite in WAL mode lets both write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import users
+from .app import make_authenticator
+from .auth.names import normalise
+from .config import Config
+from .errors import HubError, StartupError
+from .store import Store
+
+
+async def _store(cfg: Config) -> Store:
+    try:
+        cfg.data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"{cfg.data_dir}: cannot create the data dir: {e.strerror}") from None
+    return await Store.open(cfg.data_dir / "minihub.sqlite")
+
+
+async def user_add(cfg: Config, args: argparse.Namespace) -> int:
+    from .cli import read_password
+
+    store = await _store(cfg)
+    try:
+        auth = make_authenticator(cfg, store)
+        pw = read_password() if auth.kind == "native" else None
+        user = await users.create(store, auth, args.name, args.admin, pw)
+        print(f"added {user.name}{' (admin)' if user.admin else ''}")
+    finally:
+        await store.close()
+    return 0
+
+
+async def user_import(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        auth = make_authenticator(cfg, store)
+        try:
+            lines = Path(args.file).read_text().splitlines()
+        except OSError as e:
+            raise StartupError(f"{args.file}: cannot read: {e.strerror}") from None
+        added = failed = 0
+        for line in lines:
+            name = line.split(",")[0].strip()
+            if not name or name.startswith("#"):
+                continue
+            try:
+                await users.create(store, auth, name)
+                added += 1
+            except HubError as e:
+                failed += 1
+                print(f"{name[:64]}: {e.message}")
+        print(f"added {added} users, {failed} skipped")
+    finally:
+        await store.close()
+    return 0 if not failed else 1
+
+
+async def user_list(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        running = {row.user_id for row in await store.list_servers()}
+        for u in await store.list_users():
+            flags = [f for f, on in (("admin", u.admin), ("running", u.id in running)) if on]
+            last = time.strftime("%Y-%m-%d %H:%M", time.gmtime(u.last_activity)) \
+                if u.last_activity else "never"
+            print(f"{u.name:24} {','.join(flags):16} last active {last}")
+    finally:
+        await store.close()
+    return 0
+
+
+async def user_remove(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        user = await users.get(store, args.name)
+        if any(r.user_id == user.id for r in await store.list_servers()):
+            raise HubError(f"{user.name}'s server is running: stop it first "
+                           "(admin page or DELETE /hub/api/users/{name}/server).")
+        await store.delete_user(user.id)
+        print(f"removed {user.name}")
+    finally:
+        await store.close()
+    return 0
+
+
+async def user_set_password(cfg: Config, args: argparse.Namespace) -> int:
+    from .cli import read_password
+
+    store = await _store(cfg)
+    try:
+        user = await users.get(store, args.name)
+        await users.set_password(store, make_authenticator(cfg, store), user, read_password())
+        print(f"password of {user.name} changed")
+    finally:
+        await store.close()
+    return 0
+
+
+async def user_admin(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        user = await users.get(store, args.name)
+        await store.set_admin(user.id, not args.remove)
+        print(f"{user.name} is {'no longer ' if args.remove else ''}an admin")
+    finally:
+        await store.close()
+    return 0
+
+
+async def token(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        user = await store.get_user(normalise(args.name))
+        if user is None:
+            raise HubError(f"No such user: {args.name[:64]!r} (add it with minihub user add)")
+        secret, _ = await users.new_token(store, user, args.note)
+        print(secret)
+    finally:
+        await store.close()
+    return 0

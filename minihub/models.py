@@ -1,0 +1,80 @@
+"""JupyterHub's JSON shapes for users, servers and tokens, built from the hub's state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from .servers import Server
+from .store import Token, User
+
+
+def iso(ts: float | None) -> str | None:
+    if not ts:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    """Parse an ISO 8601 time (with Z or offset; naive means UTC)."""
+    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.timestamp()
+
+
+def server_model(base_url: str, user: User, srv: Server | None) -> dict[str, Any]:
+    running = srv is not None and srv.status == "running"
+    return {
+        "name": "",
+        "ready": running,
+        "stopped": srv is None or srv.status == "stopped",
+        "pending": srv.pending if srv else None,
+        "url": f"{base_url}user/{user.name}/",
+        "progress_url": f"{base_url}hub/api/users/{user.name}/server/progress",
+        "started": iso(srv.started) if srv and srv.status != "stopped" else None,
+        "last_activity": iso(srv.last_activity) if srv and srv.status != "stopped" else None,
+        "state": {"pid": srv.proc.pid} if running and srv and srv.proc else {},
+        "user_options": {},
+    }
+
+
+def user_model(base_url: str, user: User, srv: Server | None,
+               with_servers: bool = True) -> dict[str, Any]:
+    active = srv is not None and srv.status != "stopped"
+    last = max(filter(None, [user.last_activity, srv.last_activity if active and srv else 0]),
+               default=None)
+    model: dict[str, Any] = {
+        "kind": "user",
+        "name": user.name,
+        "admin": user.admin,
+        "roles": ["admin", "user"] if user.admin else ["user"],
+        "groups": [],
+        "server": f"{base_url}user/{user.name}/" if srv and srv.status == "running" else None,
+        "pending": srv.pending if srv else None,
+        "created": iso(user.created),
+        "last_activity": iso(last),
+        "auth_state": None,
+    }
+    if with_servers:
+        model["servers"] = {"": server_model(base_url, user, srv)} if active else {}
+    return model
+
+
+def token_model(user: User, tok: Token, secret: str | None = None) -> dict[str, Any]:
+    model: dict[str, Any] = {
+        "id": f"a{tok.id}",
+        "kind": "api_token",
+        "user": user.name,
+        "note": tok.note,
+        "scopes": tok.scopes,
+        "roles": [],
+        "created": iso(tok.created),
+        "expires_at": iso(tok.expires),
+        "last_activity": iso(tok.last_activity),
+        "oauth_client": "",
+        "session_id": None,
+    }
+    if secret is not None:
+        model["token"] = secret
+    return model

@@ -1,0 +1,147 @@
+"""Running the hub: pre-flight checks, one hub per data dir, listeners, TLS, signals.
+
+SIGTERM/SIGINT stop accepting and let in-flight requests finish within a grace period;
+users' servers keep running unless [hub] cleanup_servers. SIGHUP reloads the certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import ssl
+import stat
+import sys
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from .app import make_app
+from .config import Config
+from .errors import StartupError
+
+log = logging.getLogger("minihub")
+
+
+def check_python_readable(python: str) -> None:
+    """User servers run this interpreter as their users: every path to it must be open."""
+    paths = {Path(python), Path(os.path.realpath(python)),
+             Path(os.path.realpath(__file__)).parent}
+    for target in paths:
+        for p in [target, *target.parents]:
+            try:
+                mode = p.stat().st_mode
+            except OSError:
+                continue
+            need = stat.S_IXOTH | (stat.S_IROTH if not stat.S_ISDIR(mode) or p == target else 0)
+            if mode & need != need:
+                raise StartupError(
+                    f"{p} is not readable by other users, so user servers running {python} "
+                    "would fail with PermissionError. Install minihub in a world-readable venv "
+                    "made from /usr/bin/python3 (bash scripts/install puts it in /opt/minihub), "
+                    "or set [spawner] python to such an interpreter.")
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    try:
+        data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        f = open(data_dir / "minihub.pid", "a+")
+    except OSError as e:
+        raise StartupError(f"{data_dir}: cannot create the data dir: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        raise StartupError(f"another minihub (pid {pid}) is already running with data dir "
+                           f"{data_dir}; stop it first or use another --data-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    from . import tls
+
+    return tls.make_context(cfg.get("hub.ssl_cert"), cfg.get("hub.ssl_key"))
+
+
+def serve(cfg: Config) -> int:
+    if os.geteuid() == 0 and not cfg.get("spawner.cmd"):
+        check_python_readable(cfg.get("spawner.python") or sys.executable)
+    lock = lock_data_dir(cfg.data_dir)
+    ctx = tls_context(cfg)
+    try:
+        asyncio.run(_serve(cfg, ctx))
+    finally:
+        lock.close()
+    return 0
+
+
+async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
+    app = make_app(cfg)
+    grace = float(cfg.get("hub.shutdown_grace_seconds"))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+    await runner.setup()
+    ip, port = cfg.get("hub.ip"), int(cfg.get("hub.port"))
+    try:
+        await web.TCPSite(runner, ip, port, ssl_context=ctx, reuse_address=True).start()
+        redirect = await _redirect_listener(cfg)
+    except OSError as e:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {ip}:{port}: {e.strerror}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ctx is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, cfg, ctx)
+    _announce(cfg)
+    await stop.wait()
+    log.info("shutting down: finishing requests for up to %gs", grace)
+    if redirect is not None:
+        await redirect.cleanup()
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def _redirect_listener(cfg: Config) -> web.AppRunner | None:
+    rport = int(cfg.get("hub.redirect_port"))
+    if not rport or not cfg.tls:
+        return None
+    from . import tls
+
+    runner = web.AppRunner(tls.redirect_app(int(cfg.get("hub.port")), cfg.base_url),
+                           handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.get("hub.ip"), rport, reuse_address=True).start()
+    return runner
+
+
+def _reload_tls(cfg: Config, ctx: ssl.SSLContext) -> None:
+    from . import tls
+
+    tls.reload(ctx, cfg.get("hub.ssl_cert"), cfg.get("hub.ssl_key"))
+
+
+def _announce(cfg: Config) -> None:
+    scheme = "https" if cfg.tls else "http"
+    host = cfg.get("hub.ip")
+    shown = f"[{host}]" if ":" in host else host
+    log.info("minihub is listening on %s://%s:%s%s", scheme, shown, cfg.get("hub.port"),
+             cfg.base_url)
+    log.info("data dir %s; authenticator %s", cfg.data_dir, cfg.get("auth.authenticator"))
+    flags = f"-f {cfg.path} " if cfg.path else ""
+    if cfg.get("auth.authenticator") == "native":
+        log.info("first admin: minihub %suser add NAME --admin  (password read from stdin)",
+                 flags)
+    else:
+        log.info("first admin: minihub %suser add NAME --admin  (NAME: an existing system "
+                 "account; it logs in with its system password)", flags)

@@ -1,0 +1,360 @@
+"""The life of each user's server as the hub sees it: start, readiness, stop, poll, re-adopt.
+
+Processes are run by a Spawner (minihub.spawner); this module owns state (memory + SQLite),
+limits, readiness probing and progress. Only "running" servers are stored, so a restarted
+hub re-adopts exactly the servers that were up, and forgets ones that died meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import secrets as pysecrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from .auth import secrets as S
+from .config import Config, parse_bytes
+from .errors import SpawnError, TooManyRequests
+from .proxy import Upstream
+from .spawner import accounts
+from .spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc, Spawner
+from .spawner.local import tail_log
+from .store import ServerRow, Store, User
+
+log = logging.getLogger("minihub.servers")
+PROBE_INTERVAL = 0.05
+POLL_EVERY = 5.0
+SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
+
+
+@dataclass
+class Server:
+    """One user's server, as this hub process knows it."""
+
+    user_id: int
+    name: str
+    status: str = "stopped"  # stopped | pending | running | stopping
+    proc: Proc | None = None
+    nonce: str = ""
+    secret: str = ""
+    started: float = 0.0
+    last_activity: float = 0.0
+    progress: list[str] = field(default_factory=list)
+    error: str = ""
+    log_tail: str = ""
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    spawn_seconds: float = 0.0
+
+    @property
+    def pending(self) -> str | None:
+        return {"pending": "spawn", "stopping": "stop"}.get(self.status)
+
+    @property
+    def upstream(self) -> Upstream | None:
+        if self.status != "running" or self.proc is None:
+            return None
+        return Upstream(self.proc.host, self.proc.port, self.secret)
+
+
+class Servers:
+    def __init__(self, cfg: Config, store: Store, key: bytes, spawner: Spawner,
+                 on_spawned: Callable[[float], None] | None = None) -> None:
+        self.cfg = cfg
+        self.sp = cfg.section("spawner")
+        self.store = store
+        self.key = key
+        self.spawner = spawner
+        self.on_spawned = on_spawned
+        self._servers: dict[int, Server] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.log_dir = cfg.data_dir / "logs"
+
+    # --- lifetime ---------------------------------------------------------------------
+    async def open(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self.log_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(self.log_dir, 0o711)
+        await self.adopt()
+        self._poller = asyncio.create_task(self._poll_loop(), name="minihub-poll-servers")
+
+    async def close(self, stop_all: bool = False) -> None:
+        if self._poller:
+            self._poller.cancel()
+        tasks = [s.task for s in self._servers.values() if s.task and not s.task.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if stop_all:
+            await asyncio.gather(*(self.stop(s.name, s.user_id) for s in list(self._servers.values())
+                                   if s.status == "running"), return_exceptions=True)
+        else:
+            await self.flush_activity()
+        if self._http:
+            await self._http.close()
+        await self.spawner.close()
+
+    # --- queries ----------------------------------------------------------------------
+    def get(self, user: User) -> Server:
+        srv = self._servers.get(user.id)
+        if srv is None:
+            srv = self._servers[user.id] = Server(user.id, user.name)
+        srv.name = user.name
+        return srv
+
+    def peek(self, user_id: int) -> Server | None:
+        return self._servers.get(user_id)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self._servers.values() if s.status == status)
+
+    def all(self) -> list[Server]:
+        return list(self._servers.values())
+
+    def touch(self, user_id: int) -> None:
+        srv = self._servers.get(user_id)
+        if srv is not None:
+            srv.last_activity = time.time()
+
+    # --- start ------------------------------------------------------------------------
+    async def spawn(self, user: User, wait: float = SLOW_SPAWN) -> Server:
+        """Start `user`'s server (if not already up); return after `wait` seconds at most."""
+        srv = self.get(user)
+        if srv.status in ("stopped",):
+            self._check_limits()
+            srv.status, srv.error, srv.log_tail = "pending", "", ""
+            srv.progress = ["Server requested"]
+            srv.ready = asyncio.Event()
+            srv.task = asyncio.create_task(self._start(user, srv), name=f"spawn-{user.name}")
+        if srv.status == "pending" and wait > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(srv.ready.wait()), wait)
+            except TimeoutError:
+                pass
+        if srv.status == "stopped" and srv.error:
+            raise SpawnError(srv.error, srv.log_tail)
+        return srv
+
+    def _check_limits(self) -> None:
+        pending = self.count("pending")
+        limit = int(self.sp["concurrent_spawn_limit"])
+        if limit and pending >= limit:
+            raise TooManyRequests(
+                f"Too many servers are starting ({pending}); try again in a few seconds. "
+                "The admin can raise [spawner] concurrent_spawn_limit.", 5)
+        active = int(self.sp["active_server_limit"])
+        if active and pending + self.count("running") >= active:
+            raise TooManyRequests(
+                f"The hub is full: {active} servers are running. Try again later; the admin "
+                "can raise [spawner] active_server_limit.", 30)
+
+    async def _start(self, user: User, srv: Server) -> None:
+        t0 = time.monotonic()
+        try:
+            spec = await self._launch_spec(user, srv)
+            srv.progress.append("Starting the server process")
+            srv.proc = await self.spawner.start(spec)
+            srv.started = time.time()
+            srv.last_activity = srv.started
+            srv.progress.append("Waiting for the server to answer")
+            await self._wait_ready(srv, spec.log_path)
+            await self.store.save_server(self._row(srv))
+            srv.status = "running"
+            srv.spawn_seconds = time.monotonic() - t0
+            srv.progress.append("Server ready")
+            if self.on_spawned:
+                self.on_spawned(srv.spawn_seconds)
+            log.info("spawned %s pid=%s port=%s in %.2fs", user.name, srv.proc.pid,
+                     srv.proc.port, srv.spawn_seconds)
+        except SpawnError as e:
+            await self._fail(srv, e.message, e.log_tail)
+        except asyncio.CancelledError:
+            if srv.proc is not None and srv.status == "pending":
+                await self.spawner.stop(srv.proc, 2)
+            srv.status = "stopped"
+            raise
+        except Exception as e:
+            log.exception("spawn of %s failed", user.name)
+            await self._fail(srv, f"Server failed to start: {type(e).__name__}: {e}", "")
+        finally:
+            srv.ready.set()
+
+    async def _fail(self, srv: Server, message: str, tail: str) -> None:
+        log.warning("spawn of %s failed: %s", srv.name, message)
+        if srv.proc is not None:
+            await self.spawner.stop(srv.proc, 2)
+            tail = tail or await asyncio.to_thread(tail_log, self.log_path(srv.name))
+        srv.status, srv.proc = "stopped", None
+        srv.error, srv.log_tail = message, tail
+        srv.progress.append("Failed: " + message)
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    async def _launch_spec(self, user: User, srv: Server) -> LaunchSpec:
+        account = await self._account(user.name)
+        srv.nonce = pysecrets.token_hex(16)
+        srv.secret = S.server_secret(self.key, user.name, srv.nonce)
+        notebook_dir = (self.sp["notebook_dir"] or account.home).replace("{username}", user.name)
+        if os.geteuid() == 0 and self.cfg.get("users.shared_dirs"):
+            srv.progress.append("Linking shared folders")
+            await accounts.link_shared_dirs(account, self.cfg.get("users.shared_dirs"))
+        prefix = f"{self.cfg.base_url}user/{user.name}/"
+        mem = (parse_bytes(self.sp["mem_limit"]) or 0) if self.sp["mem_limit"] else 0
+        return LaunchSpec(
+            username=user.name, account=account, cmd=self._cmd(), env=self._env(account, prefix),
+            cwd=notebook_dir, log_path=self.log_path(user.name),
+            stdin_config={"secret": srv.secret, "base_url": prefix, "user": user.name,
+                          "notebook_dir": notebook_dir,
+                          "kernel_idle_timeout": int(self.sp["kernel_idle_timeout"]),
+                          "mem_limit": mem},
+            umask=int(self.sp["umask"]),
+            mem_limit=mem,
+            cpu_limit=float(self.sp["cpu_limit"]))
+
+    async def _account(self, name: str) -> Account:
+        if os.geteuid() != 0:
+            return await asyncio.to_thread(accounts.unprivileged_account, self.cfg.data_dir, name)
+        try:
+            await asyncio.to_thread(pwd.getpwnam, name)
+        except KeyError:
+            if not self.cfg.get("users.create_system_users"):
+                raise SpawnError(
+                    f"There is no system account named {name!r}. An admin can create it "
+                    "(useradd -m) or set [users] create_system_users = true.", status=400)
+            await accounts.create_system_user(name)
+        return await asyncio.to_thread(accounts.lookup_account, name,
+                                       uid_min=int(self.sp["uid_min"]))
+
+    def _cmd(self) -> list[str]:
+        if self.sp["cmd"]:
+            return list(self.sp["cmd"])
+        return [self.sp["python"] or sys.executable, "-m", "minihub.singleuser"]
+
+    def _env(self, account: Account, prefix: str) -> dict[str, str]:
+        python = self.sp["python"] or sys.executable
+        path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
+        env = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name,
+               "SHELL": account.shell, "PATH": path, "LANG": os.environ.get("LANG", "C.UTF-8"),
+               "MINIHUB_USER": account.name, "MINIHUB_BASE_URL": prefix}
+        env.update(self.sp["environment"])
+        return env
+
+    async def _wait_ready(self, srv: Server, log_path: Path) -> None:
+        assert srv.proc is not None and self._http is not None
+        url = f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/api/status"
+        deadline = time.monotonic() + float(self.sp["start_timeout"])
+        while time.monotonic() < deadline:
+            status = await self.spawner.poll(srv.proc)
+            if status is not None:
+                raise SpawnError(f"Server exited during start ({_exit_text(status)}).",
+                                 await asyncio.to_thread(tail_log, log_path))
+            if await self._answers(url, srv.secret):
+                return
+            await asyncio.sleep(PROBE_INTERVAL)
+        raise SpawnError(
+            f"Server did not answer within {self.sp['start_timeout']} seconds. The admin can "
+            "raise [spawner] start_timeout.", await asyncio.to_thread(tail_log, log_path))
+
+    async def _answers(self, url: str, secret: str) -> bool:
+        assert self._http is not None
+        try:
+            async with self._http.get(url, headers={"X-Minihub-Secret": secret},
+                                      timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    def _row(self, srv: Server) -> ServerRow:
+        assert srv.proc is not None
+        return ServerRow(srv.user_id, "running", srv.proc.pid, srv.proc.start_ticks,
+                         srv.proc.host, srv.proc.port, srv.nonce, S.hash_token(srv.secret),
+                         srv.started, srv.last_activity, srv.proc.extra)
+
+    # --- stop and poll ----------------------------------------------------------------
+    async def stop(self, name: str, user_id: int) -> None:
+        srv = self._servers.get(user_id)
+        if srv is None or srv.status == "stopped":
+            return
+        if srv.task and not srv.task.done():
+            srv.task.cancel()
+            await asyncio.gather(srv.task, return_exceptions=True)
+        proc, srv.status = srv.proc, "stopping"
+        try:
+            if proc is not None:
+                await self.spawner.stop(proc, float(self.sp["stop_timeout"]))
+        finally:
+            srv.status, srv.proc, srv.error = "stopped", None, ""
+            await self.store.delete_server(user_id)
+            log.info("stopped server of %s", name)
+
+    async def poll_all(self) -> None:
+        for srv in list(self._servers.values()):
+            if srv.status == "running":
+                await self.check(srv)
+
+    async def check(self, srv: Server) -> bool:
+        """True if alive; otherwise mark it stopped and keep why for the user."""
+        if srv.proc is None:
+            return False
+        status = await self.spawner.poll(srv.proc)
+        if status is None:
+            return True
+        tail = await asyncio.to_thread(tail_log, self.log_path(srv.name))
+        srv.status, srv.proc = "stopped", None
+        srv.error, srv.log_tail = f"Your server stopped ({_exit_text(status)}).", tail
+        await self.store.delete_server(srv.user_id)
+        log.warning("server of %s died: %s", srv.name, _exit_text(status))
+        return False
+
+    async def _poll_loop(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(POLL_EVERY)
+            n += 1
+            try:
+                await self.poll_all()
+                if n % 6 == 0:
+                    await self.flush_activity()
+            except Exception:
+                log.exception("polling servers failed")
+
+    async def flush_activity(self) -> None:
+        for srv in self._servers.values():
+            if srv.status == "running" and srv.last_activity:
+                await self.store.touch_server(srv.user_id, srv.last_activity)
+                await self.store.touch_user(srv.user_id, srv.last_activity)
+
+    # --- re-adoption ------------------------------------------------------------------
+    async def adopt(self) -> None:
+        for row in await self.store.list_servers():
+            user = await self.store.get_user_by_id(row.user_id)
+            proc = Proc(row.pid, row.start_ticks, row.host, row.port, row.extra)
+            if user is None or await self.spawner.poll(proc) is not None:
+                await self.store.delete_server(row.user_id)
+                log.info("forgot dead server of user id %s", row.user_id)
+                continue
+            srv = self.get(user)
+            srv.proc, srv.nonce, srv.started = proc, row.nonce, row.started
+            srv.secret = S.server_secret(self.key, user.name, row.nonce)
+            srv.last_activity = row.last_activity or row.started
+            srv.status = "running"
+            srv.ready.set()
+            log.info("re-adopted server of %s (pid %s)", user.name, row.pid)
+
+
+def _exit_text(status: int) -> str:
+    if status == UNKNOWN_EXIT:
+        return "exit status unknown"
+    if status < 0:
+        return f"killed by signal {-status}"
+    return f"exit code {status}"

@@ -1,0 +1,70 @@
+"""What the hub does with users, shared by the REST API, the pages and the command line."""
+
+from __future__ import annotations
+
+import time
+
+from .auth import names
+from .auth import secrets as S
+from .auth.base import Authenticator
+from .auth.native import NativeAuthenticator
+from .errors import BadRequest, Conflict, NotFound
+from .store import Store, Token, User
+
+
+async def get(store: Store, name: str) -> User:
+    user = await store.get_user(names.normalise(name))
+    if user is None:
+        raise NotFound(f"No such user: {names.normalise(name)[:64]!r}")
+    return user
+
+
+async def create(store: Store, auth: Authenticator, name: str, admin: bool = False,
+                 password: str | None = None) -> User:
+    name = names.validate(name)
+    if name in auth.blocked_users:
+        raise BadRequest(f"{name} is blocked ([auth] blocked_users)")
+    if await store.get_user(name):
+        raise Conflict(f"User {name} already exists")
+    hashed = None
+    if password is not None:
+        if not isinstance(auth, NativeAuthenticator):
+            raise BadRequest("Passwords are set only with the native authenticator; "
+                             "PAM users log in with their system password.")
+        hashed = await auth.hash_new_password(password)
+    return await store.add_user(name, admin, hashed)
+
+
+async def set_password(store: Store, auth: Authenticator, user: User, password: str) -> None:
+    if not isinstance(auth, NativeAuthenticator):
+        raise BadRequest("Passwords are set only with the native authenticator "
+                         "([auth] authenticator = \"native\"); PAM users use passwd.")
+    await store.set_password_hash(user.id, await auth.hash_new_password(password))
+    await store.delete_user_sessions(user.id)
+
+
+async def login(store: Store, name: str, admin: bool | None) -> User:
+    """The hub user for someone the authenticator let in; created on first login."""
+    user = await store.get_user(name)
+    if user is None:
+        user = await store.add_user(name, bool(admin))
+    elif admin is not None and admin != user.admin:
+        await store.set_admin(user.id, admin)
+        user.admin = admin
+    await store.touch_user(user.id)
+    return user
+
+
+async def new_token(store: Store, user: User, note: str = "", scopes: list[str] | None = None,
+                    expires_in: float | None = None) -> tuple[str, Token]:
+    secret = S.new_token()
+    expires = time.time() + expires_in if expires_in else None
+    tok = await store.add_token(user.id, S.hash_token(secret), secret[: S.PREFIX_LEN],
+                                note, scopes or [], expires)
+    return secret, tok
+
+
+async def new_session(store: Store, user: User, max_age: float) -> str:
+    sid = S.new_token()
+    await store.add_session(S.hash_token(sid), user.id, max_age)
+    return sid

@@ -1,0 +1,85 @@
+"""The admin page: add, remove and promote users; start and stop anyone's server."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .. import users
+from ..context import parts
+from ..errors import BadRequest, Forbidden, HubError
+from ..store import User
+from .pages import current
+from .render import render
+
+routes = web.RouteTableDef()
+
+
+def require_admin(request: web.Request) -> User:
+    user = current(request)
+    if not user.admin:
+        raise Forbidden("Only admins may open the admin page.")
+    return user
+
+
+@routes.get("/hub/admin")
+async def admin_page(request: web.Request, message: str = "", error: str = "",
+                     status: int = 200) -> web.Response:
+    require_admin(request)
+    p = parts(request)
+    rows = [(u, p.servers.peek(u.id)) for u in await p.store.list_users()]
+    return render(request, "admin.html", {
+        "rows": rows, "message": message, "error": error,
+        "native": p.authenticator.kind == "native"}, status=status)
+
+
+@routes.post("/hub/admin/users")
+async def add_users(request: web.Request) -> web.Response:
+    require_admin(request)
+    p = parts(request)
+    form = await request.post()
+    admin = form.get("admin") == "on"
+    password = str(form.get("password", "")) or None
+    lines = [ln.strip() for ln in str(form.get("usernames", "")).splitlines() if ln.strip()]
+    if not lines:
+        return await admin_page(request, error="Give at least one username.", status=400)
+    added, errors = [], []
+    for name in lines[:1000]:
+        try:
+            added.append((await users.create(p.store, p.authenticator, name, admin,
+                                             password)).name)
+        except HubError as e:
+            errors.append(f"{name[:64]}: {e.message}")
+    msg = f"Added {len(added)} user(s): {', '.join(added)}" if added else ""
+    return await admin_page(request, msg, "; ".join(errors), 200 if added else 400)
+
+
+@routes.post("/hub/admin/users/{name}/{action}")
+async def user_action(request: web.Request) -> web.Response:
+    me = require_admin(request)
+    p = parts(request)
+    user = await users.get(p.store, request.match_info["name"])
+    action = request.match_info["action"]
+    if action == "start":
+        await p.servers.spawn(user, wait=0)
+    elif action == "stop":
+        await p.servers.stop(user.name, user.id)
+    elif action in ("make-admin", "remove-admin"):
+        if user.id == me.id and action == "remove-admin":
+            raise BadRequest("You cannot remove your own admin rights.")
+        await p.store.set_admin(user.id, action == "make-admin")
+    elif action == "delete":
+        if user.id == me.id:
+            raise BadRequest("You cannot delete yourself.")
+        await p.servers.stop(user.name, user.id)
+        await p.store.delete_user(user.id)
+    else:
+        raise BadRequest(f"Unknown action {action[:32]!r}", 404)
+    p.identities.invalidate()
+    raise web.HTTPFound(f"{p.cfg.base_url}hub/admin")
+
+
+def setup(app: web.Application, base_url: str) -> None:
+    prefix = base_url.rstrip("/")
+    for r in routes:
+        assert isinstance(r, web.RouteDef)
+        app.router.add_route(r.method, prefix + r.path, r.handler)

@@ -1,0 +1,96 @@
+"""One place that turns errors into responses: JSON under the API, a page elsewhere.
+
+Also the request log (one bounded, escaped line per request, with no secrets) and the
+security headers every hub response carries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..context import BASE_URL, IDENTITY, REQUEST_ID
+from ..errors import HubError, SpawnError
+from .render import render
+
+log = logging.getLogger("minihub.web")
+access = logging.getLogger("minihub.access")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ids = itertools.count(1)
+
+
+def wants_json(request: web.Request) -> bool:
+    path = request.path
+    base = request.config_dict[BASE_URL]
+    if path.startswith(base + "hub/api") or "/api/" in path[len(base):]:
+        return True
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def error_response(request: web.Request, status: int, message: str,
+                   headers: dict[str, str] | None = None, log_tail: str = "") -> web.Response:
+    if wants_json(request):
+        body: dict[str, object] = {"status": status, "message": message}
+        if log_tail:
+            body["log_tail"] = log_tail
+        resp = web.json_response(body, status=status, headers=headers)
+    else:
+        resp = render(request, "error.html", {"status": status, "message": message,
+                                              "log_tail": log_tail}, status=status)
+        resp.headers.update(headers or {})
+    return resp
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HubError as e:
+        tail = e.log_tail if isinstance(e, SpawnError) else ""
+        return error_response(request, e.status, e.message, e.headers, tail)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(request, e.status, e.reason or "Error", dict(e.headers))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, clean(request.path))
+        return error_response(request, 500, "Internal error: the hub logged the details.")
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@web.middleware
+async def log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = f"{next(_ids):x}"
+    request[REQUEST_ID] = rid
+    start = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        ms = (time.perf_counter() - start) * 1000
+        ident = request.get(IDENTITY)
+        user = ident.name if ident is not None else "-"
+        level = logging.WARNING if status >= 500 else logging.INFO
+        access.log(level, "%d %s %s %.1fms user=%s rid=%s", status, request.method[:10],
+                   clean(request.path), ms, clean(str(user)), rid)
+
+
+def clean(text: str, limit: int = 200) -> str:
+    """Bounded and escaped for a log line: no newlines, no control characters."""
+    out = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return out if len(out) <= limit else out[:limit] + "…"

@@ -1,0 +1,340 @@
+"""The hub's server-rendered pages: login, logout, home, admin, tokens, spawn progress.
+
+Every form works without JavaScript; every state-changing form carries the XSRF token,
+checked by the identity middleware before any handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from .. import users
+from ..auth import names
+from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
+from ..context import Parts, identity, parts
+from ..errors import BadRequest, Forbidden, HubError
+from ..store import User
+from .render import render
+
+log = logging.getLogger("minihub.web")
+routes = web.RouteTableDef()
+
+
+def base(request: web.Request) -> str:
+    return parts(request).cfg.base_url
+
+
+def redirect(location: str) -> web.HTTPFound:
+    return web.HTTPFound(location)
+
+
+def current(request: web.Request) -> User:
+    ident = identity(request)
+    if ident is None:
+        raise redirect(f"{base(request)}hub/login?next={quote(request.path_qs, safe='')}")
+    return ident.user
+
+
+def safe_next(request: web.Request, target: str | None) -> str:
+    """A same-origin path under base_url, whatever `target` tries."""
+    default = f"{base(request)}hub/"
+    if not target or any(c in target for c in "\\\r\n\t\x00") or ord(min(target)) < 0x20:
+        return default
+    parts_ = urlsplit(target)
+    if parts_.scheme or parts_.netloc or not target.startswith("/") or target.startswith("//"):
+        return default
+    if not target.startswith(base(request)):
+        return default
+    return target
+
+
+def check_origin(request: web.Request) -> None:
+    """Forms posted before there is a session (login, sign-up) must come from this origin."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        raise Forbidden("Cross-origin form submission refused.")
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        raise Forbidden("Cross-site form submission refused.")
+
+
+# --- login / logout ---------------------------------------------------------------------
+@routes.get("/hub/login")
+async def login_page(request: web.Request) -> web.Response:
+    if identity(request):
+        raise redirect(safe_next(request, request.query.get("next")))
+    return login_form(request, "")
+
+
+def login_form(request: web.Request, error: str, status: int = 200,
+               username: str = "") -> web.Response:
+    p = parts(request)
+    return render(request, "login.html", {
+        "error": error, "username": username, "next": request.query.get("next", ""),
+        "signup": getattr(p.authenticator, "can_signup", False),
+        "kind": p.authenticator.kind}, status=status)
+
+
+@routes.post("/hub/login")
+async def login_post(request: web.Request) -> web.StreamResponse:
+    check_origin(request)
+    p = parts(request)
+    form = await request.post()
+    raw = str(form.get("username", ""))[:256]
+    password = str(form.get("password", ""))
+    name = names.normalise(raw)
+    address = request.remote or "?"
+    try:
+        p.throttle.check(name, address)
+    except HubError as e:
+        p.metrics.login_failures.inc()
+        return login_form(request, e.message, e.status, raw)
+    result = None
+    if names.is_valid(name):
+        result = await p.authenticator.authenticate(name, password)
+    if result is None:
+        p.metrics.login_failures.inc()
+        delay = p.throttle.failure(name, address)
+        log.info("failed login for %s from %s", names.normalise(raw)[:64].encode(
+            "unicode_escape").decode(), address)
+        if delay:
+            await asyncio.sleep(delay)
+        return login_form(request, "Invalid username or password.", 403, raw)
+    p.throttle.success(name)
+    user = await users.login(p.store, result.name, result.admin)
+    resp = redirect(await after_login(request, p, user))
+    await start_session(request, p, user, resp)
+    log.info("login of %s", user.name)
+    raise resp
+
+
+async def after_login(request: web.Request, p: Parts, user: User) -> str:
+    nxt = safe_next(request, request.query.get("next") or None)
+    own = f"{p.cfg.base_url}user/{user.name}/"
+    if nxt in (f"{p.cfg.base_url}hub/", own) or nxt.startswith(own):
+        if nxt == f"{p.cfg.base_url}hub/":
+            nxt = own
+        try:
+            await p.servers.spawn(user, wait=0)
+        except HubError:
+            return f"{p.cfg.base_url}hub/home"
+        return f"{p.cfg.base_url}hub/spawn-pending/{user.name}?next={quote(nxt, safe='')}"
+    return nxt
+
+
+async def start_session(request: web.Request, p: Parts, user: User,
+                        resp: web.StreamResponse) -> None:
+    max_age = float(p.cfg.get("hub.session_max_age_days")) * 86400
+    sid = await users.new_session(p.store, user, max_age)
+    from ..auth import secrets as S
+
+    secure = p.cfg.tls or request.secure
+    resp.set_cookie(SESSION_COOKIE, sid, path=p.cfg.base_url, httponly=True, samesite="Lax",
+                    secure=secure, max_age=int(max_age))
+    resp.set_cookie(XSRF_COOKIE, S.xsrf_token(p.key, S.hash_token(sid)), path=p.cfg.base_url,
+                    samesite="Lax", secure=secure, max_age=int(max_age))
+
+
+@routes.get("/hub/logout")
+async def logout_page(request: web.Request) -> web.Response:
+    if identity(request) is None:
+        raise redirect(f"{base(request)}hub/login")
+    return render(request, "logout.html")
+
+
+@routes.post("/hub/logout")
+async def logout(request: web.Request) -> web.Response:
+    p = parts(request)
+    ident = identity(request)
+    if ident and ident.session_hash:
+        await p.store.delete_session(ident.session_hash)
+        p.identities.invalidate()
+    resp = redirect(f"{p.cfg.base_url}hub/login")
+    resp.del_cookie(SESSION_COOKIE, path=p.cfg.base_url)
+    resp.del_cookie(XSRF_COOKIE, path=p.cfg.base_url)
+    raise resp
+
+
+@routes.get("/hub/signup")
+async def signup_page(request: web.Request) -> web.Response:
+    if not getattr(parts(request).authenticator, "can_signup", False):
+        raise web.HTTPNotFound(reason="Sign-up is not open on this hub.")
+    return render(request, "signup.html", {"error": ""})
+
+
+@routes.post("/hub/signup")
+async def signup(request: web.Request) -> web.Response:
+    check_origin(request)
+    p = parts(request)
+    if not getattr(p.authenticator, "can_signup", False):
+        raise web.HTTPNotFound(reason="Sign-up is not open on this hub.")
+    form = await request.post()
+    name, pw = str(form.get("username", ""))[:256], str(form.get("password", ""))
+    if pw != str(form.get("password2", "")):
+        return render(request, "signup.html", {"error": "The passwords differ."}, status=400)
+    if not p.authenticator.is_allowed(names.normalise(name)):
+        return render(request, "signup.html", {"error": "That name may not sign up."}, 403)
+    try:
+        await users.create(p.store, p.authenticator, name, False, pw)
+    except HubError as e:
+        return render(request, "signup.html", {"error": e.message}, status=e.status)
+    raise redirect(f"{p.cfg.base_url}hub/login")
+
+
+# --- home ---------------------------------------------------------------------------------
+@routes.get("/hub/")
+async def hub_root(request: web.Request) -> web.Response:
+    user = current(request)
+    raise redirect(f"{base(request)}user/{user.name}/")
+
+
+@routes.get("/hub/home")
+async def home(request: web.Request) -> web.Response:
+    user = current(request)
+    p = parts(request)
+    return render(request, "home.html", {"srv": p.servers.peek(user.id),
+                                         "default_url": p.cfg.get("spawner.default_url")})
+
+
+@routes.post("/hub/home/start")
+async def home_start(request: web.Request) -> web.Response:
+    user = current(request)
+    p = parts(request)
+    await p.servers.spawn(user, wait=0)
+    raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}")
+
+
+@routes.post("/hub/home/stop")
+async def home_stop(request: web.Request) -> web.Response:
+    user = current(request)
+    p = parts(request)
+    await p.servers.stop(user.name, user.id)
+    raise redirect(f"{p.cfg.base_url}hub/home")
+
+
+@routes.get("/hub/spawn-pending/{name}")
+async def spawn_pending(request: web.Request) -> web.Response:
+    user = await may_act_on(request)
+    p = parts(request)
+    srv = p.servers.peek(user.id)
+    own = f"{p.cfg.base_url}user/{user.name}/"
+    nxt = safe_next(request, request.query.get("next")) if request.query.get("next") else own
+    if srv is not None and srv.status == "running":
+        raise redirect(nxt)
+    if srv is None or (srv.status == "stopped" and not srv.error):
+        raise redirect(f"{p.cfg.base_url}hub/user/{user.name}/")
+    return render(request, "spawn_pending.html", {"srv": srv, "target": user, "next": nxt},
+                  status=200 if srv.status == "pending" else 500)
+
+
+@routes.get("/hub/user/{name}/{tail:.*}")
+@routes.get("/hub/user/{name}")
+async def not_running(request: web.Request) -> web.Response:
+    """Where the proxy sends a browser whose server is not running."""
+    user = await may_act_on(request)
+    p = parts(request)
+    tail = request.match_info.get("tail", "")
+    target = f"{p.cfg.base_url}user/{user.name}/{tail}"
+    srv = p.servers.peek(user.id)
+    if srv is not None and srv.status == "running":
+        raise redirect(target + (f"?{request.query_string}" if request.query_string else ""))
+    if srv is not None and srv.status == "pending":
+        raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}?next={quote(target)}")
+    return render(request, "not_running.html", {"srv": srv, "target": user, "next": target},
+                  status=503)
+
+
+@routes.post("/hub/spawn/{name}")
+async def spawn_post(request: web.Request) -> web.Response:
+    user = await may_act_on(request)
+    p = parts(request)
+    form = await request.post()
+    nxt = safe_next(request, str(form.get("next", "")) or None)
+    await p.servers.spawn(user, wait=0)
+    raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}?next={quote(nxt, safe='')}")
+
+
+async def may_act_on(request: web.Request) -> User:
+    caller = current(request)
+    name = names.normalise(request.match_info["name"])
+    if name != caller.name and not caller.admin:
+        raise Forbidden("You may only manage your own server.")
+    return await users.get(parts(request).store, name)
+
+
+# --- tokens ---------------------------------------------------------------------------------
+@routes.get("/hub/token")
+async def token_page(request: web.Request) -> web.Response:
+    return await _token_page(request, current(request))
+
+
+async def _token_page(request: web.Request, user: User, new: str = "",
+                      error: str = "") -> web.Response:
+    toks = await parts(request).store.list_tokens(user.id)
+    return render(request, "token.html", {"tokens": toks, "new_token": new, "error": error})
+
+
+@routes.post("/hub/token")
+async def token_create(request: web.Request) -> web.Response:
+    user = current(request)
+    form = await request.post()
+    note = str(form.get("note", ""))[:500] or "Requested via token page"
+    days = str(form.get("expires_days", "")).strip()
+    if days and not days.isdigit():
+        return await _token_page(request, user, error="Expiry must be a number of days.")
+    expires = int(days) * 86400 if days and int(days) > 0 else None
+    secret, _ = await users.new_token(parts(request).store, user, note, [], expires)
+    resp = await _token_page(request, user, new=secret)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@routes.post("/hub/token/{token_id}/revoke")
+async def token_revoke(request: web.Request) -> web.Response:
+    user = current(request)
+    p = parts(request)
+    tid = request.match_info["token_id"]
+    if not tid.isdigit() or not await p.store.delete_token(user.id, int(tid)):
+        raise BadRequest("No such token.", 404)
+    p.identities.invalidate()
+    raise redirect(f"{p.cfg.base_url}hub/token")
+
+
+# --- password -------------------------------------------------------------------------------
+@routes.get("/hub/change-password")
+async def password_page(request: web.Request) -> web.Response:
+    current(request)
+    return render(request, "password.html", {"error": "", "done": False})
+
+
+@routes.post("/hub/change-password")
+async def password_change(request: web.Request) -> web.Response:
+    user = current(request)
+    p = parts(request)
+    form = await request.post()
+    old, new = str(form.get("old", "")), str(form.get("new", ""))
+    ctx: dict[str, Any] = {"error": "", "done": False}
+    if new != str(form.get("new2", "")):
+        ctx["error"] = "The new passwords differ."
+    elif not await p.authenticator.check_password(user.name, old):
+        ctx["error"] = "Your current password is wrong."
+    else:
+        try:
+            await users.set_password(p.store, p.authenticator, user, new)
+            resp = redirect(f"{p.cfg.base_url}hub/login")
+            p.identities.invalidate()
+            raise resp
+        except HubError as e:
+            ctx["error"] = e.message
+    return render(request, "password.html", ctx, status=400)
+
+
+def setup(app: web.Application, base_url: str) -> None:
+    prefix = base_url.rstrip("/")
+    for r in routes:
+        assert isinstance(r, web.RouteDef)
+        app.router.add_route(r.method, prefix + r.path, r.handler)

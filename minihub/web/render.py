@@ -1,0 +1,41 @@
+"""Jinja2 templates for the hub's pages, autoescaped, with the values every page needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from .. import __version__
+from ..context import BASE_URL, PAGE_CONTEXT
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(request: web.Request, template: str, ctx: dict[str, Any] | None = None,
+           status: int = 200) -> web.Response:
+    base = dict(request.get(PAGE_CONTEXT, {}))
+    base.setdefault("base_url", request.config_dict[BASE_URL])
+    base["version"] = __version__
+    base.update(ctx or {})
+    html = _env.get_template(template).render(**base)
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+
+
+def _ts(value: float | None) -> str:
+    if not value:
+        return "—"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def add_filters() -> None:
+    _env.filters["ts"] = _ts
