@@ -122,8 +122,11 @@ print(json.dumps(out))
 """
 
 
-async def link_shared_dirs(account: Account, dirs: list[str]) -> dict[str, str]:
+async def link_shared_dirs(account: Account, dirs: list[str],
+                           python: str = "") -> dict[str, str]:
     """Make <home>/<basename(dir)> -> dir for each dir; never replaces anything existing.
+
+    `python` runs the small helper as the user (default: this interpreter).
 
     Returns {dir: outcome} ("created", "ok", "kept: ...", "error: ..."); outcomes other
     than created/ok are logged but do not stop a spawn.
@@ -132,7 +135,8 @@ async def link_shared_dirs(account: Account, dirs: list[str]) -> dict[str, str]:
     if not wanted:
         return {}
     try:
-        out = await asyncio.to_thread(_run_link_script, account, wanted)
+        out = await asyncio.to_thread(_run_link_script, account, wanted,
+                                      python or sys.executable)
         result: dict[str, str] = json.loads(out)
     except (OSError, ValueError, subprocess.SubprocessError) as e:
         log.warning("linking shared dirs for %s failed: %s", account.name, e)
@@ -150,10 +154,10 @@ def drop_to(account: Account) -> tuple[int | None, int | None, list[int] | None]
     return account.uid, account.gid, list(account.groups)
 
 
-def _run_link_script(account: Account, dirs: list[str]) -> str:
+def _run_link_script(account: Account, dirs: list[str], python: str) -> str:
     user, group, extra = drop_to(account)
     done = subprocess.run(
-        [sys.executable, "-I", "-c", _LINK_SCRIPT, account.home, json.dumps(dirs)],
+        [python, "-I", "-c", _LINK_SCRIPT, account.home, json.dumps(dirs)],
         check=True, capture_output=True, text=True, timeout=_SUBPROCESS_TIMEOUT,
         stdin=subprocess.DEVNULL, cwd="/", env={"PATH": "/usr/bin:/bin"}, user=user, group=group, extra_groups=extra)
     return done.stdout

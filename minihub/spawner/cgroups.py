@@ -41,12 +41,26 @@ def _own_cgroup(controller: str) -> str:
     return ""
 
 
-def _is_mount(path: Path, fstype: str) -> bool:
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, fs type, options) of every mount."""
+    found = []
     for line in _read(Path("/proc/self/mounts")).splitlines():
         parts = line.split()
-        if len(parts) > 2 and parts[1] == str(path) and parts[2] == fstype:
-            return True
-    return False
+        if len(parts) > 3:
+            found.append((parts[1], parts[2], set(parts[3].split(","))))
+    return found
+
+
+def _is_mount(path: Path, fstype: str) -> bool:
+    return any(point == str(path) and typ == fstype for point, typ, _ in _mounts())
+
+
+def _v1_mount(root: Path, controller: str) -> Path | None:
+    """Where the v1 `controller` is mounted under root (often co-mounted, "cpu,cpuacct")."""
+    for point, typ, options in _mounts():
+        if typ == "cgroup" and controller in options and point.startswith(str(root) + "/"):
+            return Path(point)
+    return None
 
 
 @dataclass
@@ -118,8 +132,8 @@ def _enable_v2(own: Path, base: Path) -> None:
 def _detect_v1(root: Path) -> Mode | None:
     mode = Mode(1)
     for controller in ("memory", "cpu"):
-        mount = root / controller
-        if not _is_mount(mount, "cgroup"):
+        mount = _v1_mount(root, controller)
+        if mount is None:
             continue
         base = mount / _own_cgroup(controller) / "minihub"
         try:
