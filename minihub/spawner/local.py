@@ -144,7 +144,7 @@ class LocalSpawner(Spawner):
             await self._wait_exit(proc.pid, proc.start_ticks, timeout)
         # Whatever is left of the group (a kernel ignoring SIGTERM) and of the user's
         # cgroup (kernels that left the group with setsid) gets SIGKILL.
-        if alive or self._group_alive(proc):
+        if alive or await asyncio.to_thread(self._group_alive, proc):
             _killpg(proc.pid, signal.SIGKILL)
         cg = UserCgroup.from_paths(list(proc.extra.get("cgroup", [])))
         await asyncio.to_thread(cg.kill_all)
@@ -169,7 +169,8 @@ class LocalSpawner(Spawner):
     async def _wait_group_gone(self, proc: Proc, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._group_alive(proc) and loop.time() < deadline:
+        # Scanning /proc takes a while on a busy machine: in a thread.
+        while await asyncio.to_thread(self._group_alive, proc) and loop.time() < deadline:
             await asyncio.sleep(_POLL_INTERVAL)
 
     def oom_killed(self, proc: Proc) -> bool:
