@@ -28,20 +28,42 @@ SMALL_BODY = 64 * 1024  # bodies up to this size are read whole and sent in one 
 ACTIVITY_EVERY = 1.0  # seconds between on_activity calls for one connection
 
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded.
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "proxy-authenticate", "proxy-authorization",
-})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
 # What a client may not send to a user server: hub credentials, a forged secret, forged
 # forwarding information (the proxy sets its own) and headers the proxy rebuilds itself.
 _REQUEST_DROP = _HOP_BY_HOP | {
-    "authorization", SECRET_HEADER.lower(), "forwarded", "x-forwarded-for",
-    "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
-    "x-real-ip", "expect", "cookie", "host",
+    "authorization",
+    SECRET_HEADER.lower(),
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "expect",
+    "cookie",
+    "host",
 }
 _WS_REQUEST_DROP = _REQUEST_DROP | {
-    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "sec-websocket-accept", "content-length",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "content-length",
 }
 _RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
 # Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
@@ -142,9 +164,14 @@ class Proxy:
     Create it inside a running loop (e.g. in a cleanup_ctx) and `await close()` at shutdown.
     """
 
-    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 300.0,
-                 ws_max_msg_size: int = 64 * 1024 * 1024, ws_close_timeout: float = 10.0
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        ws_max_msg_size: int = 64 * 1024 * 1024,
+        ws_close_timeout: float = 10.0,
+    ) -> None:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
         # limit=0: every open websocket holds a pooled connection; a cap would stall the next.
@@ -155,8 +182,9 @@ class Proxy:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout,
-                                          sock_read=read_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=connect_timeout, sock_read=read_timeout
+            ),
             read_bufsize=CHUNK_SIZE,
             raise_for_status=False,
         )
@@ -164,9 +192,15 @@ class Proxy:
     async def close(self) -> None:
         await self._session.close()
 
-    async def forward(self, request: web.Request, upstream: Upstream, *, path: str,
-                      strip_cookies: Collection[str] = (),
-                      on_activity: Callable[[], None] | None = None) -> web.StreamResponse:
+    async def forward(
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        *,
+        path: str,
+        strip_cookies: Collection[str] = (),
+        on_activity: Callable[[], None] | None = None,
+    ) -> web.StreamResponse:
         """Send `request` to `upstream` at `path` (from normalise_path) plus its query string.
 
         Handles plain HTTP and websocket upgrades. Cookies named in `strip_cookies` and the
@@ -183,14 +217,20 @@ class Proxy:
             return await self._forward_ws(request, upstream, url, strip_cookies, on_activity)
         return await self._forward_http(request, upstream, url, strip_cookies, on_activity)
 
-    async def _forward_http(self, request: web.Request, upstream: Upstream, url: URL,
-                            strip_cookies: Collection[str],
-                            on_activity: Callable[[], None] | None) -> web.StreamResponse:
+    async def _forward_http(
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        url: URL,
+        strip_cookies: Collection[str],
+        on_activity: Callable[[], None] | None,
+    ) -> web.StreamResponse:
         headers = _request_headers(request, upstream, strip_cookies, _REQUEST_DROP)
         data = request.content if request.body_exists else None
         try:
-            up = await self._session.request(request.method, url, headers=headers, data=data,
-                                             allow_redirects=False)
+            up = await self._session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False
+            )
         except _UPSTREAM_ERRORS as e:
             raise _upstream_error(e, upstream) from None
         try:
@@ -198,26 +238,42 @@ class Proxy:
         finally:
             up.release()
 
-    async def _forward_ws(self, request: web.Request, upstream: Upstream, url: URL,
-                          strip_cookies: Collection[str],
-                          on_activity: Callable[[], None] | None) -> web.StreamResponse:
+    async def _forward_ws(
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        url: URL,
+        strip_cookies: Collection[str],
+        on_activity: Callable[[], None] | None,
+    ) -> web.StreamResponse:
         headers = _request_headers(request, upstream, strip_cookies, _WS_REQUEST_DROP)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         try:
             up_ws = await self._session.ws_connect(
-                url, protocols=[p for p in offered if p], headers=headers, autoclose=False,
-                autoping=False, max_msg_size=self._ws_max_msg_size, compress=0,
+                url,
+                protocols=[p for p in offered if p],
+                headers=headers,
+                autoclose=False,
+                autoping=False,
+                max_msg_size=self._ws_max_msg_size,
+                compress=0,
                 decode_text=False,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._ws_close_timeout))
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._ws_close_timeout),
+            )
         except aiohttp.WSServerHandshakeError as e:
             status = e.status if 400 <= e.status < 600 else 502
             raise ProxyError(f"The server refused the websocket ({e.status}).", status) from None
         except _UPSTREAM_ERRORS as e:
             raise _upstream_error(e, upstream) from None
         client_ws = web.WebSocketResponse(
-            protocols=(up_ws.protocol,) if up_ws.protocol else (), autoclose=False,
-            autoping=False, compress=False, max_msg_size=self._ws_max_msg_size,
-            timeout=self._ws_close_timeout, decode_text=False)
+            protocols=(up_ws.protocol,) if up_ws.protocol else (),
+            autoclose=False,
+            autoping=False,
+            compress=False,
+            max_msg_size=self._ws_max_msg_size,
+            timeout=self._ws_close_timeout,
+            decode_text=False,
+        )
         try:
             await client_ws.prepare(request)
             await _bridge(client_ws, up_ws, _Ticker(on_activity))
@@ -227,12 +283,15 @@ class Proxy:
 
 
 def _is_websocket(request: web.Request) -> bool:
-    return (request.headers.get("Upgrade", "").lower() == "websocket"
-            and "upgrade" in request.headers.get("Connection", "").lower())
+    return (
+        request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
 
 
-def _request_headers(request: web.Request, upstream: Upstream, strip_cookies: Collection[str],
-                     drop: frozenset[str]) -> CIMultiDict[str]:
+def _request_headers(
+    request: web.Request, upstream: Upstream, strip_cookies: Collection[str], drop: frozenset[str]
+) -> CIMultiDict[str]:
     src = request.headers
     extra = _connection_tokens(src.get("Connection"))
     out: CIMultiDict[str] = CIMultiDict()
@@ -268,15 +327,16 @@ def _filter_cookies(values: Collection[str], strip: Collection[str]) -> str:
     return "; ".join(kept)
 
 
-def _response_headers(up: aiohttp.ClientResponse, upstream: Upstream,
-                      strip_cookies: Collection[str]) -> CIMultiDict[str]:
+def _response_headers(
+    up: aiohttp.ClientResponse, upstream: Upstream, strip_cookies: Collection[str]
+) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in up.headers.items():
         low = name.lower()
         if low in _RESPONSE_DROP:
             continue
         if low == "location" and value.startswith(upstream.origin):
-            value = value[len(upstream.origin):] or "/"
+            value = value[len(upstream.origin) :] or "/"
         elif low == "set-cookie" and value.split("=", 1)[0].strip() in strip_cookies:
             log.warning("dropped a Set-Cookie for a hub cookie from %s", upstream)
             continue
@@ -284,8 +344,13 @@ def _response_headers(up: aiohttp.ClientResponse, upstream: Upstream,
     return out
 
 
-async def _relay(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
-                 strip_cookies: Collection[str], tick: _Ticker) -> web.StreamResponse:
+async def _relay(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    upstream: Upstream,
+    strip_cookies: Collection[str],
+    tick: _Ticker,
+) -> web.StreamResponse:
     headers = _response_headers(up, upstream, strip_cookies)
     length = up.content_length
     tick()
@@ -306,8 +371,13 @@ async def _relay(request: web.Request, up: aiohttp.ClientResponse, upstream: Ups
     return out
 
 
-async def _stream_body(request: web.Request, up: aiohttp.ClientResponse,
-                       out: web.StreamResponse, upstream: Upstream, tick: _Ticker) -> None:
+async def _stream_body(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    out: web.StreamResponse,
+    upstream: Upstream,
+    tick: _Ticker,
+) -> None:
     read = up.content.readany
     while True:
         try:
@@ -322,11 +392,17 @@ async def _stream_body(request: web.Request, up: aiohttp.ClientResponse,
     await out.write_eof()
 
 
-def _abort(request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream,
-           exc: BaseException) -> None:
+def _abort(
+    request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream, exc: BaseException
+) -> None:
     """The server failed mid-response: cut the client off so it sees an incomplete body."""
-    log.warning("user server %s failed mid-response for %s %s: %s", upstream,
-                request.method, request.path, type(exc).__name__)
+    log.warning(
+        "user server %s failed mid-response for %s %s: %s",
+        upstream,
+        request.method,
+        request.path,
+        type(exc).__name__,
+    )
     up.close()
     if request.transport is not None:
         request.transport.abort()
@@ -343,11 +419,14 @@ def _upstream_error(exc: BaseException, upstream: Upstream) -> ProxyError:
     return UpstreamFailed("The server failed to answer.")
 
 
-async def _bridge(client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse[Any],
-                  tick: _Ticker) -> None:
+async def _bridge(
+    client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse[Any], tick: _Ticker
+) -> None:
     """Relay frames both ways until either side closes; each pump closes the other side."""
-    pumps = (asyncio.create_task(_pump(client, up, tick)),
-             asyncio.create_task(_pump(up, client, tick)))
+    pumps = (
+        asyncio.create_task(_pump(client, up, tick)),
+        asyncio.create_task(_pump(up, client, tick)),
+    )
     try:
         await asyncio.gather(*pumps)
     finally:
@@ -381,8 +460,11 @@ async def _pump(src: _WS, dst: _WS, tick: _Ticker) -> None:
             elif kind is WSMsgType.CLOSING:
                 return  # the other pump is closing src
             else:  # CLOSED or ERROR: src vanished without a close frame
-                await dst.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR
-                                if kind is WSMsgType.ERROR else aiohttp.WSCloseCode.GOING_AWAY)
+                await dst.close(
+                    code=aiohttp.WSCloseCode.INTERNAL_ERROR
+                    if kind is WSMsgType.ERROR
+                    else aiohttp.WSCloseCode.GOING_AWAY
+                )
                 return
             tick()
     except ConnectionError:

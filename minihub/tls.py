@@ -67,8 +67,10 @@ def _load(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     if not _KEY_MARK.search(key_text):
         raise StartupError(f"{key}: not a PEM private key (no 'BEGIN ... PRIVATE KEY' line)")
     if "ENCRYPTED" in key_text:
-        raise StartupError(f"{key}: the private key is protected by a passphrase; "
-                           "minihub needs an unencrypted key (chmod 600 it instead)")
+        raise StartupError(
+            f"{key}: the private key is protected by a passphrase; "
+            "minihub needs an unencrypted key (chmod 600 it instead)"
+        )
     try:
         ctx.load_cert_chain(cert, key, password=_no_password)
     except ssl.SSLError as e:
@@ -124,12 +126,16 @@ def redirect_app(https_port: int, base_url: str = "/") -> web.Application:
     async def redirect(request: web.Request) -> web.StreamResponse:
         host = request.headers.get("Host", "")
         if not _HOST.match(host):
-            return web.json_response({"status": 400, "message": "Missing or bad Host header."},
-                                     status=400)
+            return web.json_response(
+                {"status": 400, "message": "Missing or bad Host header."}, status=400
+            )
         path = request.raw_path if request.path.startswith(base) else base
         # Location set as text: building a URL object would re-quote the client's path.
-        return web.Response(status=301, text="Moved to HTTPS.\n",
-                            headers={"Location": f"https://{_strip_port(host)}{port}{path}"})
+        return web.Response(
+            status=301,
+            text="Moved to HTTPS.\n",
+            headers={"Location": f"https://{_strip_port(host)}{port}{path}"},
+        )
 
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app

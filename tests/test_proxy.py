@@ -38,6 +38,7 @@ ACTIVITY = web.AppKey("activity", list)
 
 # ---------------------------------------------------------------- the upstream "user server"
 
+
 @web.middleware
 async def require_secret(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.headers.get("X-Minihub-Secret") != SECRET:
@@ -50,8 +51,14 @@ async def echo(request: web.Request) -> web.Response:
     headers: dict[str, list[str]] = {}
     for k, v in request.headers.items():
         headers.setdefault(k.lower(), []).append(v)
-    return web.json_response({"method": request.method, "path": request.raw_path,
-                              "headers": headers, "body": body.decode(errors="replace")})
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.raw_path,
+            "headers": headers,
+            "body": body.decode(errors="replace"),
+        }
+    )
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -59,8 +66,13 @@ async def upload(request: web.Request) -> web.Response:
     async for chunk in request.content.iter_any():
         digest.update(chunk)
         n += len(chunk)
-    return web.json_response({"n": n, "sha": digest.hexdigest(),
-                              "chunked": "chunked" in request.headers.get("Transfer-Encoding", "")})
+    return web.json_response(
+        {
+            "n": n,
+            "sha": digest.hexdigest(),
+            "chunked": "chunked" in request.headers.get("Transfer-Encoding", ""),
+        }
+    )
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -96,11 +108,15 @@ async def die(request: web.Request) -> web.StreamResponse:
 
 async def misc_headers(request: web.Request) -> web.Response:
     origin = f"http://127.0.0.1:{request.app[STATE]['port']}"
-    resp = web.Response(status=302, text="moved", headers={
-        "Location": origin + "/user/x/echo?a=1",
-        "Content-Security-Policy": "frame-ancestors 'self'",
-        "Keep-Alive": "timeout=5",
-    })
+    resp = web.Response(
+        status=302,
+        text="moved",
+        headers={
+            "Location": origin + "/user/x/echo?a=1",
+            "Content-Security-Policy": "frame-ancestors 'self'",
+            "Keep-Alive": "timeout=5",
+        },
+    )
     resp.set_cookie(HUB_COOKIE, "evil", path="/hub/")
     resp.set_cookie("_xsrf", "ok", path="/user/x/")
     return resp
@@ -149,6 +165,7 @@ def upstream_app() -> web.Application:
 
 # ---------------------------------------------------------------- the "hub"
 
+
 @web.middleware
 async def render_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -160,8 +177,12 @@ async def render_errors(request: web.Request, handler: Any) -> web.StreamRespons
 async def hub_route(request: web.Request) -> web.StreamResponse:
     app = request.app
     return await app[PROXY].forward(
-        request, app[UPSTREAM], path=normalise_path(request.raw_path),
-        strip_cookies={HUB_COOKIE}, on_activity=lambda: app[ACTIVITY].append(1))
+        request,
+        app[UPSTREAM],
+        path=normalise_path(request.raw_path),
+        strip_cookies={HUB_COOKIE},
+        on_activity=lambda: app[ACTIVITY].append(1),
+    )
 
 
 def hub_app(upstream: Upstream) -> web.Application:
@@ -190,8 +211,7 @@ async def up_server(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Tes
 
 
 @pytest.fixture
-async def hub(up_server: TestServer,
-              aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
+async def hub(up_server: TestServer, aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
     assert up_server.port is not None
     return await aiohttp_client(hub_app(Upstream("127.0.0.1", up_server.port, SECRET)))
 
@@ -202,32 +222,37 @@ def up_state(up_server: TestServer) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- path normalisation
 
-@pytest.mark.parametrize("raw, expected", [
-    ("/user/bob/../alice/", "/user/alice/"),
-    ("/user/bob/%2E%2E/alice", "/user/alice"),
-    ("/user/bob/%2e%2e/alice/api", "/user/alice/api"),
-    ("/user/bob/..%2Falice/", "/user/alice/"),
-    ("/user/bob/..%2falice", "/user/alice"),
-    ("/user//alice", "/user/alice"),
-    ("//user///alice//tree/", "/user/alice/tree/"),
-    ("/user/bob/./x/.", "/user/bob/x/"),
-    ("/user/bob/..", "/user/"),
-    ("/../../etc/passwd", "/etc/passwd"),
-    ("/", "/"),
-    ("", "/"),
-    ("/..", "/"),
-    ("/user/bob/a%20b.ipynb?x=../y", "/user/bob/a%20b.ipynb"),
-    ("/user/bob/a%252Fb", "/user/bob/a%252Fb"),
-    ("/user/bob/files/x#frag", "/user/bob/files/x"),
-])
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("/user/bob/../alice/", "/user/alice/"),
+        ("/user/bob/%2E%2E/alice", "/user/alice"),
+        ("/user/bob/%2e%2e/alice/api", "/user/alice/api"),
+        ("/user/bob/..%2Falice/", "/user/alice/"),
+        ("/user/bob/..%2falice", "/user/alice"),
+        ("/user//alice", "/user/alice"),
+        ("//user///alice//tree/", "/user/alice/tree/"),
+        ("/user/bob/./x/.", "/user/bob/x/"),
+        ("/user/bob/..", "/user/"),
+        ("/../../etc/passwd", "/etc/passwd"),
+        ("/", "/"),
+        ("", "/"),
+        ("/..", "/"),
+        ("/user/bob/a%20b.ipynb?x=../y", "/user/bob/a%20b.ipynb"),
+        ("/user/bob/a%252Fb", "/user/bob/a%252Fb"),
+        ("/user/bob/files/x#frag", "/user/bob/files/x"),
+    ],
+)
 def test_normalise_path(raw: str, expected: str) -> None:
     assert normalise_path(raw) == expected
 
 
 async def test_hub_route_sees_normalised_path(hub: Client) -> None:
     # encoded=True: the client must send the raw text, not resolve it itself
-    url = URL(f"http://127.0.0.1:{hub.port}/user/x/a/%2E%2E/echo/b/./c//d?q=%2E%2E&r=1",
-              encoded=True)
+    url = URL(
+        f"http://127.0.0.1:{hub.port}/user/x/a/%2E%2E/echo/b/./c//d?q=%2E%2E&r=1", encoded=True
+    )
     r = await hub.session.get(url)
     assert r.status == 200
     assert (await r.json())["path"] == "/user/x/echo/b/c/d?q=%2E%2E&r=1"
@@ -235,8 +260,8 @@ async def test_hub_route_sees_normalised_path(hub: Client) -> None:
 
 # ---------------------------------------------------------------- HTTP
 
-@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
-                                    "PROPFIND"])
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"])
 async def test_every_method(hub: Client, method: str) -> None:
     r = await hub.request(method, "/user/x/echo/m", data=b"body" if method != "GET" else None)
     assert r.status == 200
@@ -253,21 +278,24 @@ async def test_head(hub: Client) -> None:
 
 
 async def test_request_headers(hub: Client) -> None:
-    r = await hub.get("/user/x/echo", headers={
-        "Host": "hub.example.org:8443",
-        "Cookie": f"{HUB_COOKIE}=sessionvalue; other=1; _xsrf=abc",
-        "Authorization": "token hub-token",
-        "X-Minihub-Secret": "forged",
-        "X-Forwarded-For": "6.6.6.6",
-        "X-Forwarded-Proto": "https",
-        "X-Forwarded-Host": "evil.example",
-        "Forwarded": "for=6.6.6.6",
-        "Connection": "keep-alive, X-Private",
-        "X-Private": "hop",
-        "TE": "trailers",
-        "Proxy-Authorization": "Basic x",
-        "X-Custom": "kept",
-    })
+    r = await hub.get(
+        "/user/x/echo",
+        headers={
+            "Host": "hub.example.org:8443",
+            "Cookie": f"{HUB_COOKIE}=sessionvalue; other=1; _xsrf=abc",
+            "Authorization": "token hub-token",
+            "X-Minihub-Secret": "forged",
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example",
+            "Forwarded": "for=6.6.6.6",
+            "Connection": "keep-alive, X-Private",
+            "X-Private": "hop",
+            "TE": "trailers",
+            "Proxy-Authorization": "Basic x",
+            "X-Custom": "kept",
+        },
+    )
     assert r.status == 200
     h = (await r.json())["headers"]
     assert h["cookie"] == ["other=1; _xsrf=abc"]
@@ -297,9 +325,9 @@ async def test_response_headers(hub: Client) -> None:
     assert len(cookies) == 1 and cookies[0].startswith("_xsrf=ok")
 
 
-async def test_secret_is_required_upstream(up_server: TestServer,
-                                           aiohttp_client: Callable[..., Awaitable[Client]]
-                                           ) -> None:
+async def test_secret_is_required_upstream(
+    up_server: TestServer, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
     assert up_server.port is not None
     hub = await aiohttp_client(hub_app(Upstream("127.0.0.1", up_server.port, "wrong")))
     r = await hub.get("/user/x/echo", headers={"X-Minihub-Secret": SECRET})
@@ -382,18 +410,24 @@ async def test_streamed_upload_keeps_memory_flat(hub: Client, length: bool) -> N
     assert peak - base < 64 * MB
 
 
-async def test_refused_connection_is_503(aiohttp_client: Callable[..., Awaitable[Client]]
-                                         ) -> None:
+async def test_refused_connection_is_503(aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     hub = await aiohttp_client(hub_app(Upstream("127.0.0.1", port, SECRET)))
     for path in ("/user/x/api/status", "/user/x/ws"):
-        r = await hub.get(path, headers={"Connection": "Upgrade", "Upgrade": "websocket",
-                                         "Sec-WebSocket-Version": "13",
-                                         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-                          if path.endswith("ws") else None)
+        r = await hub.get(
+            path,
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            }
+            if path.endswith("ws")
+            else None,
+        )
         assert r.status == 503
         body = await r.json()
         assert body["status"] == 503 and "not running" in body["message"]
@@ -417,6 +451,7 @@ async def test_death_mid_response_aborts_client(hub: Client, length: bool) -> No
 
 
 # ---------------------------------------------------------------- websockets
+
 
 async def test_ws_text_binary_and_subprotocol(hub: Client, up_server: TestServer) -> None:
     async with hub.ws_connect("/user/x/ws", protocols=("other", V1)) as ws:
@@ -479,9 +514,9 @@ async def test_ws_activity_is_rate_limited(hub: Client) -> None:
     assert 1 <= calls <= 2 + elapsed  # at most about once a second
 
 
-async def test_ws_refused_by_upstream_passes_status(up_server: TestServer,
-                                                    aiohttp_client: Callable[..., Awaitable[Client]]
-                                                    ) -> None:
+async def test_ws_refused_by_upstream_passes_status(
+    up_server: TestServer, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
     assert up_server.port is not None
     hub = await aiohttp_client(hub_app(Upstream("127.0.0.1", up_server.port, "wrong")))
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
@@ -497,10 +532,13 @@ async def _raw_ws_that_never_reads(port: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     await loop.sock_connect(s, ("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(s, (
-        "GET /user/x/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
+    await loop.sock_sendall(
+        s,
+        (
+            "GET /user/x/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += await asyncio.wait_for(loop.sock_recv(s, 1), 5)

@@ -71,10 +71,12 @@ async def tls_server(pair: tuple[Path, Path]) -> AsyncIterator[tuple[int, ssl.SS
     await runner.cleanup()
 
 
-async def handshake(port: int, ctx: ssl.SSLContext
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def handshake(
+    port: int, ctx: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 10)
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 10
+    )
 
 
 def peer_cert(writer: asyncio.StreamWriter) -> bytes:
@@ -84,8 +86,9 @@ def peer_cert(writer: asyncio.StreamWriter) -> bytes:
 
 
 def der_of(cert: Path) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(cert.read_text().split("-----END CERTIFICATE-----")[0]
-                                    + "-----END CERTIFICATE-----\n")
+    return ssl.PEM_cert_to_DER_cert(
+        cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    )
 
 
 async def get_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -105,9 +108,11 @@ async def close(writer: asyncio.StreamWriter) -> None:
 
 # ---------------------------------------------------------------- protocol versions
 
+
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-async def test_modern_tls_accepted(tls_server: tuple[int, ssl.SSLContext], ca: trustme.CA,
-                                   version: ssl.TLSVersion) -> None:
+async def test_modern_tls_accepted(
+    tls_server: tuple[int, ssl.SSLContext], ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
     port, _ = tls_server
     reader, writer = await handshake(port, client_ctx(ca, version))
     try:
@@ -121,8 +126,9 @@ async def test_modern_tls_accepted(tls_server: tuple[int, ssl.SSLContext], ca: t
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
-async def test_old_tls_refused(tls_server: tuple[int, ssl.SSLContext], ca: trustme.CA,
-                               version: ssl.TLSVersion) -> None:
+async def test_old_tls_refused(
+    tls_server: tuple[int, ssl.SSLContext], ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
     port, ctx = tls_server
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     try:
@@ -144,9 +150,10 @@ def test_ciphers_are_modern(pair: tuple[Path, Path]) -> None:
 
 # ---------------------------------------------------------------- reload
 
-async def test_reload_new_cert_for_new_connections(tls_server: tuple[int, ssl.SSLContext],
-                                                   ca: trustme.CA, pair: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:
+
+async def test_reload_new_cert_for_new_connections(
+    tls_server: tuple[int, ssl.SSLContext], ca: trustme.CA, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
     port, ctx = tls_server
     old_reader, old_writer = await handshake(port, client_ctx(ca))
     try:
@@ -162,10 +169,13 @@ async def test_reload_new_cert_for_new_connections(tls_server: tuple[int, ssl.SS
         await close(old_writer)
 
 
-async def test_failed_reload_keeps_old_cert(tls_server: tuple[int, ssl.SSLContext],
-                                            ca: trustme.CA, pair: tuple[Path, Path],
-                                            tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                            ) -> None:
+async def test_failed_reload_keeps_old_cert(
+    tls_server: tuple[int, ssl.SSLContext],
+    ca: trustme.CA,
+    pair: tuple[Path, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port, ctx = tls_server
     other_cert, _ = write_pair(ca, tmp_path, "other")
     assert not tls.reload(ctx, other_cert, pair[1])  # key of a different certificate
@@ -176,6 +186,7 @@ async def test_failed_reload_keeps_old_cert(tls_server: tuple[int, ssl.SSLContex
 
 
 # ---------------------------------------------------------------- start-up errors
+
 
 def one_line_error(cert: Path, key: Path) -> str:
     with pytest.raises(StartupError) as info:
@@ -220,8 +231,21 @@ def test_mismatched_key(ca: trustme.CA, pair: tuple[Path, Path], tmp_path: Path)
 
 def test_encrypted_key(pair: tuple[Path, Path], tmp_path: Path) -> None:
     enc = tmp_path / "enc.key"
-    subprocess.run(["openssl", "pkey", "-in", str(pair[1]), "-out", str(enc), "-aes256",
-                    "-passout", "pass:secret"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "pkey",
+            "-in",
+            str(pair[1]),
+            "-out",
+            str(enc),
+            "-aes256",
+            "-passout",
+            "pass:secret",
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert "passphrase" in one_line_error(pair[0], enc)
 
 
@@ -230,19 +254,31 @@ def test_encrypted_key(pair: tuple[Path, Path], tmp_path: Path) -> None:
 Client = TestClient[web.Request, web.Application]
 
 
-@pytest.mark.parametrize("https_port, host, path, expected", [
-    (443, "hub.example.org", "/hub/login?next=%2Fuser%2Fa", "https://hub.example.org/hub/login?next=%2Fuser%2Fa"),
-    (8443, "hub.example.org:8080", "/user/a/tree", "https://hub.example.org:8443/user/a/tree"),
-    (443, "[::1]:80", "/", "https://[::1]/"),
-    (443, "10.0.0.1", "/x", "https://10.0.0.1/x"),
-])
-async def test_redirect_app(aiohttp_client: Callable[..., Awaitable[Client]], https_port: int,
-                            host: str, path: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    "https_port, host, path, expected",
+    [
+        (
+            443,
+            "hub.example.org",
+            "/hub/login?next=%2Fuser%2Fa",
+            "https://hub.example.org/hub/login?next=%2Fuser%2Fa",
+        ),
+        (8443, "hub.example.org:8080", "/user/a/tree", "https://hub.example.org:8443/user/a/tree"),
+        (443, "[::1]:80", "/", "https://[::1]/"),
+        (443, "10.0.0.1", "/x", "https://10.0.0.1/x"),
+    ],
+)
+async def test_redirect_app(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    https_port: int,
+    host: str,
+    path: str,
+    expected: str,
+) -> None:
     client = await aiohttp_client(tls.redirect_app(https_port, "/"))
     for method in ("GET", "POST"):
         url = URL(f"http://127.0.0.1:{client.port}{path}", encoded=True)
-        r = await client.session.request(method, url, headers={"Host": host},
-                                         allow_redirects=False)
+        r = await client.session.request(method, url, headers={"Host": host}, allow_redirects=False)
         assert r.status == 301
         assert r.headers["Location"] == expected
 
@@ -270,13 +306,22 @@ def test_hsts_helper() -> None:
 
 # ---------------------------------------------------------------- the cert helper script
 
+
 def test_make_self_signed_cert_script(tmp_path: Path) -> None:
-    subprocess.run(["bash", str(ROOT / "scripts" / "make-self-signed-cert"), "hub.test",
-                    str(tmp_path)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "make-self-signed-cert"), "hub.test", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     cert, key = tmp_path / "hub.test.crt", tmp_path / "hub.test.key"
     assert key.stat().st_mode & 0o077 == 0
     ctx = tls.make_context(cert, key)
     assert isinstance(ctx, ssl.SSLContext)
-    text = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-text"],
-                          check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-text"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "DNS:hub.test" in text
