@@ -7,11 +7,13 @@ import importlib.util
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,3 +419,57 @@ async def test_readoption_after_the_hub_was_killed(alice: Account, log_dir: Path
     finally:
         await new_hub.stop(proc, timeout=1)
         await new_hub.close()
+
+
+# The hub running as an ordinary user: servers run as that user, one directory each, and
+# without cgroup permissions spawning still works (unlimited, said once in the log).
+UNPRIVILEGED_HUB = r"""
+import asyncio, json, logging, socket, sys
+from pathlib import Path
+from minihub.spawner.accounts import unprivileged_account
+from minihub.spawner.base import LaunchSpec
+from minihub.spawner.local import LocalSpawner
+logging.basicConfig(level=logging.WARNING)
+data_dir, reporter = sys.argv[1], sys.argv[2]
+async def main():
+    acct = unprivileged_account(data_dir, "bob")
+    spec = LaunchSpec(username="bob", account=acct, cmd=[sys.executable, "-c", reporter],
+                      env={}, cwd=acct.home, stdin_config={},
+                      log_path=Path(data_dir) / "logs" / "bob.log", mem_limit=100 << 20)
+    sp = LocalSpawner()
+    proc = await sp.start(spec)
+    reader, writer = await asyncio.open_connection(proc.host, proc.port)
+    report = json.loads(await asyncio.wait_for(reader.read(), 20))
+    writer.close()
+    await sp.stop(proc, 2)
+    print(json.dumps({"report": report, "home": acct.home, "after": await sp.poll(proc)}))
+    await sp.close()
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def user_writable_dir(alice: Account) -> Iterator[Path]:
+    """A directory alice owns (pytest's tmp_path sits below a root-only directory)."""
+    path = Path(tempfile.mkdtemp(prefix="mhsp-"))
+    os.chown(path, alice.uid, alice.gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_unprivileged_hub_spawns_as_itself(alice: Account,
+                                                 user_writable_dir: Path) -> None:
+    data = user_writable_dir
+    hub = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", UNPRIVILEGED_HUB, str(data), REPORTER, user=alice.uid,
+        group=alice.gid, extra_groups=list(alice.groups), cwd="/",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parent.parent),
+             "HOME": alice.home},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(hub.communicate(), 60)
+    assert hub.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["report"]["uid"] == alice.uid
+    assert result["report"]["cwd"] == result["home"] == f"{data}/users/bob"
+    assert result["after"] == -signal.SIGTERM
+    assert err.decode().count("not enforced") == 1, err.decode()

@@ -127,6 +127,8 @@ def _enable_v2(own: Path, base: Path) -> None:
         _write(own / "cgroup.subtree_control", "+memory +cpu")
     base.mkdir(exist_ok=True)
     _write(base / "cgroup.subtree_control", "+memory +cpu")
+    if not os.access(base, os.W_OK):
+        raise PermissionError(f"{base} is not writable")
 
 
 def _detect_v1(root: Path) -> Mode | None:
@@ -141,7 +143,8 @@ def _detect_v1(root: Path) -> Mode | None:
         except OSError as e:
             log.warning("cgroups: cannot create %s (%s)", base, e)
             continue
-        setattr(mode, controller, base)
+        if os.access(base, os.W_OK):  # made by an earlier hub running as root, maybe
+            setattr(mode, controller, base)
     return mode if (mode.memory or mode.cpu) else None
 
 
