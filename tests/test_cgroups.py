@@ -94,13 +94,21 @@ time.sleep(300)
 
 @needs_cgroups
 async def test_memory_limit_kills_only_the_offending_kernel(
-        make_system_user: Callable[..., SystemUser], data_dir: str) -> None:
+    make_system_user: Callable[..., SystemUser], data_dir: str
+) -> None:
     user = make_system_user("mhsp_oom")
     account = lookup_account(user.name, uid_min=1000)
     log_path = Path(data_dir) / "logs" / "oom.log"
-    spec = LaunchSpec(username=user.name, account=account,
-                      cmd=[sys.executable, "-c", OOM_SERVER], env={}, cwd=account.home,
-                      stdin_config={}, log_path=log_path, mem_limit=100 * MB)
+    spec = LaunchSpec(
+        username=user.name,
+        account=account,
+        cmd=[sys.executable, "-c", OOM_SERVER],
+        env={},
+        cwd=account.home,
+        stdin_config={},
+        log_path=log_path,
+        mem_limit=100 * MB,
+    )
     spawner = LocalSpawner()
     proc = await spawner.start(spec)
     try:
@@ -119,8 +127,9 @@ async def test_memory_limit_kills_only_the_offending_kernel(
         UserCgroup.from_paths(proc.extra["cgroup"]).remove()
 
 
-def test_without_cgroups_spawning_is_unlimited(tmp_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_without_cgroups_spawning_is_unlimited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="minihub.spawner"):
         mode = _detect(tmp_path)
     assert mode.version == 0
@@ -131,7 +140,8 @@ def test_without_cgroups_spawning_is_unlimited(tmp_path: Path,
 
 
 def test_readopted_paths_must_be_minihub_cgroups() -> None:
-    cg = UserCgroup.from_paths(["/etc", "/sys/fs/cgroup/memory/../../../etc/minihub/x",
-                                "/sys/fs/cgroup/memory"])
+    cg = UserCgroup.from_paths(
+        ["/etc", "/sys/fs/cgroup/memory/../../../etc/minihub/x", "/sys/fs/cgroup/memory"]
+    )
     assert not cg.enabled
     assert proc_stat(1) is not None

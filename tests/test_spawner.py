@@ -64,15 +64,20 @@ while True:
 """
 
 
-def make_spec(account: Account, log_dir: Path, cmd: list[str] | None = None,
-              **kw: Any) -> LaunchSpec:
+def make_spec(
+    account: Account, log_dir: Path, cmd: list[str] | None = None, **kw: Any
+) -> LaunchSpec:
     config = kw.pop("config", {})
     return LaunchSpec(
-        username=kw.pop("username", account.name), account=account,
+        username=kw.pop("username", account.name),
+        account=account,
         cmd=cmd or [sys.executable, "-c", REPORTER],
-        env=kw.pop("env", {"MINIHUB_VISIBLE": "yes"}), cwd=kw.pop("cwd", account.home),
-        stdin_config={"secret": "s3cret", **config}, log_path=log_dir / f"{account.name}.log",
-        **kw)
+        env=kw.pop("env", {"MINIHUB_VISIBLE": "yes"}),
+        cwd=kw.pop("cwd", account.home),
+        stdin_config={"secret": "s3cret", **config},
+        log_path=log_dir / f"{account.name}.log",
+        **kw,
+    )
 
 
 async def report(proc: Proc, timeout: float = 20) -> dict[str, Any]:
@@ -82,6 +87,7 @@ async def report(proc: Proc, timeout: float = 20) -> dict[str, Any]:
         writer.close()
         await writer.wait_closed()
         return dict(json.loads(data))
+
     return await asyncio.wait_for(ask(), timeout)
 
 
@@ -138,8 +144,8 @@ async def spawner() -> AsyncIterator[LocalSpawner]:
 
 
 async def test_server_runs_as_the_user_with_a_clean_environment(
-        spawner: LocalSpawner, alice: Account, log_dir: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    spawner: LocalSpawner, alice: Account, log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MINIHUB_TEST_SECRET", "must-not-leak")
     proc = await spawner.start(make_spec(alice, log_dir, umask=0o027))
     r = await report(proc)
@@ -154,14 +160,17 @@ async def test_server_runs_as_the_user_with_a_clean_environment(
     assert env["MINIHUB_VISIBLE"] == "yes"
     assert (env["HOME"], env["USER"], env["LOGNAME"]) == (alice.home, alice.name, alice.name)
     assert env["SHELL"] == "/bin/bash" and env["PATH"]
-    assert set(env) - {"MINIHUB_VISIBLE", "HOME", "USER", "LOGNAME", "SHELL", "PATH",
-                       "LC_CTYPE"} == set()
+    assert (
+        set(env) - {"MINIHUB_VISIBLE", "HOME", "USER", "LOGNAME", "SHELL", "PATH", "LC_CTYPE"}
+        == set()
+    )
     assert r["cfg"]["secret"] == "s3cret" and "listen_fd" in r["cfg"]
     assert await spawner.poll(proc) is None
 
 
 async def test_log_file_is_the_users_and_tail_shows_output(
-        spawner: LocalSpawner, alice: Account, log_dir: Path) -> None:
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     spec = make_spec(alice, log_dir)
     proc = await spawner.start(spec)
     await report(proc)
@@ -194,8 +203,9 @@ def test_log_refuses_a_planted_symlink(tmp_path: Path) -> None:
     assert target.read_text() == "precious" and target.stat().st_uid == 0
 
 
-async def test_refuses_root_and_low_uids(spawner: LocalSpawner, alice: Account,
-                                         log_dir: Path) -> None:
+async def test_refuses_root_and_low_uids(
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     with pytest.raises(SpawnError, match="root"):
         lookup_account("root", uid_min=0)
     with pytest.raises(SpawnError, match=r"uid_min"):
@@ -209,8 +219,9 @@ async def test_refuses_root_and_low_uids(spawner: LocalSpawner, alice: Account,
         await spawner.start(make_spec(root, log_dir))
 
 
-async def test_start_errors_are_for_people(spawner: LocalSpawner, alice: Account,
-                                           log_dir: Path) -> None:
+async def test_start_errors_are_for_people(
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     with pytest.raises(SpawnError, match="notebook_dir"):
         await spawner.start(make_spec(alice, log_dir, cwd="/nonexistent/dir"))
     with pytest.raises(SpawnError, match=r"permission denied.*\[spawner\] python"):
@@ -219,8 +230,9 @@ async def test_start_errors_are_for_people(spawner: LocalSpawner, alice: Account
         await spawner.start(make_spec(alice, log_dir, cmd=["/usr/bin/no-such-python"]))
 
 
-async def test_server_that_exits_at_once_reports_its_log(spawner: LocalSpawner,
-                                                         alice: Account, log_dir: Path) -> None:
+async def test_server_that_exits_at_once_reports_its_log(
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     cmd = [sys.executable, "-c", "import sys; sys.exit('config? no thanks')"]
     try:
         proc = await spawner.start(make_spec(alice, log_dir, cmd=cmd))
@@ -232,8 +244,9 @@ async def test_server_that_exits_at_once_reports_its_log(spawner: LocalSpawner,
     assert "no thanks" in tail_log(log_dir / f"{alice.name}.log")
 
 
-async def test_stop_kills_the_group_and_escaped_kernels(spawner: LocalSpawner, alice: Account,
-                                                        log_dir: Path) -> None:
+async def test_stop_kills_the_group_and_escaped_kernels(
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     spec = make_spec(alice, log_dir, config={"ignore_term": True, "escape": True})
     proc = await spawner.start(spec)
     kids = (await report(proc))["kids"]
@@ -249,8 +262,7 @@ async def test_stop_kills_the_group_and_escaped_kernels(spawner: LocalSpawner, a
         os.kill(kids["escape"], signal.SIGKILL)
 
 
-async def test_poll_and_readoption(spawner: LocalSpawner, alice: Account,
-                                   log_dir: Path) -> None:
+async def test_poll_and_readoption(spawner: LocalSpawner, alice: Account, log_dir: Path) -> None:
     proc = await spawner.start(make_spec(alice, log_dir))
     await report(proc)
     fresh = LocalSpawner()  # as after a hub restart: knows only the stored Proc
@@ -265,8 +277,9 @@ async def test_poll_and_readoption(spawner: LocalSpawner, alice: Account,
     await fresh.close()
 
 
-async def test_readopting_spawner_stops_a_live_server(spawner: LocalSpawner, alice: Account,
-                                                      log_dir: Path) -> None:
+async def test_readopting_spawner_stops_a_live_server(
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     proc = await spawner.start(make_spec(alice, log_dir, config={"ignore_term": True}))
     kids = (await report(proc))["kids"]
     assert await wait_for(lambda: ignores_term(kids["ignore_term"]))
@@ -278,8 +291,9 @@ async def test_readopting_spawner_stops_a_live_server(spawner: LocalSpawner, ali
     await fresh.close()
 
 
-async def test_listen_on_ipv6_loopback(spawner: LocalSpawner, alice: Account,
-                                       log_dir: Path) -> None:
+async def test_listen_on_ipv6_loopback(
+    spawner: LocalSpawner, alice: Account, log_dir: Path
+) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
@@ -322,8 +336,11 @@ async def test_shared_dirs_are_linked_idempotently(alice: Account, tmp_path: Pat
         os.mkdir(d)
     home = Path(alice.home)
     (home / "course").unlink(missing_ok=True)
-    await asyncio.to_thread(subprocess.run, ["install", "-o", alice.name, "-m", "600",
-                                             "/dev/null", str(home / "course")], check=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        ["install", "-o", alice.name, "-m", "600", "/dev/null", str(home / "course")],
+        check=True,
+    )
     (home / "datasets").unlink(missing_ok=True)
     first = await link_shared_dirs(alice, shared)
     assert first[shared[0]] == "created"
@@ -353,13 +370,18 @@ def _singleuser_available() -> bool:
 
 
 @pytest.mark.skipif(not _singleuser_available(), reason="minihub.singleuser not written yet")
-async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account,
-                                      log_dir: Path) -> None:
+async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log_dir: Path) -> None:
     base_url = f"/user/{alice.name}/"
-    config = {"base_url": base_url, "notebook_dir": alice.home, "user": alice.name,
-              "kernel_idle_timeout": 0, "mem_limit": 0}
-    spec = make_spec(alice, log_dir, cmd=[sys.executable, "-m", "minihub.singleuser"],
-                     config=config)
+    config = {
+        "base_url": base_url,
+        "notebook_dir": alice.home,
+        "user": alice.name,
+        "kernel_idle_timeout": 0,
+        "mem_limit": 0,
+    }
+    spec = make_spec(
+        alice, log_dir, cmd=[sys.executable, "-m", "minihub.singleuser"], config=config
+    )
     proc = await spawner.start(spec)
     url = f"http://{proc.host}:{proc.port}{base_url}api/status"
     status = 0
@@ -399,11 +421,19 @@ asyncio.run(main())
 
 
 async def test_readoption_after_the_hub_was_killed(alice: Account, log_dir: Path) -> None:
-    args = {"account": alice.__dict__, "cmd": [sys.executable, "-c", REPORTER],
-            "log": str(log_dir / "dying.log")}
+    args = {
+        "account": alice.__dict__,
+        "cmd": [sys.executable, "-c", REPORTER],
+        "log": str(log_dir / "dying.log"),
+    }
     hub = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", DYING_HUB, json.dumps(args), stdout=subprocess.PIPE,
-        cwd=str(Path(__file__).parent.parent))
+        sys.executable,
+        "-c",
+        DYING_HUB,
+        json.dumps(args),
+        stdout=subprocess.PIPE,
+        cwd=str(Path(__file__).parent.parent),
+    )
     out, _ = await asyncio.wait_for(hub.communicate(), 30)
     assert hub.returncode == -signal.SIGKILL
     proc = Proc(**json.loads(out))
@@ -457,15 +487,26 @@ def user_writable_dir(alice: Account) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-async def test_unprivileged_hub_spawns_as_itself(alice: Account,
-                                                 user_writable_dir: Path) -> None:
+async def test_unprivileged_hub_spawns_as_itself(alice: Account, user_writable_dir: Path) -> None:
     data = user_writable_dir
     hub = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", UNPRIVILEGED_HUB, str(data), REPORTER, user=alice.uid,
-        group=alice.gid, extra_groups=list(alice.groups), cwd="/",
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parent.parent),
-             "HOME": alice.home},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-c",
+        UNPRIVILEGED_HUB,
+        str(data),
+        REPORTER,
+        user=alice.uid,
+        group=alice.gid,
+        extra_groups=list(alice.groups),
+        cwd="/",
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(Path(__file__).parent.parent),
+            "HOME": alice.home,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(hub.communicate(), 60)
     assert hub.returncode == 0, err.decode()
     result = json.loads(out)

@@ -37,8 +37,7 @@ def lookup_account(name: str, *, uid_min: int, allow_root: bool = False) -> Acco
             "[users] create_system_users = true so minihub creates it at first start."
         ) from None
     if pw.pw_uid == 0 and not allow_root:
-        raise SpawnError(f"minihub never runs a server as root ({name!r} has uid 0).",
-                         status=403)
+        raise SpawnError(f"minihub never runs a server as root ({name!r} has uid 0).", status=403)
     if 0 < pw.pw_uid < uid_min:
         raise SpawnError(
             f"Account {name!r} has uid {pw.pw_uid}, below [spawner] uid_min = {uid_min}. "
@@ -51,8 +50,7 @@ def lookup_account(name: str, *, uid_min: int, allow_root: bool = False) -> Acco
 def _account(pw: pwd.struct_passwd) -> Account:
     # The groups initgroups() would give a login session: primary plus supplementary.
     groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
-    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir,
-                   pw.pw_shell or "/bin/sh")
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, pw.pw_shell or "/bin/sh")
 
 
 def group_names(account: Account) -> list[str]:
@@ -69,15 +67,23 @@ def group_names(account: Account) -> list[str]:
 async def create_system_user(name: str, *, skel_dir: str | None = None) -> None:
     """`useradd -m -s /bin/bash NAME` (home populated from /etc/skel, or from `skel_dir`)."""
     if not _UNIX_NAME.match(name):
-        raise SpawnError(f"Cannot create a Unix account for {name!r}: not a valid Unix user "
-                         "name (lowercase letters, digits, _ . -; at most 32 characters).")
+        raise SpawnError(
+            f"Cannot create a Unix account for {name!r}: not a valid Unix user "
+            "name (lowercase letters, digits, _ . -; at most 32 characters)."
+        )
     cmd = ["useradd", "-m", "-s", "/bin/bash"]
     if skel_dir:
         cmd += ["-k", skel_dir]
     cmd += ["--", name]
     try:
-        done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
-                                       timeout=_SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=_SUBPROCESS_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SpawnError(f"Could not create the Unix account {name!r}: {e}") from None
     if done.returncode != 0:
@@ -94,8 +100,14 @@ def unprivileged_account(data_dir: str | Path, name: str) -> Account:
     home = Path(data_dir) / "users" / name
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     pw = pwd.getpwuid(os.getuid())
-    return Account(pw.pw_name, os.getuid(), os.getgid(), tuple(os.getgroups()) or
-                   (os.getgid(),), str(home), pw.pw_shell or "/bin/sh")
+    return Account(
+        pw.pw_name,
+        os.getuid(),
+        os.getgid(),
+        tuple(os.getgroups()) or (os.getgid(),),
+        str(home),
+        pw.pw_shell or "/bin/sh",
+    )
 
 
 # Run as the user, so the user's own permissions decide what can be created in their home:
@@ -122,8 +134,7 @@ print(json.dumps(out))
 """
 
 
-async def link_shared_dirs(account: Account, dirs: list[str],
-                           python: str = "") -> dict[str, str]:
+async def link_shared_dirs(account: Account, dirs: list[str], python: str = "") -> dict[str, str]:
     """Make <home>/<basename(dir)> -> dir for each dir; never replaces anything existing.
 
     `python` runs the small helper as the user (default: this interpreter).
@@ -135,8 +146,7 @@ async def link_shared_dirs(account: Account, dirs: list[str],
     if not wanted:
         return {}
     try:
-        out = await asyncio.to_thread(_run_link_script, account, wanted,
-                                      python or sys.executable)
+        out = await asyncio.to_thread(_run_link_script, account, wanted, python or sys.executable)
         result: dict[str, str] = json.loads(out)
     except (OSError, ValueError, subprocess.SubprocessError) as e:
         log.warning("linking shared dirs for %s failed: %s", account.name, e)
@@ -158,6 +168,15 @@ def _run_link_script(account: Account, dirs: list[str], python: str) -> str:
     user, group, extra = drop_to(account)
     done = subprocess.run(
         [python, "-I", "-c", _LINK_SCRIPT, account.home, json.dumps(dirs)],
-        check=True, capture_output=True, text=True, timeout=_SUBPROCESS_TIMEOUT,
-        stdin=subprocess.DEVNULL, cwd="/", env={"PATH": "/usr/bin:/bin"}, user=user, group=group, extra_groups=extra)
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=_SUBPROCESS_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        user=user,
+        group=group,
+        extra_groups=extra,
+    )
     return done.stdout

@@ -91,8 +91,10 @@ def _detect(root: Path) -> Mode:
         log.warning("cgroups: cannot be used (%s)", e)
         mode = None
     if mode is None:
-        log.warning("cgroups: no usable cgroup v2 or v1 memory/cpu controller (or no "
-                    "permission); mem_limit and cpu_limit are not enforced")
+        log.warning(
+            "cgroups: no usable cgroup v2 or v1 memory/cpu controller (or no "
+            "permission); mem_limit and cpu_limit are not enforced"
+        )
         return Mode(0)
     log.info("cgroups: using v%d for per-user limits", mode.version)
     return mode

@@ -64,21 +64,32 @@ class LocalSpawner(Spawner):
             if sock is not None:
                 sock.close()  # the child holds its own copy now
 
-    def _popen(self, spec: LaunchSpec, logfd: int, sock: socket.socket | None
-               ) -> subprocess.Popen[bytes]:
+    def _popen(
+        self, spec: LaunchSpec, logfd: int, sock: socket.socket | None
+    ) -> subprocess.Popen[bytes]:
         user, group, extra = drop_to(spec.account)
         try:
             return subprocess.Popen(
-                spec.cmd, stdin=subprocess.PIPE, stdout=logfd, stderr=logfd,
-                cwd=spec.cwd, env=launch_env(spec), umask=spec.umask,
-                start_new_session=True, close_fds=True,
+                spec.cmd,
+                stdin=subprocess.PIPE,
+                stdout=logfd,
+                stderr=logfd,
+                cwd=spec.cwd,
+                env=launch_env(spec),
+                umask=spec.umask,
+                start_new_session=True,
+                close_fds=True,
                 pass_fds=(sock.fileno(),) if sock is not None else (),
-                user=user, group=group, extra_groups=extra)
+                user=user,
+                group=group,
+                extra_groups=extra,
+            )
         except OSError as e:
             raise _start_error(spec, e) from None
 
-    async def _send_config(self, popen: subprocess.Popen[bytes], ticks: int,
-                           spec: LaunchSpec, config: dict[str, Any]) -> None:
+    async def _send_config(
+        self, popen: subprocess.Popen[bytes], ticks: int, spec: LaunchSpec, config: dict[str, Any]
+    ) -> None:
         assert popen.stdin is not None
         data = (json.dumps(config) + "\n").encode()
         try:
@@ -90,7 +101,8 @@ class LocalSpawner(Spawner):
             status = await self._wait_exit(popen.pid, ticks, 2.0)
             raise SpawnError(
                 f"The server for {spec.username} exited at once (status {status}).",
-                log_tail=await asyncio.to_thread(tail_log, spec.log_path)) from None
+                log_tail=await asyncio.to_thread(tail_log, spec.log_path),
+            ) from None
 
     # -- reaping -------------------------------------------------------------------------
 
@@ -222,8 +234,7 @@ def _confine(spec: LaunchSpec, pid: int) -> dict[str, Any]:
     return extra
 
 
-def _listen_socket(spec: LaunchSpec, config: dict[str, Any]
-                   ) -> tuple[socket.socket | None, int]:
+def _listen_socket(spec: LaunchSpec, config: dict[str, Any]) -> tuple[socket.socket | None, int]:
     """Bind the server's socket here so its port is known before it runs and nobody can
     grab it in between; without pass_listen_socket, only pick a free port."""
     family = socket.AF_INET6 if ":" in spec.listen_host else socket.AF_INET
@@ -247,14 +258,19 @@ def _listen_socket(spec: LaunchSpec, config: dict[str, Any]
 def _start_error(spec: LaunchSpec, e: OSError) -> SpawnError:
     name = spec.account.name
     if e.filename == spec.cwd:
-        return SpawnError(f"The server's directory {spec.cwd} does not exist or {name} cannot "
-                          "enter it (check [spawner] notebook_dir).")
+        return SpawnError(
+            f"The server's directory {spec.cwd} does not exist or {name} cannot "
+            "enter it (check [spawner] notebook_dir)."
+        )
     if isinstance(e, PermissionError):
-        return SpawnError(f"{name} may not run {spec.cmd[0]}: permission denied. Set "
-                          "[spawner] python to an interpreter every user can read and run.")
+        return SpawnError(
+            f"{name} may not run {spec.cmd[0]}: permission denied. Set "
+            "[spawner] python to an interpreter every user can read and run."
+        )
     if isinstance(e, FileNotFoundError):
-        return SpawnError(f"Cannot run {spec.cmd[0]}: no such file (check [spawner] cmd "
-                          "and [spawner] python).")
+        return SpawnError(
+            f"Cannot run {spec.cmd[0]}: no such file (check [spawner] cmd and [spawner] python)."
+        )
     return SpawnError(f"Cannot start the server for {name}: {e.strerror or e}")
 
 
@@ -274,7 +290,7 @@ def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2:].split()
+    fields = text[text.rfind(")") + 2 :].split()
     return fields[0], int(fields[2]), int(fields[19]), uid
 
 
@@ -291,8 +307,13 @@ def group_members(pgid: int, since_ticks: int, uid: int | None) -> list[int]:
         if not entry.isdigit():
             continue
         info = proc_stat(int(entry))
-        if (info and info[1] == pgid and info[0] != "Z" and info[2] >= since_ticks
-                and (uid is None or info[3] == uid)):
+        if (
+            info
+            and info[1] == pgid
+            and info[0] != "Z"
+            and info[2] >= since_ticks
+            and (uid is None or info[3] == uid)
+        ):
             found.append(int(entry))
     return found
 
@@ -309,8 +330,7 @@ def open_log(path: Path, uid: int, gid: int) -> int:
             os.replace(path, str(path) + ".1")
     except FileNotFoundError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
