@@ -1,0 +1,342 @@
+"""The notebook app in real headless Chromium against a real user server and real kernels.
+
+The user server runs as a real system user (launch contract of minihub.singleuser); the
+browser gets the per-server secret as an extra header, standing in for the hub's proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _png(width: int, height: int) -> bytes:
+    """A red RGB PNG, made here rather than shipped."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+PNG_B64 = base64.b64encode(_png(40, 20)).decode()
+
+
+@dataclass
+class Server:
+    url: str
+    base_url: str
+    secret: str
+    home: str
+    proc: subprocess.Popen[bytes]
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        req = urllib.request.Request(
+            self.url + path, method=method, headers={"X-Minihub-Secret": self.secret,
+                                                     "Content-Type": "application/json"},
+            data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read()
+        return json.loads(text) if text else None
+
+
+def _installed_bundle() -> Path:
+    """The bundle of the installed minihub, the copy user servers run (not this checkout)."""
+    out = subprocess.run([sys.executable, "-c", "import minihub; print(minihub.__file__)"],
+                         cwd="/", capture_output=True, text=True, check=True).stdout
+    return Path(out.strip()).parent / "web" / "static" / "nb" / "manifest.json"
+
+
+def _wait_ready(server: Server, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail("user server exited: " + log.read_text()[-3000:])
+        try:
+            server.api("GET", "api/status")
+            return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    pytest.fail("user server did not answer api/status in 60 s: " + log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed")
+    if not _installed_bundle().exists():
+        pytest.skip("the notebook app is not built into the installed minihub: run scripts/install")
+    user = make_system_user("mhfe_nb")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    base_url = f"/user/{user.name}/"
+    secret = secrets.token_urlsafe(24)
+    log = tmp_path_factory.mktemp("mhfe") / "server.log"
+    config = {"secret": secret, "base_url": base_url, "notebook_dir": user.home,
+              "user": user.name, "listen_fd": sock.fileno(), "kernel_idle_timeout": 0,
+              "mem_limit": ""}
+    env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, "SHELL": "/bin/bash",
+           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    with open(log, "wb") as errlog:
+        proc = subprocess.Popen([sys.executable, "-m", "minihub.singleuser"], user=user.uid,
+                                group=user.gid, extra_groups=[], cwd=user.home, env=env,
+                                stdin=subprocess.PIPE, stderr=errlog, pass_fds=[sock.fileno()])
+    assert proc.stdin is not None
+    proc.stdin.write((json.dumps(config) + "\n").encode())
+    proc.stdin.close()
+    sock.close()
+    srv = Server(f"http://127.0.0.1:{port}{base_url}", base_url, secret, user.home, proc)
+    try:
+        _wait_ready(srv, log)
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(server: Server) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def context(browser: Any, server: Server) -> Iterator[Any]:
+    ctx = browser.new_context(extra_http_headers={"X-Minihub-Secret": server.secret},
+                              viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(30000)
+    # Stands in for the hub's cookies: output frames must never be able to read them.
+    ctx.add_cookies([{"name": "_xsrf", "value": "xsrf-cookie-value", "url": server.url},
+                     {"name": "minihub-session", "value": "session-cookie-value",
+                      "url": server.url}])
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def open_notebook(context: Any, server: Server, path: str) -> Any:
+    page = context.new_page()
+    page.goto(server.url + "notebooks/" + path)
+    wait_idle(page)
+    return page
+
+
+def wait_idle(page: Any) -> None:
+    page.wait_for_selector("#kernel-status[data-status=idle]", timeout=60000)
+
+
+def run_cell(page: Any, index: int, code: str) -> Any:
+    """Put code in cell `index` (adding cells as needed), run it, return its locator."""
+    page.evaluate("""([i, code]) => {
+        const nb = window.minihubNotebook;
+        while (nb.cells.length <= i) nb.insertCell(nb.cells.length, {cell_type: "code", source: ""});
+        nb.cells[i].setSource(code);
+        nb.select(nb.cells[i], false);
+    }""", [index, code])
+    page.keyboard.press("Shift+Enter")
+    cell = page.locator(".cell").nth(index)
+    page.wait_for_function("i => !window.minihubNotebook.cells[i].running", arg=index,
+                           timeout=60000)
+    return cell
+
+
+def test_notebook_lifecycle(context: Any, server: Server) -> None:
+    page = context.new_page()
+    page.goto(server.url)
+    assert page.url.endswith("/tree/")
+    page.locator("summary", has_text="New").click()
+    with context.expect_page() as new_page:
+        page.locator("#new-menu button[data-kernel]").first.click()
+    nb = new_page.value
+    wait_idle(nb)
+    path = nb.evaluate("window.minihubNotebook.path")
+    assert path.endswith(".ipynb")
+
+    # Typed for real: the keyboard model, CodeMirror and Shift-Enter.
+    nb.locator(".cell .cm-content").first.click()
+    nb.keyboard.type('print("hello " + str(6*7))')
+    nb.keyboard.press("Shift+Enter")
+    first = nb.locator(".cell").nth(0)
+    first.locator(".output.stream").wait_for()
+    assert "hello 42" in first.locator(".output.stream").inner_text()
+    assert "[1]" in first.locator(".input-prompt").inner_text()
+
+    png = run_cell(nb, 1, "from IPython.display import Image\nimport base64\n"
+                          f"Image(data=base64.b64decode('{PNG_B64}'))")
+    assert png.locator(".output img").get_attribute("src").startswith("data:image/png;base64,")
+    html = run_cell(nb, 2, "from IPython.display import HTML\nHTML('<b id=\"bold\">bold</b> text')")
+    frame = html.locator("iframe.output-frame")
+    assert frame.get_attribute("sandbox") == "allow-scripts"
+    assert html.frame_locator("iframe.output-frame").locator("#bold").inner_text() == "bold"
+    err = run_cell(nb, 3, "1/0")
+    assert "ZeroDivisionError" in err.locator(".output.error").inner_text()
+    stream = run_cell(nb, 4, "import sys\nfor i in range(5): print(f'\\r{i}', end='')\nprint()")
+    assert stream.locator(".output.stream").inner_text().strip() == "4"
+
+    # A markdown cell with math, rendered by marked + KaTeX.
+    nb.evaluate("""() => { const nb = window.minihubNotebook;
+        nb.select(nb.cells[nb.cells.length - 1], false); }""")
+    nb.keyboard.press("b")
+    nb.keyboard.press("m")
+    nb.keyboard.press("Enter")
+    nb.keyboard.type("# Title\n\nEuler: $e^{i\\pi} + 1 = 0$")
+    nb.keyboard.press("Shift+Enter")
+    md = nb.locator(".cell[data-type=markdown]").first
+    md.locator(".rendered h1").wait_for()
+    assert md.locator(".rendered .katex").count() == 1
+
+    # input() is answered through the stdin channel.
+    ask = nb.locator(".cell").nth(6)
+    nb.evaluate("""() => { const nb = window.minihubNotebook;
+        nb.insertCell(6, {cell_type: "code", source: "name = input('Name? ')\\nprint('hi', name)"});
+        nb.select(nb.cells[6], false); }""")
+    nb.keyboard.press("Shift+Enter")
+    ask.locator(".input-request input").fill("Ada")
+    ask.locator(".input-request input").press("Enter")
+    ask.locator(".output.stream", has_text="hi Ada").wait_for()
+    shot(nb, "notebook")
+
+    # Interrupt a long cell.
+    long = run_cell_async(nb, 7, "import time\nfor _ in range(600): time.sleep(0.1)")
+    nb.wait_for_selector("#kernel-status[data-status=busy]")
+    nb.locator("button[aria-label=Interrupt]").click()
+    long.locator(".output.error", has_text="KeyboardInterrupt").wait_for()
+
+    # Save with Ctrl-S, reload, everything is back.
+    nb.keyboard.press("Escape")
+    nb.keyboard.press("Control+s")
+    nb.locator("#save-state", has_text="Saved").wait_for()
+    saved = server.api("GET", "api/contents/" + path)
+    assert saved["content"]["cells"][0]["outputs"][0]["text"] == "hello 42\n"
+    nb.reload()
+    wait_idle(nb)
+    assert "hello 42" in nb.locator(".cell").nth(0).locator(".output.stream").inner_text()
+    assert nb.locator(".cell").nth(1).locator(".output img").count() == 1
+    assert nb.locator(".cell[data-type=markdown] .katex").count() == 1
+
+    # Restart: the kernel forgets its variables.
+    nb.locator("button[aria-label=Restart]").click()
+    nb.locator(".modal button", has_text="Restart").click()
+    wait_idle(nb)
+    gone = run_cell(nb, 8, "name")
+    assert "NameError" in gone.locator(".output.error").inner_text()
+
+
+def run_cell_async(page: Any, index: int, code: str) -> Any:
+    page.evaluate("""([i, code]) => { const nb = window.minihubNotebook;
+        nb.insertCell(i, {cell_type: "code", source: code}); nb.select(nb.cells[i], false); }""",
+                  [index, code])
+    page.keyboard.press("Control+Enter")
+    return page.locator(".cell").nth(index)
+
+
+def test_file_browser(context: Any, server: Server, tmp_path: Path) -> None:
+    server.api("PUT", "api/contents/fe_notes.txt",
+               {"type": "file", "format": "text", "content": "notes"})
+    page = context.new_page()
+    page.goto(server.url + "tree/")
+    row = page.locator("tr[data-path='fe_notes.txt']")
+    row.wait_for()
+
+    row.locator("input[type=checkbox]").check()
+    page.locator("#act-rename").click()
+    page.locator(".modal input").fill("fe_renamed.txt")
+    page.locator(".modal button", has_text="OK").click()
+    page.locator("tr[data-path='fe_renamed.txt']").wait_for()
+    names = {i["name"] for i in server.api("GET", "api/contents/")["content"]}
+    assert "fe_renamed.txt" in names and "fe_notes.txt" not in names
+
+    upload = tmp_path / "fe_upload.bin"
+    upload.write_bytes(os.urandom(2_500_000))  # three chunks
+    page.locator("#upload-input").set_input_files(str(upload))
+    page.locator("tr[data-path='fe_upload.bin']").wait_for()
+    got = server.api("GET", "api/contents/fe_upload.bin?content=1&format=base64")
+    assert base64.b64decode(got["content"]) == upload.read_bytes()
+    shot(page, "tree")
+
+    page.locator("tr[data-path='fe_renamed.txt'] input[type=checkbox]").check()
+    page.locator("#act-delete").click()
+    page.locator(".modal button", has_text="Delete").click()
+    page.locator("tr[data-path='fe_renamed.txt']").wait_for(state="detached")
+    names = {i["name"] for i in server.api("GET", "api/contents/")["content"]}
+    assert "fe_renamed.txt" not in names
+
+
+MALICIOUS = """
+<div id="result">pending</div>
+<script>
+(async () => {
+  const r = {};
+  try { r.cookie = document.cookie; } catch (e) { r.cookie = "blocked"; }
+  try { r.parentCookie = parent.document.cookie; } catch (e) { r.parentCookie = "blocked"; }
+  try { r.storage = String(localStorage.length); } catch (e) { r.storage = "blocked"; }
+  try {
+    const resp = await fetch(BASE + "api/contents/", {credentials: "include"});
+    r.api = await resp.text();
+  } catch (e) { r.api = "blocked"; }
+  document.getElementById("result").textContent = JSON.stringify(r);
+})();
+</script>
+"""
+
+
+def test_malicious_output_is_sandboxed(context: Any, server: Server) -> None:
+    payload = MALICIOUS.replace("BASE", json.dumps(server.url))
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{
+        "id": "evil", "cell_type": "code", "execution_count": 1, "metadata": {},
+        "source": "HTML(...)", "outputs": [{"output_type": "display_data", "metadata": {},
+                                            "data": {"text/html": payload}}]}]}
+    server.api("PUT", "api/contents/fe_evil.ipynb",
+               {"type": "notebook", "format": "json", "content": notebook})
+    page = open_notebook(context, server, "fe_evil.ipynb")
+    assert "xsrf-cookie-value" in page.evaluate("document.cookie")
+    result = page.frame_locator("iframe.output-frame").locator("#result")
+    result.filter(has_not_text="pending").wait_for()
+    found = json.loads(result.inner_text())
+    assert found == {"cookie": "blocked", "parentCookie": "blocked", "storage": "blocked",
+                     "api": "blocked"}
+    shot(page, "sandbox")
