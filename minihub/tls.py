@@ -23,6 +23,7 @@ HSTS_VALUE = "max-age=31536000"  # one year; no includeSubDomains, other hosts a
 
 _CERT_MARK = "-----BEGIN CERTIFICATE-----"
 _KEY_MARK = re.compile(r"-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----")
+_ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # base64url: no dots, no slashes
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$")
 
 
@@ -114,10 +115,14 @@ def add_hsts(app: web.Application) -> None:
     app.on_response_prepare.append(_hsts_on_prepare)
 
 
-def redirect_app(https_port: int, base_url: str = "/") -> web.Application:
+def redirect_app(
+    https_port: int, base_url: str = "/", acme_webroot: str | Path | None = None
+) -> web.Application:
     """The plain-HTTP listener: every request gets a 301 to the same place over HTTPS.
 
-    Paths outside `base_url` are sent to `base_url` itself.
+    Paths outside `base_url` are sent to `base_url` itself. With `acme_webroot`, files under
+    <acme_webroot>/.well-known/acme-challenge/ are served as they are, so
+    `certbot --webroot -w <acme_webroot>` can renew while this listener holds port 80.
     """
     app = web.Application()
     port = "" if https_port == 443 else f":{https_port}"
@@ -137,6 +142,17 @@ def redirect_app(https_port: int, base_url: str = "/") -> web.Application:
             headers={"Location": f"https://{_strip_port(host)}{port}{path}"},
         )
 
+    if acme_webroot is not None:
+        challenges = Path(acme_webroot) / ".well-known" / "acme-challenge"
+
+        async def challenge(request: web.Request) -> web.StreamResponse:
+            token = request.match_info["token"]
+            file = challenges / token
+            if not _ACME_TOKEN.match(token) or not file.is_file():
+                return web.Response(status=404, text="No such challenge.\n")
+            return web.FileResponse(file, headers={"Content-Type": "text/plain"})
+
+        app.router.add_get("/.well-known/acme-challenge/{token}", challenge)
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app
 

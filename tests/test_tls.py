@@ -298,6 +298,23 @@ async def test_redirect_app_bad_host(aiohttp_client: Callable[..., Awaitable[Cli
     assert (await r.json())["status"] == 400
 
 
+async def test_redirect_app_serves_acme_challenges(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    challenges = tmp_path / ".well-known" / "acme-challenge"
+    challenges.mkdir(parents=True)
+    (challenges / "tok_EN-1").write_text("tok_EN-1.thumbprint")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    client = await aiohttp_client(tls.redirect_app(443, "/", acme_webroot=tmp_path))
+    r = await client.get("/.well-known/acme-challenge/tok_EN-1", headers={"Host": "h.org"})
+    assert r.status == 200 and await r.text() == "tok_EN-1.thumbprint"
+    for bad in ("missing", "..%2F..%2Fsecret.txt", "%2E%2E"):
+        url = URL(f"http://127.0.0.1:{client.port}/.well-known/acme-challenge/{bad}", encoded=True)
+        r = await client.session.get(url, allow_redirects=False)
+        assert r.status in (301, 404)
+        assert "not for the web" not in await r.text()
+
+
 def test_hsts_helper() -> None:
     resp = web.Response()
     tls.hsts_headers(resp)
