@@ -118,8 +118,9 @@ async def _redirect_listener(cfg: Config) -> web.AppRunner | None:
         return None
     from . import tls
 
-    runner = web.AppRunner(tls.redirect_app(int(cfg.get("hub.port")), cfg.base_url),
-                           handle_signals=False, access_log=None)
+    app = tls.redirect_app(int(cfg.get("hub.port")), cfg.base_url,
+                           acme_webroot=cfg.data_dir / "acme")  # certbot --webroot renewals
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, cfg.get("hub.ip"), rport, reuse_address=True).start()
     return runner
