@@ -205,6 +205,8 @@ class Proxy:
 
         Handles plain HTTP and websocket upgrades. Cookies named in `strip_cookies` and the
         Authorization header never reach the server, and it cannot set those cookies.
+        `on_activity` is called once per HTTP request and at most once a second while a body
+        or a websocket is flowing.
         Raises a ProxyError (503/502/504) if no response was started; if the server fails
         after the response started, the client connection is aborted instead.
         """

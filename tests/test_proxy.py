@@ -82,11 +82,14 @@ async def download(request: web.Request) -> web.StreamResponse:
         resp.content_length = total
     await resp.prepare(request)
     sent = 0 if request.method != "HEAD" else total
-    while sent < total:
-        part = CHUNK[: min(len(CHUNK), total - sent)]
-        await resp.write(part)
-        sent += len(part)
-    await resp.write_eof()
+    try:
+        while sent < total:
+            part = CHUNK[: min(len(CHUNK), total - sent)]
+            await resp.write(part)
+            sent += len(part)
+        await resp.write_eof()
+    finally:
+        request.app[STATE]["download_ended"].set()
     return resp
 
 
@@ -132,6 +135,9 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
             await ws.send_bytes(msg.data)
         elif msg.data.startswith("close:"):
             await ws.close(code=int(msg.data[6:]), message=b"bye")
+        elif msg.data == "die":
+            assert request.transport is not None
+            request.transport.abort()
         elif msg.data == "ping-me":
             await ws.ping(b"from-upstream")
         elif msg.data.startswith("flood:"):
@@ -152,7 +158,11 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
 
 def upstream_app() -> web.Application:
     app = web.Application(middlewares=[require_secret], client_max_size=1 << 40)
-    app[STATE] = {"ws_closed": asyncio.Event(), "flood_ended": asyncio.Event()}
+    app[STATE] = {
+        "ws_closed": asyncio.Event(),
+        "flood_ended": asyncio.Event(),
+        "download_ended": asyncio.Event(),
+    }
     app.router.add_route("*", "/user/x/echo", echo)
     app.router.add_route("*", "/user/x/echo/{tail:.*}", echo)
     app.router.add_post("/user/x/upload", upload)
@@ -490,6 +500,27 @@ async def test_ws_close_code_from_client(hub: Client, up_server: TestServer) -> 
     await ws.close(code=4002, message=b"done")
     await asyncio.wait_for(up_state(up_server)["ws_closed"].wait(), 5)
     assert up_state(up_server)["close_code"] == 4002
+
+
+async def test_ws_upstream_death_closes_client(hub: Client) -> None:
+    async with hub.ws_connect("/user/x/ws") as ws:
+        await ws.send_str("die")
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data in (1001, 1011)
+    r = await hub.get("/user/x/echo")  # the hub is fine afterwards
+    assert r.status == 200
+
+
+async def test_client_gone_mid_download(hub: Client, up_server: TestServer) -> None:
+    r = await hub.get(f"/user/x/download?n={200 * MB}")
+    assert r.status == 200
+    await r.content.readexactly(MB)
+    r.close()  # the client hangs up with most of the body unsent
+    # the upstream's download handler is released rather than left blocked on a full pipe
+    await asyncio.wait_for(up_state(up_server)["download_ended"].wait(), 10)
+    r = await hub.get("/user/x/echo")
+    assert r.status == 200
 
 
 async def test_ws_ping_pong_both_ways(hub: Client) -> None:
