@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
+import math
 import os
 import shutil
 import signal
@@ -134,7 +134,7 @@ def find_chp(workdir: Path) -> str | None:
     res = subprocess.run(
         ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(workdir),
          CHP_VERSION],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )
     binary = workdir / "node_modules" / ".bin" / "configurable-http-proxy"
     if res.returncode != 0 or not binary.exists():
@@ -153,6 +153,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu: float = float("nan")  # CPU seconds the proxy process used during the run
 
     @property
     def rps(self) -> float:
@@ -226,9 +227,21 @@ async def ws_roundtrips(port: int, count: int, max_seconds: float) -> Result:
         return Result(len(latencies), 0, time.perf_counter() - start, latencies)
 
 
-async def measure(port: int, args: argparse.Namespace) -> tuple[Result, Result]:
-    await http_load(port, min(2000, args.requests), args.concurrency, 10)  # warm-up
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process: a fair cost measure on a busy or shared machine."""
+    if pid is None:
+        return float("nan")
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(port: int, pid: int | None, args: argparse.Namespace) -> tuple[Result, Result]:
+    # warm-up: connection pools, and node's JIT for configurable-http-proxy
+    await http_load(port, min(5000, args.requests), args.concurrency, 15)
+    cpu = cpu_seconds(pid)
     http = await http_load(port, args.requests, args.concurrency, args.max_seconds)
+    http.cpu = cpu_seconds(pid) - cpu
     ws = await ws_roundtrips(port, args.ws_messages, args.max_seconds)
     return http, ws
 
@@ -243,7 +256,7 @@ def run(args: argparse.Namespace) -> None:
         up_port, hub_port = free_port(), free_port()
         procs.append(spawn(self_cmd("--serve-upstream", str(up_port)), up_port))
         procs.append(spawn(self_cmd("--serve-proxy", str(hub_port), str(up_port)), hub_port))
-        targets = [("direct to upstream", up_port), ("minihub Proxy", hub_port)]
+        targets = [("direct to upstream", up_port, None), ("minihub Proxy", hub_port, procs[1].pid)]
         chp = None if args.no_chp else find_chp(workdir)
         if chp:
             chp_port, api_port = free_port(), free_port()
@@ -252,11 +265,11 @@ def run(args: argparse.Namespace) -> None:
                 "--api-port", str(api_port), "--default-target", f"http://127.0.0.1:{up_port}",
                 "--custom-header", f"X-Minihub-Secret:{SECRET}", "--log-level", "error",
             ], chp_port))
-            targets.append(("configurable-http-proxy", chp_port))
+            targets.append(("configurable-http-proxy", chp_port, procs[-1].pid))
         results = {}
-        for name, port in targets:
+        for name, port, pid in targets:
             print(f"measuring {name} ...", file=sys.stderr)
-            results[name] = asyncio.run(measure(port, args))
+            results[name] = asyncio.run(measure(port, pid, args))
         print_table(results, args)
     finally:
         for p in procs:
@@ -274,14 +287,20 @@ def print_table(results: dict[str, tuple[Result, Result]], args: argparse.Namesp
     print(f"\nGET {STATUS_PATH}: {args.requests} requests, {args.concurrency} keep-alive "
           f"connections; websocket: {args.ws_messages} sequential round trips. "
           f"{os.cpu_count()} CPUs, loopback.\n")
-    print("| target | req/s | p50 ms | p99 ms | errors | ws p50 ms | ws p99 ms |"
-          " req/s vs CHP | p99 vs CHP |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | ws p50 ms |"
+          " ws p99 ms | req/s vs CHP | p99 vs CHP | CPU/req vs CHP |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, (http, ws) in results.items():
-        vs = (f"{http.rps / chp[0].rps:.2f}x | {http.pct(99) / chp[0].pct(99):.2f}x"
-              if chp else "- | -")
+        cpu = http.cpu / http.requests * 1e6 if http.requests else float("nan")
+        known = not math.isnan(cpu)
+        vs = "- | - | -"
+        if chp:
+            chp_cpu = chp[0].cpu / chp[0].requests * 1e6
+            vs = (f"{http.rps / chp[0].rps:.2f}x | {http.pct(99) / chp[0].pct(99):.2f}x | "
+                  + (f"{cpu / chp_cpu:.2f}x" if known else "-"))
+        cpu_text = f"{cpu:.0f}" if known else "-"
         print(f"| {name} | {http.rps:,.0f} | {http.pct(50):.2f} | {http.pct(99):.2f} | "
-              f"{http.errors} | {ws.pct(50):.3f} | {ws.pct(99):.3f} | {vs} |")
+              f"{http.errors} | {cpu_text} | {ws.pct(50):.3f} | {ws.pct(99):.3f} | {vs} |")
     if "direct to upstream" in results and "minihub Proxy" in results:
         d, m = results["direct to upstream"][0], results["minihub Proxy"][0]
         added = statistics.median(m.latencies) - statistics.median(d.latencies)
