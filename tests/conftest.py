@@ -62,3 +62,31 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     d = tmp_path_factory.mktemp("data")
     os.chmod(d, 0o711)
     return str(d)
+
+
+# --- an in-process hub ---------------------------------------------------------------------
+from typing import Any  # noqa: E402
+
+from minihub import config as _config  # noqa: E402
+
+
+def hub_config(data_dir: str, **settings: Any) -> _config.Config:
+    """A validated Config; settings as {"auth.authenticator": "native", ...}."""
+    overrides: dict[str, Any] = {"hub.data_dir": data_dir,
+                                 "auth.login_max_delay_seconds": 0.0}
+    overrides.update({k.replace("__", "."): v for k, v in settings.items()})
+    return _config.load(None, overrides)
+
+
+async def login(client: Any, name: str, password: str, next: str = "") -> Any:
+    """Log in through the form; return the response (redirects not followed)."""
+    url = "/hub/login" + (f"?next={next}" if next else "")
+    return await client.post(url, data={"username": name, "password": password},
+                             allow_redirects=False)
+
+
+def xsrf_of(client: Any) -> str:
+    for c in client.session.cookie_jar:
+        if c.key == "_xsrf":
+            return str(c.value)
+    return ""
