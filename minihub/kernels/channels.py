@@ -1,0 +1,184 @@
+"""The kernel websocket: bridges a browser's websocket to a kernel's zmq channels.
+
+Speaks the legacy JSON protocol and the v1 binary subprotocol. While a client is away its
+sockets stay open and fill a bounded replay buffer, so reconnecting with the same session_id
+loses no output or reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections import OrderedDict, deque
+
+import zmq.asyncio
+from aiohttp import WSMsgType, web
+
+from .kernel import Kernel
+from .manager import KernelManager
+from .wire import V1_PROTOCOL, Parts, WireError, from_legacy, from_v1, pack_legacy, to_legacy, \
+    to_v1
+
+log = logging.getLogger("minihub.kernels")
+
+MAX_QUEUED = 5000  # messages kept for a client; the oldest go first
+MAX_QUEUED_BYTES = 32 << 20
+MAX_AWAY = 4  # absent client sessions kept per kernel
+MAX_FRAME = 256 << 20
+CLIENT_CHANNELS = ("shell", "stdin", "control")
+
+
+class Client:
+    """One client session's shell/stdin/control sockets and the messages waiting for it."""
+
+    def __init__(self, kernel: Kernel, session_id: str) -> None:
+        self.kernel = kernel
+        self.session_id = session_id
+        # shell and stdin share an identity: the kernel routes input_request by it.
+        identity = os.urandom(16)
+        self.sockets: dict[str, zmq.asyncio.Socket] = {
+            ch: kernel.connect(ch, identity) for ch in CLIENT_CHANNELS}
+        self.queue: deque[tuple[str, Parts]] = deque()
+        self.queued_bytes = 0
+        self.ws: web.WebSocketResponse | None = None
+        self.closing = False
+        self.wakeup = asyncio.Event()
+        self.tasks = [asyncio.create_task(self._read(ch)) for ch in CLIENT_CHANNELS]
+        kernel.listeners.add(self.deliver)
+
+    def deliver(self, channel: str, parts: Parts) -> None:
+        self.queue.append((channel, parts))
+        self.queued_bytes += sum(len(p) for p in parts)
+        while len(self.queue) > MAX_QUEUED or self.queued_bytes > MAX_QUEUED_BYTES:
+            _, dropped = self.queue.popleft()
+            self.queued_bytes -= sum(len(p) for p in dropped)
+        self.wakeup.set()
+
+    async def _read(self, channel: str) -> None:
+        sock = self.sockets[channel]
+        while True:
+            parts = self.kernel.verify(await sock.recv_multipart())
+            if parts is not None:
+                self.deliver(channel, parts)
+
+    async def send(self, channel: str, parts: Parts) -> None:
+        await self.sockets[channel].send_multipart(self.kernel.signed(parts))
+
+    async def pump(self, ws: web.WebSocketResponse, v1: bool) -> None:
+        """Send queued messages (the replay first) until detached; close ws if closing."""
+        while True:
+            while self.queue:
+                channel, parts = self.queue.popleft()
+                self.queued_bytes -= sum(len(p) for p in parts)
+                await _send(ws, channel, parts, v1)
+            if self.closing:
+                await ws.close()
+                return
+            self.wakeup.clear()
+            await self.wakeup.wait()
+
+    def close(self) -> None:
+        self.kernel.listeners.discard(self.deliver)
+        for task in self.tasks:
+            task.cancel()
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.closing = True
+        self.wakeup.set()
+
+
+async def _send(ws: web.WebSocketResponse, channel: str, parts: Parts, v1: bool) -> None:
+    if v1:
+        await ws.send_bytes(to_v1(channel, parts))
+        return
+    try:
+        frame = to_legacy(channel, parts)
+    except ValueError:
+        log.warning("dropped a kernel message that is not JSON")
+        return
+    if isinstance(frame, bytes):
+        await ws.send_bytes(frame)
+    else:
+        await ws.send_str(frame)
+
+
+class Bridge:
+    """Every kernel's client sessions; serves GET api/kernels/{kernel_id}/channels."""
+
+    def __init__(self, kernels: KernelManager) -> None:
+        self.kernels = kernels
+        self.clients: dict[str, OrderedDict[str, Client]] = {}
+        kernels.on_removed.append(self.kernel_gone)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        kernel = self.kernels.get(request.match_info["kernel_id"])
+        session_id = request.query.get("session_id") or uuid.uuid4().hex
+        ws = web.WebSocketResponse(protocols=(V1_PROTOCOL,), heartbeat=30,
+                                   max_msg_size=MAX_FRAME)
+        await ws.prepare(request)
+        v1 = ws.ws_protocol == V1_PROTOCOL
+        client = self._attach(kernel, session_id, ws)
+        pump = asyncio.create_task(client.pump(ws, v1))
+        kernel.connections += 1
+        try:
+            async for msg in ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await self._forward(client, msg.data, v1)
+        finally:
+            kernel.connections -= 1
+            pump.cancel()
+            self._detach(client, ws)
+        return ws
+
+    def _attach(self, kernel: Kernel, session_id: str, ws: web.WebSocketResponse) -> Client:
+        sessions = self.clients.setdefault(kernel.id, OrderedDict())
+        client = sessions.pop(session_id, None)
+        if client is None:
+            client = Client(kernel, session_id)
+        elif client.ws is not None:
+            # The same session connecting again takes over; the old socket is closed.
+            asyncio.get_running_loop().create_task(client.ws.close())
+        client.ws = ws
+        sessions[session_id] = client
+        return client
+
+    def _detach(self, client: Client, ws: web.WebSocketResponse) -> None:
+        if client.ws is not ws:
+            return
+        client.ws = None
+        sessions = self.clients.get(client.kernel.id)
+        if sessions is None or client.closing:
+            return
+        sessions.move_to_end(client.session_id)
+        away = [c for c in sessions.values() if c.ws is None]
+        for old in away[:-MAX_AWAY] if len(away) > MAX_AWAY else []:
+            sessions.pop(old.session_id, None)
+            old.close()
+
+    async def _forward(self, client: Client, data: str | bytes, v1: bool) -> None:
+        try:
+            if v1:
+                if isinstance(data, str):
+                    raise WireError("text frame on the v1 protocol")
+                channel, parts = from_v1(data)
+            else:
+                channel, msg, buffers = from_legacy(data)
+                parts = pack_legacy(msg, buffers)
+        except (WireError, ValueError, UnicodeDecodeError) as e:
+            log.warning("kernel %s: ignored a bad websocket message: %s", client.kernel.id, e)
+            return
+        if channel not in CLIENT_CHANNELS or len(parts) < 4:
+            log.warning("kernel %s: ignored a message for channel %r", client.kernel.id, channel)
+            return
+        client.kernel.touch()
+        await client.send(channel, parts)
+
+    def kernel_gone(self, kernel_id: str) -> None:
+        for client in self.clients.pop(kernel_id, {}).values():
+            client.close()
+
+    async def close(self) -> None:
+        for kernel_id in list(self.clients):
+            self.kernel_gone(kernel_id)

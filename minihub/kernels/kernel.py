@@ -1,0 +1,309 @@
+"""One running kernel: its process (via jupyter_client), its iopub fan-out and its health.
+
+A watcher restarts a kernel that dies (telling clients `restarting`, then `dead` if it keeps
+dying) and says when the kernel was killed by the memory cgroup's OOM killer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.session import DELIM, Session
+
+from .wire import Parts, msg_type
+
+log = logging.getLogger("minihub.kernels")
+
+Listener = Callable[[str, Parts], None]
+WATCH_INTERVAL = 1.0
+READY_TIMEOUT = 60.0
+DEATHS_BEFORE_DEAD = 5  # deaths within DEATH_WINDOW after which we stop restarting
+DEATH_WINDOW = 60.0
+SOCKET_TYPES = {"shell": zmq.DEALER, "stdin": zmq.DEALER, "control": zmq.DEALER,
+                "iopub": zmq.SUB}
+
+
+def isoformat(ts: float) -> str:
+    """Timestamps as jupyter_server writes them: UTC ISO 8601 with a Z."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Kernel:
+    """A kernel process plus the state clients see: execution_state, last_activity."""
+
+    def __init__(self, kernel_id: str, name: str, path: str, km: AsyncKernelManager,
+                 context: zmq.asyncio.Context) -> None:
+        self.id = kernel_id
+        self.name = name
+        self.path = path
+        self.km = km
+        self.context = context
+        self.execution_state = "starting"
+        self.last_activity = time.time()
+        self.connections = 0
+        self.reason = ""
+        self.listeners: set[Listener] = set()
+        self.on_dead: list[Callable[[Kernel], None]] = []
+        self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme,
+                               username=os.environ.get("USER", "minihub"))
+        self._lock = asyncio.Lock()
+        self._iopub: zmq.asyncio.Socket | None = None
+        self._iopub_seen = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deaths: list[float] = []
+        self._closed = False
+
+    def model(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "last_activity": isoformat(self.last_activity),
+                "execution_state": self.execution_state, "connections": self.connections}
+
+    def touch(self) -> None:
+        self.last_activity = time.time()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, cwd: str, env: dict[str, str]) -> None:
+        await self.km.start_kernel(cwd=cwd, env=env)
+        self._iopub = self.connect("iopub")
+        self._tasks = [asyncio.create_task(self._iopub_loop()),
+                       asyncio.create_task(self._watch_loop()),
+                       asyncio.create_task(self._first_ready())]
+
+    async def _first_ready(self) -> None:
+        try:
+            await self.wait_ready()
+        except (TimeoutError, RuntimeError) as e:
+            log.warning("kernel %s did not become ready: %s", self.id, e)
+
+    async def interrupt(self) -> None:
+        await self.km.interrupt_kernel()
+
+    async def restart(self) -> None:
+        """A restart the user asked for (no `restarting` broadcast: clients expect it)."""
+        async with self._lock:
+            self.execution_state = "restarting"
+            await self.km.restart_kernel(now=False)
+        await self.wait_ready()
+
+    async def shutdown(self, now: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        async with self._lock:
+            try:
+                await self.km.shutdown_kernel(now=now)
+            except Exception:
+                log.exception("kernel %s: shutdown failed; killing it", self.id)
+                await self.km.shutdown_kernel(now=True)
+        if self._iopub is not None:
+            self._iopub.close(linger=0)
+        self.execution_state = "dead"
+
+    # --- zmq -------------------------------------------------------------------------------
+
+    def connect(self, channel: str, identity: bytes | None = None) -> zmq.asyncio.Socket:
+        """A new socket connected to one of the kernel's channels."""
+        info: dict[str, Any] = dict(self.km.get_connection_info())
+        sock = self.context.socket(SOCKET_TYPES[channel])
+        sock.linger = 0
+        if channel == "iopub":
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        elif identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        port = info[f"{channel}_port"]
+        if info["transport"] == "ipc":
+            sock.connect(f"ipc://{info['ip']}-{port}")
+        else:
+            sock.connect(f"tcp://{info['ip']}:{port}")
+        return sock
+
+    def signed(self, parts: Parts) -> list[bytes]:
+        return [DELIM, self.session.sign(parts[:4]), *parts]
+
+    def verify(self, frames: list[bytes]) -> Parts | None:
+        """Parts of a message from the kernel, or None if it is not signed with our key."""
+        try:
+            idx = frames.index(DELIM)
+        except ValueError:
+            return None
+        sig, parts = frames[idx + 1], frames[idx + 2:]
+        if len(parts) < 4 or not hmac.compare_digest(sig, self.session.sign(parts[:4])):
+            return None
+        return parts
+
+    def make_message(self, kind: str, content: dict[str, Any]) -> Parts:
+        msg = self.session.msg(kind, content)
+        return [self.session.pack(msg["header"]), self.session.pack(msg["parent_header"]),
+                self.session.pack(msg["metadata"]), self.session.pack(msg["content"])]
+
+    def broadcast(self, channel: str, parts: Parts) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(channel, parts)
+            except Exception:
+                log.exception("kernel %s: listener failed", self.id)
+
+    def broadcast_status(self, state: str, reason: str = "") -> None:
+        content: dict[str, Any] = {"execution_state": state}
+        if reason:
+            content["reason"] = reason
+        self.broadcast("iopub", self.make_message("status", content))
+
+    async def _iopub_loop(self) -> None:
+        assert self._iopub is not None
+        while True:
+            frames = await self._iopub.recv_multipart()
+            parts = self.verify(frames)
+            if parts is None:
+                log.warning("kernel %s: dropped an unsigned iopub message", self.id)
+                continue
+            self._iopub_seen.set()
+            self.touch()
+            if msg_type(parts) == "status":
+                self._track_status(parts[3])
+            self.broadcast("iopub", parts)
+
+    def _track_status(self, content: bytes) -> None:
+        try:
+            state = json.loads(content).get("execution_state")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(state, str) and self.execution_state not in ("restarting", "dead"):
+            self.execution_state = state
+        elif state == "idle" and self.execution_state == "restarting":
+            self.execution_state = "idle"
+
+    # --- readiness -------------------------------------------------------------------------
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Nudge with kernel_info until the kernel answers and its iopub reaches us."""
+        self._iopub_seen.clear()
+        probe = self.connect("shell", os.urandom(16))
+        try:
+            await asyncio.wait_for(self._nudge(probe), timeout)
+        finally:
+            probe.close(linger=0)
+        if self.execution_state in ("starting", "restarting"):
+            self.execution_state = "idle"
+
+    async def _nudge(self, probe: zmq.asyncio.Socket) -> None:
+        answered = False
+        while not (answered and self._iopub_seen.is_set()):
+            if not await self.km.is_alive():
+                raise RuntimeError("the kernel process exited")
+            await probe.send_multipart(self.signed(self.make_message("kernel_info_request", {})))
+            try:
+                await asyncio.wait_for(probe.recv_multipart(), 0.5)
+                answered = True
+                await asyncio.wait_for(self._iopub_seen.wait(), 0.5)
+            except TimeoutError:
+                continue
+
+    # --- death and restart -----------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        oom = OomCounter()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self._lock.locked() or await self.km.is_alive():
+                oom.refresh()
+                continue
+            async with self._lock:
+                await self._revive(oom)
+
+    async def _revive(self, oom: OomCounter) -> None:
+        status = await self.km.provisioner.poll() if self.km.provisioner else None
+        why = describe_exit(status, oom.increased())
+        now = time.time()
+        self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW] + [now]
+        if len(self._deaths) >= DEATHS_BEFORE_DEAD:
+            return self._give_up(f"{why}; it died {len(self._deaths)} times in a minute")
+        log.warning("kernel %s (%s) died (%s); restarting it", self.id, self.name, why)
+        self.reason = why
+        self.execution_state = "restarting"
+        self.broadcast_status("restarting", why)
+        for attempt in range(1, 4):
+            try:
+                await self.km.restart_kernel(now=True)
+                await self.wait_ready()
+                oom.refresh()
+                return None
+            except Exception as e:
+                log.warning("kernel %s: restart attempt %d failed: %s", self.id, attempt, e)
+        return self._give_up(f"{why}; restarting it failed")
+
+    def _give_up(self, why: str) -> None:
+        log.error("kernel %s (%s) is dead: %s", self.id, self.name, why)
+        self.reason = why
+        self.execution_state = "dead"
+        self.broadcast_status("dead", why)
+        for hook in list(self.on_dead):
+            hook(self)
+
+
+def describe_exit(status: int | None, oom_killed: bool) -> str:
+    if oom_killed:
+        return "killed: out of memory"
+    if status is not None and status < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+class OomCounter:
+    """The OOM-kill count of this server's memory cgroup (cgroup v2), to explain deaths."""
+
+    def __init__(self) -> None:
+        self.path = _memory_events_path()
+        self.last = self._read()
+
+    def _read(self) -> int:
+        if self.path is None:
+            return 0
+        try:
+            for line in self.path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def refresh(self) -> None:
+        self.last = self._read()
+
+    def increased(self) -> bool:
+        now = self._read()
+        grew, self.last = now > self.last, now
+        return grew
+
+
+def _memory_events_path() -> Path | None:
+    try:
+        text = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            path = Path("/sys/fs/cgroup") / line[3:].strip().lstrip("/") / "memory.events"
+            return path if path.exists() else None
+    return None

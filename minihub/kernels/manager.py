@@ -1,0 +1,171 @@
+"""The kernels of one user server: start, find, stop and cull them; list kernelspecs.
+
+Kernels run as the server's own user (the server already is that user), with the server's
+environment, which never holds the per-server secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import AsyncKernelManager
+
+from ..errors import HubError, NotFound
+from .kernel import Kernel
+
+log = logging.getLogger("minihub.kernels")
+NATIVE_KERNEL = "python3"
+
+
+def _transport(kernel_id: str) -> dict[str, str]:
+    """IPC sockets in the user's private runtime dir when the path fits, else loopback TCP.
+
+    Over TCP any local account could subscribe to a kernel's iopub and read its outputs
+    (messages are signed, not encrypted); a socket file in a 0700 dir cannot be reached.
+    """
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    runtime = jupyter_runtime_dir()
+    prefix = os.path.join(runtime, f"mh-{kernel_id[:8]}")
+    if len(prefix) > 90:  # sun_path holds 108 bytes, with "-<port>" still to come
+        return {"transport": "tcp", "ip": "127.0.0.1"}
+    try:
+        os.makedirs(runtime, mode=0o700, exist_ok=True)
+        os.chmod(runtime, 0o700)
+    except OSError:
+        return {"transport": "tcp", "ip": "127.0.0.1"}
+    return {"transport": "ipc", "ip": prefix}
+
+
+class KernelManager:
+    """All kernels of this server, keyed by id."""
+
+    def __init__(self, root_dir: str, idle_timeout: int = 0) -> None:
+        self.root_dir = root_dir
+        self.idle_timeout = idle_timeout
+        self.kernels: dict[str, Kernel] = {}
+        self.specs = KernelSpecManager()
+        self.context = zmq.asyncio.Context()
+        self.on_removed: list[Callable[[str], None]] = []
+        self._culler: asyncio.Task[None] | None = None
+
+    # --- kernelspecs -----------------------------------------------------------------------
+
+    async def all_specs(self) -> dict[str, dict[str, Any]]:
+        specs: dict[str, dict[str, Any]] = await asyncio.to_thread(self.specs.get_all_specs)
+        return specs
+
+    async def default_name(self) -> str:
+        specs = await self.all_specs()
+        if NATIVE_KERNEL in specs or not specs:
+            return NATIVE_KERNEL
+        return sorted(specs)[0]
+
+    # --- kernels ---------------------------------------------------------------------------
+
+    def get(self, kernel_id: str) -> Kernel:
+        kernel = self.kernels.get(kernel_id)
+        if kernel is None:
+            raise NotFound(f"Kernel does not exist: {kernel_id}")
+        return kernel
+
+    def models(self) -> list[dict[str, Any]]:
+        return [k.model() for k in self.kernels.values()]
+
+    async def start(self, name: str | None, path: str | None = None) -> Kernel:
+        name = name or await self.default_name()
+        try:
+            await asyncio.to_thread(self.specs.get_kernel_spec, name)
+        except NoSuchKernel:
+            raise NotFound(f"No such kernel: {name}") from None
+        kernel_id = str(uuid.uuid4())
+        km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=self.specs,
+                                context=self.context, shutdown_wait_time=3.0,
+                                **_transport(kernel_id))
+        kernel = Kernel(kernel_id, name, path or "", km, self.context)
+        try:
+            await kernel.start(cwd=self._cwd(path), env=self._env(path))
+        except Exception as e:
+            log.exception("kernel %s (%s) failed to start", kernel_id, name)
+            raise HubError(f"Kernel {name} failed to start: {e}", status=500) from None
+        kernel.on_dead.append(self._forget_dead)
+        self.kernels[kernel_id] = kernel
+        log.info("kernel %s (%s) started", kernel_id, name)
+        return kernel
+
+    def _cwd(self, path: str | None) -> str:
+        if not path:
+            return self.root_dir
+        rel = os.path.dirname(path.strip("/"))
+        cwd = os.path.realpath(os.path.join(self.root_dir, rel))
+        root = os.path.realpath(self.root_dir)
+        inside = cwd == root or cwd.startswith(root + os.sep)
+        return cwd if inside and os.path.isdir(cwd) else self.root_dir
+
+    def _env(self, path: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        if path:
+            env["JPY_SESSION_NAME"] = os.path.join(self.root_dir, path.strip("/"))
+        return env
+
+    async def shutdown(self, kernel_id: str, now: bool = False) -> None:
+        kernel = self.get(kernel_id)
+        self._remove(kernel_id)
+        await kernel.shutdown(now=now)
+        log.info("kernel %s shut down", kernel_id)
+
+    async def shutdown_all(self) -> None:
+        ids = list(self.kernels)
+        await asyncio.gather(*(self.shutdown(k) for k in ids), return_exceptions=True)
+
+    def _forget_dead(self, kernel: Kernel) -> None:
+        self._remove(kernel.id)
+        asyncio.get_running_loop().create_task(kernel.shutdown(now=True))
+
+    def _remove(self, kernel_id: str) -> None:
+        if self.kernels.pop(kernel_id, None) is not None:
+            for hook in list(self.on_removed):
+                hook(kernel_id)
+
+    def last_activity(self) -> float | None:
+        times = [k.last_activity for k in self.kernels.values()]
+        return max(times) if times else None
+
+    def connections(self) -> int:
+        return sum(k.connections for k in self.kernels.values())
+
+    # --- culling ---------------------------------------------------------------------------
+
+    def start_culler(self) -> None:
+        if self.idle_timeout > 0 and self._culler is None:
+            self._culler = asyncio.create_task(self._cull_loop())
+
+    async def close(self) -> None:
+        if self._culler is not None:
+            self._culler.cancel()
+        await self.shutdown_all()
+        self.context.destroy(linger=0)
+
+    async def _cull_loop(self) -> None:
+        every = max(1.0, min(60.0, self.idle_timeout / 2))
+        while True:
+            await asyncio.sleep(every)
+            for kernel in list(self.kernels.values()):
+                if self._cullable(kernel):
+                    log.info("culling kernel %s (%s): idle for %d s", kernel.id, kernel.name,
+                             int(time.time() - kernel.last_activity))
+                    await self.shutdown(kernel.id)
+
+    def _cullable(self, kernel: Kernel) -> bool:
+        # As jupyter_server's defaults: never cull a busy kernel or one a client is watching.
+        idle_for = time.time() - kernel.last_activity
+        return (kernel.execution_state == "idle" and kernel.connections == 0
+                and idle_for > self.idle_timeout)

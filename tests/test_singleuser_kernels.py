@@ -1,0 +1,239 @@
+"""The user server's kernels, for real: a real user, real ipykernel processes, websockets.
+
+Both websocket protocols, stdin, interrupt, restart, a SIGKILLed kernel coming back, replay
+of output produced while no client was connected, culling, and a clean SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from test_singleuser_harness import KernelClient, Server, start_server
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    user = make_system_user("mhsu_k")
+    srv = start_server(user, tmp_path_factory.mktemp("sulog") / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as s:
+        yield s
+
+
+async def new_kernel(http: aiohttp.ClientSession, server: Server) -> str:
+    async with http.post(server.url + "api/kernels", json={"name": "python3"},
+                         headers=server.headers) as r:
+        assert r.status == 201, await r.text()
+        model = await r.json()
+        assert r.headers["Location"].endswith(model["id"])
+    return str(model["id"])
+
+
+async def kernel_model(http: aiohttp.ClientSession, server: Server, kid: str) -> Any:
+    async with http.get(f"{server.url}api/kernels/{kid}", headers=server.headers) as r:
+        return await r.json() if r.status == 200 else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_secret_required_everywhere(http: aiohttp.ClientSession, server: Server) -> None:
+    for headers in ({}, {"X-Minihub-Secret": "wrong"}):
+        for path in ("api/status", "api/kernels", "api/contents", "files/x", "nope"):
+            async with http.get(server.url + path, headers=headers) as r:
+                assert r.status == 403
+                body = await r.json()
+                assert set(body) == {"message", "reason"}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+        await http.ws_connect(server.url + "api/kernels/x/channels")
+    assert e.value.status == 403
+
+
+async def test_status_me_and_kernelspecs(http: aiohttp.ClientSession, server: Server) -> None:
+    h = server.headers
+    async with http.get(server.url + "api/status", headers=h) as r:
+        assert set(await r.json()) == {"started", "last_activity", "connections", "kernels"}
+    async with http.get(server.url + "api/me", headers=h) as r:
+        assert (await r.json())["identity"]["username"] == server.user.name
+    async with http.get(server.url + "api/kernelspecs", headers=h) as r:
+        specs = await r.json()
+    assert specs["default"] == "python3"
+    py = specs["kernelspecs"]["python3"]
+    assert py["spec"]["language"] == "python"
+    logo = py["resources"]["logo-64x64"]
+    async with http.get(f"http://{server.url.split('/')[2]}{logo}", headers=h) as r:
+        assert r.status == 200 and r.content_type == "image/png"
+    async with http.get(server.url + "api/kernels/nope", headers=h) as r:
+        assert r.status == 404 and "message" in await r.json()
+
+
+async def test_kernel_is_the_user_and_has_no_secret(http: aiohttp.ClientSession,
+                                                    server: Server) -> None:
+    kid = await new_kernel(http, server)
+    kc = await KernelClient.connect(http, server, kid)
+    code = ("import os\nprint(os.getuid(), os.getgid(), os.getcwd())\n"
+            f"print(any({server.secret!r} in v for v in os.environ.values()))")
+    out = await kc.run(code)
+    assert out.reply and out.reply["status"] == "ok"
+    uid, gid, cwd, leaked = out.stdout.split()
+    assert (int(uid), int(gid), cwd, leaked) == (server.user.uid, server.user.gid,
+                                                 server.user.home, "False")
+    await kc.ws.close()
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["json", "v1"])
+async def test_execute_outputs_errors_and_stdin(http: aiohttp.ClientSession, server: Server,
+                                                v1: bool) -> None:
+    kid = await new_kernel(http, server)
+    kc = await KernelClient.connect(http, server, kid, v1=v1)
+    out = await kc.run("print('hello'); 6 * 7")
+    assert out.stdout == "hello\n" and out.result == "42"
+    out = await kc.run("1 / 0")
+    assert out.error and out.error["ename"] == "ZeroDivisionError"
+    assert out.reply and out.reply["status"] == "error"
+    msg_id = await kc.execute("name = input('who? ')\nprint('hi', name)", stdin=True)
+    req = await kc.wait_for(lambda m: m["header"]["msg_type"] == "input_request")
+    assert req["channel"] == "stdin" and req["content"]["prompt"] == "who? "
+    await kc.request("input_reply", {"value": "ada"}, channel="stdin")
+    out = await kc.collect(msg_id)
+    assert "hi ada" in out.stdout
+    async with http.get(f"{server.url}api/kernels/{kid}", headers=server.headers) as r:
+        model = await r.json()
+    assert model["connections"] == 1 and model["execution_state"] == "idle"
+    await kc.ws.close()
+
+
+async def test_interrupt_and_restart(http: aiohttp.ClientSession, server: Server) -> None:
+    kid = await new_kernel(http, server)
+    kc = await KernelClient.connect(http, server, kid, v1=True)
+    await kc.run("x = 1")
+    msg_id = await kc.execute("import time; time.sleep(60)")
+    await kc.wait_for(lambda m: m["header"]["msg_type"] == "execute_input")
+    async with http.post(f"{server.url}api/kernels/{kid}/interrupt",
+                         headers=server.headers) as r:
+        assert r.status == 204
+    out = await kc.collect(msg_id, timeout=30)
+    assert out.error and out.error["ename"] == "KeyboardInterrupt"
+    async with http.post(f"{server.url}api/kernels/{kid}/restart",
+                         headers=server.headers) as r:
+        assert r.status == 200 and (await r.json())["id"] == kid
+    out = await kc.run("print('x' in globals())")
+    assert out.stdout == "False\n"
+    await kc.ws.close()
+
+
+async def test_sigkilled_kernel_comes_back(http: aiohttp.ClientSession, server: Server) -> None:
+    kid = await new_kernel(http, server)
+    kc = await KernelClient.connect(http, server, kid)
+    out = await kc.run("import os; print(os.getpid())")
+    pid = int(out.stdout)
+    os.kill(pid, signal.SIGKILL)
+    status = await kc.wait_for(lambda m: m["header"]["msg_type"] == "status"
+                               and m["content"]["execution_state"] == "restarting")
+    assert "SIGKILL" in status["content"]["reason"]
+    out = await kc.run("import os; print(os.getpid())")
+    assert int(out.stdout) != pid
+    model = await kernel_model(http, server, kid)
+    assert model["execution_state"] == "idle"
+    await kc.ws.close()
+
+
+async def test_output_is_replayed_on_reconnect(http: aiohttp.ClientSession,
+                                               server: Server) -> None:
+    kid = await new_kernel(http, server)
+    kc = await KernelClient.connect(http, server, kid, session_id="replay-session")
+    await kc.run("import time")
+    msg_id = await kc.execute("time.sleep(1.5); print('while you were away')")
+    await kc.wait_for(lambda m: m["header"]["msg_type"] == "execute_input")
+    await kc.ws.close()
+    deadline = time.monotonic() + 30
+    while (await kernel_model(http, server, kid))["execution_state"] != "idle":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    kc2 = await KernelClient.connect(http, server, kid, session_id="replay-session")
+    out = await kc2.collect(msg_id, timeout=10)
+    assert out.stdout == "while you were away\n"
+    assert out.reply and out.reply["status"] == "ok"
+    await kc2.ws.close()
+
+
+async def test_sessions_tie_kernels_to_paths(http: aiohttp.ClientSession,
+                                            server: Server) -> None:
+    h = server.headers
+    body = {"path": "s.ipynb", "name": "s.ipynb", "type": "notebook",
+            "kernel": {"name": "python3"}}
+    async with http.post(server.url + "api/sessions", json=body, headers=h) as r:
+        assert r.status == 201
+        s = await r.json()
+    assert s["kernel"]["name"] == "python3" and s["notebook"]["path"] == "s.ipynb"
+    async with http.post(server.url + "api/sessions", json=body, headers=h) as r:
+        assert (await r.json())["id"] == s["id"]
+    url = f"{server.url}api/sessions/{s['id']}"
+    async with http.patch(url, json={"path": "t.ipynb"}, headers=h) as r:
+        assert (await r.json())["path"] == "t.ipynb"
+    async with http.patch(url, json={"kernel": {"name": "python3"}}, headers=h) as r:
+        s2 = await r.json()
+    assert s2["kernel"]["id"] != s["kernel"]["id"]
+    assert await kernel_model(http, server, s["kernel"]["id"]) is None
+    async with http.get(server.url + "api/sessions", headers=h) as r:
+        assert s["id"] in [x["id"] for x in await r.json()]
+    async with http.delete(url, headers=h) as r:
+        assert r.status == 204
+    assert await kernel_model(http, server, s2["kernel"]["id"]) is None
+    async with http.get(url, headers=h) as r:
+        assert r.status == 404
+
+
+async def test_idle_kernels_are_culled(make_system_user: Any, tmp_path: Path,
+                                       http: aiohttp.ClientSession) -> None:
+    srv = start_server(make_system_user("mhsu_cull"), tmp_path / "cull.log", idle_timeout=2)
+    try:
+        kid = await new_kernel(http, srv)
+        deadline = time.monotonic() + 30
+        while await kernel_model(http, srv, kid) is not None:
+            assert time.monotonic() < deadline, "kernel was never culled"
+            await asyncio.sleep(0.5)
+        assert "culling kernel" in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
+async def test_sigterm_stops_every_kernel(make_system_user: Any, tmp_path: Path,
+                                          http: aiohttp.ClientSession) -> None:
+    srv = start_server(make_system_user("mhsu_term"), tmp_path / "term.log")
+    pids = []
+    try:
+        for _ in range(2):
+            kc = await KernelClient.connect(http, srv, await new_kernel(http, srv))
+            out = await kc.run("import os, subprocess\n"
+                               "p = subprocess.Popen(['sleep', '300'])\n"
+                               "print(os.getpid(), p.pid)")
+            pids += [int(x) for x in out.stdout.split()]
+        assert all(_alive(p) for p in pids)
+    finally:
+        code = await asyncio.to_thread(srv.stop)
+    assert code == 0, srv.log.read_text()[-2000:]
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"left behind: {[p for p in pids if _alive(p)]}"
+        await asyncio.sleep(0.2)
