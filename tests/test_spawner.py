@@ -379,9 +379,10 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
         "kernel_idle_timeout": 0,
         "mem_limit": 0,
     }
-    spec = make_spec(
-        alice, log_dir, cmd=[sys.executable, "-m", "minihub.singleuser"], config=config
-    )
+    # The tree under test, not whatever copy is installed in the venv.
+    env = {"PYTHONPATH": str(Path(__file__).parent.parent)}
+    cmd = [sys.executable, "-m", "minihub.singleuser"]
+    spec = make_spec(alice, log_dir, cmd=cmd, config=config, env=env)
     proc = await spawner.start(spec)
     url = f"http://{proc.host}:{proc.port}{base_url}api/status"
     status = 0
@@ -397,8 +398,25 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
         assert status == 200, tail_log(spec.log_path)
         async with s.get(url) as r:
             assert r.status == 403
+        kernels = await _start_kernel(s, proc, base_url, spec.log_path)
+    for pid in kernels:
+        info = proc_stat(pid)
+        assert info is not None and info[3] == alice.uid
     await spawner.stop(proc, timeout=5)
     assert await spawner.poll(proc) is not None
+    assert all(gone(pid) for pid in kernels)
+
+
+async def _start_kernel(s: aiohttp.ClientSession, proc: Proc, base_url: str, log: Path) -> set[int]:
+    """Start a real kernel; the pids it added to the user's cgroup (empty without cgroups)."""
+    url = f"http://{proc.host}:{proc.port}{base_url}api/kernels"
+    async with s.post(url, json={}, headers={"X-Minihub-Secret": "s3cret"}) as r:
+        assert r.status == 201, (await r.text(), tail_log(log))
+    cg = UserCgroup.from_paths(proc.extra.get("cgroup", []))
+    if not cg.enabled:
+        return set()
+    assert await wait_for(lambda: len(cg.pids() - {proc.pid}) > 0, 30)
+    return cg.pids() - {proc.pid}
 
 
 # A hub that starts one server, prints its Proc, and dies by SIGKILL without cleaning up.
