@@ -174,6 +174,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    ident = identity(request)
+    if ident is None or not ident.user.admin:
+        raise Forbidden("Metrics need an admin's token: Authorization: token <token>.")
     return web.Response(text=parts(request).metrics.render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})

@@ -56,7 +56,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_response(request, e.status, e.reason or "Error", dict(e.headers))
+        keep = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+        return error_response(request, e.status, e.text if e.text and e.text != f"{e.status}: "
+                              f"{e.reason}" else e.reason or "Error", keep)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, clean(request.path))
         return error_response(request, 500, "Internal error: the hub logged the details.")
