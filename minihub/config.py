@@ -304,11 +304,11 @@ def generate(settings: list[Setting] = SETTINGS) -> str:
             lines.append(f"# {s.name} = {value}")
             lines.append("")
     lines += [
-        "# Hub services, as JupyterHub's c.JupyterHub.services:",
-        "# [[services]]",
-        '# name = "idle-culler"',
-        '# command = ["python3", "-m", "jupyterhub_idle_culler", "--timeout=3600"]',
-        '# scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]',
+        "# Hub services, as JupyterHub's c.JupyterHub.services, for example:",
+        "#   [[services]]",
+        '#   name = "idle-culler"',
+        '#   command = ["python3", "-m", "jupyterhub_idle_culler", "--timeout=3600"]',
+        '#   scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]',
         "",
     ]
     return "\n".join(lines)
