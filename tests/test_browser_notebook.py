@@ -249,7 +249,7 @@ def test_notebook_lifecycle(context: Any, server: Server) -> None:
     # Save with Ctrl-S, reload, everything is back.
     nb.keyboard.press("Escape")
     nb.keyboard.press("Control+s")
-    nb.locator("#save-state", has_text="Saved").wait_for()
+    nb.locator("#save-state:not(.dirty)").wait_for()
     saved = server.api("GET", "api/contents/" + path)
     assert saved["content"]["cells"][0]["outputs"][0]["text"] == "hello 42\n"
     nb.reload()
@@ -262,7 +262,7 @@ def test_notebook_lifecycle(context: Any, server: Server) -> None:
     nb.locator("button[aria-label=Restart]").click()
     nb.locator(".modal button", has_text="Restart").click()
     wait_idle(nb)
-    gone = run_cell(nb, 8, "name")
+    gone = run_cell(nb, nb.evaluate("window.minihubNotebook.cells.length"), "name")
     assert "NameError" in gone.locator(".output.error").inner_text()
 
 

@@ -44,8 +44,7 @@ export class Kernel {
     this.ws = ws;
     ws.onopen = () => {
       this.retries = 0;
-      // The reply tells us the kernel is alive; its status messages then keep us current.
-      this.request("kernel_info_request", {}).then(() => { if (this.status === "disconnected" || this.status === "starting") this.setStatus("idle"); });
+      this.nudge().then(() => { if (["disconnected", "starting", "restarting"].includes(this.status)) this.setStatus("idle"); });
     };
     ws.onmessage = (event) => this.handle(event.data);
     ws.onclose = () => this.onClose(ws);
@@ -68,6 +67,24 @@ export class Kernel {
       return;
     }
     this.connect(this.id);
+  }
+
+  /**
+   * Resolves once iopub carries a message for one of our kernel_info requests: until then
+   * a new kernel's output could be dropped (zmq's late subscriber), so ask until it does.
+   */
+  nudge(tries = 40) {
+    return new Promise((resolve) => {
+      let done = false;
+      const attempt = (n) => {
+        if (done || n <= 0) { resolve(false); return; }
+        try {
+          this.send("shell", "kernel_info_request", {}, { onIOPub: () => { if (!done) { done = true; resolve(true); } } });
+        } catch { resolve(false); return; }
+        setTimeout(() => attempt(n - 1), 500);
+      };
+      attempt(tries);
+    });
   }
 
   close() {
@@ -147,7 +164,7 @@ export class Kernel {
     this.callbacks.clear();
     await api.kernels.restart(this.id);
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      await this.request("kernel_info_request", {}).catch(() => {});
+      await this.nudge();
       this.setStatus("idle");
     } else {
       this.connect(this.id);

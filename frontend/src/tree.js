@@ -15,10 +15,17 @@ const state = {
 
 const $ = (id) => document.getElementById(id);
 
-function icon(item) {
-  if (item.type === "directory") return "📁";
-  if (item.type === "notebook") return "📓";
-  return "📄";
+// Drawn here, not emoji: servers often lack an emoji font.
+const ICONS = {
+  directory: '<svg viewBox="0 0 16 16" width="16" height="16"><path fill="#54aeff" d="M1 3.5A1.5 1.5 0 0 1 2.5 2h3.6l1.5 1.5h5.9A1.5 1.5 0 0 1 15 5v7.5a1.5 1.5 0 0 1-1.5 1.5h-11A1.5 1.5 0 0 1 1 12.5z"/></svg>',
+  notebook: '<svg viewBox="0 0 16 16" width="16" height="16"><rect x="2.5" y="1.5" width="11" height="13" rx="1.5" fill="#fff" stroke="#f37726"/><circle cx="8" cy="8" r="2.6" fill="none" stroke="#f37726" stroke-width="1.4"/></svg>',
+  file: '<svg viewBox="0 0 16 16" width="16" height="16"><path fill="#fff" stroke="#59636e" d="M3.5 1.5h6l3 3v10h-9z"/><path stroke="#59636e" d="M5.5 8h5M5.5 10.5h5"/></svg>',
+};
+
+function icon(type) {
+  const span = h("span.icon", { "aria-hidden": "true" });
+  span.innerHTML = ICONS[type] || ICONS.file;
+  return span;
 }
 
 function openUrl(item) {
@@ -46,7 +53,7 @@ function runningPaths() {
 }
 
 function renderBreadcrumbs() {
-  const crumbs = [h("a", { href: api.pageUrl("tree", ""), title: "Home folder" }, "🏠")];
+  const crumbs = [h("a", { href: api.pageUrl("tree", ""), title: "Home folder" }, "Home")];
   let acc = "";
   for (const part of state.path.split("/").filter(Boolean)) {
     acc = acc ? acc + "/" + part : part;
@@ -63,7 +70,7 @@ function renderRow(item, running) {
   const isRunning = running.has(item.path);
   return h("tr", { dataset: { path: item.path, type: item.type } },
     h("td.check", {}, checkbox),
-    h("td.name", {}, h("span.icon", { "aria-hidden": "true" }, icon(item)),
+    h("td.name", {}, icon(item.type),
       h("a", { href: openUrl(item), target: item.type === "directory" ? undefined : "_blank", rel: "noopener" }, item.name),
       isRunning ? h("span.badge.running", {}, "Running") : null),
     h("td.modified", { title: item.last_modified }, formatTime(item.last_modified)),
@@ -75,7 +82,7 @@ function renderList() {
   const rows = sortedItems().map((item) => renderRow(item, running));
   if (state.path) {
     rows.unshift(h("tr.up", {}, h("td.check"), h("td.name", { colspan: "3" },
-      h("span.icon", { "aria-hidden": "true" }, "📁"), h("a", { href: api.pageUrl("tree", api.dirname(state.path)) }, ".."))));
+      icon("directory"), h("a", { href: api.pageUrl("tree", api.dirname(state.path)) }, ".."))));
   }
   if (!state.items.length) rows.push(h("tr.empty", {}, h("td", { colspan: "4" }, "This folder is empty.")));
   $("file-rows").replaceChildren(...rows);
