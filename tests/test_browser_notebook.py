@@ -291,7 +291,7 @@ def test_file_browser(context: Any, server: Server, tmp_path: Path) -> None:
     assert "fe_renamed.txt" in names and "fe_notes.txt" not in names
 
     upload = tmp_path / "fe_upload.bin"
-    upload.write_bytes(os.urandom(2_500_000))  # three chunks
+    upload.write_bytes(os.urandom(1_300_000))  # three chunks
     page.locator("#upload-input").set_input_files(str(upload))
     page.locator("tr[data-path='fe_upload.bin']").wait_for()
     got = server.api("GET", "api/contents/fe_upload.bin?content=1&format=base64")

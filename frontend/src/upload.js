@@ -2,7 +2,8 @@
 // (chunk 1, 2, ... and -1 for the last, as jupyter_server's chunked upload expects).
 import * as api from "./api.js";
 
-const CHUNK = 1024 * 1024;
+// Base64 grows a chunk by a third; 512 KiB keeps each request under a 1 MiB body limit.
+const CHUNK = 512 * 1024;
 
 function toBase64(buffer) {
   const bytes = new Uint8Array(buffer);
