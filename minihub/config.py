@@ -62,8 +62,8 @@ SETTINGS: list[Setting] = [
        "On SIGTERM, how long in-flight requests get to finish."),
     _s("hub", "log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
     # [auth]
-    _s("auth", "authenticator", str, "pam", '"pam" (system accounts) or "native" (minihub '
-       "passwords stored with bcrypt)."),
+    _s("auth", "authenticator", str, "pam", '"pam" (system accounts), "native" (minihub '
+       'passwords stored with bcrypt) or "oauth" (an identity provider: [auth.oauth]).'),
     _s("auth", "pam_service", str, "login", "PAM service name used to check passwords."),
     _s("auth", "admin_users", list, [], "Users who are admins."),
     _s("auth", "allowed_users", list, [],
@@ -80,6 +80,42 @@ SETTINGS: list[Setting] = [
     _s("auth", "login_lockout_seconds", int, 300, "How long a lockout lasts."),
     _s("auth", "login_max_delay_seconds", (int, float), 4.0,
        "Longest delay added to a failed login before lockout."),
+    # [auth.oauth]: authenticator = "oauth" (see minihub/auth/oauth.py)
+    _s("auth.oauth", "provider", str, "oidc",
+       '"oidc" (any provider with discovery at issuer), "google", "auth0" or "github".'),
+    _s("auth.oauth", "issuer", str, "", "OIDC issuer URL; its /.well-known/openid-configuration "
+       "is read. Set for provider = \"oidc\"."),
+    _s("auth.oauth", "domain", str, "", "Auth0 tenant domain, e.g. example.eu.auth0.com."),
+    _s("auth.oauth", "client_id", str, "", "Client id registered at the provider."),
+    _s("auth.oauth", "client_secret", str, "", "Client secret (or use client_secret_file)."),
+    _s("auth.oauth", "client_secret_file", str, "",
+       "File holding the client secret (mode 0600), instead of client_secret."),
+    _s("auth.oauth", "scopes", list, [], "Scopes to request. Empty: the provider's default "
+       '(["openid", "email", "profile"]; GitHub: ["read:org"] when organisations are checked).'),
+    _s("auth.oauth", "callback_url", str, "", "Redirect URI registered at the provider. "
+       "Empty: <public_url>hub/oauth_callback (or the request's own URL)."),
+    _s("auth.oauth", "username_claim", str, "", "Claim that becomes the username. Empty: "
+       "preferred_username (oidc), email (google, auth0: its local part), login (github)."),
+    _s("auth.oauth", "allow_all", bool, False,
+       "Let anyone the provider authenticates log in when no allow rule is set."),
+    _s("auth.oauth", "allowed_domains", list, [],
+       "Email domains (verified email, or Google hd) that may log in; others are refused."),
+    _s("auth.oauth", "groups_claim", str, "groups", "Claim listing a person's groups."),
+    _s("auth.oauth", "allowed_groups", list, [], "Groups (from groups_claim) that may log in."),
+    _s("auth.oauth", "admin_groups", list, [], "Groups (from groups_claim) that are admins."),
+    _s("auth.oauth", "allowed_organizations", list, [],
+       "GitHub: organisations whose members may log in."),
+    _s("auth.oauth", "authorize_url", str, "", "Override the provider's authorization endpoint."),
+    _s("auth.oauth", "token_url", str, "", "Override the provider's token endpoint."),
+    _s("auth.oauth", "userdata_url", str, "",
+       "Override the user-info endpoint (GitHub: its API's /user; /orgs/... is found beside it)."),
+    _s("auth.oauth", "logout_redirect", bool, False,
+       "On logout, also end the session at the provider (its end_session_endpoint)."),
+    _s("auth.oauth", "end_session_url", str, "", "Override the provider's end-session endpoint."),
+    _s("auth.oauth", "enable_auth_state", bool, False,
+       "Keep the provider's tokens, encrypted with a key derived from the cookie secret."),
+    _s("auth.oauth", "http_timeout", (int, float), 10,
+       "Seconds to wait for the provider's token, key and user-info endpoints."),
     # [spawner]
     _s("spawner", "cmd", list, [],
        'Command that runs a user\'s server. Empty: minihub\'s own server. '
@@ -118,7 +154,7 @@ SETTINGS: list[Setting] = [
     _s("culler", "cull_users", bool, False, "Also delete culled users that are not admins."),
 ]
 
-SECTIONS = ["hub", "auth", "spawner", "users", "culler"]
+SECTIONS = ["hub", "auth", "auth.oauth", "spawner", "users", "culler"]
 LIST_SECTIONS = {"services"}  # [[services]] arrays of tables, validated by their owner
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -221,15 +257,22 @@ def _apply(cfg: Config, raw: dict[str, Any], path: Path) -> None:
                                f"(known: {', '.join(SECTIONS)})")
         if not isinstance(table, dict):
             raise StartupError(f"{path}: '{section}' must be a [section]")
-        for name, value in table.items():
-            key = f"{section}.{name}"
-            setting = BY_KEY.get(key)
-            if setting is None:
-                raise StartupError(f"{path}: unknown key '{name}' in [{section}]")
-            if not _type_ok(setting, value):
-                raise StartupError(f"{path}: [{section}] {name} must be {_type_name(setting)}, "
-                                   f"not {value!r}"[:300])
-            cfg.values[key] = value
+        _apply_table(cfg, section, table, path)
+
+
+def _apply_table(cfg: Config, section: str, table: dict[str, Any], path: Path) -> None:
+    for name, value in table.items():
+        key = f"{section}.{name}"
+        if isinstance(value, dict) and key in SECTIONS:  # a nested table such as [auth.oauth]
+            _apply_table(cfg, key, value, path)
+            continue
+        setting = BY_KEY.get(key)
+        if setting is None:
+            raise StartupError(f"{path}: unknown key '{name}' in [{section}]")
+        if not _type_ok(setting, value):
+            raise StartupError(f"{path}: [{section}] {name} must be {_type_name(setting)}, "
+                               f"not {value!r}"[:300])
+        cfg.values[key] = value
 
 
 def default_data_dir() -> str:
@@ -258,7 +301,7 @@ def _validate(cfg: Config, where: str) -> None:
         return StartupError(f"{where}: {key}: {msg}")
 
     if v["auth.authenticator"] not in ("pam", "native", "oauth"):
-        raise bad("[auth] authenticator", f'must be "pam" or "native", not {v["auth.authenticator"]!r}')
+        raise bad("[auth] authenticator", f'must be "pam", "native" or "oauth", not {v["auth.authenticator"]!r}')
     if not 0 < v["hub.port"] < 65536:
         raise bad("[hub] port", f"must be between 1 and 65535, not {v['hub.port']}")
     if v["hub.log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
