@@ -21,6 +21,7 @@ from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
 from .auth.throttle import Throttle
 from .config import Config
+from .culler import Culler
 from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, PARTS, Parts, identity, parts
 from .errors import Forbidden, ServiceUnavailable
 from .metrics import Metrics
@@ -58,9 +59,12 @@ def parts_ctx(cfg: Config) -> object:
         _gauges(p)
         app[PARTS] = p
         await servers.open()
+        culler = Culler(cfg, servers, store, metrics)
+        culler.start()
         try:
             yield
         finally:
+            await culler.stop()
             await servers.close(stop_all=bool(cfg.get("hub.cleanup_servers")))
             await proxy.close()
             await store.close()

@@ -310,11 +310,33 @@ class Servers:
         if status is None:
             return True
         tail = await asyncio.to_thread(tail_log, self.log_path(srv.name))
+        why = _exit_text(status)
+        if self.spawner.oom_killed(srv.proc):
+            why += f"; it ran out of memory (limit {self.sp['mem_limit']})"
         srv.status, srv.proc = "stopped", None
-        srv.error, srv.log_tail = f"Your server stopped ({_exit_text(status)}).", tail
+        srv.error, srv.log_tail = f"Your server stopped ({why}).", tail
         await self.store.delete_server(srv.user_id)
         log.warning("server of %s died: %s", srv.name, _exit_text(status))
         return False
+
+    async def refresh_activity(self, srv: Server) -> None:
+        """Fold the server's own view of activity (kernel executions, API use) into ours."""
+        if srv.status != "running" or srv.proc is None or self._http is None or self.sp["cmd"]:
+            return
+        url = (f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/api/")
+        hdr = {"X-Minihub-Secret": srv.secret}
+        try:
+            async with self._http.get(url + "status", headers=hdr) as r:
+                status = await r.json() if r.status == 200 else {}
+            last = parse_time(status.get("last_activity"))
+            if status.get("kernels"):
+                async with self._http.get(url + "kernels", headers=hdr) as r:
+                    kernels = await r.json() if r.status == 200 else []
+                if any(k.get("execution_state") == "busy" for k in kernels):
+                    last = time.time()
+            srv.last_activity = max(srv.last_activity, last)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            log.debug("activity of %s unknown: %s", srv.name, e)
 
     async def _poll_loop(self) -> None:
         n = 0
@@ -324,6 +346,8 @@ class Servers:
             try:
                 await self.poll_all()
                 if n % 6 == 0:
+                    for srv in self.all():
+                        await self.refresh_activity(srv)
                     await self.flush_activity()
             except Exception:
                 log.exception("polling servers failed")
@@ -350,6 +374,18 @@ class Servers:
             srv.status = "running"
             srv.ready.set()
             log.info("re-adopted server of %s (pid %s)", user.name, row.pid)
+
+
+def parse_time(text: object) -> float:
+    if not isinstance(text, str):
+        return 0.0
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
 def _exit_text(status: int) -> str:

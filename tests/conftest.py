@@ -25,7 +25,8 @@ class SystemUser:
 
 
 def _create_user(name: str, password: str, groups: list[str] | None = None) -> SystemUser:
-    subprocess.run(["userdel", "-r", name], capture_output=True)
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
     cmd = ["useradd", "-m", "-s", "/bin/bash"]
     if groups:
         cmd += ["-G", ",".join(groups)]
@@ -55,6 +56,17 @@ def make_system_user() -> Iterator[Callable[..., SystemUser]]:
     for name in made:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+
+
+async def gone(pid: int) -> bool:
+    """True once the process has exited and been reaped (bounded wait)."""
+    import asyncio
+
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 @pytest.fixture

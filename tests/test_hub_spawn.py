@@ -18,7 +18,7 @@ from minihub.store import Store
 from minihub.users import login as hub_login
 from minihub.users import new_token
 
-from conftest import hub_config, login, needs_root
+from conftest import gone, hub_config, login, needs_root
 
 pytestmark = needs_root
 
@@ -132,7 +132,7 @@ async def test_spawn_privilege_drop_isolation_and_readoption(aiohttp_client, dat
         assert m3["server"] is None
         r = await c2.get(f"/user/{a.name}/api/status", headers=h(tok[a.name]))
         assert r.status == 503 and "not running" in (await r.json())["message"]
-        assert not os.path.exists(f"/proc/{pid}")
+        assert await gone(pid)
     finally:
         await c2.close()
 
