@@ -340,3 +340,33 @@ def test_malicious_output_is_sandboxed(context: Any, server: Server) -> None:
     assert found == {"cookie": "blocked", "parentCookie": "blocked", "storage": "blocked",
                      "api": "blocked"}
     shot(page, "sandbox")
+
+
+def test_reconnect_replays_missed_output(context: Any, server: Server) -> None:
+    empty = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}
+    server.api("PUT", "api/contents/fe_reconnect.ipynb",
+               {"type": "notebook", "format": "json", "content": empty})
+    page = open_notebook(context, server, "fe_reconnect.ipynb")
+    run_cell_async(page, 0, "import time\ntime.sleep(2)\nprint('after the drop')")
+    page.wait_for_selector("#kernel-status[data-status=busy]")
+    page.evaluate("window.minihubNotebook.kernel.ws.close()")  # a network drop, as seen here
+    page.wait_for_selector("#kernel-status[data-status=disconnected]")
+    cell = page.locator(".cell").nth(0)
+    cell.locator(".output.stream", has_text="after the drop").wait_for(timeout=60000)
+    wait_idle(page)
+
+
+def test_text_editor_saves(context: Any, server: Server) -> None:
+    server.api("PUT", "api/contents/fe_script.py",
+               {"type": "file", "format": "text", "content": "x = 1\n"})
+    page = context.new_page()
+    page.goto(server.url + "edit/fe_script.py")
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type("y = 2\n")
+    page.locator("#save-state.dirty").wait_for()
+    page.keyboard.press("Control+s")
+    page.locator("#save-state:not(.dirty)").wait_for()
+    saved = server.api("GET", "api/contents/fe_script.py")
+    assert saved["content"] == "x = 1\ny = 2\n"
+    shot(page, "editor")
