@@ -168,6 +168,10 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
         p.metrics.proxy_latency.observe(time.perf_counter() - start)
 
 
+async def _close_websockets(app: web.Application) -> None:
+    await app[PARTS].proxy.close_websockets()
+
+
 async def root(request: web.Request) -> web.StreamResponse:
     base = parts(request).cfg.base_url
     raise web.HTTPFound(f"{base}hub/" if identity(request) else f"{base}hub/login")
@@ -194,6 +198,7 @@ def make_app(cfg: Config) -> web.Application:
     base = cfg.base_url
     app[BASE_URL] = base
     app.cleanup_ctx.append(parts_ctx(cfg))  # type: ignore[arg-type]
+    app.on_shutdown.append(_close_websockets)
     app.router.add_get(base, root)
     if base != "/":
         app.router.add_get(base.rstrip("/"), root)

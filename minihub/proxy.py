@@ -174,6 +174,7 @@ class Proxy:
     ) -> None:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
+        self._websockets: set[web.WebSocketResponse] = set()
         # limit=0: every open websocket holds a pooled connection; a cap would stall the next.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0)
         self._session = aiohttp.ClientSession(
@@ -190,6 +191,7 @@ class Proxy:
         )
 
     async def close(self) -> None:
+        await self.close_websockets()
         await self._session.close()
 
     async def forward(
@@ -278,10 +280,18 @@ class Proxy:
         )
         try:
             await client_ws.prepare(request)
+            self._websockets.add(client_ws)
             await _bridge(client_ws, up_ws, _Ticker(on_activity))
         finally:
+            self._websockets.discard(client_ws)
             await up_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         return client_ws
+
+    async def close_websockets(self) -> None:
+        """Close every proxied websocket with 1001 (going away): clients reconnect."""
+        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY,
+                                        message=b"hub restarting")
+                               for ws in list(self._websockets)), return_exceptions=True)
 
 
 def _is_websocket(request: web.Request) -> bool:
