@@ -74,6 +74,7 @@ def parts_ctx(cfg: Config) -> object:
 
 def _gauges(p: Parts) -> None:
     m = p.metrics
+    m.gauge("minihub_users", "Users known to the hub.", lambda: m.users)
     m.gauge("minihub_active_servers", "Running user servers.",
             lambda: p.servers.count("running"))
     m.gauge("minihub_pending_servers", "User servers starting.",
@@ -185,6 +186,8 @@ async def metrics(request: web.Request) -> web.Response:
     ident = identity(request)
     if ident is None or not ident.user.admin:
         raise Forbidden("Metrics need an admin's token: Authorization: token <token>.")
+    p = parts(request)
+    p.metrics.users = await p.store.count_users()
     return web.Response(text=parts(request).metrics.render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})

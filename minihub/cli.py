@@ -11,7 +11,7 @@ import asyncio
 import getpass
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def write_config(path: Path, force: bool) -> int:
 def run_command(cfg: Config, args: argparse.Namespace) -> int:
     from . import commands
 
-    table: dict[tuple[str, str | None], Callable[..., Awaitable[int]]] = {
+    table: dict[tuple[str, str | None], Callable[..., Coroutine[Any, Any, int]]] = {
         ("user", "add"): commands.user_add, ("user", "list"): commands.user_list,
         ("user", "remove"): commands.user_remove,
         ("user", "set-password"): commands.user_set_password,

@@ -63,6 +63,7 @@ class Metrics:
             [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120])
         self.culls = Counter("minihub_culled_servers_total", "Servers stopped by the culler.")
         self.websockets = 0
+        self.users = 0
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -70,7 +71,8 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for m in (self.logins, self.login_failures, self.proxied, self.proxy_latency,
-                  self.spawn_duration, self.culls, *self.gauges):
+        metrics: list[Counter | Gauge | Histogram] = [self.logins, self.login_failures, self.proxied, self.proxy_latency,
+                  self.spawn_duration, self.culls, *self.gauges]
+        for m in metrics:
             lines += m.render()
         return "\n".join(lines) + "\n"

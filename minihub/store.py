@@ -59,6 +59,44 @@ MIGRATIONS: list[str] = [
         extra TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: hub services, OAuth clients and codes; tokens remember their kind and OAuth client
+    """
+    CREATE TABLE services (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE service_tokens (
+        id INTEGER PRIMARY KEY,
+        service_id INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        scopes TEXT NOT NULL DEFAULT '[]',
+        created REAL NOT NULL,
+        expires REAL,
+        last_activity REAL
+    );
+    CREATE TABLE oauth_clients (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+        allowed_scopes TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE oauth_codes (
+        hash TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL REFERENCES oauth_clients(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        redirect_uri TEXT NOT NULL,
+        scopes TEXT NOT NULL DEFAULT '[]',
+        code_challenge TEXT NOT NULL DEFAULT '',
+        expires REAL NOT NULL
+    );
+    ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'api';
+    ALTER TABLE tokens ADD COLUMN client_id TEXT;
+    """,
 ]
 
 
@@ -243,7 +281,7 @@ class Store:
         row = await self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE hash = ? AND "
                               "(expires IS NULL OR expires > ?)", token_hash, time.time())
         if not row:
-            return None
+            return await self.service_token_owner(token_hash)
         tok = _token(row)
         user = await self.get_user_by_id(tok.user_id)
         return (user, tok) if user else None
@@ -254,6 +292,10 @@ class Store:
         return [_token(r) for r in rows]
 
     async def touch_token(self, token_id: int) -> None:
+        if token_id < 0:  # a service's token (see service_token_owner)
+            await self._write("UPDATE service_tokens SET last_activity = ? WHERE id = ?",
+                              time.time(), -token_id)
+            return
         await self._write("UPDATE tokens SET last_activity = ? WHERE id = ?", time.time(), token_id)
 
     async def delete_token(self, user_id: int, token_id: int) -> bool:
@@ -272,7 +314,8 @@ class Store:
         rows = await self._all(
             "SELECT user_id, state, pid, start_ticks, host, port, nonce, secret_hash, started, "
             "last_activity, extra FROM servers")
-        return [ServerRow(*r[:10], json.loads(r[10])) for r in rows]
+        return [ServerRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                          json.loads(r[10])) for r in rows]
 
     async def touch_server(self, user_id: int, when: float) -> None:
         await self._write("UPDATE servers SET last_activity = max(coalesce(last_activity, 0), ?)"
@@ -280,3 +323,105 @@ class Store:
 
     async def delete_server(self, user_id: int) -> None:
         await self._write("DELETE FROM servers WHERE user_id = ?", user_id)
+
+    # services: identities that hold tokens. A service appears to the hub's auth code as a
+    # User and Token with negative ids and the name "service:<name>", which no user can
+    # have (see minihub.scopes.service_name), so no user-ownership check can match it.
+    async def service_token_owner(self, token_hash: str) -> tuple[User, Token] | None:
+        row = await self._one(
+            "SELECT t.id, t.service_id, t.prefix, t.note, t.scopes, t.created, t.expires, "
+            "t.last_activity, s.name, s.scopes FROM service_tokens t JOIN services s "
+            "ON s.id = t.service_id WHERE t.hash = ? AND (t.expires IS NULL OR t.expires > ?)",
+            token_hash, time.time())
+        if not row:
+            return None
+        scopes = json.loads(row[4]) or json.loads(row[9])
+        user = User(-row[1], SERVICE_PREFIX + row[8], False, None, row[5], row[7])
+        tok = Token(-row[0], -row[1], row[2], row[3], scopes, row[5], row[6], row[7])
+        return user, tok
+
+    async def sync_service(self, name: str, scopes: list[str]) -> int:
+        await self._write("INSERT INTO services (name, scopes) VALUES (?, ?) ON CONFLICT(name) "
+                          "DO UPDATE SET scopes = excluded.scopes", name, json.dumps(scopes))
+        row = await self._one("SELECT id FROM services WHERE name = ?", name)
+        return int(row[0])
+
+    async def forget_services_except(self, names: list[str]) -> None:
+        marks = ",".join("?" * len(names))
+        await self._write(f"DELETE FROM services WHERE name NOT IN ({marks})", *names)
+
+    async def set_service_token(self, service_id: int, token_hash: str, prefix: str,
+                                note: str) -> None:
+        """Replace the service's token with this `note` (its configured or generated one)."""
+        await self._write("DELETE FROM service_tokens WHERE service_id = ? AND note = ?",
+                          service_id, note)
+        await self._write("INSERT INTO service_tokens (service_id, hash, prefix, note, created) "
+                          "VALUES (?, ?, ?, ?, ?)", service_id, token_hash, prefix, note,
+                          time.time())
+
+    # tokens the hub makes for a purpose: a server's API token, OAuth access tokens
+    async def add_kind_token(self, user_id: int, token_hash: str, prefix: str, note: str,
+                             scopes: list[str], kind: str, client_id: str | None) -> Token:
+        tok = await self.add_token(user_id, token_hash, prefix, note, scopes, None)
+        await self._write("UPDATE tokens SET kind = ?, client_id = ? WHERE id = ?",
+                          kind, client_id, tok.id)
+        return tok
+
+    async def delete_kind_tokens(self, user_id: int, kind: str) -> None:
+        await self._write("DELETE FROM tokens WHERE user_id = ? AND kind = ?", user_id, kind)
+
+    # OAuth clients and codes
+    async def save_oauth_client(self, client_id: str, secret_hash: str, redirect_uri: str,
+                                description: str, user_id: int | None,
+                                allowed_scopes: list[str]) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO oauth_clients (id, secret_hash, redirect_uri, description, "
+            "user_id, allowed_scopes) VALUES (?, ?, ?, ?, ?, ?)", client_id, secret_hash,
+            redirect_uri, description, user_id, json.dumps(allowed_scopes))
+
+    async def get_oauth_client(self, client_id: str) -> OAuthClient | None:
+        row = await self._one("SELECT id, secret_hash, redirect_uri, description, user_id, "
+                              "allowed_scopes FROM oauth_clients WHERE id = ?", client_id)
+        if not row:
+            return None
+        return OAuthClient(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+    async def add_oauth_code(self, code_hash: str, client_id: str, user_id: int,
+                             redirect_uri: str, scopes: list[str], challenge: str,
+                             expires: float) -> None:
+        await self._write(
+            "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, "
+            "code_challenge, expires) VALUES (?, ?, ?, ?, ?, ?, ?)", code_hash, client_id,
+            user_id, redirect_uri, json.dumps(scopes), challenge, expires)
+
+    async def take_oauth_code(self, code_hash: str) -> OAuthCode | None:
+        """The code, deleted so it is used once; None if unknown or expired."""
+        row = await self._one("SELECT client_id, user_id, redirect_uri, scopes, code_challenge, "
+                              "expires FROM oauth_codes WHERE hash = ?", code_hash)
+        await self._write("DELETE FROM oauth_codes WHERE hash = ? OR expires <= ?",
+                          code_hash, time.time())
+        if not row or row[5] <= time.time():
+            return None
+        return OAuthCode(row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+
+SERVICE_PREFIX = "service:"
+
+
+@dataclass
+class OAuthClient:
+    id: str
+    secret_hash: str
+    redirect_uri: str
+    description: str
+    user_id: int | None
+    allowed_scopes: list[str]
+
+
+@dataclass
+class OAuthCode:
+    client_id: str
+    user_id: int
+    redirect_uri: str
+    scopes: list[str]
+    code_challenge: str

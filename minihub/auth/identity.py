@@ -57,9 +57,9 @@ class Identities:
         if scheme.lower() not in ("token", "bearer") or not value.strip():
             return None
         h = S.hash_token(value.strip())
-        hit = self._cached("t:" + h)
-        if hit is not False:
-            return hit
+        hit, cached = self._cached("t:" + h)
+        if hit:
+            return cached
         found = await self.store.token_owner(h)
         ident = Identity(found[0], "token", token=found[1]) if found else None
         if found:
@@ -68,17 +68,17 @@ class Identities:
 
     async def _from_session(self, sid: str) -> Identity | None:
         h = S.hash_token(sid)
-        hit = self._cached("s:" + h)
-        if hit is not False:
-            return hit
+        hit, cached = self._cached("s:" + h)
+        if hit:
+            return cached
         user = await self.store.session_user(h)
         return self._remember("s:" + h, Identity(user, "cookie", session_hash=h) if user else None)
 
-    def _cached(self, key: str) -> Identity | None | bool:
+    def _cached(self, key: str) -> tuple[bool, Identity | None]:
         entry = self._cache.get(key)
         if entry and entry[0] > time.monotonic():
-            return entry[1]
-        return False
+            return True, entry[1]
+        return False, None
 
     def _remember(self, key: str, ident: Identity | None) -> Identity | None:
         if len(self._cache) > 10_000:

@@ -22,6 +22,10 @@ def require_admin(request: web.Request) -> User:
 
 
 @routes.get("/hub/admin")
+async def admin_get(request: web.Request) -> web.Response:
+    return await admin_page(request)
+
+
 async def admin_page(request: web.Request, message: str = "", error: str = "",
                      status: int = 200) -> web.Response:
     require_admin(request)

@@ -105,6 +105,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(delay)
         return login_form(request, "Invalid username or password.", 403, raw)
     p.throttle.success(name)
+    p.metrics.logins.inc()
     user = await users.login(p.store, result.name, result.admin)
     resp = redirect(await after_login(request, p, user))
     await start_session(request, p, user, resp)
