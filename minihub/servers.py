@@ -32,7 +32,8 @@ from .store import ServerRow, Store, User
 log = logging.getLogger("minihub.servers")
 PROBE_INTERVAL = 0.05
 POLL_EVERY = 5.0
-SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
+SLOW_SPAWN = 10.0
+SKEL = "/etc/skel"  # POST /server answers 202 (pending) after this long
 
 
 @dataclass
@@ -216,10 +217,25 @@ class Servers:
             stdin_config={"secret": srv.secret, "base_url": prefix, "user": user.name,
                           "notebook_dir": notebook_dir,
                           "kernel_idle_timeout": int(self.sp["kernel_idle_timeout"]),
+                          "shared_dirs": await asyncio.to_thread(self._shared_roots),
                           "mem_limit": mem},
             umask=int(self.sp["umask"]),
             mem_limit=mem,
             cpu_limit=float(self.sp["cpu_limit"]))
+
+    def _shared_roots(self) -> list[str]:
+        """Where links in a home may lead: [users] shared_dirs and what /etc/skel links to.
+
+        Both are chosen by the operator; a link a user makes elsewhere stays refused.
+        """
+        roots = [os.path.realpath(d) for d in self.cfg.get("users.shared_dirs")]
+        try:
+            for entry in os.scandir(SKEL):
+                if entry.is_symlink():
+                    roots.append(os.path.realpath(entry.path))
+        except OSError:
+            pass
+        return sorted(set(roots))
 
     async def _account(self, name: str) -> Account:
         if os.geteuid() != 0:
