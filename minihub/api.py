@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, users
+from . import __version__, scopes, users
 from .context import Parts, identity, parts
 from .errors import BadRequest, Forbidden, NotFound
 from .models import parse_iso, server_model, token_model, user_model
@@ -23,6 +23,9 @@ from .store import User
 routes = web.RouteTableDef()
 PAGINATION = "application/jupyterhub-pagination+json"
 MAX_LIMIT = 500
+# The JupyterHub REST API version minihub speaks: clients (jupyterhub-singleuser, the idle
+# culler) choose features by it, so it is what GET /hub/api and X-JupyterHub-Version report.
+JUPYTERHUB_API_VERSION = "5.3.0"
 
 
 def me(request: web.Request) -> User:
@@ -32,19 +35,31 @@ def me(request: web.Request) -> User:
     return ident.user
 
 
-def admin(request: web.Request) -> User:
+def held(request: web.Request) -> frozenset[scopes.Scope]:
+    """The caller's scopes: a user's own, a service's, narrowed by a token's explicit scopes."""
     user = me(request)
-    if not user.admin:
-        raise Forbidden("Only admins may do this.")
+    ident = identity(request)
+    tok = ident.token if ident else None
+    return scopes.held_by(user.name, user.admin, tok.scopes if tok else None,
+                          bool(parts(request).cfg.get("hub.admin_access")))
+
+
+def admin(request: web.Request, scope: str = "admin:users") -> User:
+    """The caller, if they hold `scope` on every user (admins do)."""
+    user = me(request)
+    if not scopes.allows(held(request), scope):
+        raise Forbidden("Only admins may do this." if scopes.service_name(user.name) is None
+                        else f"This service lacks the scope {scope!r}.")
     return user
 
 
-async def target(request: web.Request) -> User:
-    """The {name} user of the URL, if the caller may act on them (themself, or any if admin)."""
-    caller = me(request)
+async def target(request: web.Request, scope: str = "read:users") -> User:
+    """The {name} user of the URL, if the caller holds `scope` on them (users on themself,
+    admins on everyone, services and scoped tokens as their scopes say)."""
+    me(request)
     name = request.match_info["name"]
-    if caller.name != name.lower() and not caller.admin:
-        raise Forbidden(f"You may not act on user {name[:64]!r}.")
+    if not scopes.allows(held(request), scope, name.lower()):
+        raise Forbidden(f"You may not act on user {name[:64]!r} (needs {scope}).")
     return await users.get(parts(request).store, name)
 
 
@@ -69,12 +84,12 @@ def model(p: Parts, user: User) -> dict[str, Any]:
 @routes.get("")
 @routes.get("/")
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({"version": __version__})
+    return web.json_response({"version": JUPYTERHUB_API_VERSION, "minihub_version": __version__})
 
 
 @routes.get("/info")
 async def info(request: web.Request) -> web.Response:
-    admin(request)
+    admin(request, "read:hub")
     p = parts(request)
     return web.json_response({
         "version": __version__,
@@ -87,24 +102,37 @@ async def info(request: web.Request) -> web.Response:
 
 @routes.get("/user")
 async def whoami(request: web.Request) -> web.Response:
+    """Who the caller is, with their scopes: what jupyterhub-singleuser and services ask."""
     user = me(request)
+    have = held(request)
+    service = scopes.service_name(user.name)
+    if service is not None:
+        return web.json_response({"kind": "service", "name": service, "admin": False,
+                                  "roles": [], "groups": [], "session_id": None,
+                                  "scopes": scopes.strings(have)})
     m = model(parts(request), user)
-    ident = identity(request)
     m["session_id"] = None
-    m["scopes"] = ident.token.scopes if ident and ident.token and ident.token.scopes else [
-        "inherit"]
+    m["scopes"] = scopes.strings(have)
+    if scopes.allows(have, "access:servers", user.name, ""):
+        # jupyterhub-singleuser asks for the server filter by name; say it explicitly.
+        m["scopes"] = sorted({*m["scopes"], f"access:servers!server={user.name}/",
+                              f"access:servers!user={user.name}"})
     return web.json_response(m)
 
 
 @routes.get("/users")
 async def list_users(request: web.Request) -> web.Response:
-    admin(request)
+    me(request)
+    visible = scopes.users_in(held(request), "list:users")
+    if visible is not None and not visible:
+        raise Forbidden("Only admins may do this.")
     p = parts(request)
     state = request.query.get("state", "")
     if state not in ("", "active", "inactive", "ready"):
         raise BadRequest("state must be active, inactive or ready")
     offset, limit = _int(request, "offset", 0), min(_int(request, "limit", MAX_LIMIT), MAX_LIMIT)
-    everyone = [u for u in await p.store.list_users() if _in_state(p, u, state)]
+    everyone = [u for u in await p.store.list_users() if _in_state(p, u, state)
+                and (visible is None or u.name in visible)]
     page = everyone[offset: offset + limit]
     items = [model(p, u) for u in page]
     if PAGINATION in request.headers.get("Accept", ""):
@@ -169,7 +197,7 @@ async def create_user(request: web.Request) -> web.Response:
 @routes.patch("/users/{name}")
 async def patch_user(request: web.Request) -> web.Response:
     caller = me(request)
-    user = await target(request)
+    user = await target(request, "users")
     p = parts(request)
     data = await body(request)
     unknown = set(data) - {"name", "admin"}
@@ -219,7 +247,7 @@ async def delete_user(request: web.Request) -> web.Response:
 @routes.post("/users/{name}/server")
 @routes.post("/users/{name}/servers/")
 async def start_server(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "servers")
     p = parts(request)
     srv = p.servers.peek(user.id)
     if srv and srv.status == "running":
@@ -232,7 +260,7 @@ async def start_server(request: web.Request) -> web.Response:
 @routes.delete("/users/{name}/server")
 @routes.delete("/users/{name}/servers/")
 async def stop_server(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "delete:servers")
     p = parts(request)
     srv = p.servers.peek(user.id)
     if srv is None or srv.status == "stopped":
@@ -245,7 +273,7 @@ async def stop_server(request: web.Request) -> web.Response:
 @routes.get("/users/{name}/server/progress")
 async def progress(request: web.Request) -> web.StreamResponse:
     """EventSource stream of spawn progress, as JupyterHub's."""
-    user = await target(request)
+    user = await target(request, "read:servers")
     p = parts(request)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
@@ -275,7 +303,7 @@ async def _event(resp: web.StreamResponse, data: dict[str, Any]) -> None:
 
 @routes.get("/users/{name}/tokens")
 async def list_tokens(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "read:tokens")
     toks = await parts(request).store.list_tokens(user.id)
     return web.json_response({"api_tokens": [token_model(user, t) for t in toks],
                               "oauth_tokens": []})
@@ -283,18 +311,19 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 @routes.post("/users/{name}/tokens")
 async def create_token(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "tokens")
     data = await body(request)
     note = data.get("note") or "Requested via api"
     expires_in = data.get("expires_in")
-    scopes = data.get("scopes") or []
+    wanted = data.get("scopes") or []
     if not isinstance(note, str) or len(note) > 500:
         raise BadRequest("note must be a string of at most 500 characters")
     if expires_in is not None and (not isinstance(expires_in, (int, float)) or expires_in <= 0):
         raise BadRequest("expires_in must be a positive number of seconds")
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+    if not isinstance(wanted, list) or not all(isinstance(s, str) for s in wanted):
         raise BadRequest("scopes must be a list of strings")
-    secret, tok = await users.new_token(parts(request).store, user, note, scopes, expires_in)
+    scopes.validate(wanted)
+    secret, tok = await users.new_token(parts(request).store, user, note, wanted, expires_in)
     return web.json_response(token_model(user, tok, secret), status=201)
 
 
@@ -308,7 +337,7 @@ def _token_id(request: web.Request) -> int:
 
 @routes.get("/users/{name}/tokens/{token_id}")
 async def get_token(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "read:tokens")
     tok = await parts(request).store.get_token(_token_id(request))
     if tok is None or tok.user_id != user.id:
         raise NotFound("No such token")
@@ -317,7 +346,7 @@ async def get_token(request: web.Request) -> web.Response:
 
 @routes.delete("/users/{name}/tokens/{token_id}")
 async def delete_token(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "tokens")
     p = parts(request)
     if not await p.store.delete_token(user.id, _token_id(request)):
         raise NotFound("No such token")
@@ -327,7 +356,7 @@ async def delete_token(request: web.Request) -> web.Response:
 
 @routes.post("/users/{name}/activity")
 async def activity(request: web.Request) -> web.Response:
-    user = await target(request)
+    user = await target(request, "users:activity")
     p = parts(request)
     data = await body(request)
     times = [data.get("last_activity")]
@@ -352,3 +381,9 @@ def setup(app: web.Application, base_url: str) -> None:
     for r in routes:
         assert isinstance(r, web.RouteDef)
         app.router.add_route(r.method, prefix + r.path, r.handler)
+
+    async def version_header(request: web.Request, resp: web.StreamResponse) -> None:
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            resp.headers["X-JupyterHub-Version"] = JUPYTERHUB_API_VERSION
+
+    app.on_response_prepare.append(version_header)

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import api
+from . import api, oauth2, scopes
 from .auth.base import Authenticator
-from .auth.identity import HUB_COOKIES, Identities
+from .auth.identity import HUB_COOKIES, SESSION_COOKIE, Identities, Identity
 from .auth.native import NativeAuthenticator
 from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
@@ -107,9 +107,24 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     request[PAGE_CONTEXT] = {"user": ident.user if ident else None,
                              "xsrf": p.identities.xsrf_for(ident),
                              "kind": p.authenticator.kind}
-    if not request.path.startswith(tuple(base + x for x in NO_XSRF_PATHS)):
+    if not request.path.startswith(tuple(base + x for x in NO_XSRF_PATHS + _own_xsrf(p))):
         await p.identities.check_xsrf(request, ident)
     return await handler(request)
+
+
+def _own_xsrf(p: Parts) -> tuple[str, ...]:
+    """Paths whose server checks XSRF itself: jupyterhub-singleuser sends its own `_xsrf`
+    token (JupyterLab cannot know the hub's), and the hub's cookie is SameSite=Lax."""
+    return ("user/",) if p.cfg.get("spawner.cmd") else ()
+
+
+def _token_may_access(p: Parts, ident: Identity, name: str) -> bool:
+    """A token with explicit scopes reaches a server only with access:servers for it."""
+    if ident.token is None:
+        return True
+    held = scopes.held_by(ident.user.name, ident.user.admin, ident.token.scopes,
+                          bool(p.cfg.get("hub.admin_access")))
+    return scopes.allows(held, "access:servers", name, "")
 
 
 async def user_route(request: web.Request) -> web.StreamResponse:
@@ -128,6 +143,8 @@ async def user_route(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"{base}hub/login?next={quote(request.path_qs, safe='')}")
     if ident.name != name and not (ident.user.admin and p.cfg.get("hub.admin_access")):
         raise Forbidden(f"You may not access {name[:64]!r}'s server.")
+    if not _token_may_access(p, ident, name):
+        raise Forbidden(f"This token's scopes do not include access to {name[:64]!r}'s server.")
     user = ident.user if ident.name == name else await p.store.get_user(name)
     srv = p.servers.peek(user.id) if user else None
     upstream = srv.upstream if srv else None
@@ -155,9 +172,19 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
     ws = request.headers.get("Upgrade", "").lower() == "websocket"
     if ws:
         p.metrics.websockets += 1
+    # jupyterhub-singleuser authenticates every request itself, by its own OAuth cookie
+    # (browsers) or a hub token in Authorization (API clients, and JupyterLab's own calls).
+    # So for it the hub's `_xsrf` cookie passes (it ignores cookies it did not sign) and
+    # Authorization is forwarded, but only a token of the server's owner: an admin's token
+    # never reaches a user's server. minihub's own server gets neither.
+    jh = bool(p.cfg.get("spawner.cmd"))
+    ident = identity(request)
+    own_token = ident is not None and ident.via == "token" and ident.user.id == user_id
     try:
-        return await p.proxy.forward(request, upstream, path=path, strip_cookies=HUB_COOKIES,
-                                     on_activity=lambda: p.servers.touch(user_id))
+        return await p.proxy.forward(request, upstream, path=path,
+                                     strip_cookies=(SESSION_COOKIE,) if jh else HUB_COOKIES,
+                                     on_activity=lambda: p.servers.touch(user_id),
+                                     keep_authorization=jh and own_token)
     except ProxyError:
         srv = p.servers.peek(user_id)
         if srv is not None and not await p.servers.check(srv):
@@ -211,6 +238,7 @@ def make_app(cfg: Config) -> web.Application:
     app.router.add_static(base + "hub/static/", STATIC, append_version=False)
     api.setup(app, base)
     pages.setup(app, base)
+    oauth2.setup(app, base)
     admin.setup(app, base)
     app.router.add_route("*", base + "user/{name}", user_route)
     app.router.add_route("*", base + "user/{name}/{tail:.*}", user_route)

@@ -202,6 +202,7 @@ class Proxy:
         path: str,
         strip_cookies: Collection[str] = (),
         on_activity: Callable[[], None] | None = None,
+        keep_authorization: bool = False,
     ) -> web.StreamResponse:
         """Send `request` to `upstream` at `path` (from normalise_path) plus its query string.
 
@@ -211,15 +212,19 @@ class Proxy:
         or a websocket is flowing.
         Raises a ProxyError (503/502/504) if no response was started; if the server fails
         after the response started, the client connection is aborted instead.
+        `keep_authorization` forwards the client's Authorization header after all: for a
+        server that authenticates API clients itself (jupyterhub-singleuser checks the token
+        with the hub); the caller decides whose tokens may reach which server.
         """
         if not path.startswith("/"):
             raise ValueError("path must start with /")
         raw = request.raw_path
         q = raw.find("?")
         url = URL(upstream.origin + (path + raw[q:] if q >= 0 else path), encoded=True)
+        keep = ("Authorization",) if keep_authorization else ()
         if _is_websocket(request):
-            return await self._forward_ws(request, upstream, url, strip_cookies, on_activity)
-        return await self._forward_http(request, upstream, url, strip_cookies, on_activity)
+            return await self._forward_ws(request, upstream, url, strip_cookies, on_activity, keep)
+        return await self._forward_http(request, upstream, url, strip_cookies, on_activity, keep)
 
     async def _forward_http(
         self,
@@ -228,8 +233,9 @@ class Proxy:
         url: URL,
         strip_cookies: Collection[str],
         on_activity: Callable[[], None] | None,
+        keep: tuple[str, ...] = (),
     ) -> web.StreamResponse:
-        headers = _request_headers(request, upstream, strip_cookies, _REQUEST_DROP)
+        headers = _request_headers(request, upstream, strip_cookies, _REQUEST_DROP, keep)
         data = request.content if request.body_exists else None
         try:
             up = await self._session.request(
@@ -249,8 +255,9 @@ class Proxy:
         url: URL,
         strip_cookies: Collection[str],
         on_activity: Callable[[], None] | None,
+        keep: tuple[str, ...] = (),
     ) -> web.StreamResponse:
-        headers = _request_headers(request, upstream, strip_cookies, _WS_REQUEST_DROP)
+        headers = _request_headers(request, upstream, strip_cookies, _WS_REQUEST_DROP, keep)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         try:
             up_ws = await self._session.ws_connect(
@@ -302,7 +309,11 @@ def _is_websocket(request: web.Request) -> bool:
 
 
 def _request_headers(
-    request: web.Request, upstream: Upstream, strip_cookies: Collection[str], drop: frozenset[str]
+    request: web.Request,
+    upstream: Upstream,
+    strip_cookies: Collection[str],
+    drop: frozenset[str],
+    keep: tuple[str, ...] = (),
 ) -> CIMultiDict[str]:
     src = request.headers
     extra = _connection_tokens(src.get("Connection"))
@@ -319,6 +330,9 @@ def _request_headers(
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
     out[SECRET_HEADER] = upstream.secret
+    for name in keep:
+        if name in src:
+            out[name] = src[name]
     return out
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import pwd
 import secrets as pysecrets
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+from . import oauth2
 from .auth import secrets as S
 from .config import Config, parse_bytes
 from .errors import SpawnError, TooManyRequests
@@ -211,7 +213,7 @@ class Servers:
             await accounts.link_shared_dirs(account, self.cfg.get("users.shared_dirs"))
         prefix = f"{self.cfg.base_url}user/{user.name}/"
         mem = (parse_bytes(self.sp["mem_limit"]) or 0) if self.sp["mem_limit"] else 0
-        return LaunchSpec(
+        spec = LaunchSpec(
             username=user.name, account=account, cmd=self._cmd(), env=self._env(account, prefix),
             cwd=notebook_dir, log_path=self.log_path(user.name),
             stdin_config={"secret": srv.secret, "base_url": prefix, "user": user.name,
@@ -222,6 +224,22 @@ class Servers:
             umask=int(self.sp["umask"]),
             mem_limit=mem,
             cpu_limit=float(self.sp["cpu_limit"]))
+        if self.sp["cmd"]:
+            await self._as_jupyterhub_singleuser(user, spec)
+        return spec
+
+    async def _as_jupyterhub_singleuser(self, user: User, spec: LaunchSpec) -> None:
+        """Launch as JupyterHub's LocalProcessSpawner does: the JUPYTERHUB_* environment with
+        a fresh API token, a free loopback port of its own, nothing it reads on stdin."""
+        client = await oauth2.register_server(self.store, user, self.cfg.base_url)
+        port = await asyncio.to_thread(free_port, spec.listen_host)
+        spec.pass_listen_socket = False
+        spec.stdin_config = {"port": port}
+        env = oauth2.server_env(self.cfg, user, client, spec.listen_host, port,
+                                bool(self.cfg.get("hub.admin_access")))
+        if self.sp["notebook_dir"]:
+            env["JUPYTERHUB_ROOT_DIR"] = spec.cwd
+        spec.env = {**spec.env, **env, **self.sp["environment"]}  # the operator's env wins
 
     def _shared_roots(self) -> list[str]:
         """Where links in a home may lead: [users] shared_dirs and what /etc/skel links to.
@@ -267,7 +285,10 @@ class Servers:
 
     async def _wait_ready(self, srv: Server, log_path: Path) -> None:
         assert srv.proc is not None and self._http is not None
-        url = f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/api/status"
+        # minihub's server answers its status to the secret; jupyterhub-singleuser is ready
+        # when {server_url}api answers below 500, as JupyterHub checks.
+        tail = "api" if self.sp["cmd"] else "api/status"
+        url = f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/{tail}"
         deadline = time.monotonic() + float(self.sp["start_timeout"])
         while time.monotonic() < deadline:
             status = await self.spawner.poll(srv.proc)
@@ -286,7 +307,7 @@ class Servers:
         try:
             async with self._http.get(url, headers={"X-Minihub-Secret": secret},
                                       timeout=aiohttp.ClientTimeout(total=2)) as r:
-                return r.status == 200
+                return r.status < 500 if self.sp["cmd"] else r.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
@@ -311,6 +332,7 @@ class Servers:
         finally:
             srv.status, srv.proc, srv.error = "stopped", None, ""
             await self.store.delete_server(user_id)
+            await self.store.delete_kind_tokens(user_id, "server")  # its API token dies too
             log.info("stopped server of %s", name)
 
     async def poll_all(self) -> None:
@@ -332,6 +354,7 @@ class Servers:
         srv.status, srv.proc = "stopped", None
         srv.error, srv.log_tail = f"Your server stopped ({why}).", tail
         await self.store.delete_server(srv.user_id)
+        await self.store.delete_kind_tokens(srv.user_id, "server")
         log.warning("server of %s died: %s", srv.name, _exit_text(status))
         return False
 
@@ -402,6 +425,14 @@ def parse_time(text: object) -> float:
     except ValueError:
         return 0.0
     return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def free_port(host: str) -> int:
+    """A port nobody listens on now (the server binds it itself, moments later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _exit_text(status: int) -> str:

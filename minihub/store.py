@@ -361,8 +361,9 @@ class Store:
 
     # tokens the hub makes for a purpose: a server's API token, OAuth access tokens
     async def add_kind_token(self, user_id: int, token_hash: str, prefix: str, note: str,
-                             scopes: list[str], kind: str, client_id: str | None) -> Token:
-        tok = await self.add_token(user_id, token_hash, prefix, note, scopes, None)
+                             scopes: list[str], kind: str, client_id: str | None,
+                             expires: float | None = None) -> Token:
+        tok = await self.add_token(user_id, token_hash, prefix, note, scopes, expires)
         await self._write("UPDATE tokens SET kind = ?, client_id = ? WHERE id = ?",
                           kind, client_id, tok.id)
         return tok
