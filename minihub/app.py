@@ -113,9 +113,10 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 def _own_xsrf(p: Parts) -> tuple[str, ...]:
-    """Paths whose server checks XSRF itself: jupyterhub-singleuser sends its own `_xsrf`
-    token (JupyterLab cannot know the hub's), and the hub's cookie is SameSite=Lax."""
-    return ("user/",) if p.cfg.get("spawner.cmd") else ()
+    """Paths that guard themselves: the OAuth token endpoint authenticates its client by
+    secret; jupyterhub-singleuser checks its own `_xsrf` token (JupyterLab cannot know the
+    hub's), and the hub's session cookie is SameSite=Lax."""
+    return ("hub/api/oauth2/token",) + (("user/",) if p.cfg.get("spawner.cmd") else ())
 
 
 def _token_may_access(p: Parts, ident: Identity, name: str) -> bool:
