@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import api, oauth2, scopes
+from . import api, oauth2, scopes, services
 from .auth.base import Authenticator
 from .auth.identity import HUB_COOKIES, SESSION_COOKIE, Identities, Identity
 from .auth.native import NativeAuthenticator
@@ -229,6 +229,7 @@ def make_app(cfg: Config) -> web.Application:
     base = cfg.base_url
     app[BASE_URL] = base
     app.cleanup_ctx.append(parts_ctx(cfg))  # type: ignore[arg-type]
+    app.cleanup_ctx.append(services.services_ctx(cfg))
     app.on_shutdown.append(_close_websockets)
     app.router.add_get(base, root)
     if base != "/":

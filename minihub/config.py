@@ -313,6 +313,9 @@ def _validate(cfg: Config, where: str) -> None:
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")
+    from .services import validate as validate_services  # services import config
+
+    validate_services(cfg.services, where)
 
 
 def parse_bytes(text: str) -> int | None:

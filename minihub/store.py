@@ -352,9 +352,8 @@ class Store:
 
     async def set_service_token(self, service_id: int, token_hash: str, prefix: str,
                                 note: str) -> None:
-        """Replace the service's token with this `note` (its configured or generated one)."""
-        await self._write("DELETE FROM service_tokens WHERE service_id = ? AND note = ?",
-                          service_id, note)
+        """The service's one token from now on (its configured or a generated one)."""
+        await self._write("DELETE FROM service_tokens WHERE service_id = ?", service_id)
         await self._write("INSERT INTO service_tokens (service_id, hash, prefix, note, created) "
                           "VALUES (?, ?, ?, ?, ?)", service_id, token_hash, prefix, note,
                           time.time())
