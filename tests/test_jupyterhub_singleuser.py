@@ -236,3 +236,46 @@ async def test_scoped_tokens_and_logged_out_authorize(aiohttp_client, data_dir):
     r = await c.post("/hub/api/users/mhjh_cy/tokens", headers=h, json={"scopes": ["bogus"]})
     assert r.status == 400
     assert (await c.get("/hub/api/users/mhjh_dee", headers=h)).status == 403
+
+
+# --- the proxy: whose Authorization reaches a jupyterhub-singleuser server ---------------------
+
+async def test_authorization_reaches_only_owners_jupyterhub_server(aiohttp_client, aiohttp_server,
+                                                                  tmp_path):
+    """jupyterhub-singleuser authenticates API clients by their hub token, so the hub forwards
+    the owner's Authorization to it; never an admin's, never to minihub's own server."""
+    from aiohttp import web
+
+    from minihub.context import PARTS
+    from minihub.spawner.base import Proc
+
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({})
+
+    up = web.Application()
+    up.router.add_route("*", "/{tail:.*}", echo)
+    upstream = await aiohttp_server(up)
+
+    for cmd, forwarded in ((["jupyterhub-singleuser"], True), ([], False)):
+        data = tmp_path / str(len(cmd))
+        data.mkdir(mode=0o711)
+        cfg = hub_config(str(data), spawner__cmd=cmd, hub__admin_access=True)
+        store = await Store.open(cfg.data_dir / "minihub.sqlite")
+        owner = await hub_login(store, "mhjh_own", False)
+        own_tok = (await new_token(store, owner, "t"))[0]
+        adm_tok = (await new_token(store, await hub_login(store, "mhjh_adm", True), "t"))[0]
+        await store.close()
+        c = await aiohttp_client(make_app(cfg))
+        # A stand-in for a running server: the proxy's upstream is the echo server.
+        srv = c.app[PARTS].servers.get(owner)
+        srv.status, srv.secret = "running", "s3cret"
+        srv.proc = Proc(0, 0, "127.0.0.1", upstream.port)
+        seen.clear()
+        for tok in (own_tok, adm_tok):
+            r = await c.get("/user/mhjh_own/api/x", headers={"Authorization": f"token {tok}"})
+            assert r.status == 200
+        assert seen == [f"token {own_tok}" if forwarded else "", ""]
+        srv.status, srv.proc = "stopped", None
