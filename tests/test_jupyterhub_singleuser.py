@@ -10,8 +10,8 @@ import asyncio
 import base64
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import sys
@@ -21,13 +21,12 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from aiohttp.test_utils import TestClient
+from conftest import hub_config, login, needs_root, xsrf_of
 
 from minihub.app import make_app
 from minihub.store import Store
 from minihub.users import login as hub_login
 from minihub.users import new_token
-
-from conftest import hub_config, login, needs_root, xsrf_of
 
 SINGLEUSER = shutil.which("jupyterhub-singleuser",
                           path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
@@ -55,7 +54,7 @@ async def wait_ready(c: TestClient, name: str) -> dict[str, Any]:
 
 def page_config(html: str) -> dict[str, Any]:
     m = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
-                  html, re.S)
+                  html, re.DOTALL)
     assert m, html[:500]
     return dict(json.loads(m.group(1)))
 

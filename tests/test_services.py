@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from conftest import hub_config, needs_root
 
 from minihub import config as C
 from minihub.app import make_app
@@ -19,8 +20,6 @@ from minihub.services import SUPERVISORS
 from minihub.store import Store
 from minihub.users import login as hub_login
 from minihub.users import new_token
-
-from conftest import hub_config, needs_root
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 SERVICE_TOKEN = "svc-token-" + "x" * 20
