@@ -17,6 +17,8 @@ from . import api, oauth2, scopes, services
 from .auth.base import Authenticator
 from .auth.identity import HUB_COOKIES, SESSION_COOKIE, Identities, Identity
 from .auth.native import NativeAuthenticator
+from .auth.oauth import OAuthenticator
+from .auth.oauth_routes import setup as oauth_setup
 from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
 from .auth.throttle import Throttle
@@ -41,6 +43,8 @@ NO_XSRF_PATHS = ("hub/login", "hub/signup")
 def make_authenticator(cfg: Config, store: Store) -> Authenticator:
     if cfg.get("auth.authenticator") == "native":
         return NativeAuthenticator(cfg, store)
+    if cfg.get("auth.authenticator") == "oauth":
+        return OAuthenticator(cfg, store)
     return PAMAuthenticator(cfg)
 
 
@@ -240,6 +244,7 @@ def make_app(cfg: Config) -> web.Application:
     app.router.add_static(base + "hub/static/", STATIC, append_version=False)
     api.setup(app, base)
     pages.setup(app, base)
+    oauth_setup(app, base)
     oauth2.setup(app, base)
     admin.setup(app, base)
     app.router.add_route("*", base + "user/{name}", user_route)

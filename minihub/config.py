@@ -176,7 +176,7 @@ class Config:
         self.values[key] = value
 
     def section(self, name: str) -> dict[str, Any]:
-        return {k.split(".", 1)[1]: v for k, v in self.values.items() if k.startswith(name + ".")}
+        return {k[len(name) + 1:]: v for k, v in self.values.items() if k.startswith(name + ".")}
 
     @property
     def data_dir(self) -> Path:

@@ -97,6 +97,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'api';
     ALTER TABLE tokens ADD COLUMN client_id TEXT;
     """,
+    # 3: an identity provider's tokens per user (OAuth enable_auth_state), encrypted
+    """
+    CREATE TABLE auth_state (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        data BLOB NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -323,6 +331,16 @@ class Store:
 
     async def delete_server(self, user_id: int) -> None:
         await self._write("DELETE FROM servers WHERE user_id = ?", user_id)
+
+    # auth state: opaque (already encrypted) bytes from the authenticator
+    async def set_auth_state(self, user_id: int, data: bytes) -> None:
+        await self._write("INSERT INTO auth_state (user_id, data, updated) VALUES (?, ?, ?) "
+                          "ON CONFLICT(user_id) DO UPDATE SET data = excluded.data, "
+                          "updated = excluded.updated", user_id, data, time.time())
+
+    async def get_auth_state(self, user_id: int) -> bytes | None:
+        row = await self._one("SELECT data FROM auth_state WHERE user_id = ?", user_id)
+        return bytes(row[0]) if row else None
 
     # services: identities that hold tokens. A service appears to the hub's auth code as a
     # User and Token with negative ids and the name "service:<name>", which no user can

@@ -76,6 +76,7 @@ def login_form(request: web.Request, error: str, status: int = 200,
     return render(request, "login.html", {
         "error": error, "username": username, "next": request.query.get("next", ""),
         "signup": getattr(p.authenticator, "can_signup", False),
+        "login_service": getattr(p.authenticator, "login_service", ""),
         "kind": p.authenticator.kind}, status=status)
 
 
@@ -113,8 +114,9 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     raise resp
 
 
-async def after_login(request: web.Request, p: Parts, user: User) -> str:
-    nxt = safe_next(request, request.query.get("next") or None)
+async def after_login(request: web.Request, p: Parts, user: User,
+                      next_url: str | None = None) -> str:
+    nxt = safe_next(request, next_url or request.query.get("next") or None)
     own = f"{p.cfg.base_url}user/{user.name}/"
     if nxt in (f"{p.cfg.base_url}hub/", own) or nxt.startswith(own):
         if nxt == f"{p.cfg.base_url}hub/":
@@ -155,9 +157,19 @@ async def logout(request: web.Request) -> web.Response:
         await p.store.delete_session(ident.session_hash)
         p.identities.invalidate()
     resp = redirect(f"{p.cfg.base_url}hub/login")
+    end_session = getattr(p.authenticator, "end_session_url", None)
+    if end_session is not None:  # OAuth: optionally end the provider's session too
+        resp = redirect(await end_session(_public_login_url(request, p)) or str(resp.location))
     resp.del_cookie(SESSION_COOKIE, path=p.cfg.base_url)
     resp.del_cookie(XSRF_COOKIE, path=p.cfg.base_url)
     raise resp
+
+
+def _public_login_url(request: web.Request, p: Parts) -> str:
+    public = urlsplit(str(p.cfg.get("hub.public_url")))
+    origin = f"{public.scheme}://{public.netloc}" if public.netloc else \
+        f"{request.scheme}://{request.host}"
+    return f"{origin}{p.cfg.base_url}hub/login"
 
 
 @routes.get("/hub/signup")
