@@ -17,10 +17,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import hub_config, needs_root
 
 from minihub.app import make_app
-
-from conftest import hub_config, needs_root
 
 pytestmark = needs_root
 OIDC_DIR = Path(__file__).parent / "oidc"
@@ -47,8 +46,12 @@ def accounts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def set_account(accounts: Path, login: str, **claims: Any) -> None:
     data = json.loads(accounts.read_text())
-    data[login] = {"preferred_username": login, "email": f"{login}@example.org",
-                   "email_verified": True, **claims}
+    data[login] = {
+        "preferred_username": login,
+        "email": f"{login}@example.org",
+        "email_verified": True,
+        **claims,
+    }
     accounts.write_text(json.dumps(data))
 
 
@@ -56,16 +59,35 @@ def set_account(accounts: Path, login: str, **claims: Any) -> None:
 def provider(hub_port: int, accounts: Path) -> Iterator[str]:
     """The issuer URL of a running oidc-provider that knows the hub as a client."""
     if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail("oidc-provider is not installed: run bash scripts/install test "
-                    "(it runs npm ci in tests/oidc)")
+        pytest.fail(
+            "oidc-provider is not installed: run bash scripts/install test "
+            "(it runs npm ci in tests/oidc)"
+        )
     redirects = [f"http://127.0.0.1:{hub_port}{b}hub/oauth_callback" for b in ("/", "/jh/")]
     cfg = accounts.parent / "provider.json"
-    cfg.write_text(json.dumps({"accounts_file": str(accounts), "clients": [{
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": redirects,
-        "post_logout_redirect_uris": [f"http://127.0.0.1:{hub_port}/jh/hub/login"],
-        "grant_types": ["authorization_code"], "response_types": ["code"]}]}))
-    proc = subprocess.Popen(["node", str(OIDC_DIR / "provider.mjs"), str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cfg.write_text(
+        json.dumps(
+            {
+                "accounts_file": str(accounts),
+                "clients": [
+                    {
+                        "client_id": CLIENT_ID,
+                        "client_secret": CLIENT_SECRET,
+                        "redirect_uris": redirects,
+                        "post_logout_redirect_uris": [f"http://127.0.0.1:{hub_port}/jh/hub/login"],
+                        "grant_types": ["authorization_code"],
+                        "response_types": ["code"],
+                    }
+                ],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        ["node", str(OIDC_DIR / "provider.mjs"), str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         issuer = _wait_listening(proc)
         yield issuer
@@ -94,16 +116,24 @@ def _wait_listening(proc: subprocess.Popen[str]) -> str:
 
 
 @pytest.fixture
-async def start_hub(hub_port: int, provider: str,
-                    data_dir: str) -> AsyncIterator[Any]:
+async def start_hub(hub_port: int, provider: str, data_dir: str) -> AsyncIterator[Any]:
     servers: list[TestServer] = []
 
     async def start(**settings: Any) -> TestServer:
-        oauth = {"provider": "oidc", "issuer": provider, "client_id": CLIENT_ID,
-                 "client_secret": CLIENT_SECRET, "allow_all": True}
+        oauth = {
+            "provider": "oidc",
+            "issuer": provider,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "allow_all": True,
+        }
         oauth.update(settings.pop("oauth", {}))
-        values = {"auth.authenticator": "oauth", "hub.cleanup_servers": True,
-                  **{f"auth.oauth.{k}": v for k, v in oauth.items()}, **settings}
+        values = {
+            "auth.authenticator": "oauth",
+            "hub.cleanup_servers": True,
+            **{f"auth.oauth.{k}": v for k, v in oauth.items()},
+            **settings,
+        }
         cfg = hub_config(data_dir, **values)
         server = TestServer(make_app(cfg), host="127.0.0.1", port=hub_port)
         await server.start_server()
@@ -117,13 +147,15 @@ async def start_hub(hub_port: int, provider: str,
 
 @pytest.fixture
 async def browser() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=30)
+    ) as s:
         yield s
 
 
-async def to_callback(browser: aiohttp.ClientSession, url: str, login: str,
-                      consent: bool = True) -> str:
+async def to_callback(
+    browser: aiohttp.ClientSession, url: str, login: str, consent: bool = True
+) -> str:
     """Follow a sign-in from the hub through the provider's login and consent pages, driven by
     form posts; return the hub callback URL the provider redirects to (not yet visited)."""
     for _ in range(20):
@@ -151,11 +183,22 @@ async def to_callback(browser: aiohttp.ClientSession, url: str, login: str,
     raise AssertionError("too many redirects")
 
 
-async def sign_in(browser: aiohttp.ClientSession, hub: TestServer, login: str,
-                  next_url: str = "/hub/home", base: str = "/") -> aiohttp.ClientResponse:
+async def sign_in(
+    browser: aiohttp.ClientSession,
+    hub: TestServer,
+    login: str,
+    next_url: str = "/hub/home",
+    base: str = "/",
+) -> aiohttp.ClientResponse:
     start = str(hub.make_url(f"{base}hub/oauth_login?next={base}{next_url.lstrip('/')}"))
     callback = await to_callback(browser, start, login)
     return await browser.get(callback, allow_redirects=False)
+
+
+async def userdel(name: str) -> None:
+    await asyncio.to_thread(
+        subprocess.run, ["userdel", "-r", "-f", name], check=False, capture_output=True
+    )
 
 
 def session_cookie(browser: aiohttp.ClientSession) -> str:
@@ -172,7 +215,8 @@ async def test_login_page_offers_the_provider_and_no_password_form(start_hub, br
 
 
 async def test_full_login_ends_with_a_session_and_a_running_server(
-        start_hub, browser, accounts, make_system_user):
+    start_hub, browser, accounts, make_system_user
+):
     user = make_system_user("mhoa_ann")
     set_account(accounts, "MHOA_Ann")  # the name is normalised to lower case
     hub = await start_hub()
@@ -199,13 +243,19 @@ async def test_full_login_ends_with_a_session_and_a_running_server(
     assert model["name"] == "mhoa_ann" and model["server"] == "/user/mhoa_ann/", model
     r = await browser.get(hub.make_url("/user/mhoa_ann/api/status"))
     assert r.status == 200
-    out = subprocess.run(["ps", "-o", "user=", "-u", str(user.uid)], capture_output=True,
-                         text=True).stdout
-    assert "mhoa_ann" in out or str(user.uid) in out
+    ps = await asyncio.to_thread(
+        subprocess.run,
+        ["ps", "-o", "user=", "-u", str(user.uid)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert "mhoa_ann" in ps.stdout or str(user.uid) in ps.stdout
 
 
 async def test_wrong_state_replays_and_another_browser_are_refused(
-        start_hub, browser, accounts, make_system_user):
+    start_hub, browser, accounts, make_system_user
+):
     make_system_user("mhoa_bob")
     set_account(accounts, "mhoa_bob")
     hub = await start_hub()
@@ -227,8 +277,11 @@ async def test_wrong_state_replays_and_another_browser_are_refused(
     # the old code under a fresh state: the provider refuses the replayed code
     fresh = await to_callback(browser, str(hub.make_url("/hub/oauth_login")), "mhoa_bob")
     fq = parse_qs(urlsplit(fresh).query)
-    replay = str(hub.make_url(f"/hub/oauth_callback?code={q['code'][0]}"
-                              f"&state={fq['state'][0]}&iss={fq['iss'][0]}"))
+    replay = str(
+        hub.make_url(
+            f"/hub/oauth_callback?code={q['code'][0]}&state={fq['state'][0]}&iss={fq['iss'][0]}"
+        )
+    )
     r = await browser.get(replay, allow_redirects=False)
     page = await r.text()
     assert r.status == 403 and "refused the sign-in code" in page and "invalid_grant" in page
@@ -245,19 +298,28 @@ async def test_denied_consent_is_a_clear_page(start_hub, browser, accounts):
     assert not session_cookie(browser)
 
 
-@pytest.mark.parametrize("login, claims, ok", [
-    ("mhoa_dom", {"email": "mhoa_dom@elsewhere.net", "groups": ["lab"]}, False),
-    ("mhoa_unv", {"email_verified": False, "groups": ["lab"]}, False),
-    ("mhoa_grp", {"groups": ["other"]}, False),
-    ("mhoa_cat", {"groups": ["lab", "x"]}, True),
-])
-async def test_domain_and_group_rules(start_hub, browser, accounts, make_system_user,
-                                      login, claims, ok):
+@pytest.mark.parametrize(
+    "login, claims, ok",
+    [
+        ("mhoa_dom", {"email": "mhoa_dom@elsewhere.net", "groups": ["lab"]}, False),
+        ("mhoa_unv", {"email_verified": False, "groups": ["lab"]}, False),
+        ("mhoa_grp", {"groups": ["other"]}, False),
+        ("mhoa_cat", {"groups": ["lab", "x"]}, True),
+    ],
+)
+async def test_domain_and_group_rules(
+    start_hub, browser, accounts, make_system_user, login, claims, ok
+):
     make_system_user(login)
     set_account(accounts, login, **claims)
-    hub = await start_hub(oauth={"allow_all": False, "allowed_domains": ["example.org"],
-                                 "allowed_groups": ["lab"], "scopes": [
-                                     "openid", "email", "profile", "groups"]})
+    hub = await start_hub(
+        oauth={
+            "allow_all": False,
+            "allowed_domains": ["example.org"],
+            "allowed_groups": ["lab"],
+            "scopes": ["openid", "email", "profile", "groups"],
+        }
+    )
     r = await sign_in(browser, hub, login)
     page = await r.text()
     if ok:
@@ -273,9 +335,10 @@ async def test_admin_groups_and_blocked_users(start_hub, browser, accounts, make
     make_system_user("mhoa_adm")
     set_account(accounts, "mhoa_adm", groups=["staff"])
     set_account(accounts, "mhoa_blk")
-    hub = await start_hub(oauth={"admin_groups": ["staff"],
-                                 "scopes": ["openid", "email", "profile", "groups"]},
-                          **{"auth.blocked_users": ["mhoa_blk"]})
+    hub = await start_hub(
+        oauth={"admin_groups": ["staff"], "scopes": ["openid", "email", "profile", "groups"]},
+        **{"auth.blocked_users": ["mhoa_blk"]},
+    )
     r = await sign_in(browser, hub, "mhoa_adm")
     assert r.status == 302
     me = await (await browser.get(hub.make_url("/hub/api/user"))).json()
@@ -285,10 +348,9 @@ async def test_admin_groups_and_blocked_users(start_hub, browser, accounts, make
         assert r.status == 403 and "may not use this hub" in await r.text()
 
 
-async def test_missing_unix_account_is_refused_with_advice_or_created(
-        start_hub, browser, accounts):
+async def test_missing_unix_account_is_refused_with_advice_or_created(start_hub, browser, accounts):
     name = "mhoa_new"
-    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+    await userdel(name)
     set_account(accounts, name)
     hub = await start_hub()
     r = await sign_in(browser, hub, name)
@@ -301,11 +363,12 @@ async def test_missing_unix_account_is_refused_with_advice_or_created(
         assert r.status == 302, await r.text()
         assert pwd.getpwnam(name).pw_dir == f"/home/{name}"
     finally:
-        subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+        await userdel(name)
 
 
-async def test_key_rotation_at_the_provider_is_followed(start_hub, browser, accounts,
-                                                        make_system_user, provider):
+async def test_key_rotation_at_the_provider_is_followed(
+    start_hub, browser, accounts, make_system_user, provider
+):
     make_system_user("mhoa_rot")
     set_account(accounts, "mhoa_rot")
     hub = await start_hub()
@@ -321,16 +384,18 @@ async def test_key_rotation_at_the_provider_is_followed(start_hub, browser, acco
     assert session_cookie(browser)
 
 
-async def test_under_a_base_url_with_logout_at_the_provider(start_hub, browser, accounts,
-                                                            make_system_user, provider):
+async def test_under_a_base_url_with_logout_at_the_provider(
+    start_hub, browser, accounts, make_system_user, provider
+):
     make_system_user("mhoa_out")
     set_account(accounts, "mhoa_out")
     hub = await start_hub(oauth={"logout_redirect": True}, **{"hub.base_url": "/jh/"})
     r = await sign_in(browser, hub, "mhoa_out", base="/jh/")
     assert r.status == 302 and r.headers["Location"] == "/jh/hub/home"
     xsrf = next(c.value for c in browser.cookie_jar if c.key == "_xsrf")
-    r = await browser.post(hub.make_url("/jh/hub/logout"), data={"_xsrf": xsrf},
-                           allow_redirects=False)
+    r = await browser.post(
+        hub.make_url("/jh/hub/logout"), data={"_xsrf": xsrf}, allow_redirects=False
+    )
     where = r.headers["Location"]
     assert r.status == 302 and where.startswith(f"{provider}/session/end?"), where
     q = parse_qs(urlsplit(where).query)
@@ -343,8 +408,15 @@ async def test_under_a_base_url_with_logout_at_the_provider(start_hub, browser, 
 
 async def test_provider_down_is_a_clear_page(data_dir, browser):
     issuer = f"http://127.0.0.1:{free_port()}"
-    cfg = hub_config(data_dir, **{"auth.authenticator": "oauth", "auth.oauth.issuer": issuer,
-                                  "auth.oauth.client_id": "x", "auth.oauth.http_timeout": 5})
+    cfg = hub_config(
+        data_dir,
+        **{
+            "auth.authenticator": "oauth",
+            "auth.oauth.issuer": issuer,
+            "auth.oauth.client_id": "x",
+            "auth.oauth.http_timeout": 5,
+        },
+    )
     server = TestServer(make_app(cfg), host="127.0.0.1", port=0)
     await server.start_server()
     try:

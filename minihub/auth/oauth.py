@@ -35,13 +35,21 @@ MAX_ORGS = 20
 
 PRESETS: dict[str, dict[str, Any]] = {
     "oidc": {"label": "", "claim": "preferred_username", "scopes": ["openid", "email", "profile"]},
-    "google": {"label": "Google", "claim": "email", "issuer": "https://accounts.google.com",
-               "scopes": ["openid", "email", "profile"]},
+    "google": {
+        "label": "Google",
+        "claim": "email",
+        "issuer": "https://accounts.google.com",
+        "scopes": ["openid", "email", "profile"],
+    },
     "auth0": {"label": "Auth0", "claim": "email", "scopes": ["openid", "email", "profile"]},
-    "github": {"label": "GitHub", "claim": "login", "scopes": [],
-               "authorize": "https://github.com/login/oauth/authorize",
-               "token": "https://github.com/login/oauth/access_token",
-               "userinfo": "https://api.github.com/user"},
+    "github": {
+        "label": "GitHub",
+        "claim": "login",
+        "scopes": [],
+        "authorize": "https://github.com/login/oauth/authorize",
+        "token": "https://github.com/login/oauth/access_token",
+        "userinfo": "https://api.github.com/user",
+    },
 }
 
 
@@ -66,8 +74,13 @@ class PendingLogins:
     def add(self, browser: str, next_url: str) -> tuple[str, Pending]:
         self._prune()
         state = secrets.token_urlsafe(32)
-        pending = Pending(S.hash_token(browser), secrets.token_urlsafe(48),
-                          secrets.token_urlsafe(24), next_url, time.monotonic() + self.ttl)
+        pending = Pending(
+            S.hash_token(browser),
+            secrets.token_urlsafe(48),
+            secrets.token_urlsafe(24),
+            next_url,
+            time.monotonic() + self.ttl,
+        )
         self._by_state[S.hash_token(state)] = pending
         return state, pending
 
@@ -107,8 +120,9 @@ class OAuthenticator(Authenticator):
         self.cfg, self.store = cfg, store
         self.provider = o["provider"]
         if self.provider not in PRESETS:
-            raise StartupError(f"[auth.oauth] provider must be one of {', '.join(PRESETS)}, "
-                               f"not {self.provider!r}")
+            raise StartupError(
+                f"[auth.oauth] provider must be one of {', '.join(PRESETS)}, not {self.provider!r}"
+            )
         preset = PRESETS[self.provider]
         self.client = OAuthClient(self._client_settings(o, preset))
         self.login_service = self.client.s.label
@@ -124,9 +138,11 @@ class OAuthenticator(Authenticator):
         self.pending = PendingLogins()
         self.vault = _vault(cfg) if o["enable_auth_state"] else None
         if not (self.allow_all or self._has_allow_rule()):
-            log.warning("[auth.oauth]: no allow rule (allowed_users, allowed_domains, "
-                        "allowed_groups, allowed_organizations) and allow_all = false: "
-                        "only admin_users can log in")
+            log.warning(
+                "[auth.oauth]: no allow rule (allowed_users, allowed_domains, "
+                "allowed_groups, allowed_organizations) and allow_all = false: "
+                "only admin_users can log in"
+            )
 
     def _client_settings(self, o: dict[str, Any], preset: dict[str, Any]) -> ClientSettings:
         issuer = o["issuer"] or preset.get("issuer", "")
@@ -135,8 +151,10 @@ class OAuthenticator(Authenticator):
                 raise StartupError("[auth.oauth] domain: set your Auth0 tenant's domain")
             issuer = issuer or f"https://{o['domain'].strip('/')}/"
         if self.provider in ("oidc", "google", "auth0") and not issuer:
-            raise StartupError("[auth.oauth] issuer: set the provider's issuer URL "
-                               "(its /.well-known/openid-configuration is read)")
+            raise StartupError(
+                "[auth.oauth] issuer: set the provider's issuer URL "
+                "(its /.well-known/openid-configuration is read)"
+            )
         if not o["client_id"]:
             raise StartupError("[auth.oauth] client_id: set the id registered at the provider")
         overrides = {k: o[f"{k}_url"] or preset.get(k, "") for k in ("authorize", "token")}
@@ -147,15 +165,23 @@ class OAuthenticator(Authenticator):
             scopes = ["read:org"]
         label = preset["label"] or _host_of(issuer)
         return ClientSettings(
-            label=label, client_id=o["client_id"], client_secret=_client_secret(o),
-            scopes=scopes, issuer="" if self.provider == "github" else issuer,
+            label=label,
+            client_id=o["client_id"],
+            client_secret=_client_secret(o),
+            scopes=scopes,
+            issuer="" if self.provider == "github" else issuer,
             overrides={k: v for k, v in overrides.items() if v},
-            token_auth="client_secret_post" if self.provider == "github"
-            else "client_secret_basic", timeout=float(o["http_timeout"]))
+            token_auth="client_secret_post" if self.provider == "github" else "client_secret_basic",
+            timeout=float(o["http_timeout"]),
+        )
 
     def _has_allow_rule(self) -> bool:
-        return bool(self.allowed_users or self.allowed_domains or self.oauth_allowed_groups
-                    or self.allowed_orgs)
+        return bool(
+            self.allowed_users
+            or self.allowed_domains
+            or self.oauth_allowed_groups
+            or self.allowed_orgs
+        )
 
     async def check_password(self, username: str, password: str) -> bool:
         return False  # people sign in at the provider, never with a password here
@@ -167,8 +193,10 @@ class OAuthenticator(Authenticator):
             return await self._github_person(tokens)
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str):
-            raise LoginRefused(f"{self.login_service} sent no ID token: is the 'openid' "
-                               "scope in [auth.oauth] scopes?")
+            raise LoginRefused(
+                f"{self.login_service} sent no ID token: is the 'openid' "
+                "scope in [auth.oauth] scopes?"
+            )
         claims = await self.client.verify_id_token(id_token, pending.nonce)
         if (await self.client.endpoints()).userinfo:
             info = await self.client.userinfo(tokens["access_token"])
@@ -185,15 +213,20 @@ class OAuthenticator(Authenticator):
             email_verified=claims.get("email_verified") is True,
             hosted_domain=str(claims.get("hd") or ""),
             groups={str(g) for g in groups} if isinstance(groups, list) else set(),
-            tokens=tokens)
+            tokens=tokens,
+        )
 
     async def _github_person(self, tokens: dict[str, Any]) -> Person:
         token = str(tokens["access_token"])
         user = await self.client.userinfo(token)
         login = str(user.get("login") or "")
         email = str(user.get("email") or "")
-        person = Person(raw_name=str(user.get(self.username_claim) or ""), email=email,
-                        email_verified=bool(email), tokens=tokens)
+        person = Person(
+            raw_name=str(user.get(self.username_claim) or ""),
+            email=email,
+            email_verified=bool(email),
+            tokens=tokens,
+        )
         api = (await self.client.endpoints()).userinfo.rsplit("/user", 1)[0]
         for org in sorted(self.allowed_orgs)[:MAX_ORGS]:
             status = await self.client.get_status(f"{api}/orgs/{org}/members/{login}", token)
@@ -208,11 +241,13 @@ class OAuthenticator(Authenticator):
         if name in self.blocked_users:
             raise LoginRefused(f"{name} may not use this hub.")
         if self.allowed_domains and not self._domain_ok(person):
-            raise LoginRefused(f"Accounts from {_domain(person.email) or 'this domain'} may "
-                               "not use this hub.")
+            raise LoginRefused(
+                f"Accounts from {_domain(person.email) or 'this domain'} may not use this hub."
+            )
         if not self._allowed(name, person):
-            raise LoginRefused(f"{name} is not on this hub's list of allowed users: ask an "
-                               "admin to add you.")
+            raise LoginRefused(
+                f"{name} is not on this hub's list of allowed users: ask an admin to add you."
+            )
         await self._ensure_account(name)
         admin = name in self.admin_users or bool(self.oauth_admin_groups & person.groups)
         return AuthResult(name, True if admin else None)
@@ -220,15 +255,18 @@ class OAuthenticator(Authenticator):
     def username(self, person: Person) -> str:
         raw = person.raw_name
         if not raw:
-            raise LoginRefused(f"{self.login_service} did not say who you are (no "
-                               f"{self.username_claim!r} claim).")
+            raise LoginRefused(
+                f"{self.login_service} did not say who you are (no {self.username_claim!r} claim)."
+            )
         if "@" in raw:  # an email as the name: its local part (allowed_domains keeps it unique)
             raw = raw.split("@", 1)[0]
         try:
             return names.validate(raw)
         except HubError as e:
-            raise LoginRefused(f"Your {self.login_service} name {raw[:64]!r} cannot be a hub "
-                               f"user name. {e.message}") from None
+            raise LoginRefused(
+                f"Your {self.login_service} name {raw[:64]!r} cannot be a hub "
+                f"user name. {e.message}"
+            ) from None
 
     def _domain_ok(self, person: Person) -> bool:
         if person.hosted_domain and person.hosted_domain.lower() in self.allowed_domains:
@@ -256,7 +294,8 @@ class OAuthenticator(Authenticator):
         if not self.cfg.get("users.create_system_users"):
             raise LoginRefused(
                 f"There is no account named {name!r} on this hub's machine yet. An admin can "
-                f"create it (useradd -m {name}) or set [users] create_system_users = true.")
+                f"create it (useradd -m {name}) or set [users] create_system_users = true."
+            )
         from ..spawner import accounts
 
         await accounts.create_system_user(name)
@@ -266,9 +305,18 @@ class OAuthenticator(Authenticator):
     async def save_auth_state(self, user_id: int, person: Person) -> None:
         if self.vault is None:
             return
-        keep: dict[str, Any] = {k: person.tokens[k] for k in ("access_token", "refresh_token", "id_token",
-                                              "expires_in", "scope", "token_type")
-                if k in person.tokens}
+        keep: dict[str, Any] = {
+            k: person.tokens[k]
+            for k in (
+                "access_token",
+                "refresh_token",
+                "id_token",
+                "expires_in",
+                "scope",
+                "token_type",
+            )
+            if k in person.tokens
+        }
         keep["saved_at"] = time.time()
         blob = self.vault.encrypt(json.dumps(keep).encode())
         await self.store.set_auth_state(user_id, blob)
@@ -280,8 +328,9 @@ class OAuthenticator(Authenticator):
         try:
             data: dict[str, Any] = json.loads(self.vault.decrypt(blob))
         except InvalidToken:
-            log.warning("auth state of user %d cannot be decrypted (cookie secret changed?)",
-                        user_id)
+            log.warning(
+                "auth state of user %d cannot be decrypted (cookie secret changed?)", user_id
+            )
             return None
         return data
 
@@ -298,8 +347,13 @@ class OAuthenticator(Authenticator):
         from urllib.parse import urlencode
 
         sep = "&" if "?" in ep.end_session else "?"
-        return ep.end_session + sep + urlencode({"client_id": self.client.s.client_id,
-                                                 "post_logout_redirect_uri": post_logout})
+        return (
+            ep.end_session
+            + sep
+            + urlencode(
+                {"client_id": self.client.s.client_id, "post_logout_redirect_uri": post_logout}
+            )
+        )
 
 
 def _vault(cfg: Config) -> Fernet:
@@ -316,8 +370,9 @@ def _client_secret(o: dict[str, Any]) -> str:
     try:
         return path.read_text().strip()
     except OSError as e:
-        raise StartupError(f"[auth.oauth] client_secret_file: cannot read {path}: "
-                           f"{e.strerror}") from None
+        raise StartupError(
+            f"[auth.oauth] client_secret_file: cannot read {path}: {e.strerror}"
+        ) from None
 
 
 def _domain(email: str) -> str:

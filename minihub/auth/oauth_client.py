@@ -28,8 +28,19 @@ log = logging.getLogger("minihub.auth")
 DISCOVERY_TTL = 3600.0
 CLOCK_SKEW = 60  # seconds of leeway on exp/iat/nbf
 # Asymmetric algorithms only: "none" and HS* (keyed by the client secret) are never accepted.
-SAFE_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-             "EdDSA", "Ed25519")
+SAFE_ALGS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "Ed25519",
+)
 
 
 class ProviderError(HubError):
@@ -90,58 +101,81 @@ class OAuthClient:
 
     def _static(self) -> Endpoints:
         o = self.s.overrides
-        return Endpoints(o["authorize"], o["token"], o.get("userinfo", ""),
-                         end_session=o.get("end_session", ""))
+        return Endpoints(
+            o["authorize"], o["token"], o.get("userinfo", ""), end_session=o.get("end_session", "")
+        )
 
     async def _discover(self) -> Endpoints:
         url = self.s.issuer.rstrip("/") + "/.well-known/openid-configuration"
         doc = await self._get_json(url, "discovery document")
         if doc.get("issuer") != self.s.issuer:
-            raise ProviderError(f"{self.s.label}'s discovery document names issuer "
-                                f"{str(doc.get('issuer'))[:200]!r}, not the configured "
-                                f"{self.s.issuer!r}: fix [auth.oauth] issuer.")
+            raise ProviderError(
+                f"{self.s.label}'s discovery document names issuer "
+                f"{str(doc.get('issuer'))[:200]!r}, not the configured "
+                f"{self.s.issuer!r}: fix [auth.oauth] issuer."
+            )
         o = self.s.overrides
-        algs = tuple(a for a in doc.get("id_token_signing_alg_values_supported", ["RS256"])
-                     if a in SAFE_ALGS) or ("RS256",)
+        algs = tuple(
+            a for a in doc.get("id_token_signing_alg_values_supported", ["RS256"]) if a in SAFE_ALGS
+        ) or ("RS256",)
         try:
             return Endpoints(
                 authorize=o.get("authorize") or str(doc["authorization_endpoint"]),
                 token=o.get("token") or str(doc["token_endpoint"]),
                 userinfo=o.get("userinfo") or str(doc.get("userinfo_endpoint") or ""),
-                jwks=str(doc["jwks_uri"]), issuer=self.s.issuer,
+                jwks=str(doc["jwks_uri"]),
+                issuer=self.s.issuer,
                 end_session=o.get("end_session") or str(doc.get("end_session_endpoint") or ""),
-                algs=algs)
+                algs=algs,
+            )
         except KeyError as e:
             raise ProviderError(f"{self.s.label}'s discovery document lacks {e.args[0]}.") from None
 
     # --- the front channel ----------------------------------------------------------------
-    async def authorize_url(self, redirect_uri: str, state: str, verifier: str,
-                            nonce: str) -> str:
+    async def authorize_url(self, redirect_uri: str, state: str, verifier: str, nonce: str) -> str:
         ep = await self.endpoints()
-        extra: dict[str, str] = {"code_challenge": create_s256_code_challenge(verifier),
-                                 "code_challenge_method": "S256"}
+        extra: dict[str, str] = {
+            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
         if self.oidc:
             extra["nonce"] = nonce
-        return str(prepare_grant_uri(ep.authorize, self.s.client_id, "code", redirect_uri,
-                                     " ".join(self.s.scopes), state, **extra))
+        return str(
+            prepare_grant_uri(
+                ep.authorize,
+                self.s.client_id,
+                "code",
+                redirect_uri,
+                " ".join(self.s.scopes),
+                state,
+                **extra,
+            )
+        )
 
     # --- the back channel -----------------------------------------------------------------
     async def exchange(self, code: str, verifier: str, redirect_uri: str) -> dict[str, Any]:
         """Trade the code for tokens; a refusal (expired, replayed code) is LoginRefused."""
         ep = await self.endpoints()
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "code_verifier": verifier}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+        }
         headers = {"Accept": "application/json"}
         if self.s.token_auth == "client_secret_post":
             form.update(client_id=self.s.client_id, client_secret=self.s.client_secret)
         else:
             headers["Authorization"] = self._basic_auth()
-        body = await self._request("POST", ep.token, "token endpoint", data=form,
-                                   headers=headers, refusal_ok=True)
+        body = await self._request(
+            "POST", ep.token, "token endpoint", data=form, headers=headers, refusal_ok=True
+        )
         if "error" in body or not isinstance(body.get("access_token"), str):
-            raise LoginRefused(f"{self.s.label} refused the sign-in code "
-                               f"({_oauth_error(body)}). It may have expired or been used "
-                               "already: start again from the login page.")
+            raise LoginRefused(
+                f"{self.s.label} refused the sign-in code "
+                f"({_oauth_error(body)}). It may have expired or been used "
+                "already: start again from the login page."
+            )
         return body
 
     def _basic_auth(self) -> str:
@@ -159,8 +193,10 @@ class OAuthClient:
         """Status of an authenticated GET (GitHub's membership checks answer 204 or 404)."""
         headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
         try:
-            async with self._session() as s, s.get(url, headers=headers,
-                                                   allow_redirects=False) as r:
+            async with (
+                self._session() as s,
+                s.get(url, headers=headers, allow_redirects=False) as r,
+            ):
                 return r.status
         except (TimeoutError, aiohttp.ClientError) as e:
             raise self._unreachable(url, e) from None
@@ -172,19 +208,26 @@ class OAuthClient:
         try:
             token = await self._decode(id_token, ep)
             registry = jwt.JWTClaimsRegistry(
-                leeway=CLOCK_SKEW, iss={"essential": True, "value": ep.issuer},
+                leeway=CLOCK_SKEW,
+                iss={"essential": True, "value": ep.issuer},
                 aud={"essential": True, "value": self.s.client_id},
-                sub={"essential": True}, exp={"essential": True}, iat={"essential": True},
-                nonce={"essential": True, "value": nonce})
+                sub={"essential": True},
+                exp={"essential": True},
+                iat={"essential": True},
+                nonce={"essential": True, "value": nonce},
+            )
             registry.validate(token.claims)
         except JoseError as e:
-            raise LoginRefused(f"The ID token from {self.s.label} is not valid "
-                               f"({e.error}): sign-in refused.") from None
+            raise LoginRefused(
+                f"The ID token from {self.s.label} is not valid ({e.error}): sign-in refused."
+            ) from None
         claims = dict(token.claims)
         aud = claims.get("aud")
         if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self.s.client_id:
-            raise LoginRefused(f"The ID token from {self.s.label} was issued to another "
-                               "party (azp): sign-in refused.")
+            raise LoginRefused(
+                f"The ID token from {self.s.label} was issued to another "
+                "party (azp): sign-in refused."
+            )
         return claims
 
     async def _decode(self, id_token: str, ep: Endpoints) -> jwt.Token:
@@ -210,12 +253,14 @@ class OAuthClient:
     def _session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.s.timeout))
 
-    async def _get_json(self, url: str, what: str,
-                        headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async def _get_json(
+        self, url: str, what: str, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         return await self._request("GET", url, what, headers=headers)
 
-    async def _request(self, method: str, url: str, what: str, *, refusal_ok: bool = False,
-                       **kw: Any) -> dict[str, Any]:
+    async def _request(
+        self, method: str, url: str, what: str, *, refusal_ok: bool = False, **kw: Any
+    ) -> dict[str, Any]:
         try:
             async with self._session() as s, s.request(method, url, **kw) as r:
                 status = r.status
@@ -227,15 +272,17 @@ class OAuthClient:
         if not isinstance(body, dict):
             raise ProviderError(f"{self.s.label}'s {what} answered something unexpected.")
         if status >= 400 and not (refusal_ok and status in (400, 401)):
-            raise ProviderError(f"{self.s.label}'s {what} answered HTTP {status} "
-                                f"({_oauth_error(body)}).")
+            raise ProviderError(
+                f"{self.s.label}'s {what} answered HTTP {status} ({_oauth_error(body)})."
+            )
         return body
 
     def _unreachable(self, url: str, e: BaseException) -> ProviderError:
-        log.warning("cannot reach %s at %s: %s", self.s.label, url.split("?")[0],
-                    type(e).__name__)
-        return ProviderError(f"Could not reach {self.s.label} to complete the sign-in: "
-                             "try again in a moment, or ask an admin if it persists.")
+        log.warning("cannot reach %s at %s: %s", self.s.label, url.split("?")[0], type(e).__name__)
+        return ProviderError(
+            f"Could not reach {self.s.label} to complete the sign-in: "
+            "try again in a moment, or ask an admin if it persists."
+        )
 
 
 def _oauth_error(body: dict[str, Any]) -> str:

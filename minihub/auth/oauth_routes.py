@@ -50,15 +50,22 @@ async def oauth_login(request: web.Request) -> web.Response:
     nxt = request.query.get("next", "")
     state, pending = auth.pending.add(browser, safe_next(request, nxt) if nxt else "")
     try:
-        url = await auth.client.authorize_url(callback_url(request, auth, p), state,
-                                              pending.verifier, pending.nonce)
+        url = await auth.client.authorize_url(
+            callback_url(request, auth, p), state, pending.verifier, pending.nonce
+        )
     except HubError as e:
         log.warning("oauth sign-in could not start: %s", e.message)
         raise
     resp = web.HTTPFound(url)
-    resp.set_cookie(STATE_COOKIE, browser, path=f"{p.cfg.base_url}hub/", httponly=True,
-                    samesite="Lax", secure=p.cfg.tls or request.secure, max_age=int(
-                        auth.pending.ttl))
+    resp.set_cookie(
+        STATE_COOKIE,
+        browser,
+        path=f"{p.cfg.base_url}hub/",
+        httponly=True,
+        samesite="Lax",
+        secure=p.cfg.tls or request.secure,
+        max_age=int(auth.pending.ttl),
+    )
     resp.headers["Cache-Control"] = "no-store"
     raise resp
 
@@ -78,8 +85,10 @@ async def _finish(request: web.Request, p: Parts, auth: OAuthenticator) -> web.R
     q = request.query
     pending = auth.pending.take(q.get("state", ""))  # single use, whatever happens next
     if q.get("error"):
-        raise LoginRefused(f"{auth.login_service} did not sign you in "
-                           f"({q['error'][:80]}): start again from the login page.")
+        raise LoginRefused(
+            f"{auth.login_service} did not sign you in "
+            f"({q['error'][:80]}): start again from the login page."
+        )
     _check_pending(request, pending)
     assert pending is not None
     expected_iss = auth.client.s.issuer
@@ -100,12 +109,15 @@ async def _finish(request: web.Request, p: Parts, auth: OAuthenticator) -> web.R
 
 def _check_pending(request: web.Request, pending: Pending | None) -> None:
     if pending is None:
-        raise BadRequest("This sign-in has expired or was already used: start again from "
-                         "the login page.")
+        raise BadRequest(
+            "This sign-in has expired or was already used: start again from the login page."
+        )
     browser = request.cookies.get(STATE_COOKIE, "")
     if not browser or not S.equal(S.hash_token(browser), pending.browser_hash):
-        raise BadRequest("This sign-in was started in another browser (or its cookie was "
-                         "lost): start again from the login page.")
+        raise BadRequest(
+            "This sign-in was started in another browser (or its cookie was "
+            "lost): start again from the login page."
+        )
 
 
 def setup(app: web.Application, base_url: str) -> None:
@@ -113,4 +125,3 @@ def setup(app: web.Application, base_url: str) -> None:
     for r in routes:
         assert isinstance(r, web.RouteDef)
         app.router.add_route(r.method, prefix + r.path, r.handler)
-
