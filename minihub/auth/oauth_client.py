@@ -218,8 +218,9 @@ class OAuthClient:
             )
             registry.validate(token.claims)
         except JoseError as e:
+            why = f"{e.error}: {e.description}" if e.description else e.error
             raise LoginRefused(
-                f"The ID token from {self.s.label} is not valid ({e.error}): sign-in refused."
+                f"The ID token from {self.s.label} is not valid ({why[:200]}): sign-in refused."
             ) from None
         claims = dict(token.claims)
         aud = claims.get("aud")
