@@ -24,6 +24,15 @@ from minihub.app import make_app
 pytestmark = needs_root
 OIDC_DIR = Path(__file__).parent / "oidc"
 CLIENT_ID, CLIENT_SECRET = "minihub-test", "oidc-test-secret-0123456789"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def free_port() -> int:
@@ -428,3 +437,38 @@ async def test_provider_down_is_a_clear_page(data_dir, browser):
         assert r.status == 400 and "expired or was already used" in await r.text()
     finally:
         await server.close()
+
+
+async def test_wrong_client_secret_tells_the_admin(start_hub, browser, accounts, caplog):
+    set_account(accounts, "mhoa_sec")
+    hub = await start_hub(oauth={"client_secret": "not-the-secret"})
+    r = await sign_in(browser, hub, "mhoa_sec")
+    page = await r.text()
+    assert r.status == 502 and "client_id or client_secret" in page
+    assert "not-the-secret" not in caplog.text and CLIENT_SECRET not in caplog.text
+
+
+@pytest.mark.browser
+async def test_sign_in_with_headless_chromium(start_hub, accounts, make_system_user):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.async_api import async_playwright
+
+    make_system_user("mhoa_web")
+    set_account(accounts, "mhoa_web")
+    hub = await start_hub()
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await chromium.new_page()
+            page.set_default_timeout(20_000)
+            await page.goto(str(hub.make_url("/hub/login?next=/hub/home")))
+            await page.click("#oauth_login")
+            await page.fill("input[name=login]", "mhoa_web")
+            await page.fill("input[name=password]", "anything")
+            await page.click("button[type=submit]")
+            await page.click("button[type=submit]")  # the consent page's Continue
+            await page.wait_for_url(str(hub.make_url("/hub/home")))
+            assert "mhoa_web" in await page.content()
+        finally:
+            await chromium.close()

@@ -170,6 +170,14 @@ class OAuthClient:
         body = await self._request(
             "POST", ep.token, "token endpoint", data=form, headers=headers, refusal_ok=True
         )
+        if body.get("error") in ("invalid_client", "unauthorized_client"):
+            log.error(
+                "%s rejected the hub's client credentials: %s", self.s.label, _oauth_error(body)
+            )
+            raise ProviderError(
+                f"{self.s.label} does not accept this hub's client_id or client_secret: an "
+                "admin must check [auth.oauth] against the provider's registration."
+            )
         if "error" in body or not isinstance(body.get("access_token"), str):
             raise LoginRefused(
                 f"{self.s.label} refused the sign-in code "
