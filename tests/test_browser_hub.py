@@ -63,7 +63,7 @@ def hub(data_dir: str, tmp_path: Path) -> Iterator[str]:
 def test_login_spawn_and_run_a_notebook(hub: str, make_system_user: Any) -> None:
     from playwright.sync_api import sync_playwright
 
-    user = make_system_user("mhfe_hub")
+    user = make_system_user("mhfx_hub")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

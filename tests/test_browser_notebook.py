@@ -7,6 +7,7 @@ browser gets the per-server secret as an extra header, standing in for the hub's
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -86,20 +87,22 @@ def _wait_ready(server: Server, log: Path) -> None:
     pytest.fail("user server did not answer api/status in 60 s: " + log.read_text()[-3000:])
 
 
-@pytest.fixture(scope="module")
-def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def needs_browser() -> None:
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed")
     if not _installed_bundle().exists():
         pytest.skip("the notebook app is not built into the installed minihub: run scripts/install")
-    user = make_system_user("mhfe_nb")
+
+
+@contextlib.contextmanager
+def user_server(user: Any, log: Path) -> Iterator[Server]:
+    """The real minihub.singleuser server of `user`, started as that user."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
     base_url = f"/user/{user.name}/"
     secret = secrets.token_urlsafe(24)
-    log = tmp_path_factory.mktemp("mhfe") / "server.log"
     config = {"secret": secret, "base_url": base_url, "notebook_dir": user.home,
               "user": user.name, "listen_fd": sock.fileno(), "kernel_idle_timeout": 0,
               "mem_limit": ""}
@@ -124,6 +127,14 @@ def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    needs_browser()
+    user = make_system_user("mhfx_nb")
+    with user_server(user, tmp_path_factory.mktemp("mhfx") / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

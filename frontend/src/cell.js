@@ -9,6 +9,10 @@ import { renderMarkdown } from "./markdown.js";
 import { uuid } from "./kernel.js";
 import { h } from "./ui.js";
 
+// A kernel's first completion loads jedi, which takes seconds on a busy machine; a late
+// reply is still wanted unless the text changed meanwhile (then it is dropped).
+const REPLY_MS = 60000;
+
 /** Kernel cursor positions count code points; JavaScript strings count UTF-16 units. */
 export function toCodePoints(text, utf16Pos) {
   return [...text.slice(0, utf16Pos)].length;
@@ -91,7 +95,7 @@ export class Cell {
 
   leaveAtEdge(view, dir) {
     const { head, empty } = view.state.selection.main;
-    if (!empty) return false;
+    if (!empty || completionStatus(view.state)) return false; // the completion list moves
     const line = view.state.doc.lineAt(head).number;
     if (dir < 0 ? line !== 1 : line !== view.state.doc.lines) return false;
     return this.nb.moveEditTo(this, dir);
@@ -119,7 +123,7 @@ export class Cell {
     const pos = view.state.selection.main.head;
     let reply;
     try {
-      reply = await this.nb.kernel.request("complete_request", { code, cursor_pos: toCodePoints(code, pos) }, 10000);
+      reply = await this.nb.kernel.request("complete_request", { code, cursor_pos: toCodePoints(code, pos) }, REPLY_MS);
     } catch { return; }
     const c = reply.content;
     if (c.status !== "ok" || !c.matches.length || view.state.doc.toString() !== code) return;
@@ -146,7 +150,7 @@ export class Cell {
     const code = view.state.doc.toString();
     const pos = view.state.selection.main.head;
     try {
-      const reply = await this.nb.kernel.request("inspect_request", { code, cursor_pos: toCodePoints(code, pos), detail_level: 0 }, 10000);
+      const reply = await this.nb.kernel.request("inspect_request", { code, cursor_pos: toCodePoints(code, pos), detail_level: 0 }, REPLY_MS);
       const c = reply.content;
       if (c.status !== "ok" || !c.found) return this.showInspect("No documentation found.");
       this.showInspect(joinText(c.data["text/plain"]));

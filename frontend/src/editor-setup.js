@@ -38,7 +38,9 @@ export function baseExtensions() {
 export function cellExtensions(completionSource) {
   return [
     ...baseExtensions(),
-    autocompletion({ override: [completionSource], activateOnTyping: false, defaultKeymap: true }),
+    // The list opens only on Tab, never while typing, so a key right after it opens is meant
+    // for the list: no interaction delay (else a quick Down would leave the cell).
+    autocompletion({ override: [completionSource], activateOnTyping: false, defaultKeymap: true, interactionDelay: 0 }),
     keymap.of(completionKeymap),
   ];
 }
