@@ -20,6 +20,7 @@ from common import (
     cmdline,
     free_port,
     log,
+    owner,
     rmtree,
     stop_process,
     wait_http,
@@ -44,11 +45,16 @@ class Hub:
         return f"http://127.0.0.1:{self.port}"
 
     def hub_pids(self) -> dict[str, int]:
-        """The hub process and, for JupyterHub, its configurable-http-proxy child."""
+        """The hub process and its helpers running as root (JupyterHub: its proxy; minihub:
+        its fork server, once started): everything but the users' own processes."""
         found = {"hub": self.proc.pid}
-        for child in children(self.proc.pid):
-            if "configurable-http-proxy" in cmdline(child):
-                found["proxy"] = child
+        todo = children(self.proc.pid)
+        while todo:
+            pid = todo.pop()
+            if owner(pid) == 0:
+                name = "proxy" if "configurable-http-proxy" in cmdline(pid) else f"helper {pid}"
+                found[name] = pid
+                todo += children(pid)
         return found
 
     def stop(self) -> None:
@@ -161,8 +167,8 @@ def start_minihub(
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=preexec,
-        )  # type: ignore[arg-type]  # noqa: PLW1509
+            preexec_fn=preexec,  # type: ignore[arg-type]  # noqa: PLW1509
+        )
     wait_http(port, proc, "/hub/health", 60)
     log(f"minihub up on port {port}")
     return Hub("minihub", port, token, proc, work)

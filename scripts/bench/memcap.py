@@ -90,7 +90,10 @@ def simulate(users: Users) -> str:
     log(f"memcap: minihub in a {LIMIT_MIB} MiB memory cgroup, active_server_limit={USERS}")
     hub = start_minihub(active_limit=USERS, preexec=enter)
     try:
-        result = asyncio.run(_drive(hub, who))
+        try:
+            result = asyncio.run(_drive(hub, who))
+        except Exception as e:  # noqa: BLE001 - e.g. the hub was killed: report what is known
+            result = {"errors": [f"driver stopped: {e!r}"[:300]]}
         hub_alive = hub.proc.poll() is None
         peak = int((group / files["peak"]).read_text()) / 2**20
         kills = _oom_kills(group, files)
@@ -110,8 +113,12 @@ async def _drive(hub: Hub, who: list[str]) -> dict[str, object]:
             if not r.ok:
                 out.setdefault("errors", []).append(f"{name}: {r.status} {r.error}")  # type: ignore[union-attr]
                 continue
-            kid, _ = await c.start_kernel(name)
-            await c.execute_latencies(name, kid, 1, 30)
+            try:
+                kid, _ = await c.start_kernel(name)
+                await c.execute_latencies(name, kid, 1, 30)
+            except Exception as e:  # noqa: BLE001 - e.g. killed for lack of memory: the finding
+                out.setdefault("errors", []).append(f"{name}'s kernel: {e!r}"[:200])  # type: ignore[union-attr]
+                continue
             kernels[name] = kid
         async with c.session.post(c.api(f"/users/{who[USERS]}/server")) as r:
             out["ninth"] = (r.status, (await r.text())[:200])

@@ -70,6 +70,8 @@ async def measure_hub(hub: Hub, args: argparse.Namespace, users: Users) -> Figur
         everyone = names(max(args.users, args.concurrent, args.sequential))
         await c.create_users(everyone)
         await sequential_part(c, fig, args)
+        await settle(2)
+        fig.put("hub_pss_after", sum(pss_kib(p) for p in hub.hub_pids().values()) / 1024)
         await batch_part(c, fig, args, names(args.users))
         await concurrent_part(c, hub, fig, args, users, names(args.concurrent))
     return fig
@@ -175,6 +177,7 @@ def note_failures(fig: Figures, what: str, results: list[SpawnResult]) -> None:
 # (key, label, unit scale, unit text, lower is better)
 ROWS = [
     ("hub_pss", "hub + proxy at rest, PSS", 1, "MiB", True),
+    ("hub_pss_after", "hub + proxy + helpers after serving (servers stopped), PSS", 1, "MiB", True),
     ("user_pss", "per active user: server + 1 idle kernel, PSS", 1, "MiB", True),
     ("users_per_gb", "users per GB (1024 MiB / per-user PSS)", 1, "", False),
     ("spawn_seq_median", "spawn POST → ready, sequential, median", 1, "s", True),
@@ -304,20 +307,28 @@ def main() -> None:
         if args.only != "jupyterhub":
             log("measuring minihub ...")
             mh = run_one(start_minihub, args, users)
+        print("\n" + table(jh, mh, args) + "\n", flush=True)  # kept even if what follows fails
         memcap = ""
         if not args.no_memcap and args.only != "jupyterhub":
-            from memcap import simulate
-
-            memcap = simulate(users)
+            memcap = run_memcap(users)
     finally:
         users.remove_all()
     report(jh, mh, memcap, args, time.time() - started)
 
 
+def run_memcap(users: Users) -> str:
+    from memcap import simulate
+
+    try:
+        return simulate(users)
+    except Exception as e:  # noqa: BLE001 - the failure is the result
+        log(f"memcap: failed: {e!r}")
+        return f"**0.6 GB machine**: the simulation failed: {e!r}"
+
+
 def report(jh: Figures, mh: Figures, memcap: str, args: argparse.Namespace, seconds: float) -> None:
     text = table(jh, mh, args)
     notes = [f"- JupyterHub: {n}" for n in jh.notes] + [f"- minihub: {n}" for n in mh.notes]
-    print("\n" + text + "\n")
     for n in notes:
         print(n)
     if memcap:
