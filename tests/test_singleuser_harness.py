@@ -151,7 +151,8 @@ class KernelClient:
         if frame.type == aiohttp.WSMsgType.TEXT:
             msg: dict[str, Any] = json.loads(frame.data)
             return msg
-        raise AssertionError(f"unexpected websocket frame {frame.type}: {frame.data!r}")
+        raise AssertionError(f"unexpected websocket frame {frame.type}: {frame.data!r} "
+                             f"code={self.ws.close_code} exc={self.ws.exception()!r}")
 
     async def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell"
                       ) -> str:

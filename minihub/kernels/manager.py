@@ -25,26 +25,6 @@ log = logging.getLogger("minihub.kernels")
 NATIVE_KERNEL = "python3"
 
 
-def _transport(kernel_id: str) -> dict[str, str]:
-    """IPC sockets in the user's private runtime dir when the path fits, else loopback TCP.
-
-    Over TCP any local account could subscribe to a kernel's iopub and read its outputs
-    (messages are signed, not encrypted); a socket file in a 0700 dir cannot be reached.
-    """
-    from jupyter_core.paths import jupyter_runtime_dir
-
-    runtime = jupyter_runtime_dir()
-    prefix = os.path.join(runtime, f"mh-{kernel_id[:8]}")
-    if len(prefix) > 90:  # sun_path holds 108 bytes, with "-<port>" still to come
-        return {"transport": "tcp", "ip": "127.0.0.1"}
-    try:
-        os.makedirs(runtime, mode=0o700, exist_ok=True)
-        os.chmod(runtime, 0o700)
-    except OSError:
-        return {"transport": "tcp", "ip": "127.0.0.1"}
-    return {"transport": "ipc", "ip": prefix}
-
-
 class KernelManager:
     """All kernels of this server, keyed by id."""
 
@@ -89,7 +69,7 @@ class KernelManager:
         kernel_id = str(uuid.uuid4())
         km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=self.specs,
                                 context=self.context, shutdown_wait_time=3.0,
-                                **_transport(kernel_id))
+                                transport="tcp", ip="127.0.0.1")
         kernel = Kernel(kernel_id, name, path or "", km, self.context)
         try:
             await kernel.start(cwd=self._cwd(path), env=self._env(path))
