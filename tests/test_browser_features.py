@@ -92,3 +92,59 @@ def test_tab_completion_and_shift_tab_inspection(context: Any, server: Server) -
     assert "Return the number of items in a container" in doc.inner_text()
     page.keyboard.press("Escape")
     assert doc.is_hidden()
+
+
+def outputs_of(page: Any, index: int) -> list[dict[str, Any]]:
+    return list(page.evaluate("i => window.minihubNotebook.cells[i].toJSON().outputs", index))
+
+
+def watch_output_count(page: Any, index: int) -> None:
+    """Record the fewest and most outputs cell `index` shows once it has shown one."""
+    page.evaluate("""i => {
+        const el = window.minihubNotebook.cells[i].outputsEl;
+        window.mhfxCounts = {min: Infinity, max: 0};
+        new MutationObserver(() => {
+            const n = el.querySelectorAll(":scope > .output").length;
+            if (n) window.mhfxCounts.max = Math.max(window.mhfxCounts.max, n);
+            if (window.mhfxCounts.max) window.mhfxCounts.min = Math.min(window.mhfxCounts.min, n);
+        }).observe(el, {childList: true});
+    }""", index)
+
+
+def test_clear_output_wait_and_update_display(context: Any, server: Server) -> None:
+    page = open_new(context, server, "fx_display.ipynb", [""] * 3)
+
+    # clear_output(wait=True): each step replaces the last, the area never blinks empty.
+    watch_output_count(page, 0)
+    run_cell(page, 0, "import time\nfrom IPython.display import clear_output\n"
+                      "for i in range(15):\n    clear_output(wait=True)\n"
+                      "    print(f'step {i}')\n    time.sleep(0.02)")
+    assert page.evaluate("window.mhfxCounts") == {"min": 1, "max": 1}
+    assert outputs_of(page, 0) == [{"output_type": "stream", "name": "stdout",
+                                    "text": "step 14\n"}]
+
+    # A display handle updated in place, then a print after it.
+    watch_output_count(page, 1)
+    run_cell(page, 1, "from IPython.display import display\n"
+                      "h = display('progress 0', display_id=True)\n"
+                      "for i in range(1, 11):\n    time.sleep(0.02)\n"
+                      "    h.update(f'progress {i}')\nprint('done')")
+    assert page.evaluate("window.mhfxCounts") == {"min": 1, "max": 2}
+    cell = page.locator(".cell").nth(1)
+    assert cell.locator(".output").nth(0).inner_text().strip() == "'progress 10'"
+    assert cell.locator(".output").nth(1).inner_text().strip() == "done"
+
+    # An update from another cell reaches the output where the handle was displayed.
+    run_cell(page, 2, "h.update('updated from cell 3')")
+    cell.locator(".output", has_text="updated from cell 3").wait_for()
+    assert outputs_of(page, 2) == []
+    assert outputs_of(page, 1)[0]["data"] == {"text/plain": "'updated from cell 3'"}
+
+    # A progress bar drawn with "\r" in many chunks keeps one line, not every frame.
+    run_cell(page, 2, "import sys\nfor i in range(200):\n"
+                      "    sys.stdout.write(f'\\r{i:3d}%'); sys.stdout.flush()\n"
+                      "    time.sleep(0.002)\nprint(' finished')")
+    stream = outputs_of(page, 2)
+    assert stream == [{"output_type": "stream", "name": "stdout", "text": "199% finished\n"}]
+    held = page.evaluate("window.minihubNotebook.cells[2].outputs[0].text")
+    assert len(held) < 40, held

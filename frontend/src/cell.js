@@ -4,7 +4,7 @@ import { Prec } from "@codemirror/state";
 import { startCompletion, completionStatus, acceptCompletion } from "@codemirror/autocomplete";
 import { indentMore, indentLess } from "@codemirror/commands";
 import { EditorState, EditorView, keymap, Compartment, cellExtensions, languageFor } from "./editor-setup.js";
-import { renderOutput, joinText, ansiToHtml, collapseCarriageReturns } from "./outputs.js";
+import { renderOutput, joinText, ansiToHtml, collapseCarriageReturns, appendStream } from "./outputs.js";
 import { renderMarkdown } from "./markdown.js";
 import { uuid } from "./kernel.js";
 import { h } from "./ui.js";
@@ -237,7 +237,7 @@ export class Cell {
     if (this.clearPending) this.clearOutputs();
     const last = this.outputs[this.outputs.length - 1];
     if (output.output_type === "stream" && last && last.output_type === "stream" && last.name === output.name) {
-      last.text = joinText(last.text) + output.text;
+      last.text = appendStream(joinText(last.text), output.text);
       this.outputsEl.lastChild.replaceWith(renderOutput(last, this.nb.dir));
     } else {
       this.outputs.push(output);

@@ -27,6 +27,17 @@ export function collapseCarriageReturns(text) {
   }).join("\n");
 }
 
+/**
+ * Collapse a stream as it grows, so a progress bar that rewrites one line thousands of times
+ * keeps one line in memory; a trailing "\r" stays, since the next chunk overwrites after it.
+ */
+export function appendStream(text, more) {
+  const joined = text + more;
+  if (!joined.includes("\r")) return joined;
+  const tail = /\r+$/.test(joined) ? "\r" : "";
+  return collapseCarriageReturns(joined) + tail;
+}
+
 export function ansiToHtml(text) {
   return ansi.ansi_to_html(text);
 }
