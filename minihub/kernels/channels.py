@@ -173,6 +173,8 @@ class Bridge:
             log.warning("kernel %s: ignored a message for channel %r", client.kernel.id, channel)
             return
         client.kernel.touch()
+        if channel == "shell":
+            await client.kernel.until_ready()
         await client.send(channel, parts)
 
     def kernel_gone(self, kernel_id: str) -> None:

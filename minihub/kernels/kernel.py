@@ -62,6 +62,9 @@ class Kernel:
         self._lock = asyncio.Lock()
         self._iopub: zmq.asyncio.Socket | None = None
         self._iopub_seen = asyncio.Event()
+        # Set once iopub is known to reach us: before that the kernel's PUB socket would drop
+        # a client's outputs (zmq's slow joiner), so clients' requests wait for it.
+        self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._deaths: list[float] = []
         self._closed = False
@@ -95,6 +98,7 @@ class Kernel:
         """A restart the user asked for (no `restarting` broadcast: clients expect it)."""
         async with self._lock:
             self.execution_state = "restarting"
+            self.ready.clear()
             await self.km.restart_kernel(now=False)
         await self.wait_ready()
 
@@ -200,6 +204,15 @@ class Kernel:
             probe.close(linger=0)
         if self.execution_state in ("starting", "restarting"):
             self.execution_state = "idle"
+        self.ready.set()
+
+    async def until_ready(self) -> None:
+        """Wait (bounded) until iopub flows; a client's request sent sooner could lose output."""
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), READY_TIMEOUT)
+            except TimeoutError:
+                log.warning("kernel %s: not ready; sending the request anyway", self.id)
 
     async def _nudge(self, probe: zmq.asyncio.Socket) -> None:
         answered = False
@@ -236,6 +249,7 @@ class Kernel:
         log.warning("kernel %s (%s) died (%s); restarting it", self.id, self.name, why)
         self.reason = why
         self.execution_state = "restarting"
+        self.ready.clear()
         self.broadcast_status("restarting", why)
         for attempt in range(1, 4):
             try:
