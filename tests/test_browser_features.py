@@ -148,3 +148,73 @@ def test_clear_output_wait_and_update_display(context: Any, server: Server) -> N
     assert stream == [{"output_type": "stream", "name": "stdout", "text": "199% finished\n"}]
     held = page.evaluate("window.minihubNotebook.cells[2].outputs[0].text")
     assert len(held) < 40, held
+
+
+def disk_sources(server: Server, path: str) -> list[str]:
+    model = server.api("GET", "api/contents/" + path)
+    return ["".join(c["source"]) for c in model["content"]["cells"]]
+
+
+def set_source(page: Any, index: int, text: str) -> None:
+    page.evaluate("([i, t]) => window.minihubNotebook.cells[i].setSource(t)", [index, text])
+
+
+def save_with_ctrl_s(page: Any) -> None:
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+
+
+def test_checkpoint_save_and_revert(context: Any, server: Server) -> None:
+    path = "fx_checkpoint.ipynb"
+    page = open_new(context, server, path, ["first version"])
+    save_with_ctrl_s(page)  # save and checkpoint, as Jupyter's Ctrl-S
+    page.locator("#save-state:not(.dirty)").wait_for()
+    page.wait_for_function("() => !window.minihubNotebook.saving")
+    checkpoints = server.api("GET", f"api/contents/{path}/checkpoints")
+    assert [c["id"] for c in checkpoints] == ["checkpoint"]
+
+    # A later version reaches the disk by autosave, which makes no checkpoint.
+    set_source(page, 0, "second version")
+    page.evaluate("window.minihubNotebook.save(false, true)")
+    page.locator("#save-state:not(.dirty)").wait_for()
+    assert disk_sources(server, path) == ["second version"]
+
+    page.locator("summary", has_text="File").click()
+    page.locator("[data-action=revert]").click()
+    page.locator(".modal", has_text="Revert to the checkpoint").wait_for()
+    page.locator(".modal button", has_text="Revert").click()
+    page.wait_for_function("() => window.minihubNotebook.cells[0].source === 'first version'")
+    assert disk_sources(server, path) == ["first version"]
+    page.locator("#save-state:not(.dirty)").wait_for()
+
+
+def test_warns_when_the_file_changed_on_disk(context: Any, server: Server) -> None:
+    path = "fx_ondisk.ipynb"
+    page = open_new(context, server, path, ["opened version"])
+    put_notebook(server, path, ["changed behind the page's back"])
+    set_source(page, 0, "the page's version")
+
+    save_with_ctrl_s(page)
+    dialog = page.locator(".modal", has_text="changed on disk")
+    dialog.wait_for()
+    page.locator(".modal button", has_text="Cancel").click()
+    dialog.wait_for(state="detached")
+    assert disk_sources(server, path) == ["changed behind the page's back"]
+    page.locator("#save-state.dirty").wait_for()
+
+    # Autosave never overwrites it either; it says why and waits for a person.
+    page.evaluate("window.minihubNotebook.save(false, true)")
+    page.locator("#notice.error", has_text="changed on disk").wait_for()
+    assert disk_sources(server, path) == ["changed behind the page's back"]
+
+    save_with_ctrl_s(page)
+    dialog.wait_for()
+    page.locator(".modal button", has_text="Overwrite").click()
+    page.locator("#save-state:not(.dirty)").wait_for()
+    assert disk_sources(server, path) == ["the page's version"]
+
+    # Saved now: the next save asks nothing.
+    set_source(page, 0, "and again")
+    save_with_ctrl_s(page)
+    page.locator("#save-state:not(.dirty)").wait_for()
+    assert disk_sources(server, path) == ["and again"]

@@ -346,7 +346,8 @@ class Notebook {
     this.saving = true;
     try {
       const disk = await api.contents.get(this.path, { content: false });
-      if (this.lastModified && Date.parse(disk.last_modified) > Date.parse(this.lastModified)) {
+      // Any other time, earlier too (a restored backup, a git checkout), means someone else wrote it.
+      if (this.lastModified && Date.parse(disk.last_modified) !== Date.parse(this.lastModified)) {
         if (auto) { notice("The file changed on disk; autosave is paused until you save.", "error"); return; }
         const ok = await confirmDialog("File changed on disk",
           "The notebook was changed on disk since it was opened or last saved. Overwrite it with this version?", "Overwrite", true);
