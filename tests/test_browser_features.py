@@ -4,7 +4,11 @@ completion and inspection, display updates, checkpoints, autosave, kernels, SVG 
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,3 +222,47 @@ def test_warns_when_the_file_changed_on_disk(context: Any, server: Server) -> No
     save_with_ctrl_s(page)
     page.locator("#save-state:not(.dirty)").wait_for()
     assert disk_sources(server, path) == ["and again"]
+
+
+def install_kernelspec(server: Server, name: str, display_name: str) -> None:
+    """A second Python kernelspec in the user's own Jupyter data dir, marked by its env."""
+    folder = Path(server.home) / ".local/share/jupyter/kernels" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": display_name, "language": "python", "env": {"MHFX_KERNEL": name}}))
+    owner = os.stat(server.home)
+    for p in [folder, *folder.parents]:
+        if p == Path(server.home):
+            break
+        os.chown(p, owner.st_uid, owner.st_gid)
+    os.chown(folder / "kernel.json", owner.st_uid, owner.st_gid)
+
+
+def test_change_kernel(context: Any, server: Server) -> None:
+    install_kernelspec(server, "mhfx_second", "Python (mhfx second)")
+    path = "fx_kernel.ipynb"
+    page = open_new(context, server, path, [""])
+    which = "import os\nprint(os.environ.get('MHFX_KERNEL', 'default'))"
+    assert run_cell(page, 0, which).locator(".output").inner_text().strip() == "default"
+    old = server.api("GET", "api/sessions")
+    old_kernel = next(s["kernel"]["id"] for s in old if s["path"] == path)
+
+    page.locator("summary", has_text="Kernel").click()
+    page.locator("[data-action=change-kernel]").click()
+    page.locator(".modal select").wait_for()
+    choices = page.locator(".modal select option").all_inner_texts()
+    assert "Python (mhfx second)" in choices and len(choices) >= 2
+    page.locator(".modal select").select_option("mhfx_second")
+    page.locator(".modal button", has_text="OK").click()
+    page.locator("#kernel-name", has_text="Python (mhfx second)").wait_for()
+    wait_idle(page)
+    assert run_cell(page, 0, which).locator(".output").inner_text().strip() == "mhfx_second"
+
+    session = next(s for s in server.api("GET", "api/sessions") if s["path"] == path)
+    assert session["kernel"]["name"] == "mhfx_second"
+    assert old_kernel not in {k["id"] for k in server.api("GET", "api/kernels")}
+    save_with_ctrl_s(page)
+    page.locator("#save-state:not(.dirty)").wait_for()
+    meta = server.api("GET", "api/contents/" + path)["content"]["metadata"]
+    assert meta["kernelspec"]["name"] == "mhfx_second"

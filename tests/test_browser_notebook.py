@@ -381,3 +381,61 @@ def test_text_editor_saves(context: Any, server: Server) -> None:
     saved = server.api("GET", "api/contents/fe_script.py")
     assert saved["content"] == "x = 1\ny = 2\n"
     shot(page, "editor")
+
+
+def row_names(page: Any) -> list[str]:
+    return [n.strip() for n in page.locator("#file-rows tr[data-path] td.name a").all_inner_texts()]
+
+
+def test_file_browser_copy_download_and_sort(context: Any, server: Server) -> None:
+    files = {"a2.txt": 1_000_000_000, "a10.txt": 1_000_300_000, "b.txt": 1_000_200_000}
+    server.api("PUT", "api/contents/fx_sort", {"type": "directory"})
+    server.api("PUT", "api/contents/fx_sort/zdir", {"type": "directory"})
+    for name, mtime in files.items():
+        server.api("PUT", f"api/contents/fx_sort/{name}",
+                   {"type": "file", "format": "text", "content": f"this is {name}\n"})
+        os.utime(Path(server.home) / "fx_sort" / name, (mtime, mtime))
+    page = context.new_page()
+    page.goto(server.url + "tree/fx_sort")
+    page.locator("tr[data-path='fx_sort/b.txt']").wait_for()
+
+    # Folders first whichever way; names in natural order (a2 before a10).
+    name_th = page.locator("th[data-sort=name]")
+    modified_th = page.locator("th[data-sort=last_modified]")
+    assert row_names(page) == ["zdir", "a2.txt", "a10.txt", "b.txt"]
+    name_th.locator("button").click()
+    assert name_th.get_attribute("aria-sort") == "descending"
+    assert row_names(page) == ["zdir", "b.txt", "a10.txt", "a2.txt"]
+    modified_th.locator("button").click()  # newest first
+    assert modified_th.get_attribute("aria-sort") == "descending"
+    assert name_th.get_attribute("aria-sort") == "none"
+    assert row_names(page) == ["zdir", "a10.txt", "b.txt", "a2.txt"]
+    modified_th.locator("button").click()
+    assert row_names(page) == ["zdir", "a2.txt", "b.txt", "a10.txt"]
+
+    # Duplicate: the copy lands next to it as name-Copy1.ext.
+    page.locator("tr[data-path='fx_sort/b.txt'] input[type=checkbox]").check()
+    page.locator("#act-copy").click()
+    page.locator("tr[data-path='fx_sort/b-Copy1.txt']").wait_for()
+    copied = server.api("GET", "api/contents/fx_sort/b-Copy1.txt")
+    assert copied["content"] == "this is b.txt\n"
+    assert not page.locator("tr[data-path='fx_sort/b.txt'] input[type=checkbox]").is_checked()
+
+    # Download: the browser saves the file's bytes under its own name.
+    page.locator("tr[data-path='fx_sort/a10.txt'] input[type=checkbox]").check()
+    with page.expect_download() as info:
+        page.locator("#act-download").click()
+    download = info.value
+    assert download.suggested_filename == "a10.txt"
+    assert Path(download.path()).read_bytes() == b"this is a10.txt\n"
+    # Several at once: each selected file is its own download.
+    downloads: list[Any] = []
+    page.on("download", lambda d: downloads.append(d))
+    page.locator("tr[data-path='fx_sort/a2.txt'] input[type=checkbox]").check()
+    page.locator("#act-download").click()
+    deadline = time.monotonic() + 30
+    while len(downloads) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    got = {d.suggested_filename: Path(d.path()).read_bytes() for d in downloads}
+    assert got == {"a2.txt": b"this is a2.txt\n", "a10.txt": b"this is a10.txt\n"}
+    shot(page, "tree-sorted")

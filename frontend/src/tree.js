@@ -177,11 +177,13 @@ async function deleteSelected() {
 }
 
 function downloadSelected() {
+  // One hidden frame per file: files/?download=1 answers "Content-Disposition: attachment", so
+  // each becomes its own download (links clicked in a row would cancel each other's navigation,
+  // and an <a download> request skips the headers a proxy in front may add).
   for (const path of state.selected) {
-    const a = h("a", { href: api.filesUrl(path, true), download: api.basename(path) });
-    document.body.append(a);
-    a.click();
-    a.remove();
+    const frame = h("iframe", { hidden: true, title: "download", src: api.filesUrl(path, true) });
+    document.body.append(frame);
+    setTimeout(() => frame.remove(), 120000);
   }
 }
 
