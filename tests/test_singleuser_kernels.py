@@ -127,8 +127,9 @@ async def test_interrupt_and_restart(http: aiohttp.ClientSession, server: Server
     kid = await new_kernel(http, server)
     kc = await KernelClient.connect(http, server, kid, v1=True)
     await kc.run("x = 1")
-    msg_id = await kc.execute("import time; time.sleep(60)")
-    await kc.wait_for(lambda m: m["header"]["msg_type"] == "execute_input")
+    msg_id = await kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+    # A SIGINT that lands before the code runs is not a KeyboardInterrupt in the code.
+    await kc.wait_for(lambda m: m["header"]["msg_type"] == "stream")
     async with http.post(f"{server.url}api/kernels/{kid}/interrupt",
                          headers=server.headers) as r:
         assert r.status == 204
