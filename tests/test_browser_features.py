@@ -266,3 +266,35 @@ def test_change_kernel(context: Any, server: Server) -> None:
     page.locator("#save-state:not(.dirty)").wait_for()
     meta = server.api("GET", "api/contents/" + path)["content"]["metadata"]
     assert meta["kernelspec"]["name"] == "mhfx_second"
+
+
+def test_autosave_when_dirty(context: Any, server: Server) -> None:
+    path = "fx_autosave.ipynb"
+    put_notebook(server, path, [""])
+    page = context.new_page()
+    # The page-level setting that shortens Jupyter's two minutes.
+    page.add_init_script("window.minihubSettings = {autosaveSeconds: 1}")
+    page.goto(server.url + "notebooks/" + path)
+    wait_idle(page)
+
+    type_in_cell(page, 0, "saved without asking")
+    page.wait_for_function("() => !window.minihubNotebook.dirty", timeout=30000)
+    assert disk_sources(server, path) == ["saved without asking"]
+    assert server.api("GET", f"api/contents/{path}/checkpoints") == []  # autosave: none
+    assert page.locator("#save-state").inner_text().startswith("Saved")
+
+    # Changed behind its back: autosave stops, says so once, and keeps the other version.
+    put_notebook(server, path, ["someone else's version"])
+    type_in_cell(page, 0, " and more")
+    page.locator("#notice.error", has_text="autosave is paused").wait_for()
+    page.wait_for_timeout(2500)  # two more autosave ticks: still nothing written
+    assert disk_sources(server, path) == ["someone else's version"]
+    assert page.evaluate("window.minihubNotebook.dirty")
+
+    # A person's save decides; autosave then carries on.
+    save_with_ctrl_s(page)
+    page.locator(".modal button", has_text="Overwrite").click()
+    page.locator("#save-state:not(.dirty)").wait_for()
+    type_in_cell(page, 0, "!")
+    page.wait_for_function("() => !window.minihubNotebook.dirty", timeout=30000)
+    assert disk_sources(server, path) == ["saved without asking and more!"]

@@ -7,7 +7,14 @@ import { Cell } from "./cell.js";
 import { h, confirmDialog, promptDialog, selectDialog, modal, notice, reportError, formatTime } from "./ui.js";
 import { SHORTCUT_HELP, commandKey } from "./commands.js";
 
-const AUTOSAVE_MS = 120000;
+/**
+ * Autosave every two minutes, as Jupyter. A page may set window.minihubSettings =
+ * {autosaveSeconds} before the bundle runs (tests do, so they need not wait two minutes).
+ */
+function autosaveMs() {
+  const seconds = Number((window.minihubSettings || {}).autosaveSeconds);
+  return Number.isFinite(seconds) && seconds > 0 ? Math.max(seconds, 0.5) * 1000 : 120000;
+}
 
 class Notebook {
   constructor(path) {
@@ -31,6 +38,13 @@ class Notebook {
 
   get dirty() { return this.changeCount !== this.savedCount; }
 
+  startAutosave(ms) {
+    clearInterval(this.autosaveTimer);
+    this.autosaveTimer = setInterval(() => {
+      if (this.dirty && !this.saving && !this.autosavePaused) this.save(false, true);
+    }, ms);
+  }
+
   changed() {
     this.changeCount++;
     this.showDirty();
@@ -41,6 +55,7 @@ class Notebook {
   async load() {
     const model = await api.contents.get(this.path, { type: "notebook" });
     this.lastModified = model.last_modified;
+    this.autosavePaused = false;
     const nb = model.content;
     this.metadata = nb.metadata || {};
     this.nbformatMinor = Math.max(nb.nbformat_minor ?? 5, 5);
@@ -348,7 +363,11 @@ class Notebook {
       const disk = await api.contents.get(this.path, { content: false });
       // Any other time, earlier too (a restored backup, a git checkout), means someone else wrote it.
       if (this.lastModified && Date.parse(disk.last_modified) !== Date.parse(this.lastModified)) {
-        if (auto) { notice("The file changed on disk; autosave is paused until you save.", "error"); return; }
+        if (auto) {
+          this.autosavePaused = true; // said once; a person decides with the next save
+          notice("The file changed on disk; autosave is paused until you save.", "error");
+          return;
+        }
         const ok = await confirmDialog("File changed on disk",
           "The notebook was changed on disk since it was opened or last saved. Overwrite it with this version?", "Overwrite", true);
         if (!ok) return;
@@ -357,6 +376,7 @@ class Notebook {
       const model = await api.contents.save(this.path, { type: "notebook", format: "json", content: this.toJSON() });
       this.lastModified = model.last_modified;
       this.savedCount = count;
+      this.autosavePaused = false;
       if (checkpoint) await api.contents.checkpoint(this.path);
       this.showDirty();
       if (!auto) notice(checkpoint ? "Saved and checkpointed." : "Saved.");
@@ -475,7 +495,7 @@ window.addEventListener("beforeunload", (e) => {
   e.returnValue = "";
 });
 
-setInterval(() => { if (nb.dirty && !nb.saving) nb.save(false, true); }, AUTOSAVE_MS);
+nb.startAutosave(autosaveMs());
 setInterval(() => nb.showDirty(), 30000);
 
 (async () => {
