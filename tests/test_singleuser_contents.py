@@ -17,9 +17,21 @@ import aiohttp
 import pytest
 from test_singleuser_harness import Server, start_server
 
-NB = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
-      "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "source": "print(1)",
-                 "execution_count": None, "outputs": []}]}
+NB = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {},
+    "cells": [
+        {
+            "cell_type": "code",
+            "id": "c1",
+            "metadata": {},
+            "source": "print(1)",
+            "execution_count": None,
+            "outputs": [],
+        }
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +45,12 @@ def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 async def api(server: Server) -> AsyncIterator[Any]:
     async with aiohttp.ClientSession(headers=server.headers) as http:
+
         async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             async with http.request(method, server.url + path, json=body) as r:
                 text = await r.text()
                 return r.status, (json.loads(text) if text else None)
+
         call.http = http  # type: ignore[attr-defined]
         yield call
 
@@ -47,8 +61,7 @@ def owned(server: Server, path: Path) -> Path:
 
 
 async def test_notebook_save_and_reload(api: Any, server: Server) -> None:
-    status, model = await api("PUT", "api/contents/work.ipynb",
-                              {"type": "notebook", "content": NB})
+    status, model = await api("PUT", "api/contents/work.ipynb", {"type": "notebook", "content": NB})
     assert status == 201 and model["type"] == "notebook" and model["content"] is None
     assert (Path(server.user.home) / "work.ipynb").stat().st_uid == server.user.uid
     status, model = await api("GET", "api/contents/work.ipynb")
@@ -66,8 +79,7 @@ async def test_invalid_notebook_refused_file_untouched(api: Any, server: Server)
     await api("PUT", "api/contents/keep.ipynb", {"type": "notebook", "content": NB})
     before = (Path(server.user.home) / "keep.ipynb").read_bytes()
     bad = {**NB, "cells": [{"cell_type": "bogus", "source": 5}]}
-    status, body = await api("PUT", "api/contents/keep.ipynb", {"type": "notebook",
-                                                                "content": bad})
+    status, body = await api("PUT", "api/contents/keep.ipynb", {"type": "notebook", "content": bad})
     assert status == 400 and set(body) == {"message", "reason"}
     assert "Traceback" not in body["message"]
     assert (Path(server.user.home) / "keep.ipynb").read_bytes() == before
@@ -78,14 +90,22 @@ async def test_escapes_and_hidden_files_refused(api: Any, server: Server) -> Non
     home = Path(server.user.home)
     (home / "outside").symlink_to("/etc")
     (home / "passwd-link").symlink_to("/etc/passwd")
-    for path in ("api/contents/%2e%2e/%2e%2e/etc/passwd", "api/contents/outside/passwd",
-                 "api/contents/passwd-link", "files/outside/passwd", "files/passwd-link",
-                 "files/%2e%2e/%2e%2e/etc/passwd", "api/contents/.bashrc", "files/.bashrc"):
+    for path in (
+        "api/contents/%2e%2e/%2e%2e/etc/passwd",
+        "api/contents/outside/passwd",
+        "api/contents/passwd-link",
+        "files/outside/passwd",
+        "files/passwd-link",
+        "files/%2e%2e/%2e%2e/etc/passwd",
+        "api/contents/.bashrc",
+        "files/.bashrc",
+    ):
         status, body = await api("GET", path)
         assert status in (403, 404), path
         assert "root:" not in json.dumps(body)
-    status, _ = await api("PUT", "api/contents/outside/x.txt",
-                          {"type": "file", "format": "text", "content": "x"})
+    status, _ = await api(
+        "PUT", "api/contents/outside/x.txt", {"type": "file", "format": "text", "content": "x"}
+    )
     assert status in (403, 404) and not Path("/etc/x.txt").exists()
     status, listing = await api("GET", "api/contents")
     names = [m["name"] for m in listing["content"]]
@@ -107,12 +127,19 @@ async def test_files_are_sandboxed_raw_bytes(api: Any, server: Server) -> None:
 
 async def test_chunked_upload(api: Any, server: Server) -> None:
     data = os.urandom(300_000)
-    pieces = [data[i:i + 100_000] for i in range(0, len(data), 100_000)]
+    pieces = [data[i : i + 100_000] for i in range(0, len(data), 100_000)]
     for n, piece in enumerate(pieces, 1):
         chunk = -1 if n == len(pieces) else n
-        status, model = await api("PUT", "api/contents/big.bin", {
-            "type": "file", "format": "base64", "chunk": chunk,
-            "content": base64.b64encode(piece).decode()})
+        status, model = await api(
+            "PUT",
+            "api/contents/big.bin",
+            {
+                "type": "file",
+                "format": "base64",
+                "chunk": chunk,
+                "content": base64.b64encode(piece).decode(),
+            },
+        )
         assert status in (200, 201), model
     assert (Path(server.user.home) / "big.bin").read_bytes() == data
     assert model["size"] == len(data)

@@ -55,21 +55,43 @@ def start_server(user: Any, log: Path, idle_timeout: int = 0) -> Server:
     port = sock.getsockname()[1]
     secret = secrets.token_urlsafe(24)
     base = f"/user/{user.name}/"
-    config = {"secret": secret, "base_url": base, "notebook_dir": user.home, "user": user.name,
-              "listen_fd": sock.fileno(), "kernel_idle_timeout": idle_timeout, "mem_limit": 0}
-    env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, "LANG": "C.UTF-8",
-           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+    config = {
+        "secret": secret,
+        "base_url": base,
+        "notebook_dir": user.home,
+        "user": user.name,
+        "listen_fd": sock.fileno(),
+        "kernel_idle_timeout": idle_timeout,
+        "mem_limit": 0,
+    }
+    env = {
+        "HOME": user.home,
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "LANG": "C.UTF-8",
+        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+    }
     with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "minihub.singleuser"], user=user.uid,
-                                group=user.gid, extra_groups=[], pass_fds=(sock.fileno(),),
-                                stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
-                                cwd=user.home, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minihub.singleuser"],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            pass_fds=(sock.fileno(),),
+            stdin=subprocess.PIPE,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=user.home,
+            env=env,
+            start_new_session=True,
+        )
     sock.close()
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(config).encode() + b"\n")
     proc.stdin.close()
-    server = Server(f"http://127.0.0.1:{port}{base}", secret, proc, user, log,
-                    {"X-Minihub-Secret": secret})
+    server = Server(
+        f"http://127.0.0.1:{port}{base}", secret, proc, user, log, {"X-Minihub-Secret": secret}
+    )
     _wait_ready(server)
     return server
 
@@ -93,14 +115,21 @@ def _wait_ready(server: Server) -> None:
 
 
 def message(msg_type: str, content: dict[str, Any], session: str) -> dict[str, Any]:
-    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "test",
-              "session": session, "date": "2024-01-01T00:00:00Z", "version": "5.3"}
+    header = {
+        "msg_id": uuid.uuid4().hex,
+        "msg_type": msg_type,
+        "username": "test",
+        "session": session,
+        "date": "2024-01-01T00:00:00Z",
+        "version": "5.3",
+    }
     return {"header": header, "parent_header": {}, "metadata": {}, "content": content}
 
 
 def encode_v1(channel: str, msg: dict[str, Any]) -> bytes:
-    parts = [json.dumps(msg[k]).encode() for k in
-             ("header", "parent_header", "metadata", "content")]
+    parts = [
+        json.dumps(msg[k]).encode() for k in ("header", "parent_header", "metadata", "content")
+    ]
     chan = channel.encode()
     offsets = [8 * (len(parts) + 3), 8 * (len(parts) + 3) + len(chan)]
     for p in parts:
@@ -110,8 +139,8 @@ def encode_v1(channel: str, msg: dict[str, Any]) -> bytes:
 
 def decode_v1(data: bytes) -> dict[str, Any]:
     (n,) = struct.unpack("<Q", data[:8])
-    offsets = struct.unpack(f"<{n}Q", data[8:8 * (n + 1)])
-    chunks = [data[offsets[i]:offsets[i + 1]] for i in range(n - 1)]
+    offsets = struct.unpack(f"<{n}Q", data[8 : 8 * (n + 1)])
+    chunks = [data[offsets[i] : offsets[i + 1]] for i in range(n - 1)]
     keys = ("header", "parent_header", "metadata", "content")
     msg = {k: json.loads(c) for k, c in zip(keys, chunks[1:5], strict=False)}
     msg["channel"] = chunks[0].decode()
@@ -128,13 +157,20 @@ class KernelClient:
         self.session = uuid.uuid4().hex
 
     @classmethod
-    async def connect(cls, http: aiohttp.ClientSession, server: Server, kernel_id: str,
-                      v1: bool = False, session_id: str = "") -> KernelClient:
+    async def connect(
+        cls,
+        http: aiohttp.ClientSession,
+        server: Server,
+        kernel_id: str,
+        v1: bool = False,
+        session_id: str = "",
+    ) -> KernelClient:
         url = f"{server.url}api/kernels/{kernel_id}/channels"
         if session_id:
             url += f"?session_id={session_id}"
-        ws = await http.ws_connect(url, headers=server.headers, protocols=(V1,) if v1 else (),
-                                   max_msg_size=0)
+        ws = await http.ws_connect(
+            url, headers=server.headers, protocols=(V1,) if v1 else (), max_msg_size=0
+        )
         assert (ws.protocol == V1) == v1
         return cls(ws, v1)
 
@@ -151,19 +187,28 @@ class KernelClient:
         if frame.type == aiohttp.WSMsgType.TEXT:
             msg: dict[str, Any] = json.loads(frame.data)
             return msg
-        raise AssertionError(f"unexpected websocket frame {frame.type}: {frame.data!r} "
-                             f"code={self.ws.close_code} exc={self.ws.exception()!r}")
+        raise AssertionError(
+            f"unexpected websocket frame {frame.type}: {frame.data!r} "
+            f"code={self.ws.close_code} exc={self.ws.exception()!r}"
+        )
 
-    async def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell"
-                      ) -> str:
+    async def request(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
         msg = message(msg_type, content, self.session)
         await self.send(channel, msg)
         return str(msg["header"]["msg_id"])
 
     async def execute(self, code: str, stdin: bool = False) -> str:
-        return await self.request("execute_request", {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {},
-            "allow_stdin": stdin, "stop_on_error": True})
+        return await self.request(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": stdin,
+                "stop_on_error": True,
+            },
+        )
 
     async def collect(self, msg_id: str, timeout: float = 60) -> Result:
         """Messages for one request, until its reply and its idle status both came."""

@@ -36,8 +36,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def new_kernel(http: aiohttp.ClientSession, server: Server) -> str:
-    async with http.post(server.url + "api/kernels", json={"name": "python3"},
-                         headers=server.headers) as r:
+    async with http.post(
+        server.url + "api/kernels", json={"name": "python3"}, headers=server.headers
+    ) as r:
         assert r.status == 201, await r.text()
         model = await r.json()
         assert r.headers["Location"].endswith(model["id"])
@@ -87,23 +88,31 @@ async def test_status_me_and_kernelspecs(http: aiohttp.ClientSession, server: Se
         assert r.status == 404 and "message" in await r.json()
 
 
-async def test_kernel_is_the_user_and_has_no_secret(http: aiohttp.ClientSession,
-                                                    server: Server) -> None:
+async def test_kernel_is_the_user_and_has_no_secret(
+    http: aiohttp.ClientSession, server: Server
+) -> None:
     kid = await new_kernel(http, server)
     kc = await KernelClient.connect(http, server, kid)
-    code = ("import os\nprint(os.getuid(), os.getgid(), os.getcwd())\n"
-            f"print(any({server.secret!r} in v for v in os.environ.values()))")
+    code = (
+        "import os\nprint(os.getuid(), os.getgid(), os.getcwd())\n"
+        f"print(any({server.secret!r} in v for v in os.environ.values()))"
+    )
     out = await kc.run(code)
     assert out.reply and out.reply["status"] == "ok"
     uid, gid, cwd, leaked = out.stdout.split()
-    assert (int(uid), int(gid), cwd, leaked) == (server.user.uid, server.user.gid,
-                                                 server.user.home, "False")
+    assert (int(uid), int(gid), cwd, leaked) == (
+        server.user.uid,
+        server.user.gid,
+        server.user.home,
+        "False",
+    )
     await kc.ws.close()
 
 
 @pytest.mark.parametrize("v1", [False, True], ids=["json", "v1"])
-async def test_execute_outputs_errors_and_stdin(http: aiohttp.ClientSession, server: Server,
-                                                v1: bool) -> None:
+async def test_execute_outputs_errors_and_stdin(
+    http: aiohttp.ClientSession, server: Server, v1: bool
+) -> None:
     kid = await new_kernel(http, server)
     kc = await KernelClient.connect(http, server, kid, v1=v1)
     out = await kc.run("print('hello'); 6 * 7")
@@ -130,13 +139,11 @@ async def test_interrupt_and_restart(http: aiohttp.ClientSession, server: Server
     msg_id = await kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
     # A SIGINT that lands before the code runs is not a KeyboardInterrupt in the code.
     await kc.wait_for(lambda m: m["header"]["msg_type"] == "stream")
-    async with http.post(f"{server.url}api/kernels/{kid}/interrupt",
-                         headers=server.headers) as r:
+    async with http.post(f"{server.url}api/kernels/{kid}/interrupt", headers=server.headers) as r:
         assert r.status == 204
     out = await kc.collect(msg_id, timeout=30)
     assert out.error and out.error["ename"] == "KeyboardInterrupt"
-    async with http.post(f"{server.url}api/kernels/{kid}/restart",
-                         headers=server.headers) as r:
+    async with http.post(f"{server.url}api/kernels/{kid}/restart", headers=server.headers) as r:
         assert r.status == 200 and (await r.json())["id"] == kid
     out = await kc.run("print('x' in globals())")
     assert out.stdout == "False\n"
@@ -149,8 +156,11 @@ async def test_sigkilled_kernel_comes_back(http: aiohttp.ClientSession, server: 
     out = await kc.run("import os; print(os.getpid())")
     pid = int(out.stdout)
     os.kill(pid, signal.SIGKILL)
-    status = await kc.wait_for(lambda m: m["header"]["msg_type"] == "status"
-                               and m["content"]["execution_state"] == "restarting")
+    status = await kc.wait_for(
+        lambda m: (
+            m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "restarting"
+        )
+    )
     assert "SIGKILL" in status["content"]["reason"]
     out = await kc.run("import os; print(os.getpid())")
     assert int(out.stdout) != pid
@@ -159,8 +169,7 @@ async def test_sigkilled_kernel_comes_back(http: aiohttp.ClientSession, server: 
     await kc.ws.close()
 
 
-async def test_output_is_replayed_on_reconnect(http: aiohttp.ClientSession,
-                                               server: Server) -> None:
+async def test_output_is_replayed_on_reconnect(http: aiohttp.ClientSession, server: Server) -> None:
     kid = await new_kernel(http, server)
     kc = await KernelClient.connect(http, server, kid, session_id="replay-session")
     await kc.run("import time")
@@ -178,11 +187,9 @@ async def test_output_is_replayed_on_reconnect(http: aiohttp.ClientSession,
     await kc2.ws.close()
 
 
-async def test_sessions_tie_kernels_to_paths(http: aiohttp.ClientSession,
-                                            server: Server) -> None:
+async def test_sessions_tie_kernels_to_paths(http: aiohttp.ClientSession, server: Server) -> None:
     h = server.headers
-    body = {"path": "s.ipynb", "name": "s.ipynb", "type": "notebook",
-            "kernel": {"name": "python3"}}
+    body = {"path": "s.ipynb", "name": "s.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
     async with http.post(server.url + "api/sessions", json=body, headers=h) as r:
         assert r.status == 201
         s = await r.json()
@@ -205,8 +212,9 @@ async def test_sessions_tie_kernels_to_paths(http: aiohttp.ClientSession,
         assert r.status == 404
 
 
-async def test_idle_kernels_are_culled(make_system_user: Any, tmp_path: Path,
-                                       http: aiohttp.ClientSession) -> None:
+async def test_idle_kernels_are_culled(
+    make_system_user: Any, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     srv = start_server(make_system_user("mhsu_cull"), tmp_path / "cull.log", idle_timeout=2)
     try:
         kid = await new_kernel(http, srv)
@@ -219,16 +227,19 @@ async def test_idle_kernels_are_culled(make_system_user: Any, tmp_path: Path,
         srv.stop()
 
 
-async def test_sigterm_stops_every_kernel(make_system_user: Any, tmp_path: Path,
-                                          http: aiohttp.ClientSession) -> None:
+async def test_sigterm_stops_every_kernel(
+    make_system_user: Any, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     srv = start_server(make_system_user("mhsu_term"), tmp_path / "term.log")
     pids = []
     try:
         for _ in range(2):
             kc = await KernelClient.connect(http, srv, await new_kernel(http, srv))
-            out = await kc.run("import os, subprocess\n"
-                               "p = subprocess.Popen(['sleep', '300'])\n"
-                               "print(os.getpid(), p.pid)")
+            out = await kc.run(
+                "import os, subprocess\n"
+                "p = subprocess.Popen(['sleep', '300'])\n"
+                "print(os.getpid(), p.pid)"
+            )
             pids += [int(x) for x in out.stdout.split()]
         assert all(_alive(p) for p in pids)
     finally:

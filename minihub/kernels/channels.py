@@ -18,8 +18,7 @@ from aiohttp import WSMsgType, web
 
 from .kernel import Kernel
 from .manager import KernelManager
-from .wire import V1_PROTOCOL, Parts, WireError, from_legacy, from_v1, pack_legacy, to_legacy, \
-    to_v1
+from .wire import V1_PROTOCOL, Parts, WireError, from_legacy, from_v1, pack_legacy, to_legacy, to_v1
 
 log = logging.getLogger("minihub.kernels")
 
@@ -39,7 +38,8 @@ class Client:
         # shell and stdin share an identity: the kernel routes input_request by it.
         identity = os.urandom(16)
         self.sockets: dict[str, zmq.asyncio.Socket] = {
-            ch: kernel.connect(ch, identity) for ch in CLIENT_CHANNELS}
+            ch: kernel.connect(ch, identity) for ch in CLIENT_CHANNELS
+        }
         self.queue: deque[tuple[str, Parts]] = deque()
         self.queued_bytes = 0
         self.ws: web.WebSocketResponse | None = None
@@ -115,8 +115,7 @@ class Bridge:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         kernel = self.kernels.get(request.match_info["kernel_id"])
         session_id = request.query.get("session_id") or uuid.uuid4().hex
-        ws = web.WebSocketResponse(protocols=(V1_PROTOCOL,), heartbeat=30,
-                                   max_msg_size=MAX_FRAME)
+        ws = web.WebSocketResponse(protocols=(V1_PROTOCOL,), heartbeat=30, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
         v1 = ws.ws_protocol == V1_PROTOCOL
         client = self._attach(kernel, session_id, ws)

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +31,27 @@ WATCH_INTERVAL = 1.0
 READY_TIMEOUT = 60.0
 DEATHS_BEFORE_DEAD = 5  # deaths within DEATH_WINDOW after which we stop restarting
 DEATH_WINDOW = 60.0
-SOCKET_TYPES = {"shell": zmq.DEALER, "stdin": zmq.DEALER, "control": zmq.DEALER,
-                "iopub": zmq.SUB}
+SOCKET_TYPES = {"shell": zmq.DEALER, "stdin": zmq.DEALER, "control": zmq.DEALER, "iopub": zmq.SUB}
 
 
 def isoformat(ts: float) -> str:
     """Timestamps as jupyter_server writes them: UTC ISO 8601 with a Z."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Kernel:
     """A kernel process plus the state clients see: execution_state, last_activity."""
 
-    def __init__(self, kernel_id: str, name: str, path: str, km: AsyncKernelManager,
-                 context: zmq.asyncio.Context) -> None:
+    def __init__(
+        self,
+        kernel_id: str,
+        name: str,
+        path: str,
+        km: AsyncKernelManager,
+        context: zmq.asyncio.Context,
+    ) -> None:
         self.id = kernel_id
         self.name = name
         self.path = path
@@ -57,8 +63,11 @@ class Kernel:
         self.reason = ""
         self.listeners: set[Listener] = set()
         self.on_dead: list[Callable[[Kernel], None]] = []
-        self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme,
-                               username=os.environ.get("USER", "minihub"))
+        self.session = Session(
+            key=km.session.key,
+            signature_scheme=km.session.signature_scheme,
+            username=os.environ.get("USER", "minihub"),
+        )
         self._lock = asyncio.Lock()
         self._iopub: zmq.asyncio.Socket | None = None
         self._iopub_seen = asyncio.Event()
@@ -70,8 +79,13 @@ class Kernel:
         self._closed = False
 
     def model(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "last_activity": isoformat(self.last_activity),
-                "execution_state": self.execution_state, "connections": self.connections}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "last_activity": isoformat(self.last_activity),
+            "execution_state": self.execution_state,
+            "connections": self.connections,
+        }
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -81,9 +95,11 @@ class Kernel:
     async def start(self, cwd: str, env: dict[str, str]) -> None:
         await self.km.start_kernel(cwd=cwd, env=env)
         self._iopub = self.connect("iopub")
-        self._tasks = [asyncio.create_task(self._iopub_loop()),
-                       asyncio.create_task(self._watch_loop()),
-                       asyncio.create_task(self._first_ready())]
+        self._tasks = [
+            asyncio.create_task(self._iopub_loop()),
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._first_ready()),
+        ]
 
     async def _first_ready(self) -> None:
         try:
@@ -145,15 +161,19 @@ class Kernel:
             idx = frames.index(DELIM)
         except ValueError:
             return None
-        sig, parts = frames[idx + 1], frames[idx + 2:]
+        sig, parts = frames[idx + 1], frames[idx + 2 :]
         if len(parts) < 4 or not hmac.compare_digest(sig, self.session.sign(parts[:4])):
             return None
         return parts
 
     def make_message(self, kind: str, content: dict[str, Any]) -> Parts:
         msg = self.session.msg(kind, content)
-        return [self.session.pack(msg["header"]), self.session.pack(msg["parent_header"]),
-                self.session.pack(msg["metadata"]), self.session.pack(msg["content"])]
+        return [
+            self.session.pack(msg["header"]),
+            self.session.pack(msg["parent_header"]),
+            self.session.pack(msg["metadata"]),
+            self.session.pack(msg["content"]),
+        ]
 
     def broadcast(self, channel: str, parts: Parts) -> None:
         for listener in list(self.listeners):
@@ -257,7 +277,7 @@ class Kernel:
                 await self.wait_ready()
                 oom.refresh()
                 return None
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure is one failed attempt
                 log.warning("kernel %s: restart attempt %d failed: %s", self.id, attempt, e)
         return self._give_up(f"{why}; restarting it failed")
 

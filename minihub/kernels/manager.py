@@ -47,7 +47,7 @@ class KernelManager:
         specs = await self.all_specs()
         if NATIVE_KERNEL in specs or not specs:
             return NATIVE_KERNEL
-        return sorted(specs)[0]
+        return min(specs)
 
     # --- kernels ---------------------------------------------------------------------------
 
@@ -67,9 +67,14 @@ class KernelManager:
         except NoSuchKernel:
             raise NotFound(f"No such kernel: {name}") from None
         kernel_id = str(uuid.uuid4())
-        km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=self.specs,
-                                context=self.context, shutdown_wait_time=3.0,
-                                transport="tcp", ip="127.0.0.1")
+        km = AsyncKernelManager(
+            kernel_name=name,
+            kernel_spec_manager=self.specs,
+            context=self.context,
+            shutdown_wait_time=3.0,
+            transport="tcp",
+            ip="127.0.0.1",
+        )
         kernel = Kernel(kernel_id, name, path or "", km, self.context)
         try:
             await kernel.start(cwd=self._cwd(path), env=self._env(path))
@@ -140,12 +145,19 @@ class KernelManager:
             await asyncio.sleep(every)
             for kernel in list(self.kernels.values()):
                 if self._cullable(kernel):
-                    log.info("culling kernel %s (%s): idle for %d s", kernel.id, kernel.name,
-                             int(time.time() - kernel.last_activity))
+                    log.info(
+                        "culling kernel %s (%s): idle for %d s",
+                        kernel.id,
+                        kernel.name,
+                        int(time.time() - kernel.last_activity),
+                    )
                     await self.shutdown(kernel.id)
 
     def _cullable(self, kernel: Kernel) -> bool:
         # As jupyter_server's defaults: never cull a busy kernel or one a client is watching.
         idle_for = time.time() - kernel.last_activity
-        return (kernel.execution_state == "idle" and kernel.connections == 0
-                and idle_for > self.idle_timeout)
+        return (
+            kernel.execution_state == "idle"
+            and kernel.connections == 0
+            and idle_for > self.idle_timeout
+        )

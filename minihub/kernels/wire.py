@@ -37,11 +37,11 @@ def from_v1(frame: bytes) -> tuple[str, Parts]:
     count = int.from_bytes(frame[:8], "little")
     if count < 6 or len(frame) < 8 * (count + 1):
         raise WireError("bad offset table")
-    offsets = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], "little") for i in range(count)]
+    offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
     if offsets != sorted(offsets) or offsets[-1] > len(frame):
         raise WireError("bad offsets")
-    channel = frame[offsets[0]:offsets[1]].decode("utf-8", "replace")
-    parts = [frame[offsets[i]:offsets[i + 1]] for i in range(1, count - 1)]
+    channel = frame[offsets[0] : offsets[1]].decode("utf-8", "replace")
+    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
     return channel, parts
 
 
@@ -90,13 +90,14 @@ def from_legacy(data: str | bytes) -> tuple[str, dict[str, Any], Parts]:
 
 def _split_legacy_binary(data: bytes) -> tuple[bytes, Parts]:
     (count,) = struct.unpack("!I", data[:4])
-    offsets = list(struct.unpack("!" + "I" * count, data[4:4 * (count + 1)])) + [len(data)]
-    chunks = [data[offsets[i]:offsets[i + 1]] for i in range(count)]
+    offsets = list(struct.unpack("!" + "I" * count, data[4 : 4 * (count + 1)])) + [len(data)]
+    chunks = [data[offsets[i] : offsets[i + 1]] for i in range(count)]
     return chunks[0], chunks[1:]
 
 
 def pack_legacy(msg: dict[str, Any], buffers: Parts) -> Parts:
     """Parts for a client's JSON message, keeping the client's own header (it matches replies)."""
+
     def dump(key: str) -> bytes:
         value = msg.get(key) or {}
         return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")

@@ -21,8 +21,7 @@ log = logging.getLogger("minihub.singleuser")
 
 
 async def serve(cfg: ServerConfig) -> None:
-    runner = web.AppRunner(make_app(cfg), handle_signals=False, access_log=None,
-                           shutdown_timeout=5)
+    runner = web.AppRunner(make_app(cfg), handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site: web.BaseSite
     if cfg.listen_fd is not None:
@@ -43,8 +42,11 @@ async def serve(cfg: ServerConfig) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         cfg = ServerConfig.from_json(sys.stdin.readline())
     except (ValueError, TypeError) as e:

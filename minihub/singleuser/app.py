@@ -24,22 +24,31 @@ from ..kernels.manager import KernelManager
 from . import contents_api, files, kernels_api, pages, sessions
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
-from .http import ACTIVITY, BRIDGE, CHECKPOINTS, CONFIG, CONTENTS, KERNELS, Activity, \
-    ServerConfig, reply
+from .http import (
+    ACTIVITY,
+    BRIDGE,
+    CHECKPOINTS,
+    CONFIG,
+    CONTENTS,
+    KERNELS,
+    Activity,
+    ServerConfig,
+    reply,
+)
 
 log = logging.getLogger("minihub.singleuser")
 SECRET_HEADER = "X-Minihub-Secret"
 MAX_BODY = 256 << 20  # notebooks with many images are big; uploads are chunked at ~1 MiB
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None
-                   ) -> web.Response:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = None
-    return web.json_response({"message": message, "reason": reason}, status=status,
-                             headers=headers)
+    return web.json_response({"message": message, "reason": reason}, status=status, headers=headers)
 
 
 def secret_guard(secret: str) -> Any:
@@ -91,14 +100,26 @@ async def status(request: web.Request) -> web.Response:
     app = request.app
     kernels = app[KERNELS]
     last = max(app[ACTIVITY].last, kernels.last_activity() or 0.0)
-    return reply({"started": isoformat(app[ACTIVITY].started), "last_activity": isoformat(last),
-                  "connections": kernels.connections(), "kernels": len(kernels.kernels)})
+    return reply(
+        {
+            "started": isoformat(app[ACTIVITY].started),
+            "last_activity": isoformat(last),
+            "connections": kernels.connections(),
+            "kernels": len(kernels.kernels),
+        }
+    )
 
 
 async def me(request: web.Request) -> web.Response:
     user = request.app[CONFIG].user
-    identity = {"username": user, "name": user, "display_name": user, "initials": None,
-                "avatar_url": None, "color": None}
+    identity = {
+        "username": user,
+        "name": user,
+        "display_name": user,
+        "initials": None,
+        "avatar_url": None,
+        "color": None,
+    }
     return reply({"identity": identity, "permissions": {}})
 
 
@@ -115,8 +136,9 @@ async def stop_kernels(app: web.Application) -> None:
 
 
 def make_app(cfg: ServerConfig) -> web.Application:
-    app = web.Application(middlewares=[secret_guard(cfg.secret), errors, activity],
-                          client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[secret_guard(cfg.secret), errors, activity], client_max_size=MAX_BODY
+    )
     kernels = KernelManager(cfg.notebook_dir, cfg.kernel_idle_timeout)
     contents = ContentsManager(cfg.notebook_dir, cfg.shared_dirs)
     app[CONFIG] = cfg

@@ -68,8 +68,9 @@ class Checkpoints:
         new_os = self.contents.os_path(new_path)
         if os.path.isdir(new_os):
             return
-        old_os = os.path.join(os.path.dirname(self.contents.os_path(old_path)),
-                              os.path.basename(old_path))
+        old_os = os.path.join(
+            os.path.dirname(self.contents.os_path(old_path)), os.path.basename(old_path)
+        )
         old_cp = self._checkpoint_path(old_os, CHECKPOINT_ID)
         if os.path.isfile(old_cp):
             new_cp = self._checkpoint_path(new_os, CHECKPOINT_ID)

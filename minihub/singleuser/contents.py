@@ -16,7 +16,7 @@ import re
 import shutil
 import stat
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadRequest, Conflict, NotFound
@@ -37,7 +37,7 @@ UMASK = _umask()
 
 
 def isoformat(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def atomic_write(os_path: str, data: bytes) -> None:
@@ -136,8 +136,9 @@ class ContentsManager:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def get(self, path: str, content: bool = True, type: str | None = None,
-            format: str | None = None) -> Model:
+    def get(
+        self, path: str, content: bool = True, type: str | None = None, format: str | None = None
+    ) -> Model:
         path = path.strip("/")
         os_path = self.os_path(path)
         if not os.path.exists(os_path):
@@ -154,11 +155,20 @@ class ContentsManager:
 
     def _base_model(self, path: str, os_path: str, kind: str) -> Model:
         st = os.stat(os_path)
-        return {"name": path.rsplit("/", 1)[-1], "path": path, "type": kind,
-                "last_modified": isoformat(st.st_mtime), "created": isoformat(st.st_ctime),
-                "content": None, "format": None, "mimetype": None,
-                "size": st.st_size if kind != "directory" else None,
-                "writable": os.access(os_path, os.W_OK), "hash": None, "hash_algorithm": None}
+        return {
+            "name": path.rsplit("/", 1)[-1],
+            "path": path,
+            "type": kind,
+            "last_modified": isoformat(st.st_mtime),
+            "created": isoformat(st.st_ctime),
+            "content": None,
+            "format": None,
+            "mimetype": None,
+            "size": st.st_size if kind != "directory" else None,
+            "writable": os.access(os_path, os.W_OK),
+            "hash": None,
+            "hash_algorithm": None,
+        }
 
     def _dir_model(self, path: str, os_path: str, content: bool) -> Model:
         model = self._base_model(path, os_path, "directory")
@@ -193,7 +203,7 @@ class ContentsManager:
             try:
                 with open(os_path, encoding="utf-8") as f:
                     nb = nbformat.read(f, as_version=4)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever nbformat chokes on is a 400
                 raise BadRequest(f"Unreadable Notebook: {path} {e!r}"[:500]) from None
             model["content"] = nb
             model["format"] = "json"
@@ -208,7 +218,8 @@ class ContentsManager:
                 data = f.read()
             text, fmt = _decode(data, format, path)
             model["mimetype"] = model["mimetype"] or (
-                "text/plain" if fmt == "text" else "application/octet-stream")
+                "text/plain" if fmt == "text" else "application/octet-stream"
+            )
             model.update(content=text, format=fmt)
         return model
 

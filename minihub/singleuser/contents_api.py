@@ -55,8 +55,9 @@ async def post_contents(request: web.Request) -> web.Response:
     if copy_from:
         model = await run(cm.copy, str(copy_from), path)
     else:
-        model = await run(cm.new_untitled, path, str(body.get("type") or ""),
-                          str(body.get("ext") or ""))
+        model = await run(
+            cm.new_untitled, path, str(body.get("type") or ""), str(body.get("ext") or "")
+        )
     return reply(model, 201, _location(request, model["path"]))
 
 
@@ -93,14 +94,12 @@ async def create_checkpoint(request: web.Request) -> web.Response:
 
 
 async def restore_checkpoint(request: web.Request) -> web.Response:
-    await run(request.app[CHECKPOINTS].restore, _path(request),
-              request.match_info["checkpoint_id"])
+    await run(request.app[CHECKPOINTS].restore, _path(request), request.match_info["checkpoint_id"])
     return web.Response(status=204)
 
 
 async def delete_checkpoint(request: web.Request) -> web.Response:
-    await run(request.app[CHECKPOINTS].delete, _path(request),
-              request.match_info["checkpoint_id"])
+    await run(request.app[CHECKPOINTS].delete, _path(request), request.match_info["checkpoint_id"])
     return web.Response(status=204)
 
 

@@ -20,8 +20,11 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     path = request.match_info["path"].strip("/")
     os_path = await run(_existing_file, request, path)
     name = os.path.basename(path)
-    headers = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff",
-               "Cache-Control": "no-cache"}
+    headers = {
+        "Content-Security-Policy": "sandbox",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache",
+    }
     mime = MIME_OVERRIDES.get(os.path.splitext(name)[1])
     if mime:
         headers["Content-Type"] = mime

@@ -25,8 +25,9 @@ async def start_kernel(request: web.Request) -> web.Response:
     body = await json_body(request) or {}
     name = body.get("name") or None
     path = body.get("path") or None
-    kernel = await request.app[KERNELS].start(str(name) if name else None,
-                                              str(path) if path else None)
+    kernel = await request.app[KERNELS].start(
+        str(name) if name else None, str(path) if path else None
+    )
     return reply(kernel.model(), 201, api_url(request, "api/kernels", kernel.id))
 
 
@@ -104,5 +105,4 @@ def setup(app: web.Application, base_url: str) -> None:
     app.router.add_get(f"{api}/{KERNEL}/channels", kernel_channels)
     app.router.add_get(base_url + "api/kernelspecs", list_kernelspecs)
     app.router.add_get(base_url + r"api/kernelspecs/{name:[\w.-]+}", get_kernelspec)
-    app.router.add_get(base_url + r"kernelspecs/{name:[\w.-]+}/{file:[^/]+}",
-                       kernelspec_resource)
+    app.router.add_get(base_url + r"kernelspecs/{name:[\w.-]+}/{file:[^/]+}", kernelspec_resource)

@@ -38,9 +38,14 @@ class SessionManager:
             del self.sessions[sid]
 
     def model(self, s: Session) -> dict[str, Any]:
-        return {"id": s.id, "path": s.path, "name": s.name, "type": s.type,
-                "kernel": self.kernels.get(s.kernel_id).model(),
-                "notebook": {"path": s.path, "name": s.name}}
+        return {
+            "id": s.id,
+            "path": s.path,
+            "name": s.name,
+            "type": s.type,
+            "kernel": self.kernels.get(s.kernel_id).model(),
+            "notebook": {"path": s.path, "name": s.name},
+        }
 
     def get(self, session_id: str) -> Session:
         s = self.sessions.get(session_id)
@@ -69,8 +74,13 @@ class SessionManager:
         if existing is not None:
             return existing
         kernel_id = await self._kernel_for(body.get("kernel") or {}, path)
-        s = Session(str(uuid.uuid4()), path, str(body.get("name") or ""),
-                    str(body.get("type") or ""), kernel_id)
+        s = Session(
+            str(uuid.uuid4()),
+            path,
+            str(body.get("name") or ""),
+            str(body.get("type") or ""),
+            kernel_id,
+        )
         self.sessions[s.id] = s
         return s
 
