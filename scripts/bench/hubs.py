@@ -59,7 +59,10 @@ class Hub:
 
     def stop(self) -> None:
         stop_process(self.proc, 30)
-        rmtree(self.work)
+        if os.environ.get("MHBENCH_KEEP"):  # for looking into a failure: logs and config
+            log(f"kept {self.work}")
+        else:
+            rmtree(self.work)
 
 
 JH_CONFIG = """

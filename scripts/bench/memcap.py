@@ -66,12 +66,18 @@ def _remove_tree(group: Path) -> None:
             log(f"memcap: cannot remove {d}: {e}")
 
 
-def _oom_kills(group: Path, files: dict[str, str]) -> int:
-    for line in (group / files["events"]).read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill":
-            return int(value)
-    return 0
+def _oom_kills(group: Path, files: dict[str, str], version: int) -> int:
+    """OOM kills in the group and the per-user groups below it (v2 counts them together)."""
+    found = {group / files["events"]}
+    if version == 1:
+        found |= set(group.rglob(files["events"]))
+    total = 0
+    for events in found:
+        for line in events.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                total += int(value)
+    return total
 
 
 def simulate(users: Users) -> str:
@@ -96,7 +102,7 @@ def simulate(users: Users) -> str:
             result = {"errors": [f"driver stopped: {e!r}"[:300]]}
         hub_alive = hub.proc.poll() is None
         peak = int((group / files["peak"]).read_text()) / 2**20
-        kills = _oom_kills(group, files)
+        kills = _oom_kills(group, files, version)
     finally:
         hub.stop()
         _remove_tree(group)
