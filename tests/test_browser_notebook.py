@@ -335,22 +335,41 @@ MALICIOUS = """
 """
 
 
-def test_malicious_output_is_sandboxed(context: Any, server: Server) -> None:
-    payload = MALICIOUS.replace("BASE", json.dumps(server.url))
+def _svg_payload(base: str) -> str:
+    script = MALICIOUS.split("<script>")[1].split("</script>")[0].replace("BASE", base)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="80">'
+            '<circle id="dot" cx="30" cy="30" r="20" fill="red"/>'
+            '<text id="result" x="60" y="35">pending</text>'
+            f"<script><![CDATA[{script}]]></script></svg>")
+
+
+@pytest.mark.parametrize("mime", ["text/html", "image/svg+xml"])
+def test_malicious_output_is_sandboxed(context: Any, server: Server, mime: str) -> None:
+    base = json.dumps(server.url)
+    payload = MALICIOUS.replace("BASE", base) if mime == "text/html" else _svg_payload(base)
     notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{
         "id": "evil", "cell_type": "code", "execution_count": 1, "metadata": {},
-        "source": "HTML(...)", "outputs": [{"output_type": "display_data", "metadata": {},
-                                            "data": {"text/html": payload}}]}]}
-    server.api("PUT", "api/contents/fe_evil.ipynb",
+        "source": "display(...)", "outputs": [{"output_type": "display_data", "metadata": {},
+                                               "data": {mime: payload, "text/plain": "x"}}]}]}
+    path = f"fx_evil_{mime.split('/')[1].split('+')[0]}.ipynb"
+    server.api("PUT", "api/contents/" + path,
                {"type": "notebook", "format": "json", "content": notebook})
-    page = open_notebook(context, server, "fe_evil.ipynb")
+    page = open_notebook(context, server, path)
     assert "xsrf-cookie-value" in page.evaluate("document.cookie")
+    frame = page.locator(f".output[data-mime='{mime}'] iframe.output-frame")
+    assert frame.get_attribute("sandbox") == "allow-scripts"
     result = page.frame_locator("iframe.output-frame").locator("#result")
     result.filter(has_not_text="pending").wait_for()
-    found = json.loads(result.inner_text())
+    found = json.loads(result.text_content() or "")
     assert found == {"cookie": "blocked", "parentCookie": "blocked", "storage": "blocked",
                      "api": "blocked"}
-    shot(page, "sandbox")
+    if mime == "image/svg+xml":
+        # Drawn inside the frame, which grows to the picture's height.
+        assert page.frame_locator("iframe.output-frame").locator("#dot").count() == 1
+        page.wait_for_function("f => f.getBoundingClientRect().height >= 80",
+                               arg=frame.element_handle())
+    shot(page, "sandbox-" + mime.split("/")[1].split("+")[0])
 
 
 def test_reconnect_replays_missed_output(context: Any, server: Server) -> None:

@@ -65,7 +65,7 @@ window.addEventListener("message", (event) => {
 // Runs inside the frame: report the content height to the notebook page as it changes.
 const HEIGHT_REPORTER = `<script>(function(){var last=0;function report(){var h=Math.max(document.documentElement.scrollHeight,document.body?document.body.scrollHeight:0);if(h!==last){last=h;parent.postMessage({type:"minihub-output-height",height:h},"*");}}new ResizeObserver(report).observe(document.documentElement);window.addEventListener("load",report);report();})();<\/script>`;
 
-const FRAME_STYLE = `<style>html,body{margin:0;padding:0;background:transparent}body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;overflow-x:auto}table{border-collapse:collapse}th,td{border:1px solid #d0d7de;padding:2px 8px;text-align:right}img,svg{max-width:100%}</style>`;
+const FRAME_STYLE = `<style>html,body{margin:0;padding:0;background:transparent}body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;overflow-x:auto}table{border-collapse:collapse}th,td{border:1px solid #d0d7de;padding:2px 8px;text-align:right}img,svg{max-width:100%}body>svg{display:block}</style>`;
 
 function sandboxedFrame(bodyHtml) {
   const frame = document.createElement("iframe");
@@ -96,13 +96,9 @@ function renderMime(mime, value, metadata, notebookDir) {
       return sandboxedFrame(`<div id="output"></div><script>${joinText(value).replace(/<\/script/gi, "<\\/script")}<\/script>`);
     case "text/html":
       return sandboxedFrame(joinText(value));
-    case "image/svg+xml": {
-      // An <img> never runs script inside SVG, so the same isolation holds without a frame.
-      const img = document.createElement("img");
-      img.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(joinText(value));
-      img.alt = "output image";
-      return img;
-    }
+    case "image/svg+xml":
+      // Inline SVG may carry <script> and event handlers: it runs only inside the sandbox.
+      return sandboxedFrame(joinText(value));
     case "image/png": case "image/jpeg": case "image/gif":
       return image(mime, value, metadata);
     case "text/markdown":
