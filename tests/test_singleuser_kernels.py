@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -249,3 +250,82 @@ async def test_sigterm_stops_every_kernel(
     while any(_alive(p) for p in pids):
         assert time.monotonic() < deadline, f"left behind: {[p for p in pids if _alive(p)]}"
         await asyncio.sleep(0.2)
+
+
+def _memory_cgroups() -> bool:
+    from minihub.spawner.cgroups import detect
+
+    mode = detect()
+    return mode.version == 2 or mode.memory is not None
+
+
+@pytest.mark.skipif(not _memory_cgroups(), reason="no usable memory cgroup here")
+async def test_oom_killed_kernel_is_reported(
+    make_system_user: Any, data_dir: str, http: aiohttp.ClientSession
+) -> None:
+    """Spawned as the hub does, in a 250 MiB cgroup: a hog kernel dies and comes back."""
+    from minihub.spawner.accounts import lookup_account
+    from minihub.spawner.base import LaunchSpec
+    from minihub.spawner.cgroups import UserCgroup
+    from minihub.spawner.local import LocalSpawner
+
+    user = make_system_user("mhsu_oom")
+    account = lookup_account(user.name, uid_min=1000)
+    secret, base = "oom-" + os.urandom(8).hex(), f"/user/{user.name}/"
+    config = {
+        "secret": secret,
+        "base_url": base,
+        "notebook_dir": account.home,
+        "user": user.name,
+        "kernel_idle_timeout": 0,
+        "mem_limit": 250 << 20,
+    }
+    env = {"HOME": account.home, "USER": user.name, "PATH": "/usr/bin:/bin"}
+    spec = LaunchSpec(
+        username=user.name,
+        account=account,
+        cmd=[sys.executable, "-m", "minihub.singleuser"],
+        env=env,
+        cwd=account.home,
+        stdin_config=config,
+        log_path=Path(data_dir) / "logs" / "oom.log",
+        mem_limit=250 << 20,
+    )
+    spawner = LocalSpawner()
+    proc = await spawner.start(spec)
+    srv = Server(
+        f"http://{proc.host}:{proc.port}{base}",
+        secret,
+        None,
+        user,  # type: ignore[arg-type]
+        spec.log_path,
+        {"X-Minihub-Secret": secret},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with http.get(srv.url + "api/status", headers=srv.headers) as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, spec.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.2)
+        kc = await KernelClient.connect(http, srv, await new_kernel(http, srv))
+        await kc.execute("hog = b'x' * (600 << 20)")
+        status = await kc.wait_for(
+            lambda m: (
+                m["header"]["msg_type"] == "status"
+                and m["content"]["execution_state"] == "restarting"
+            )
+        )
+        assert status["content"]["reason"] == "killed: out of memory"
+        assert "killed: out of memory" in spec.log_path.read_text()
+        out = await kc.run("print('back')")
+        assert out.stdout == "back\n"
+        await kc.ws.close()
+    finally:
+        await spawner.stop(proc, timeout=5)
+        await spawner.close()
+        UserCgroup.from_paths(proc.extra["cgroup"]).remove()

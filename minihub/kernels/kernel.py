@@ -1,7 +1,7 @@
 """One running kernel: its process (via jupyter_client), its iopub fan-out and its health.
 
 A watcher restarts a kernel that dies (telling clients `restarting`, then `dead` if it keeps
-dying) and says when the kernel was killed by the memory cgroup's OOM killer.
+dying) and says when the kernel was killed by the memory cgroup's OOM killer (v1 or v2).
 """
 
 from __future__ import annotations
@@ -332,12 +332,29 @@ class OomCounter:
 
 
 def _memory_events_path() -> Path | None:
+    """memory.events (cgroup v2) or memory.oom_control (v1) of this process's memory cgroup."""
     try:
         text = Path("/proc/self/cgroup").read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("0::"):
-            path = Path("/sys/fs/cgroup") / line[3:].strip().lstrip("/") / "memory.events"
-            return path if path.exists() else None
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":
+            found = _existing(Path("/sys/fs/cgroup"), rel, "memory.events")
+        elif "memory" in controllers.split(","):
+            found = _existing(Path("/sys/fs/cgroup/memory"), rel, "memory.oom_control")
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _existing(mount: Path, rel: str, name: str) -> Path | None:
+    # A mount rooted below the hierarchy's top (containers) shows fewer leading components.
+    parts = [p for p in rel.split("/") if p]
+    for i in range(len(parts) + 1):
+        candidate = mount.joinpath(*parts[i:], name)
+        if candidate.is_file():
+            return candidate if parts[i:] else None  # the root group has no useful limit
     return None
