@@ -285,6 +285,30 @@ def run_cell_async(page: Any, index: int, code: str) -> Any:
     return page.locator(".cell").nth(index)
 
 
+MIB = 1024 * 1024
+
+
+def upload_big_file(page: Any, server: Server, upload: Path) -> None:
+    """Upload 3.5 MiB from the file browser: four 1 MiB chunks, with a progress bar."""
+    upload.write_bytes(os.urandom(3 * MIB + MIB // 2))
+    bodies: list[int] = []
+    page.on("request", lambda r: bodies.append(len(r.post_data_buffer or b""))
+            if r.method == "PUT" and upload.name in r.url else None)
+    page.evaluate("""() => { window.mhfxProgress = [];
+        new MutationObserver((records) => { for (const r of records)
+            if (r.target.tagName === "PROGRESS") window.mhfxProgress.push(r.target.value); })
+        .observe(document.getElementById("uploads"),
+                 {subtree: true, attributes: true, attributeFilter: ["value"]}); }""")
+    page.locator("#upload-input").set_input_files(str(upload))
+    page.locator(f"tr[data-path='{upload.name}']").wait_for()
+    got = server.api("GET", f"api/contents/{upload.name}?content=1&format=base64")
+    assert base64.b64decode(got["content"]) == upload.read_bytes()
+    # 1 MiB of file per request, about 1.4 MB of base64 JSON each.
+    assert len(bodies) == 4
+    assert all(len(base64.b64encode(b"x" * MIB)) < n < 1.5 * MIB for n in bodies[:3])
+    assert page.evaluate("window.mhfxProgress") == [25, 50, 75, 100]
+
+
 def test_file_browser(context: Any, server: Server, tmp_path: Path) -> None:
     server.api("PUT", "api/contents/fe_notes.txt",
                {"type": "file", "format": "text", "content": "notes"})
@@ -301,12 +325,7 @@ def test_file_browser(context: Any, server: Server, tmp_path: Path) -> None:
     names = {i["name"] for i in server.api("GET", "api/contents/")["content"]}
     assert "fe_renamed.txt" in names and "fe_notes.txt" not in names
 
-    upload = tmp_path / "fe_upload.bin"
-    upload.write_bytes(os.urandom(1_300_000))  # three chunks
-    page.locator("#upload-input").set_input_files(str(upload))
-    page.locator("tr[data-path='fe_upload.bin']").wait_for()
-    got = server.api("GET", "api/contents/fe_upload.bin?content=1&format=base64")
-    assert base64.b64decode(got["content"]) == upload.read_bytes()
+    upload_big_file(page, server, tmp_path / "fx_upload.bin")
     shot(page, "tree")
 
     page.locator("tr[data-path='fe_renamed.txt'] input[type=checkbox]").check()

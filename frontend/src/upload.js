@@ -2,8 +2,9 @@
 // (chunk 1, 2, ... and -1 for the last, as jupyter_server's chunked upload expects).
 import * as api from "./api.js";
 
-// Base64 grows a chunk by a third; 512 KiB keeps each request under a 1 MiB body limit.
-const CHUNK = 512 * 1024;
+// 1 MiB of file per request, about 1.4 MB once base64'd into JSON: far under the user server's
+// body limit (minihub/singleuser/app.py MAX_BODY), and the hub's proxy streams bodies unread.
+export const CHUNK = 1024 * 1024;
 
 function toBase64(buffer) {
   const bytes = new Uint8Array(buffer);
