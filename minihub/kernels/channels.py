@@ -70,9 +70,18 @@ class Client:
         """Send queued messages (the replay first) until detached; close ws if closing."""
         while True:
             while self.queue:
-                channel, parts = self.queue.popleft()
-                self.queued_bytes -= sum(len(p) for p in parts)
-                await _send(ws, channel, parts, v1)
+                # Dequeue only once sent: a message that meets a dying socket stays for the
+                # next connection of this session instead of being lost.
+                channel, parts = self.queue[0]
+                if ws.closed:
+                    return
+                try:
+                    await _send(ws, channel, parts, v1)
+                except (ConnectionError, RuntimeError):
+                    return  # the client went away; the message waits for its return
+                if self.queue and self.queue[0][1] is parts:
+                    self.queue.popleft()
+                    self.queued_bytes -= sum(len(p) for p in parts)
             if self.closing:
                 await ws.close()
                 return
