@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import test_browser_notebook as base
-from test_browser_notebook import Server, needs_browser, run_cell, user_server, wait_idle
+from test_browser_notebook import Server, account, needs_browser, run_cell, user_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -25,7 +25,7 @@ context = base.context
 @pytest.fixture(scope="module")
 def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     needs_browser()
-    user = make_system_user("mhfx_feat")
+    user = make_system_user(account("mhfx_ft"))
     with user_server(user, tmp_path_factory.mktemp("mhfx") / "server.log") as srv:
         yield srv
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MIB, needs_browser
+from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MIB, account, needs_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -38,7 +38,7 @@ def _free_port() -> int:
 @pytest.fixture
 def hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[Hub]:
     needs_browser()
-    user = make_system_user("mhfx_hub")
+    user = make_system_user(account("mhfx_hub"))
     port = _free_port()
     toml = tmp_path / "minihub.toml"
     toml.write_text(f'[hub]\ncleanup_servers = true\n[auth]\nadmin_users = ["{user.name}"]\n')

@@ -87,6 +87,12 @@ def _wait_ready(server: Server, log: Path) -> None:
     pytest.fail("user server did not answer api/status in 60 s: " + log.read_text()[-3000:])
 
 
+def account(prefix: str) -> str:
+    """A user name unique to this test session: engineers run the suite side by side, and
+    make_system_user first kills and removes any account of the same name."""
+    return f"{prefix}{os.getpid() % 100000}"
+
+
 def needs_browser() -> None:
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed")
@@ -132,7 +138,7 @@ def user_server(user: Any, log: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     needs_browser()
-    user = make_system_user("mhfx_nb")
+    user = make_system_user(account("mhfx_nb"))
     with user_server(user, tmp_path_factory.mktemp("mhfx") / "server.log") as srv:
         yield srv
 
