@@ -174,7 +174,7 @@ class Proxy:
     ) -> None:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
-        self._websockets: set[web.WebSocketResponse] = set()
+        self._websockets: dict[web.WebSocketResponse, aiohttp.ClientWebSocketResponse[Any]] = {}
         # limit=0: every open websocket holds a pooled connection; a cap would stall the next.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0)
         self._session = aiohttp.ClientSession(
@@ -287,18 +287,25 @@ class Proxy:
         )
         try:
             await client_ws.prepare(request)
-            self._websockets.add(client_ws)
+            self._websockets[client_ws] = up_ws
             await _bridge(client_ws, up_ws, _Ticker(on_activity))
         finally:
-            self._websockets.discard(client_ws)
+            self._websockets.pop(client_ws, None)
             await up_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         return client_ws
 
     async def close_websockets(self) -> None:
-        """Close every proxied websocket with 1001 (going away): clients reconnect."""
-        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY,
-                                        message=b"hub restarting")
-                               for ws in list(self._websockets)), return_exceptions=True)
+        """Close every proxied websocket with 1001 (going away): clients reconnect.
+
+        The server side goes first, so a kernel's output from then on waits in the user
+        server's replay buffer instead of being relayed to a client that is leaving.
+        """
+        pairs = list(self._websockets.items())
+        await asyncio.gather(*(up.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+                               for _, up in pairs), return_exceptions=True)
+        await asyncio.gather(*(c.close(code=aiohttp.WSCloseCode.GOING_AWAY,
+                                       message=b"hub restarting")
+                               for c, _ in pairs), return_exceptions=True)
 
 
 def _is_websocket(request: web.Request) -> bool:

@@ -149,7 +149,8 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
                                             "silent": False}})
             await asyncio.sleep(0.5)
             hub.send_signal(sig)
-            assert hub.wait(20) == (0 if sig == signal.SIGTERM else -9)
+            code = await asyncio.to_thread(hub.wait, 20)  # the client keeps answering meanwhile
+            assert code == (0 if sig == signal.SIGTERM else -9)
             async with asyncio.timeout(10):
                 closed = await ws.receive()
                 while closed.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -159,6 +160,7 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
             if sig == signal.SIGTERM:
                 assert closed.data == aiohttp.WSCloseCode.GOING_AWAY
             await ws.close()
+        await asyncio.sleep(2.5)  # 'done' is printed while no client is connected
         hub = start_hub(cmd, port, log)
         async with aiohttp.ClientSession(headers=h(token)) as s:
             r = await s.get(f"{base}/user/{u.name}/api/kernels/{kernel['id']}")
@@ -166,13 +168,18 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
             texts = []
             async with s.ws_connect(url + f"?session_id={session_id}") as ws:
                 async with asyncio.timeout(20):
+                    seen = set()
                     async for m in ws:
                         msg = json.loads(m.data)
                         if msg.get("parent_header", {}).get("msg_id") != msg_id:
                             continue
                         if msg["msg_type"] == "stream":
                             texts.append(msg["content"]["text"])
-                        if msg["msg_type"] == "execute_reply":
+                        if msg["msg_type"] == "execute_reply" or (
+                                msg["msg_type"] == "status"
+                                and msg["content"]["execution_state"] == "idle"):
+                            seen.add(msg["msg_type"])
+                        if seen == {"execute_reply", "status"}:
                             break
             assert "done" in "".join(texts)
             await s.delete(f"{base}/hub/api/users/{u.name}/server")
