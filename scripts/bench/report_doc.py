@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from common import machine
 
@@ -30,6 +31,20 @@ minihub is (lower-is-better figures: JupyterHub ÷ minihub; higher-is-better: th
 """
 
 
+BEGIN, END = "<!-- bench:begin (written by scripts/bench/run.py) -->", "<!-- bench:end -->"
+
+
+def update(path: Path, block: str) -> None:
+    """Replace the generated block of the page, keeping the hand-written text around it."""
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        text = head + BEGIN + "\n" + block + END + rest.split(END, 1)[1]
+    else:
+        text = HEAD + "\n" + BEGIN + "\n" + block + END + "\n"
+    path.write_text(text)
+
+
 def render(
     table: str, notes: list[str], memcap: str, args: argparse.Namespace, versions: dict[str, str]
 ) -> str:
@@ -41,7 +56,6 @@ def render(
         f"(16 connections){' (--quick)' if args.quick else ''}"
     )
     parts = [
-        HEAD,
         f"## Latest run: {time.strftime('%Y-%m-%d')}\n",
         f"Machine: {machine()}.  \nVersions: {vers}.  \nCounts: {counts}.\n",
         table,

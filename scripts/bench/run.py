@@ -339,10 +339,10 @@ def report(jh: Figures, mh: Figures, memcap: str, args: argparse.Namespace, seco
 
 
 def write_doc(text: str, notes: list[str], memcap: str, args: argparse.Namespace) -> None:
-    from report_doc import render
+    from report_doc import render, update
 
     path = CHECKOUT / "docs" / "benchmarks.md"
-    path.write_text(render(text, notes, memcap, args, versions()))
+    update(path, render(text, notes, memcap, args, versions()))
     log(f"wrote {path}")
 
 
