@@ -3,6 +3,15 @@
 Processes are run by a Spawner (minihub.spawner); this module owns state (memory + SQLite),
 limits, readiness probing and progress. Only "running" servers are stored, so a restarted
 hub re-adopts exactly the servers that were up, and forgets ones that died meanwhile.
+
+Where servers listen, and why: on 127.0.0.1, on a port the hub binds and hands over (no race
+for the port), and every request must carry the server's secret. A unix socket in a
+root-only directory would keep other local users from even connecting, but it would need a
+second proxy transport and would not work for jupyterhub-singleuser or configurable-http-proxy
+(which the benchmarks put in front of the same servers); a 256-bit secret, compared in
+constant time, makes a connection from another local user useless. The secret is an HMAC of
+the cookie secret and a per-start nonce, so SQLite stores only the nonce and the secret's
+hash, and a restarted hub derives it again to re-adopt the server.
 """
 
 from __future__ import annotations

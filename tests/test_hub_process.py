@@ -183,6 +183,9 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
                             break
             assert "done" in "".join(texts)
             await s.delete(f"{base}/hub/api/users/{u.name}/server")
+        text = log.read_text()
+        assert "spawned " + u.name in text and token not in text
+        assert u.password not in text
     finally:
         if hub.poll() is None:
             hub.send_signal(signal.SIGTERM)

@@ -191,3 +191,36 @@ async def test_concurrent_spawn_limit_gives_429(aiohttp_client, data_dir, make_s
     r = await c.get(f"/hub/user/{b.name}/", headers=h(tok[b.name]) | {"Accept": "text/html"})
     await c.delete(f"/hub/api/users/{a.name}/server", headers=h(tok[a.name]))
     first.cancel()
+
+
+async def test_users_cannot_reach_each_others_files(aiohttp_client, data_dir, make_system_user):
+    a = make_system_user("mhhs_gail")
+    b = make_system_user("mhhs_hugo")
+    secret = os.path.join(b.home, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("hugo's answers\n")
+    os.chown(secret, b.uid, b.gid)
+    os.chmod(secret, 0o600)
+    os.chmod(b.home, 0o700)
+    cfg = hub_config(data_dir)
+    tok = await make_tokens(cfg, [a.name])
+    c = await aiohttp_client(make_app(cfg))
+    await start(c, a.name, tok[a.name])
+    # through the contents API of her own server: no way out of her notebook dir
+    for path in (f"../{b.name}/secret.txt", f"..%2F{b.name}%2Fsecret.txt",
+                 f"/home/{b.name}/secret.txt"):
+        r = await c.get(f"/user/{a.name}/api/contents/{path}", headers=h(tok[a.name]))
+        assert r.status in (400, 403, 404), path
+        assert "answers" not in await r.text()
+    os.symlink(secret, os.path.join(a.home, "peek.txt"))
+    r = await c.get(f"/user/{a.name}/api/contents/peek.txt", headers=h(tok[a.name]))
+    assert r.status in (403, 404) and "answers" not in await r.text()
+    r = await c.get(f"/user/{a.name}/files/peek.txt", headers=h(tok[a.name]))
+    assert r.status in (403, 404) and "answers" not in await r.text()
+    # and her code runs as her: Unix permissions stop it
+    kernel = await (await c.post(f"/user/{a.name}/api/kernels", headers=h(tok[a.name]),
+                                 json={})).json()
+    out = await run_code(c, a.name, tok[a.name], kernel["id"],
+                         f"open({secret!r}).read()")
+    assert "ERROR PermissionError" in out
+    await c.delete(f"/hub/api/users/{a.name}/server", headers=h(tok[a.name]))
