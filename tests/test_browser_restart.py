@@ -1,0 +1,85 @@
+"""A hub restart under an open notebook, in real Chromium: the kernel and its output survive.
+
+SIGTERM the hub while a cell is running and the browser's websocket is open; start a new hub;
+the page reconnects to the same kernel and shows the output that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_browser_hub import _free_port, log_in
+from test_browser_notebook import CHROMIUM, CHROMIUM_ARGS, account, needs_browser
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=f)
+    import socket
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("hub did not start: " + log.read_text()[-3000:])
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_notebook_survives_hub_restart(data_dir: str, tmp_path: Path, make_system_user: Any,
+                                       sig: signal.Signals) -> None:
+    from playwright.sync_api import sync_playwright
+
+    needs_browser()
+    user = make_system_user(account(f"mhrs_{sig.name[3:].lower()}"))
+    port = _free_port()
+    cmd = [sys.executable, "-m", "minihub", "--data-dir", data_dir, "--port", str(port)]
+    log = tmp_path / "hub.log"
+    proc = start(cmd, port, log)
+    hub = type("Hub", (), {"url": f"http://127.0.0.1:{port}", "user": user})()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                ctx = browser.new_context()
+                ctx.set_default_timeout(30000)
+                page = ctx.new_page()
+                log_in(page, hub)
+                page.locator("summary", has_text="New").click()
+                with ctx.expect_page() as new_page:
+                    page.locator("#new-menu button[data-kernel]").first.click()
+                nb = new_page.value
+                nb.wait_for_selector("#kernel-status[data-status=idle]", timeout=60000)
+                kernel_id = nb.evaluate("window.minihubNotebook.kernel.id")
+                nb.locator(".cell .cm-content").first.click()
+                nb.keyboard.type("import time; time.sleep(4); print('after restart')")
+                nb.keyboard.press("Shift+Enter")
+                nb.wait_for_selector("#kernel-status[data-status=busy]")
+                proc.send_signal(sig)
+                proc.wait(30)
+                proc = start(cmd, port, log)
+                out = nb.locator(".cell").nth(0).locator(".output.stream")
+                out.wait_for(timeout=60000)
+                assert "after restart" in out.inner_text()
+                nb.wait_for_selector("#kernel-status[data-status=idle]", timeout=60000)
+                assert nb.evaluate("window.minihubNotebook.kernel.id") == kernel_id
+            finally:
+                browser.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run(["pkill", "-KILL", "-u", user.name], capture_output=True)
