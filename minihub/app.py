@@ -5,6 +5,7 @@ Behaviour lives in the parts (auth/, servers, proxy, api, web/); this module onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,8 +28,9 @@ from .culler import Culler
 from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, PARTS, Parts, identity, parts
 from .errors import Forbidden, ServiceUnavailable
 from .metrics import Metrics
-from .proxy import Proxy, ProxyError, normalise_path
+from .proxy import Proxy, ProxyError, UpstreamUnavailable, normalise_path
 from .servers import Servers
+from .spawner.forkserver import ForkSpawner
 from .spawner.local import LocalSpawner
 from .store import Store
 from .web import admin, pages
@@ -55,7 +57,8 @@ def parts_ctx(cfg: Config) -> object:
         store = await Store.open(data / "minihub.sqlite")
         key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
         metrics = Metrics()
-        servers = Servers(cfg, store, key, LocalSpawner(),
+        spawner = ForkSpawner() if cfg.get("spawner.fork_server") else LocalSpawner()
+        servers = Servers(cfg, store, key, spawner,
                           on_spawned=metrics.spawn_duration.observe)
         proxy = Proxy()
         p = Parts(cfg, store, key, Identities(store, key), make_authenticator(cfg, store),
@@ -190,15 +193,26 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
                                      strip_cookies=(SESSION_COOKIE,) if jh else HUB_COOKIES,
                                      on_activity=lambda: p.servers.touch(user_id),
                                      keep_authorization=jh and own_token)
-    except ProxyError:
-        srv = p.servers.peek(user_id)
-        if srv is not None and not await p.servers.check(srv):
+    except ProxyError as e:
+        if await _server_died(p, user_id, refused=isinstance(e, UpstreamUnavailable)):
             raise ServiceUnavailable("The server stopped: reload to see why and restart it.")
         raise
     finally:
         if ws:
             p.metrics.websockets -= 1
         p.metrics.proxy_latency.observe(time.perf_counter() - start)
+
+
+async def _server_died(p: Parts, user_id: int, refused: bool) -> bool:
+    """After a failed forward: is the server gone? A refused connection from a live pid is
+    usually a process in the middle of dying (its sockets close before it can be reaped),
+    so look again for a moment before blaming anything else."""
+    srv = p.servers.peek(user_id)
+    for _ in range(10 if refused else 1):
+        if srv is None or srv.status != "running" or not await p.servers.check(srv):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _close_websockets(app: web.Application) -> None:
