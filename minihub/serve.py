@@ -139,10 +139,12 @@ def _announce(cfg: Config) -> None:
     log.info("minihub is listening on %s://%s:%s%s", scheme, shown, cfg.get("hub.port"),
              cfg.base_url)
     log.info("data dir %s; authenticator %s", cfg.data_dir, cfg.get("auth.authenticator"))
+    me = sys.argv[0] if os.path.basename(sys.argv[0]) == "minihub" else \
+        f"{sys.executable} -m minihub"
     flags = f"-f {cfg.path} " if cfg.path else ""
     if cfg.get("auth.authenticator") == "native":
-        log.info("first admin: minihub %suser add NAME --admin  (password read from stdin)",
-                 flags)
+        log.info("first admin: %s %suser add NAME --admin  (password read from stdin)",
+                 me, flags)
     else:
-        log.info("first admin: minihub %suser add NAME --admin  (NAME: an existing system "
-                 "account; it logs in with its system password)", flags)
+        log.info("first admin: %s %suser add NAME --admin  (NAME: an existing system "
+                 "account; it logs in with its system password)", me, flags)
