@@ -123,6 +123,9 @@ SETTINGS: list[Setting] = [
     _s("spawner", "python", str, "",
        "Python interpreter for user servers and kernels. Empty: the one running the hub. "
        "It must be readable and executable by every user."),
+    _s("spawner", "fork_server", bool, True,
+       "Start minihub's own server (empty cmd, the hub's python) by forking a process that has "
+       "imported it already: faster spawns, memory shared between users. false: exec each."),
     _s("spawner", "notebook_dir", str, "", "Directory a user's server opens in; {username} "
        "is replaced. Empty: the user's home."),
     _s("spawner", "default_url", str, "/tree/", "Path under /user/<name> a browser lands on."),

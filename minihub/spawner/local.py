@@ -31,6 +31,7 @@ _POLL_INTERVAL = 0.05
 _KILL_WAIT = 5.0
 _MAX_EXITED = 1000  # exit statuses remembered for poll(); the hub reads each soon after
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+USER_OOM_SCORE_ADJ = 500
 
 
 class LocalSpawner(Spawner):
@@ -237,12 +238,24 @@ def _confine(spec: LaunchSpec, pid: int) -> dict[str, Any]:
     Called before the process gets its config: until then it only waits on stdin, so
     nothing heavy runs unlimited.
     """
+    oom_first(pid)
     cg = UserCgroup.for_user(spec.username)
     extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
     if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit):
         cg.add(pid)
         extra["oom_base"] = cg.oom_kills()
     return extra
+
+
+def oom_first(pid: int | str) -> None:
+    """Make a user's server (and the kernels it starts) the OOM killer's choice before the
+    hub: when memory runs out a user's process goes, with a message, not the hub serving
+    everyone. Raising the score needs no privilege, unlike protecting the hub."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(USER_OOM_SCORE_ADJ))
+    except OSError as e:
+        log.warning("cannot set oom_score_adj of %s: %s", pid, e)
 
 
 def _listen_socket(spec: LaunchSpec, config: dict[str, Any]) -> tuple[socket.socket | None, int]:

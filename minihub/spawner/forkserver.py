@@ -1,0 +1,365 @@
+"""ForkSpawner: user servers forked from a pre-imported root "zygote" instead of exec'd anew.
+
+The zygote imports the user server's modules once; each spawn forks it, drops privileges as
+LocalSpawner does and runs the server, so start-up skips the imports and their pages stay shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import json
+import logging
+import os
+import runpy
+import select
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpawnError
+from .accounts import drop_to
+from .base import LaunchSpec, Proc
+from .cgroups import UserCgroup
+from .local import (
+    LocalSpawner,
+    _listen_socket,
+    _refuse_root,
+    _start_error,
+    launch_env,
+    oom_first,
+    open_log,
+    start_ticks,
+)
+
+log = logging.getLogger("minihub.spawner")
+
+SERVER_MODULE = "minihub.singleuser"
+_MSG_MAX = 1 << 20
+_REPLY_TIMEOUT = 30.0
+_LISTEN_FD = 3  # where the server finds its listening socket, as with LocalSpawner
+
+
+class ForkSpawner(LocalSpawner):
+    """LocalSpawner whose default server (`<hub python> -m minihub.singleuser`) is forked
+    from the zygote; any other command, and poll/stop/re-adoption, work as in LocalSpawner."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._forked: dict[int, int] = {}  # pid -> start ticks, until its exit is reported
+        self._early: dict[int, int] = {}  # exits reported before start() recorded the pid
+
+    async def start(self, spec: LaunchSpec) -> Proc:
+        if not forkable(spec.cmd):
+            return await super().start(spec)
+        _refuse_root(spec)
+        await self._ensure_zygote()
+        logfd, sock, port, req, extra = await asyncio.to_thread(self._prepare, spec)
+        try:
+            reply = await self._ask(req, [logfd] + ([sock.fileno()] if sock else []))
+        finally:
+            os.close(logfd)
+            if sock is not None:
+                sock.close()
+        if "error" in reply:
+            err = reply["error"]
+            raise _start_error(spec, OSError(err["errno"], err["strerror"], err["filename"]))
+        pid = int(reply["pid"])
+        ticks = start_ticks(pid) or 0
+        self._remember(pid, ticks)
+        log.info("forked server for %s: pid %d, port %d", spec.username, pid, port)
+        return Proc(pid, ticks, spec.listen_host, port, extra)
+
+    def _prepare(
+        self, spec: LaunchSpec
+    ) -> tuple[int, socket.socket | None, int, dict[str, Any], dict[str, Any]]:
+        config = dict(spec.stdin_config)
+        logfd = open_log(spec.log_path, spec.account.uid, spec.account.gid)
+        try:
+            sock, port = _listen_socket(spec, config)
+        except BaseException:
+            os.close(logfd)
+            raise
+        if sock is not None:
+            config["listen_fd"] = _LISTEN_FD
+        cg = UserCgroup.for_user(spec.username)
+        extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
+        # The child joins these groups itself, while still root and before any user code.
+        join = cg.paths() if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit) else []
+        if join:
+            extra["oom_base"] = cg.oom_kills()
+        uid, gid, groups = drop_to(spec.account)  # all None for an unprivileged hub
+        req = {
+            "argv": spec.cmd[1:],
+            "uid": uid,
+            "gid": gid,
+            "groups": groups,
+            "cwd": spec.cwd,
+            "env": launch_env(spec),
+            "umask": spec.umask,
+            "config": config,
+            "cgroup": join,
+            "listen": sock is not None,
+        }
+        return logfd, sock, port, req, extra
+
+    # -- talking to the zygote -------------------------------------------------------------
+
+    async def _ensure_zygote(self) -> None:
+        async with self._lock:
+            if self._sock is not None and self._zygote and self._zygote.poll() is None:
+                return
+            self._drop_sock()
+            zygote, ours = await asyncio.to_thread(_start_zygote)
+            self._zygote, self._sock = zygote, ours
+            asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message, ours)
+            log.info("fork server started: pid %d", zygote.pid)
+
+    async def _ask(self, req: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        assert self._sock is not None
+        req["id"] = rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[rid] = fut
+        try:
+            socket.send_fds(self._sock, [json.dumps(req).encode()], fds)
+            return await asyncio.wait_for(fut, _REPLY_TIMEOUT)
+        except (OSError, TimeoutError) as e:
+            raise SpawnError(f"The fork server did not start the server: {e}") from None
+        finally:
+            self._replies.pop(rid, None)
+
+    def _on_message(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(_MSG_MAX)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the zygote died: fail waiting starts, start a new one next time
+            self._drop_sock()
+            for fut in self._replies.values():
+                if not fut.done():
+                    fut.set_exception(OSError("the fork server exited"))
+            return
+        msg = json.loads(data)
+        if "exit" in msg:
+            self._record_exit(int(msg["exit"]), int(msg["status"]))
+        else:
+            waiting = self._replies.get(int(msg.get("id", 0)))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(msg)
+
+    def _drop_sock(self) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def _remember(self, pid: int, ticks: int) -> None:
+        if pid in self._early:
+            self._exited[(pid, ticks)] = self._early.pop(pid)
+        else:
+            self._forked[pid] = ticks
+
+    def _record_exit(self, pid: int, status: int) -> None:
+        ticks = self._forked.pop(pid, None)
+        if ticks is None:
+            self._early[pid] = status
+            return
+        self._exited[(pid, ticks)] = status
+        log.info("server pid %d exited with status %d", pid, status)
+
+    async def close(self) -> None:
+        """The zygote exits when its socket closes; servers it forked keep running."""
+        self._drop_sock()
+        if self._zygote is not None:
+            try:
+                await asyncio.to_thread(self._zygote.wait, 5)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                await asyncio.to_thread(self._zygote.wait, 5)
+        await super().close()
+
+
+def _start_zygote() -> tuple[subprocess.Popen[bytes], socket.socket]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with theirs:
+        # Its own session: a Ctrl-C meant for the hub's terminal does not reach it.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minihub.spawner.forkserver", str(theirs.fileno())],
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,
+            close_fds=True,
+        )
+    ours.setblocking(False)
+    return proc, ours
+
+
+def forkable(cmd: list[str]) -> bool:
+    """`<the hub's python> -m MODULE` or `-c CODE`: what a fork of the zygote can run (the
+    default server, minihub.singleuser, is the one it has imported already)."""
+    return (
+        len(cmd) == 3
+        and cmd[1] in ("-m", "-c")
+        and os.path.realpath(cmd[0]) == os.path.realpath(sys.executable)
+    )
+
+
+# -- the zygote process ---------------------------------------------------------------------
+
+
+def zygote(fd: int) -> None:
+    """Import the server once, then fork one child per request until the hub goes away."""
+    import minihub.singleuser.app  # noqa: F401 - the imports every server shares
+
+    sock = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gc.freeze()  # the children's collections then leave the shared pages alone
+    while True:
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        if wake_r in ready:
+            _drain(wake_r)
+            _reap(sock)
+        if sock.fileno() in ready:
+            msg, fds, _, _ = socket.recv_fds(sock, _MSG_MAX, 4)
+            if not msg:
+                return
+            try:
+                reply = _fork_one(json.loads(msg), fds, sock, wake_r, wake_w)
+            finally:
+                for f in fds:
+                    os.close(f)
+            sock.send(json.dumps(reply).encode())
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.send(json.dumps({"exit": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def _fork_one(
+    req: dict[str, Any], fds: list[int], sock: socket.socket, *pipe: int
+) -> dict[str, Any]:
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(err_r)
+        sock.close()
+        for p in pipe:
+            os.close(p)
+        _child(req, fds, err_w)  # never returns
+    os.close(err_w)
+    with os.fdopen(err_r, "rb") as f:
+        failure = f.read()  # EOF once the child has dropped privileges (or failed to)
+    if failure:
+        return {"id": req["id"], "error": json.loads(failure)}
+    return {"id": req["id"], "pid": pid}
+
+
+def _child(req: dict[str, Any], fds: list[int], err_w: int) -> None:
+    code = 1
+    try:
+        _become_user(req, fds, err_w)
+        code = _run(req["argv"])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a forked child must never return into the zygote
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run(argv: list[str]) -> int:
+    """What `python -m MODULE` or `python -c CODE` would do, in this already warm process."""
+    sys.argv = [argv[0]] if argv[0] == "-c" else [sys.executable]
+    if argv[0] == "-m":
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        # What `python -c` runs: the code the operator configured as the server command.
+        exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+    return 0
+
+
+def _become_user(req: dict[str, Any], fds: list[int], err_w: int) -> None:
+    """Same steps and order as LocalSpawner's Popen: session, cgroup, fds, umask, groups,
+    gid, uid, cwd, environment; the first failure goes back to the hub as an OSError."""
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        oom_first("self")
+        for d in req["cgroup"]:
+            Path(d, "cgroup.procs").write_text(str(os.getpid()))
+        _arrange_fds(req, fds, err_w)
+        os.umask(int(req["umask"]))
+        if req["uid"] is not None:
+            os.setgroups(req["groups"])
+            os.setgid(int(req["gid"]))
+            os.setuid(int(req["uid"]))
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+    except OSError as e:
+        os.write(
+            err_w,
+            json.dumps({"errno": e.errno, "strerror": e.strerror, "filename": e.filename}).encode(),
+        )
+        os._exit(127)
+    os.close(err_w)
+
+
+def _arrange_fds(req: dict[str, Any], fds: list[int], err_w: int) -> None:
+    """stdin: the launch config; stdout/stderr: the log; fd 3: the socket; nothing else."""
+    cfg_r, cfg_w = os.pipe()
+    os.write(cfg_w, (json.dumps(req["config"]) + "\n").encode())  # < a pipe buffer
+    os.close(cfg_w)
+    os.dup2(cfg_r, 0)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[0], 2)
+    if req["listen"]:
+        os.dup2(fds[1], _LISTEN_FD)
+    keep = {0, 1, 2, err_w} | ({_LISTEN_FD} if req["listen"] else set())
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    zygote(int(sys.argv[1]))
