@@ -24,8 +24,8 @@ from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
 from .auth.throttle import Throttle
 from .config import Config
-from .culler import Culler
 from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, PARTS, Parts, identity, parts
+from .culler import Culler
 from .errors import Forbidden, ServiceUnavailable
 from .metrics import Metrics
 from .proxy import Proxy, ProxyError, UpstreamUnavailable, normalise_path

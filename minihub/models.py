@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .servers import Server
 from .store import Token, User
+
+if TYPE_CHECKING:
+    from .servers import Server
 
 
 def iso(ts: float | None) -> str | None:
     if not ts:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(text: str) -> float:
     """Parse an ISO 8601 time (with Z or offset; naive means UTC)."""
-    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    t = dt.datetime.fromisoformat(text)
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.timestamp()
 
 

@@ -48,7 +48,7 @@ def check_python_readable(python: str) -> None:
 def lock_data_dir(data_dir: Path) -> IO[str]:
     try:
         data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        f = open(data_dir / "minihub.pid", "a+")
+        f = open(data_dir / "minihub.pid", "a+")  # noqa: SIM115 (held for the lock)
     except OSError as e:
         raise StartupError(f"{data_dir}: cannot create the data dir: {e.strerror}") from None
     try:

@@ -34,6 +34,7 @@ from . import oauth2
 from .auth import secrets as S
 from .config import Config, parse_bytes
 from .errors import SpawnError, TooManyRequests
+from .models import parse_iso
 from .proxy import Upstream
 from .spawner import accounts
 from .spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc, Spawner
@@ -425,15 +426,13 @@ class Servers:
 
 
 def parse_time(text: object) -> float:
+    """An ISO time from a server's status, or 0 if it is missing or malformed."""
     if not isinstance(text, str):
         return 0.0
-    import datetime as dt
-
     try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         return 0.0
-    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
 def free_port(host: str) -> int:

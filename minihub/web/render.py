@@ -34,7 +34,7 @@ def _ts(value: float | None) -> str:
         return "—"
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def add_filters() -> None:
