@@ -22,6 +22,7 @@ import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM, Session
 
+from .transport import all_bound, endpoint, socket_paths
 from .wire import Parts, msg_type
 
 log = logging.getLogger("minihub.kernels")
@@ -32,6 +33,10 @@ READY_TIMEOUT = 60.0
 DEATHS_BEFORE_DEAD = 5  # deaths within DEATH_WINDOW after which we stop restarting
 DEATH_WINDOW = 60.0
 SOCKET_TYPES = {"shell": zmq.DEALER, "stdin": zmq.DEALER, "control": zmq.DEALER, "iopub": zmq.SUB}
+# zmq retries a connect to a socket that is not bound yet (a starting or restarting kernel)
+# every reconnect_ivl; short, so clients' sockets rejoin a restarted kernel at once.
+RECONNECT_MS = 10
+BIND_POLL = 0.02
 
 
 def isoformat(ts: float) -> str:
@@ -141,16 +146,24 @@ class Kernel:
         info: dict[str, Any] = dict(self.km.get_connection_info())
         sock = self.context.socket(SOCKET_TYPES[channel])
         sock.linger = 0
+        sock.reconnect_ivl = RECONNECT_MS
         if channel == "iopub":
             sock.setsockopt(zmq.SUBSCRIBE, b"")
         elif identity:
             sock.setsockopt(zmq.IDENTITY, identity)
-        port = info[f"{channel}_port"]
-        if info["transport"] == "ipc":
-            sock.connect(f"ipc://{info['ip']}-{port}")
-        else:
-            sock.connect(f"tcp://{info['ip']}:{port}")
+        sock.connect(endpoint(info, channel))
         return sock
+
+    def bound(self) -> bool:
+        """True once the kernel has bound all its sockets (always true over tcp)."""
+        return all_bound(socket_paths(dict(self.km.get_connection_info())))
+
+    async def until_bound(self) -> None:
+        """Wait until the kernel's socket files exist, so connects complete at once."""
+        while not self.bound():
+            if not await self.km.is_alive():
+                raise RuntimeError("the kernel process exited")
+            await asyncio.sleep(BIND_POLL)
 
     def signed(self, parts: Parts) -> list[bytes]:
         return [DELIM, self.session.sign(parts[:4]), *parts]
@@ -217,11 +230,7 @@ class Kernel:
     async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Nudge with kernel_info until the kernel answers and its iopub reaches us."""
         self._iopub_seen.clear()
-        probe = self.connect("shell", os.urandom(16))
-        try:
-            await asyncio.wait_for(self._nudge(probe), timeout)
-        finally:
-            probe.close(linger=0)
+        await asyncio.wait_for(self._probe(), timeout)
         if self.execution_state in ("starting", "restarting"):
             self.execution_state = "idle"
         self.ready.set()
@@ -233,6 +242,16 @@ class Kernel:
                 await asyncio.wait_for(self.ready.wait(), READY_TIMEOUT)
             except TimeoutError:
                 log.warning("kernel %s: not ready; sending the request anyway", self.id)
+
+    async def _probe(self) -> None:
+        # Connecting before the kernel has bound would only cost zmq's retry; waiting for its
+        # socket files first makes the probe's connect (and the iopub reconnect) immediate.
+        await self.until_bound()
+        probe = self.connect("shell", os.urandom(16))
+        try:
+            await self._nudge(probe)
+        finally:
+            probe.close(linger=0)
 
     async def _nudge(self, probe: zmq.asyncio.Socket) -> None:
         answered = False

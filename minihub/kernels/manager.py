@@ -1,7 +1,8 @@
 """The kernels of one user server: start, find, stop and cull them; list kernelspecs.
 
 Kernels run as the server's own user (the server already is that user), with the server's
-environment, which never holds the per-server secret.
+environment, which never holds the per-server secret. They listen on unix sockets in a private
+directory (transport.py), never on TCP.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import HubError, NotFound
 from .kernel import Kernel
+from .transport import RuntimeDir
 
 log = logging.getLogger("minihub.kernels")
 NATIVE_KERNEL = "python3"
@@ -34,6 +36,7 @@ class KernelManager:
         self.kernels: dict[str, Kernel] = {}
         self.specs = KernelSpecManager()
         self.context = zmq.asyncio.Context()
+        self.runtime = RuntimeDir()
         self.on_removed: list[Callable[[str], None]] = []
         self._culler: asyncio.Task[None] | None = None
 
@@ -72,14 +75,15 @@ class KernelManager:
             kernel_spec_manager=self.specs,
             context=self.context,
             shutdown_wait_time=3.0,
-            transport="tcp",
-            ip="127.0.0.1",
+            **self.runtime.kernel_args(kernel_id),
         )
         kernel = Kernel(kernel_id, name, path or "", km, self.context)
         try:
             await kernel.start(cwd=self._cwd(path), env=self._env(path))
         except Exception as e:
             log.exception("kernel %s (%s) failed to start", kernel_id, name)
+            km.cleanup_connection_file()
+            km.cleanup_ipc_files()
             raise HubError(f"Kernel {name} failed to start: {e}", status=500) from None
         kernel.on_dead.append(self._forget_dead)
         self.kernels[kernel_id] = kernel
@@ -138,6 +142,7 @@ class KernelManager:
             self._culler.cancel()
         await self.shutdown_all()
         self.context.destroy(linger=0)
+        self.runtime.close()
 
     async def _cull_loop(self) -> None:
         every = max(1.0, min(60.0, self.idle_timeout / 2))
