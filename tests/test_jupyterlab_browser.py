@@ -1,0 +1,312 @@
+"""JupyterLab (the real jupyterhub-singleuser) behind a real minihub hub process.
+
+In headless Chromium: log in at /hub/login, follow the OAuth redirects to /user/<name>/lab,
+run a cell in a new notebook. Over HTTP: the server survives a hub restart (same pid, same
+kernel) and the browser's session keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, account
+
+VENV_BIN = os.path.dirname(sys.executable)
+SINGLEUSER = shutil.which("jupyterhub-singleuser", path=VENV_BIN)
+pytestmark = [
+    pytest.mark.skipif(SINGLEUSER is None or shutil.which("jupyter-lab", path=VENV_BIN) is None,
+                       reason="jupyterhub-singleuser and JupyterLab are not installed"),
+    pytest.mark.timeout(120),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Hub:
+    """A minihub hub process, as an operator runs it, with JupyterLab as the user server."""
+
+    cmd: list[str]
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=f)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("hub did not start: " + self.tail())
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def lab_hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[tuple[Hub, Any]]:
+    user = make_system_user(account("mhjl"))
+    port = _free_port()
+    toml = tmp_path / "minihub.toml"
+    # The operator's line: the command by name, found on the servers' PATH (the hub's venv).
+    toml.write_text('[spawner]\ncmd = ["jupyterhub-singleuser"]\nstart_timeout = 60\n'
+                    'environment = {JUPYTERHUB_ACTIVITY_INTERVAL = "1"}\n')
+    hub = Hub([sys.executable, "-m", "minihub", "-f", str(toml), "--data-dir", data_dir,
+               "--port", str(port)], port, tmp_path / "hub.log")
+    hub.start()
+    try:
+        yield hub, user
+    finally:
+        hub.stop()
+        # The hub leaves users' servers running on purpose (re-adoption); end this one's.
+        subprocess.run(["pkill", "-TERM", "-u", user.name], capture_output=True)
+
+
+# --- in Chromium ------------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_jupyterlab_in_chromium(lab_hub: tuple[Hub, Any]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed")
+    hub, user = lab_hub
+    console: list[str] = []
+    failed: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+            ctx.set_default_timeout(30000)
+            page = ctx.new_page()
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("response", lambda r: failed.append(f"{r.status} {r.request.method} {r.url}")
+                    if r.status >= 400 else None)
+            hops: list[str] = []
+            page.on("request", lambda r: hops.append(r.url) if r.is_navigation_request() else None)
+            page.goto(hub.url + "/hub/login")
+            page.fill("input[name=username]", user.name)
+            page.fill("input[name=password]", user.password)
+            page.locator("form button, form input[type=submit]").first.click()
+            try:
+                page.wait_for_url(f"**/user/{user.name}/lab**", timeout=60000)
+                page.locator("#jp-main-dock-panel").wait_for(timeout=60000)
+                card = page.locator(".jp-LauncherCard[data-category='Notebook']").first
+                card.wait_for(timeout=60000)
+            except Exception as e:
+                raise AssertionError(f"{e}\nnavigations: {hops}\nfailed: {failed}\n"
+                                     f"console: {console[-20:]}\nhub log: {hub.tail()}") from e
+            assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
+            assert any(f"/user/{user.name}/oauth_callback?code=" in h for h in hops), hops
+            run_a_cell(page, card, failed, console)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
+        finally:
+            browser.close()
+    # Everything went through the hub's port: no request escaped to the server's own port.
+    assert not [f for f in failed if "/api/" in f and " 4" in f[:4]], failed
+
+
+def run_a_cell(page: Any, card: Any, failed: list[str], console: list[str]) -> None:
+    """A new Python notebook from the launcher; print(6*7) shows 42 (kernel over the proxy)."""
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    card.click()
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").first
+    try:
+        panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+            timeout=60000)
+    except Exception as e:
+        raise AssertionError(f"{e}\nfailed: {failed}\nconsole: {console[-20:]}\n"
+                             f"websockets: {sockets}") from e
+    panel.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.type("print(6*7)")
+    page.keyboard.press("Shift+Enter")
+    out = panel.locator(".jp-OutputArea-output").first
+    out.wait_for(timeout=30000)
+    assert out.inner_text().strip() == "42"
+    assert any("/api/kernels/" in u and "/channels" in u for u in sockets), sockets
+
+
+# --- a hub restart under a running JupyterLab -------------------------------------------------
+
+async def _wait_running(s: aiohttp.ClientSession, hub: Hub, name: str) -> None:
+    for _ in range(600):
+        async with s.get(f"{hub.url}/hub/api/users/{name}") as r:
+            model = await r.json()
+        if model.get("server"):
+            return
+        if model.get("pending") is None and not model.get("servers"):
+            break
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"server not running: {model}\n{hub.tail()}")
+
+
+async def _execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str,
+                   code: str) -> str:
+    """Run code over the kernel's websocket through the hub (authenticated by the browser's
+    cookies alone, as JupyterLab's are); return its stdout."""
+    url = f"{hub.url}/user/{name}/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
+    msg_id = uuid.uuid4().hex
+    out: list[str] = []
+    async with s.ws_connect(url, protocols=["v1.kernel.websocket.jupyter.org"]) as ws:
+        # JupyterLab offers the v1 binary framing; the server picks it when it can.
+        if ws.protocol:
+            await ws.send_bytes(_v1(msg_id, name, code))
+        else:
+            await ws.send_str(json.dumps({
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": name,
+                           "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
+                "parent_header": {}, "metadata": {}, "channel": "shell",
+                "content": {"code": code, "silent": False, "store_history": False,
+                            "user_expressions": {}, "allow_stdin": False}}))
+        async with asyncio.timeout(30):
+            async for m in ws:
+                msg = _decode(m)
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream":
+                    out.append(msg["content"]["text"])
+                if msg["msg_type"] == "error":
+                    out.append("ERROR " + msg["content"]["ename"])
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+    return "".join(out)
+
+
+def _v1(msg_id: str, name: str, code: str) -> bytes:
+    """An execute_request in the v1.kernel.websocket.jupyter.org binary framing."""
+    parts = [b"shell",
+             json.dumps({"msg_id": msg_id, "msg_type": "execute_request", "username": name,
+                         "session": uuid.uuid4().hex, "version": "5.3", "date": ""}).encode(),
+             b"{}", b"{}",
+             json.dumps({"code": code, "silent": False, "store_history": False,
+                         "user_expressions": {}, "allow_stdin": False}).encode()]
+    offsets, pos = [], 8 * (len(parts) + 2)
+    for p in parts:
+        offsets.append(pos)
+        pos += len(p)
+    offsets.append(pos)
+    head = (len(offsets)).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little")
+                                                          for o in offsets)
+    return head + b"".join(parts)
+
+
+def _decode(m: aiohttp.WSMessage) -> dict[str, Any]:
+    if m.type == aiohttp.WSMsgType.TEXT:
+        return dict(json.loads(m.data))
+    assert m.type == aiohttp.WSMsgType.BINARY, m
+    data: bytes = m.data
+    n = int.from_bytes(data[:8], "little")
+    offs = [int.from_bytes(data[8 * (i + 1):8 * (i + 2)], "little") for i in range(n)]
+    fields = [data[offs[i]:offs[i + 1]] for i in range(n - 1)]
+    return {"channel": fields[0].decode(), "header": json.loads(fields[1]),
+            "msg_type": json.loads(fields[1])["msg_type"],
+            "parent_header": json.loads(fields[2]), "content": json.loads(fields[4])}
+
+
+def _server_pid(name: str) -> int:
+    out = subprocess.run(["pgrep", "-u", name, "-f", "jupyterhub-singleuser"],
+                         capture_output=True, text=True).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+async def _open_lab(s: aiohttp.ClientSession, hub: Hub, name: str) -> list[str]:
+    """GET /user/<name>/lab as a browser would; return the redirect hops taken."""
+    async with s.get(f"{hub.url}/user/{name}/lab") as r:
+        html = await r.text()
+        assert r.status == 200, (r.status, html[:500], hub.tail())
+        hops = [str(h.url) for h in r.history]
+    m = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
+                  html, re.DOTALL)
+    assert m and json.loads(m.group(1))["hubUser"] == name, html[:500]
+    return hops
+
+
+async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) -> None:
+    hub, user = lab_hub
+    name = user.name
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
+    async with aiohttp.ClientSession(cookie_jar=jar,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async with s.post(f"{hub.url}/hub/login", data={"username": name,
+                                                        "password": user.password}) as r:
+            assert r.status == 200, await r.text()
+        await _wait_running(s, hub, name)
+        hops = await _open_lab(s, hub, name)
+        assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
+        xsrf = next(c.value for c in jar if c.key == "_xsrf" and c["path"].startswith("/user/"))
+        async with s.post(f"{hub.url}/user/{name}/api/kernels", json={},
+                          headers={"X-XSRFToken": xsrf}) as r:
+            assert r.status == 201, await r.text()
+            kernel = (await r.json())["id"]
+        pid = _server_pid(name)
+        out = await _execute(s, hub, name, kernel, "import os; x = 6 * 7; print(os.getppid())")
+        assert out.strip() == str(pid)
+
+        hub.stop()
+        mark = len(hub.log.read_text(errors="replace"))
+        assert os.path.exists(f"/proc/{pid}"), "the hub's SIGTERM took the server with it"
+        hub.start()
+
+        # The same server answers through the new hub, to the browser's cookies alone.
+        await _wait_running(s, hub, name)
+        async with s.get(f"{hub.url}/user/{name}/api/kernels") as r:
+            assert r.status == 200, await r.text()
+            assert kernel in [k["id"] for k in await r.json()]
+        out = await _execute(s, hub, name, kernel, "import os; print(x, os.getppid())")
+        assert out.split() == ["42", str(pid)]
+        assert _server_pid(name) == pid
+        await _open_lab(s, hub, name)  # JupyterLab loads again (OAuth redone if needed)
+
+        # The server's own API token still works: its activity posts reach the new hub.
+        posted = f"POST /hub/api/users/{name}/activity"
+        for _ in range(100):
+            since = hub.log.read_text(errors="replace")[mark:]
+            if f"204 {posted}" in since:
+                break
+            await asyncio.sleep(0.1)
+        assert f"204 {posted}" in since and posted not in since.replace(f"204 {posted}", ""), \
+            since[-3000:]
