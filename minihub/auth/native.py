@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import bcrypt
 
@@ -11,8 +12,12 @@ from ..errors import BadRequest
 from ..store import Store
 from .base import Authenticator
 
-# bcrypt hashes at most 72 bytes; a fixed dummy hash keeps timing equal for unknown names.
-_DUMMY = bcrypt.hashpw(b"dummy-password", bcrypt.gensalt(rounds=10))
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """Checked against for unknown names, so they take as long as known ones (made once,
+    on first use: hashing at import would slow every start of the hub and the CLI)."""
+    return bcrypt.hashpw(b"dummy-password", bcrypt.gensalt(rounds=10))
 
 
 def hash_password(password: str) -> str:
@@ -20,7 +25,8 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, hashed: str | None) -> bool:
-    ok = bcrypt.checkpw(password.encode()[:72], (hashed or _DUMMY.decode()).encode())
+    # bcrypt hashes at most 72 bytes
+    ok = bcrypt.checkpw(password.encode()[:72], hashed.encode() if hashed else _dummy_hash())
     return ok and hashed is not None
 
 
