@@ -18,8 +18,6 @@ from . import api, oauth2, scopes, services
 from .auth.base import Authenticator
 from .auth.identity import HUB_COOKIES, SESSION_COOKIE, Identities, Identity
 from .auth.native import NativeAuthenticator
-from .auth.oauth import OAuthenticator
-from .auth.oauth_routes import setup as oauth_setup
 from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
 from .auth.throttle import Throttle
@@ -46,6 +44,8 @@ def make_authenticator(cfg: Config, store: Store) -> Authenticator:
     if cfg.get("auth.authenticator") == "native":
         return NativeAuthenticator(cfg, store)
     if cfg.get("auth.authenticator") == "oauth":
+        from .auth.oauth import OAuthenticator  # authlib and cryptography only when used
+
         return OAuthenticator(cfg, store)
     return PAMAuthenticator(cfg)
 
@@ -258,7 +258,10 @@ def make_app(cfg: Config) -> web.Application:
     app.router.add_static(base + "hub/static/", STATIC, append_version=False)
     api.setup(app, base)
     pages.setup(app, base)
-    oauth_setup(app, base)
+    if cfg.get("auth.authenticator") == "oauth":
+        from .auth.oauth_routes import setup as oauth_setup
+
+        oauth_setup(app, base)
     oauth2.setup(app, base)
     admin.setup(app, base)
     app.router.add_route("*", base + "user/{name}", user_route)
