@@ -124,6 +124,7 @@ def run_probe(user: Any, info: dict[str, Any], listen: float) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
         cwd="/",
         env={"PATH": "/usr/bin:/bin", "HOME": user.home},
     )
@@ -192,11 +193,27 @@ async def test_another_user_cannot_reach_the_kernel(
     await delete_kernel(http, server, kid)
 
 
+async def run_complete(kc: KernelClient, code: str, stdout: str) -> None:
+    """Every message the request makes came, the very first ones too, and the reply."""
+    msg_id = await kc.execute(code)
+    out = await kc.collect(msg_id)
+    kinds = [
+        (m["channel"], m["header"]["msg_type"], m["content"].get("execution_state"))
+        for m in out.all
+        if m["parent_header"].get("msg_id") == msg_id
+    ]
+    assert ("iopub", "status", "busy") in kinds, kinds
+    assert ("iopub", "execute_input", None) in kinds, kinds
+    assert out.stdout == stdout, out.all
+    assert out.reply and out.reply["status"] == "ok"
+
+
 async def _start_and_use(http: aiohttp.ClientSession, server: Server, n: int) -> str:
-    """Start a kernel and at once run code that reads stdin: the output must all come."""
+    """Start a kernel and at once run code (printing at once, then reading stdin)."""
     kid = await new_kernel(http, server)
     kc = await KernelClient.connect(http, server, kid, v1=n % 2 == 1)
     try:
+        await run_complete(kc, f"print('k{n}')", f"k{n}\n")
         msg_id = await kc.execute(f"print('k{n}', input('?'))", stdin=True)
         req = await kc.wait_for(lambda m: m["header"]["msg_type"] == "input_request", 60)
         assert req["parent_header"]["msg_id"] == msg_id
@@ -232,10 +249,13 @@ async def test_restarts_over_ipc_and_files_cleaned_up(
     for _ in range(2):
         os.kill(info["pid"], signal.SIGKILL)
         await kc.wait_for(
-            lambda m: m["header"]["msg_type"] == "status"
-            and m["content"]["execution_state"] == "restarting"
+            lambda m: (
+                m["header"]["msg_type"] == "status"
+                and m["content"]["execution_state"] == "restarting"
+            )
         )
-        # Straight after the restart notice: the request waits for the new kernel.
+        # Straight after the restart notice: requests wait for the new kernel, lose nothing.
+        await run_complete(kc, "print('back')", "back\n")
         msg_id = await kc.execute("print(input('again? '))", stdin=True)
         await kc.wait_for(lambda m: m["header"]["msg_type"] == "input_request")
         await kc.request("input_reply", {"value": "yes"}, channel="stdin")

@@ -76,6 +76,7 @@ class Kernel:
         self._lock = asyncio.Lock()
         self._iopub: zmq.asyncio.Socket | None = None
         self._iopub_seen = asyncio.Event()
+        self._probe_ids: set[str] = set()
         # Set once iopub is known to reach us: before that the kernel's PUB socket would drop
         # a client's outputs (zmq's slow joiner), so clients' requests wait for it.
         self.ready = asyncio.Event()
@@ -209,11 +210,21 @@ class Kernel:
             if parts is None:
                 log.warning("kernel %s: dropped an unsigned iopub message", self.id)
                 continue
-            self._iopub_seen.set()
+            if not self._iopub_seen.is_set() and self._from_this_kernel(parts):
+                self._iopub_seen.set()
             self.touch()
             if msg_type(parts) == "status":
                 self._track_status(parts[3])
             self.broadcast("iopub", parts)
+
+    def _from_this_kernel(self, parts: Parts) -> bool:
+        """A welcome or an answer to our probe: not an old kernel's message still queued."""
+        if msg_type(parts) == "iopub_welcome":
+            return True
+        try:
+            return json.loads(parts[1]).get("msg_id") in self._probe_ids
+        except (ValueError, AttributeError):
+            return False
 
     def _track_status(self, content: bytes) -> None:
         try:
@@ -230,6 +241,7 @@ class Kernel:
     async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Nudge with kernel_info until the kernel answers and its iopub reaches us."""
         self._iopub_seen.clear()
+        self._probe_ids.clear()
         await asyncio.wait_for(self._probe(), timeout)
         if self.execution_state in ("starting", "restarting"):
             self.execution_state = "idle"
@@ -258,7 +270,9 @@ class Kernel:
         while not (answered and self._iopub_seen.is_set()):
             if not await self.km.is_alive():
                 raise RuntimeError("the kernel process exited")
-            await probe.send_multipart(self.signed(self.make_message("kernel_info_request", {})))
+            request = self.make_message("kernel_info_request", {})
+            self._probe_ids.add(json.loads(request[0])["msg_id"])
+            await probe.send_multipart(self.signed(request))
             try:
                 await asyncio.wait_for(probe.recv_multipart(), 0.5)
                 answered = True
