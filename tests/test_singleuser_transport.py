@@ -141,6 +141,16 @@ async def test_kernels_use_private_unix_sockets_not_tcp(
     for kid in kids:
         kc = await KernelClient.connect(http, server, kid)
         info = await where(kc)
+        # The debugger would listen on TCP (debugpy, no authentication): it is refused.
+        req = {"seq": 1, "type": "request", "command": "initialize", "arguments": {}}
+        msg_id = await kc.request("debug_request", req, channel="control")
+        reply = await kc.wait_for(
+            lambda m, i=msg_id: (
+                m["parent_header"].get("msg_id") == i and m["header"]["msg_type"] == "debug_reply"
+            )
+        )
+        assert reply["channel"] == "control"
+        assert reply["content"]["success"] is False
         await kc.ws.close()
         assert info["transport"] == "ipc"
         fork_pipes.add(("0100007F", info["fork_pipe"]))
@@ -157,6 +167,9 @@ async def test_kernels_use_private_unix_sockets_not_tcp(
     # 127.0.0.1 (output of forked children, accepted only with a random 16-byte token): that
     # one is known and carries no output to a peer. Nothing else may listen.
     assert set(tcp_listeners(server.user.uid)) <= fork_pipes
+    async with http.get(server.url + "api/kernelspecs", headers=server.headers) as r:
+        specs = (await r.json())["kernelspecs"]
+    assert specs["python3"]["spec"]["metadata"].get("debugger") is False
     for kid in kids:
         await delete_kernel(http, server, kid)
 

@@ -8,17 +8,29 @@ loses no output or reply.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import uuid
 from collections import OrderedDict, deque
+from typing import Any
 
 import zmq.asyncio
 from aiohttp import WSMsgType, web
 
 from .kernel import Kernel
 from .manager import KernelManager
-from .wire import V1_PROTOCOL, Parts, WireError, from_legacy, from_v1, pack_legacy, to_legacy, to_v1
+from .wire import (
+    V1_PROTOCOL,
+    Parts,
+    WireError,
+    from_legacy,
+    from_v1,
+    msg_type,
+    pack_legacy,
+    to_legacy,
+    to_v1,
+)
 
 log = logging.getLogger("minihub.kernels")
 
@@ -113,6 +125,26 @@ async def _send(ws: web.WebSocketResponse, channel: str, parts: Parts, v1: bool)
         await ws.send_str(frame)
 
 
+def refuse_debug(kernel: Kernel, request: Parts) -> Parts:
+    """A failed debug_reply: ipykernel's debugger (debugpy) listens on loopback TCP with no
+    authentication, so any local account could attach to it and run code as this user."""
+    try:
+        req = json.loads(request[3])
+    except ValueError:
+        req = None
+    req = req if isinstance(req, dict) else {}
+    content: dict[str, Any] = {
+        "type": "response",
+        "request_seq": req.get("seq", 0),
+        "success": False,
+        "command": req.get("command", ""),
+        "message": "The debugger is disabled on this server.",
+        "body": {},
+    }
+    reply = kernel.make_message("debug_reply", content)
+    return [reply[0], request[0], reply[2], reply[3]]
+
+
 class Bridge:
     """Every kernel's client sessions; serves GET api/kernels/{kernel_id}/channels."""
 
@@ -181,6 +213,9 @@ class Bridge:
             log.warning("kernel %s: ignored a message for channel %r", client.kernel.id, channel)
             return
         client.kernel.touch()
+        if channel == "control" and msg_type(parts) == "debug_request":
+            client.deliver("control", refuse_debug(client.kernel, parts))
+            return
         if channel == "shell":
             await client.kernel.until_ready()
         await client.send(channel, parts)

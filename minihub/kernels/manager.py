@@ -44,6 +44,11 @@ class KernelManager:
 
     async def all_specs(self) -> dict[str, dict[str, Any]]:
         specs: dict[str, dict[str, Any]] = await asyncio.to_thread(self.specs.get_all_specs)
+        for spec in specs.values():
+            # The bridge refuses debug_request (see channels.py): offer no debugger.
+            metadata = spec.get("spec", {}).get("metadata")
+            if isinstance(metadata, dict) and metadata.get("debugger"):
+                metadata["debugger"] = False
         return specs
 
     async def default_name(self) -> str:
