@@ -187,3 +187,17 @@ async def test_real_singleuser_server_forked(
     await spawner.stop(proc, timeout=5)
     assert await spawner.poll(proc) is not None
     assert all([await gone(p) for p in kernels])
+
+
+async def test_a_burst_of_starts_bigger_than_the_socket_buffer(
+    spawner: ForkSpawner, fred: Account, log_dir: Path
+) -> None:
+    # 100 KiB of environment per request: a few fill the socket to the zygote, so later
+    # requests must wait for it to drain instead of failing with EAGAIN.
+    env = {"MINIHUB_BULK": "x" * 100_000}
+    cmd = [sys.executable, "-c", "import time; time.sleep(60)"]
+    procs = await asyncio.gather(*(
+        spawner.start(make_spec(fred, log_dir, cmd=cmd, env=env, username=f"mhfk_fred{i}"))
+        for i in range(12)))
+    assert len({p.pid for p in procs}) == 12
+    assert all([await spawner.poll(p) is None for p in procs])

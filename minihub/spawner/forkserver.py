@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import SpawnError
 from .accounts import drop_to
-from .base import LaunchSpec, Proc
+from .base import UNKNOWN_EXIT, LaunchSpec, Proc
 from .cgroups import UserCgroup
 from .local import (
     LocalSpawner,
@@ -53,6 +53,7 @@ class ForkSpawner(LocalSpawner):
         self._zygote: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._forked: dict[int, int] = {}  # pid -> start ticks, until its exit is reported
@@ -130,12 +131,30 @@ class ForkSpawner(LocalSpawner):
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[rid] = fut
         try:
-            socket.send_fds(self._sock, [json.dumps(req).encode()], fds)
-            return await asyncio.wait_for(fut, _REPLY_TIMEOUT)
+            async with asyncio.timeout(_REPLY_TIMEOUT):
+                await self._send(self._sock, json.dumps(req).encode(), fds)
+                return await fut
         except (OSError, TimeoutError) as e:
             raise SpawnError(f"The fork server did not start the server: {e}") from None
         finally:
             self._replies.pop(rid, None)
+
+    async def _send(self, sock: socket.socket, data: bytes, fds: list[int]) -> None:
+        """Send one request, waiting while the socket is full (many spawns at once: the
+        zygote forks one at a time). One sender at a time: a loop has one writer per fd."""
+        loop = asyncio.get_running_loop()
+        async with self._send_lock:
+            while True:
+                try:
+                    socket.send_fds(sock, [data], fds)
+                    return
+                except BlockingIOError:
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(sock.fileno(), _settle, writable)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(sock.fileno())
 
     def _on_message(self, sock: socket.socket) -> None:
         try:
@@ -164,6 +183,15 @@ class ForkSpawner(LocalSpawner):
             self._sock.close()
             self._sock = None
 
+    def _poll(self, pid: int, ticks: int) -> int | None:
+        status = super()._poll(pid, ticks)
+        if status == UNKNOWN_EXIT and self._forked.get(pid) == ticks and self._zygote_alive():
+            return None  # gone, and its real exit status is on its way from the zygote
+        return status
+
+    def _zygote_alive(self) -> bool:
+        return self._sock is not None and self._zygote is not None and self._zygote.poll() is None
+
     def _remember(self, pid: int, ticks: int) -> None:
         if pid in self._early:
             self._exited[(pid, ticks)] = self._early.pop(pid)
@@ -188,6 +216,11 @@ class ForkSpawner(LocalSpawner):
                 self._zygote.kill()
                 await asyncio.to_thread(self._zygote.wait, 5)
         await super().close()
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _start_zygote() -> tuple[subprocess.Popen[bytes], socket.socket]:
