@@ -162,16 +162,34 @@ async def test_kernels_use_private_unix_sockets_not_tcp(
         assert stat.S_IMODE(os.stat(info["file"]).st_mode) == 0o600
         for port in info["ports"]:
             assert stat.S_ISSOCK(os.stat(f"{info['ip']}-{port}").st_mode)
-    # The test harness binds the server's own listening socket as root, so what listens as
-    # the user is the kernels' doing. ipykernel itself binds one receive-only PULL socket on
-    # 127.0.0.1 (output of forked children, accepted only with a random 16-byte token): that
-    # one is known and carries no output to a peer. Nothing else may listen.
-    assert set(tcp_listeners(server.user.uid)) <= fork_pipes
+    # The test harness binds the server's own listening socket as root, so anything listening
+    # as the user is the kernels' doing; ipykernel's fork pipe (its own default is TCP) too.
+    assert fork_pipes == {("0100007F", None)}
+    assert tcp_listeners(server.user.uid) == []
     async with http.get(server.url + "api/kernelspecs", headers=server.headers) as r:
         specs = (await r.json())["kernelspecs"]
     assert specs["python3"]["spec"]["metadata"].get("debugger") is False
     for kid in kids:
         await delete_kernel(http, server, kid)
+
+
+async def test_output_of_forked_children_still_comes(
+    http: aiohttp.ClientSession, server: Server
+) -> None:
+    kid = await new_kernel(http, server)
+    kc = await KernelClient.connect(http, server, kid)
+    code = (
+        "import os, sys, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    print('from the child'); sys.stdout.flush(); time.sleep(1); os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "time.sleep(0.5)"
+    )
+    out = await kc.run(code)
+    assert "from the child" in out.stdout, out.all
+    await kc.ws.close()
+    await delete_kernel(http, server, kid)
 
 
 async def test_another_user_cannot_reach_the_kernel(

@@ -8,6 +8,7 @@ directory (transport.py), never on TCP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -17,10 +18,10 @@ from typing import Any
 
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-from jupyter_client.manager import AsyncKernelManager
 
 from ..errors import HubError, NotFound
 from .kernel import Kernel
+from .launch import IpcKernelManager, fork_pipe_path
 from .transport import RuntimeDir
 
 log = logging.getLogger("minihub.kernels")
@@ -75,7 +76,7 @@ class KernelManager:
         except NoSuchKernel:
             raise NotFound(f"No such kernel: {name}") from None
         kernel_id = str(uuid.uuid4())
-        km = AsyncKernelManager(
+        km = IpcKernelManager(
             kernel_name=name,
             kernel_spec_manager=self.specs,
             context=self.context,
@@ -113,7 +114,7 @@ class KernelManager:
     async def shutdown(self, kernel_id: str, now: bool = False) -> None:
         kernel = self.get(kernel_id)
         self._remove(kernel_id)
-        await kernel.shutdown(now=now)
+        await _stop(kernel, now)
         log.info("kernel %s shut down", kernel_id)
 
     async def shutdown_all(self) -> None:
@@ -122,7 +123,7 @@ class KernelManager:
 
     def _forget_dead(self, kernel: Kernel) -> None:
         self._remove(kernel.id)
-        asyncio.get_running_loop().create_task(kernel.shutdown(now=True))
+        asyncio.get_running_loop().create_task(_stop(kernel, now=True))
 
     def _remove(self, kernel_id: str) -> None:
         if self.kernels.pop(kernel_id, None) is not None:
@@ -171,3 +172,10 @@ class KernelManager:
             and kernel.connections == 0
             and idle_for > self.idle_timeout
         )
+
+
+async def _stop(kernel: Kernel, now: bool) -> None:
+    """Shut a kernel down; jupyter_client removes its file and sockets, we its fork pipe."""
+    await kernel.shutdown(now=now)
+    with contextlib.suppress(OSError):  # a killed kernel leaves it behind
+        os.unlink(fork_pipe_path(kernel.km.ip))
