@@ -1,8 +1,15 @@
 """Benchmark minihub's proxy against a direct connection and configurable-http-proxy.
 
 Everything runs on loopback, each server in its own process. Run it with the venv's python:
-    /opt/minihub/venv/bin/python scripts/bench_proxy.py [--requests 20000] [--concurrency 32]
-It prints a markdown table: GET requests/s and p50/p99 latency, websocket round trips.
+    /opt/minihub/venv/bin/python scripts/bench_proxy.py [--runs 3] [--mode both]
+It prints markdown tables (medians over the runs): GET requests/s, p50/p99 latency, the
+proxy's CPU per request, and websocket round trips. Two setups:
+- mock: an aiohttp upstream shaped like a user server, behind a hub reduced to its proxy
+  route (minihub.proxy alone), behind configurable-http-proxy (CHP), and direct;
+- real (root only): the real hub (`python -m minihub`, native auth, an API token) with the
+  real user server it spawned for a system account, that server behind CHP (which adds
+  the server's secret like the hub does), and direct. Websocket: kernel_info round trips
+  to the server's kernel over its channels websocket.
 """
 
 from __future__ import annotations
@@ -12,22 +19,31 @@ import asyncio
 import json
 import math
 import os
+import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
 SECRET = "bench-secret"
 STATUS_PATH = "/user/x/api/status"
 WS_PATH = "/user/x/ws"
 CHP_VERSION = "configurable-http-proxy@4"
+CHP_PREINSTALLED = Path("/opt/minihub-bench/chp/node_modules/.bin/configurable-http-proxy")
+BENCH_USER = "mhpxbench"  # the system account whose real server the real setup measures
+CHP_NAME = "configurable-http-proxy"
 
 
 # ------------------------------------------------------------------ the servers (child processes)
@@ -43,10 +59,11 @@ def serve_upstream(port: int) -> None:
     ).encode()
 
     @web.middleware
-    async def secret(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def secret(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.headers.get("X-Minihub-Secret") != SECRET:
             return web.json_response({"message": "Forbidden"}, status=403)
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def status(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
@@ -65,10 +82,12 @@ def serve_upstream(port: int) -> None:
 
 
 def serve_minihub_proxy(port: int, upstream_port: int) -> None:
-    """A hub reduced to its proxy route: normalise the path, forward with the secret."""
+    """A hub reduced to its proxy route: normalise the path, forward with the secret.
+    It runs on the event loop the hub would use (minihub.serve.run)."""
     from aiohttp import web
 
     from minihub.proxy import Proxy, Upstream, normalise_path
+    from minihub.serve import run as run_loop
 
     upstream = Upstream("127.0.0.1", upstream_port, SECRET)
     key = web.AppKey("proxy", Proxy)
@@ -85,10 +104,19 @@ def serve_minihub_proxy(port: int, upstream_port: int) -> None:
         yield
         await app[key].close()
 
-    app = web.Application()
-    app.cleanup_ctx.append(proxy_ctx)
-    app.router.add_route("*", "/user/{tail:.*}", route)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    async def main() -> None:
+        app = web.Application()
+        app.cleanup_ctx.append(proxy_ctx)
+        app.router.add_route("*", "/user/{tail:.*}", route)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    run_loop(main())
 
 
 def free_port() -> int:
@@ -110,23 +138,30 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise SystemExit(f"nothing listening on port {port} after {timeout}s")
 
 
-def spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
+def checkout_env(**extra: str) -> dict[str, str]:
     # the checkout's minihub, not whatever version is installed in the venv
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True, env=env)
+    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+
+
+def spawn(args: list[str], port: int, **kw: Any) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True,
+                            env=checkout_env(), **kw)
     wait_port(port, proc)
     return proc
 
 
 def self_cmd(*args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), *args]
+    return [PY, str(Path(__file__).resolve()), *args]
 
 
 def find_chp(workdir: Path) -> str | None:
-    """configurable-http-proxy on PATH, else installed with npm into a temporary prefix."""
+    """configurable-http-proxy on PATH or in the side-by-side benchmark's prefix, else
+    installed with npm into a temporary prefix."""
     found = shutil.which("configurable-http-proxy")
     if found:
         return found
+    if CHP_PREINSTALLED.exists():
+        return str(CHP_PREINSTALLED)
     if not shutil.which("npm"):
         print("npm not found: skipping configurable-http-proxy", file=sys.stderr)
         return None
@@ -144,7 +179,35 @@ def find_chp(workdir: Path) -> str | None:
     return str(binary)
 
 
-# ------------------------------------------------------------------ the load generator
+def start_chp(chp: str, target: str, secret: str) -> tuple[subprocess.Popen[bytes], int]:
+    port, api_port = free_port(), free_port()
+    proc = spawn([
+        chp, "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+        "--api-port", str(api_port), "--default-target", target,
+        "--custom-header", f"X-Minihub-Secret:{secret}", "--log-level", "error",
+    ], port)
+    return proc, port
+
+
+# ------------------------------------------------------------------ what is measured
+
+
+@dataclass
+class Target:
+    """One way to reach a server: a port, the request to send, the process to charge."""
+
+    name: str
+    group: str
+    port: int
+    pid: int | None
+    path: str
+    headers: dict[str, str]
+    ws: Callable[[Target, int, float], Coroutine[Any, Any, Result]]
+
+    def request(self) -> bytes:
+        lines = [f"GET {self.path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
+                 "Accept: application/json", *(f"{k}: {v}" for k, v in self.headers.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 @dataclass
@@ -158,6 +221,10 @@ class Result:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_req(self) -> float:
+        return self.cpu / self.requests * 1e6 if self.requests else float("nan")
 
     def pct(self, p: float) -> float:
         if not self.latencies:
@@ -178,17 +245,15 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def http_load(port: int, total: int, concurrency: int, max_seconds: float) -> Result:
+async def http_load(target: Target, total: int, concurrency: int, max_seconds: float) -> Result:
     """`concurrency` keep-alive connections sending GETs until `total` or `max_seconds`."""
-    request = (f"GET {STATUS_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               # the direct target needs the secret; the proxies replace it with their own
-               f"Accept: application/json\r\nX-Minihub-Secret: {SECRET}\r\n\r\n").encode()
+    request = target.request()
     latencies: list[float] = []
     counter = {"left": total, "errors": 0}
     deadline = time.perf_counter() + max_seconds
 
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
         try:
             while counter["left"] > 0 and time.perf_counter() < deadline:
                 counter["left"] -= 1
@@ -206,15 +271,15 @@ async def http_load(port: int, total: int, concurrency: int, max_seconds: float)
     return Result(len(latencies), counter["errors"], time.perf_counter() - start, latencies)
 
 
-async def ws_roundtrips(port: int, count: int, max_seconds: float) -> Result:
-    """Sequential round trips of a small text message over one websocket."""
+async def ws_echo(target: Target, count: int, max_seconds: float) -> Result:
+    """Sequential round trips of a small text message over one websocket to an echo."""
     import aiohttp
 
     latencies: list[float] = []
     msg = json.dumps({"header": {"msg_type": "kernel_info_request"}, "content": {}})
     deadline = time.perf_counter() + max_seconds
     async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"http://127.0.0.1:{port}{WS_PATH}", compress=0, headers={"X-Minihub-Secret": SECRET}
+        f"http://127.0.0.1:{target.port}{WS_PATH}", compress=0, headers=target.headers
     ) as ws:
         start = time.perf_counter()
         for _ in range(count):
@@ -227,6 +292,45 @@ async def ws_roundtrips(port: int, count: int, max_seconds: float) -> Result:
         return Result(len(latencies), 0, time.perf_counter() - start, latencies)
 
 
+def kernel_ws(prefix: str, kernel_id: str) -> Callable[[Target, int, float],
+                                                        Coroutine[Any, Any, Result]]:
+    """Sequential kernel_info round trips over a real kernel's channels websocket: the
+    request, the kernel's busy/idle status messages and the reply all pass the proxy."""
+
+    async def rounds(target: Target, count: int, max_seconds: float) -> Result:
+        import aiohttp
+
+        url = (f"http://127.0.0.1:{target.port}{prefix}api/kernels/{kernel_id}/channels"
+               f"?session_id={uuid.uuid4().hex}")
+        latencies: list[float] = []
+        deadline = time.perf_counter() + max_seconds
+        count = min(count, 500)  # each round trip wakes the kernel
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            url, compress=0, headers=target.headers
+        ) as ws:
+            start = time.perf_counter()
+            for _ in range(count):
+                if time.perf_counter() > deadline:
+                    break
+                msg_id = uuid.uuid4().hex
+                t0 = time.perf_counter()
+                await ws.send_str(json.dumps({
+                    "header": {"msg_id": msg_id, "msg_type": "kernel_info_request",
+                               "username": "bench", "session": "bench", "version": "5.3",
+                               "date": ""},
+                    "parent_header": {}, "metadata": {}, "channel": "shell", "content": {}}))
+                async with asyncio.timeout(30):
+                    while True:
+                        reply = json.loads(await ws.receive_str())
+                        if (reply.get("msg_type") == "kernel_info_reply"
+                                and reply["parent_header"].get("msg_id") == msg_id):
+                            break
+                latencies.append(time.perf_counter() - t0)
+            return Result(len(latencies), 0, time.perf_counter() - start, latencies)
+
+    return rounds
+
+
 def cpu_seconds(pid: int | None) -> float:
     """utime + stime of a process: a fair cost measure on a busy or shared machine."""
     if pid is None:
@@ -236,85 +340,239 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(port: int, pid: int | None, args: argparse.Namespace) -> tuple[Result, Result]:
-    # warm-up: connection pools, and node's JIT for configurable-http-proxy
-    await http_load(port, min(5000, args.requests), args.concurrency, 15)
-    cpu = cpu_seconds(pid)
-    http = await http_load(port, args.requests, args.concurrency, args.max_seconds)
-    http.cpu = cpu_seconds(pid) - cpu
-    ws = await ws_roundtrips(port, args.ws_messages, args.max_seconds)
+async def measure(target: Target, args: argparse.Namespace, warm: bool) -> tuple[Result, Result]:
+    if warm:  # connection pools, caches, and node's JIT for configurable-http-proxy
+        await http_load(target, min(5000, args.requests), args.concurrency, 15)
+    cpu = cpu_seconds(target.pid)
+    http = await http_load(target, args.requests, args.concurrency, args.max_seconds)
+    http.cpu = cpu_seconds(target.pid) - cpu
+    ws = await target.ws(target, args.ws_messages, args.max_seconds)
     return http, ws
+
+
+# ------------------------------------------------------------------ the two setups
+
+
+@dataclass
+class Setup:
+    targets: list[Target] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+
+def setup_mock(s: Setup, chp: str | None) -> None:
+    up_port, hub_port = free_port(), free_port()
+    s.procs.append(spawn(self_cmd("--serve-upstream", str(up_port)), up_port))
+    s.procs.append(spawn(self_cmd("--serve-proxy", str(hub_port), str(up_port)), hub_port))
+    # the direct target needs the secret; the proxies replace it with their own
+    hdr = {"X-Minihub-Secret": SECRET}
+    s.targets += [Target("direct to upstream", "mock", up_port, None, STATUS_PATH, hdr, ws_echo),
+                  Target("minihub Proxy", "mock", hub_port, s.procs[-1].pid, STATUS_PATH, hdr,
+                         ws_echo)]
+    if chp:
+        proc, port = start_chp(chp, f"http://127.0.0.1:{up_port}", SECRET)
+        s.procs.append(proc)
+        s.targets.append(Target(CHP_NAME, "mock", port, proc.pid, STATUS_PATH, hdr, ws_echo))
+
+
+REAL_TOML = """[hub]
+ip = "127.0.0.1"
+port = {port}
+data_dir = "{work}/data"
+cleanup_servers = true
+[auth]
+authenticator = "native"
+"""
+
+
+def setup_real(s: Setup, chp: str | None, work: Path) -> None:
+    """The real hub as installed (default log level: one access-log line per request,
+    written to a file) with a native user whose real server it spawns."""
+    name = BENCH_USER
+    make_account(name)
+    s.cleanups.append(lambda: remove_account(name))
+    os.chmod(work, 0o755)
+    port = free_port()
+    toml = work / "minihub.toml"
+    toml.write_text(REAL_TOML.format(port=port, work=work))
+    hub_cmd = [PY, "-m", "minihub", "-f", str(toml)]
+    run: dict[str, Any] = {"cwd": work, "capture_output": True, "text": True, "timeout": 60,
+                           "env": checkout_env()}
+    subprocess.run([*hub_cmd, "user", "add", name], input="bench-password-1\n", check=True,
+                   **run)
+    token = subprocess.run([*hub_cmd, "token", name], check=True, **run).stdout.split()[-1]
+    with open(work / "hub.log", "wb") as logf:
+        hub = subprocess.Popen(hub_cmd, cwd=work, stdout=logf, stderr=subprocess.STDOUT,
+                               start_new_session=True, env=checkout_env())
+    s.procs.append(hub)
+    wait_port(port, hub, 60)
+    auth = {"Authorization": f"token {token}"}
+    kernel_id = asyncio.run(start_server_and_kernel(port, name, auth))
+    host, up_port, secret = server_address(work, name)
+    prefix = f"/user/{name}/"
+    ws = kernel_ws(prefix, kernel_id)
+    path = prefix + "api/status"
+    s.targets += [Target("direct to user server", "real", up_port, None, path,
+                         {"X-Minihub-Secret": secret}, ws),
+                  Target("minihub hub", "real", port, hub.pid, path, auth, ws)]
+    if chp:
+        proc, cport = start_chp(chp, f"http://{host}:{up_port}", secret)
+        s.procs.append(proc)
+        s.targets.append(Target(CHP_NAME, "real", cport, proc.pid, path, {}, ws))
+
+
+async def start_server_and_kernel(port: int, name: str, auth: dict[str, str]) -> str:
+    import aiohttp
+
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(headers=auth) as c:
+        r = await c.post(f"{base}/hub/api/users/{name}/server")
+        if r.status not in (201, 202):
+            raise SystemExit(f"spawn failed: {r.status} {await r.text()}")
+        async with asyncio.timeout(60):
+            while not (await (await c.get(f"{base}/hub/api/users/{name}")).json())["server"]:
+                await asyncio.sleep(0.2)
+        r = await c.post(f"{base}/user/{name}/api/kernels", json={})
+        if r.status != 201:
+            raise SystemExit(f"kernel start failed: {r.status} {await r.text()}")
+        return str((await r.json())["id"])
+
+
+def server_address(work: Path, name: str) -> tuple[str, int, str]:
+    """Where the hub's user server listens, and its secret, derived as the hub does."""
+    sys.path.insert(0, str(ROOT))
+    from minihub.auth.secrets import load_or_create_key, server_secret
+
+    db = sqlite3.connect(work / "data" / "minihub.sqlite")
+    try:
+        host, port, nonce = db.execute(
+            "SELECT s.host, s.port, s.nonce FROM servers s JOIN users u ON u.id = s.user_id "
+            "WHERE u.name = ?", (name,)).fetchone()
+    finally:
+        db.close()
+    key = load_or_create_key(work / "data" / "cookie_secret")
+    return host, int(port), server_secret(key, name, nonce)
+
+
+def make_account(name: str) -> None:
+    remove_account(name)
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, capture_output=True)
+
+
+def remove_account(name: str) -> None:
+    """Kill what is left of the account's processes (by pid), then remove it."""
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+    subprocess.run(["userdel", "-r", "-f", name], check=False, capture_output=True)
 
 
 # ------------------------------------------------------------------ main
 
 
 def run(args: argparse.Namespace) -> None:
-    procs: list[subprocess.Popen[bytes]] = []
+    s = Setup()
     workdir = Path(tempfile.mkdtemp(prefix="minihub-bench-"))
     try:
-        up_port, hub_port = free_port(), free_port()
-        procs.append(spawn(self_cmd("--serve-upstream", str(up_port)), up_port))
-        procs.append(spawn(self_cmd("--serve-proxy", str(hub_port), str(up_port)), hub_port))
-        targets = [("direct to upstream", up_port, None), ("minihub Proxy", hub_port, procs[1].pid)]
         chp = None if args.no_chp else find_chp(workdir)
-        if chp:
-            chp_port, api_port = free_port(), free_port()
-            procs.append(spawn([
-                chp, "--ip", "127.0.0.1", "--port", str(chp_port), "--api-ip", "127.0.0.1",
-                "--api-port", str(api_port), "--default-target", f"http://127.0.0.1:{up_port}",
-                "--custom-header", f"X-Minihub-Secret:{SECRET}", "--log-level", "error",
-            ], chp_port))
-            targets.append(("configurable-http-proxy", chp_port, procs[-1].pid))
-        results = {}
-        for name, port, pid in targets:
-            print(f"measuring {name} ...", file=sys.stderr)
-            results[name] = asyncio.run(measure(port, pid, args))
-        print_table(results, args)
+        if args.mode in ("mock", "both"):
+            setup_mock(s, chp)
+        if args.mode in ("real", "both"):
+            if os.geteuid() != 0:
+                print("not root: skipping the real hub (it spawns as a system user)",
+                      file=sys.stderr)
+            else:
+                real = workdir / "real"
+                real.mkdir()
+                setup_real(s, chp, real)
+        results: dict[str, list[tuple[Result, Result]]] = {}
+        for i in range(args.runs):
+            for t in s.targets:
+                print(f"run {i + 1}/{args.runs}: {t.group} {t.name} ...", file=sys.stderr)
+                r = loop_run(measure(t, args, warm=i == 0))
+                results.setdefault(f"{t.group}\0{t.name}", []).append(r)
+                print(f"  {r[0].rps:,.0f} req/s, p99 {r[0].pct(99):.2f} ms, "
+                      f"{r[0].cpu_per_req:.0f} µs CPU/req, ws p50 {r[1].pct(50):.3f} ms",
+                      file=sys.stderr)
+        print_tables(s.targets, results, args)
     finally:
-        for p in procs:
+        for p in s.procs:
             os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
+        for p in s.procs:
             try:
-                p.wait(10)
+                p.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        for cleanup in s.cleanups:
+            cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def print_table(results: dict[str, tuple[Result, Result]], args: argparse.Namespace) -> None:
-    chp = results.get("configurable-http-proxy")
-    print(f"\nGET {STATUS_PATH}: {args.requests} requests, {args.concurrency} keep-alive "
-          f"connections; websocket: {args.ws_messages} sequential round trips. "
-          f"{os.cpu_count()} CPUs, loopback.\n")
-    print("| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | ws p50 ms |"
-          " ws p99 ms | req/s vs CHP | p99 vs CHP | CPU/req vs CHP |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, (http, ws) in results.items():
-        cpu = http.cpu / http.requests * 1e6 if http.requests else float("nan")
-        known = not math.isnan(cpu)
-        vs = "- | - | -"
-        if chp:
-            chp_cpu = chp[0].cpu / chp[0].requests * 1e6
-            vs = (f"{http.rps / chp[0].rps:.2f}x | {http.pct(99) / chp[0].pct(99):.2f}x | "
-                  + (f"{cpu / chp_cpu:.2f}x" if known else "-"))
-        cpu_text = f"{cpu:.0f}" if known else "-"
-        print(f"| {name} | {http.rps:,.0f} | {http.pct(50):.2f} | {http.pct(99):.2f} | "
-              f"{http.errors} | {cpu_text} | {ws.pct(50):.3f} | {ws.pct(99):.3f} | {vs} |")
-    if "direct to upstream" in results and "minihub Proxy" in results:
-        d, m = results["direct to upstream"][0], results["minihub Proxy"][0]
-        added = statistics.median(m.latencies) - statistics.median(d.latencies)
-        print(f"\nminihub Proxy adds {added * 1000:.2f} ms at p50 and keeps "
-              f"{m.rps / d.rps:.0%} of the direct throughput.")
+def loop_run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """The load generator on uvloop when installed: it shares the CPUs with the servers."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def med(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
+
+
+def print_tables(targets: list[Target], results: dict[str, list[tuple[Result, Result]]],
+                 args: argparse.Namespace) -> None:
+    print(f"\nGET <server>/api/status: {args.requests} requests, {args.concurrency} keep-alive "
+          f"connections per run; websocket: sequential round trips (mock: echo of a small "
+          f"message, real: kernel_info to the kernel). Medians of {args.runs} runs; "
+          f"{os.cpu_count()} CPUs, loopback; CPU/req is the proxy process's (for the hub: "
+          f"authentication + proxying + access log).\n")
+    for group in dict.fromkeys(t.group for t in targets):
+        rows = {t.name: results[f"{group}\0{t.name}"] for t in targets if t.group == group}
+        print(f"**{group}**\n")
+        print("| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | ws p50 ms | ws p99 ms |"
+              " req/s vs CHP | p99 vs CHP | CPU/req vs CHP |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        stats = {name: {
+            "rps": med([h.rps for h, _ in runs]), "p50": med([h.pct(50) for h, _ in runs]),
+            "p99": med([h.pct(99) for h, _ in runs]), "err": sum(h.errors for h, _ in runs),
+            "cpu": med([h.cpu_per_req for h, _ in runs]),
+            "ws50": med([w.pct(50) for _, w in runs]), "ws99": med([w.pct(99) for _, w in runs]),
+        } for name, runs in rows.items()}
+        chp = stats.get(CHP_NAME)
+        for name, st in stats.items():
+            vs = "- | - | -"
+            if chp:
+                cpu = f"{st['cpu'] / chp['cpu']:.2f}x" if not math.isnan(st["cpu"]) else "-"
+                vs = f"{st['rps'] / chp['rps']:.2f}x | {st['p99'] / chp['p99']:.2f}x | {cpu}"
+            cpu_text = f"{st['cpu']:.0f}" if not math.isnan(st["cpu"]) else "-"
+            print(f"| {name} | {st['rps']:,.0f} | {st['p50']:.2f} | {st['p99']:.2f} | "
+                  f"{st['err']} | {cpu_text} | {st['ws50']:.3f} | {st['ws99']:.3f} | {vs} |")
+        print()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20000, help="GETs per target")
+    parser.add_argument("--requests", type=int, default=20000, help="GETs per target and run")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
-    parser.add_argument("--ws-messages", type=int, default=3000, help="websocket round trips")
+    parser.add_argument("--ws-messages", type=int, default=3000,
+                        help="websocket round trips (at most 500 to a real kernel)")
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="stop each measurement after this long")
+    parser.add_argument("--runs", type=int, default=3, help="runs of every target; medians")
+    parser.add_argument("--mode", choices=("mock", "real", "both"), default="both",
+                        help="mock upstream, the real hub and user server (root), or both")
     parser.add_argument("--no-chp", action="store_true", help="skip configurable-http-proxy")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-proxy", type=int, nargs=2, help=argparse.SUPPRESS)
