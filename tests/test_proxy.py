@@ -614,3 +614,70 @@ async def test_ws_slow_client_backpressure(hub: Client, up_server: TestServer) -
     finally:
         s.close()
     await asyncio.wait_for(state["flood_ended"].wait(), 10)  # the hub let go of it
+
+
+# ---------------------------------------------------------------- the hub's event loop
+
+
+async def _loop_kind() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def test_hub_runs_on_uvloop_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minihub.serve import run
+
+    pytest.importorskip("uvloop")
+    assert run(_loop_kind()).startswith("uvloop")
+    monkeypatch.setenv("MINIHUB_EVENT_LOOP", "asyncio")
+    assert run(_loop_kind()).startswith("asyncio")
+
+
+async def _smoke() -> str:
+    """The proxy's main paths, for a run on the loop the hub process uses (uvloop)."""
+    runners = []
+    try:
+        up = web.AppRunner(upstream_app())
+        await up.setup()
+        runners.append(up)
+        await web.TCPSite(up, "127.0.0.1", 0).start()
+        up_port = up.addresses[0][1]
+        up.app[STATE]["port"] = up_port
+        hub_runner = web.AppRunner(hub_app(Upstream("127.0.0.1", up_port, SECRET)))
+        await hub_runner.setup()
+        runners.append(hub_runner)
+        await web.TCPSite(hub_runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{hub_runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as s, asyncio.timeout(60):
+            r = await s.get(base + "/user/x/echo", headers={"Authorization": "token t"})
+            got = await r.json()
+            assert got["headers"]["x-minihub-secret"] == [SECRET]
+            assert "authorization" not in got["headers"]
+            total = 20 * MB + 3
+            r = await s.post(base + "/user/x/upload", data=_gen(total))
+            assert await r.json() == {"n": total, "sha": _sha_of(total), "chunked": True}
+            for length in ("", "&length=1"):
+                r = await s.get(f"{base}/user/x/download?n={total}{length}")
+                assert len(await r.read()) == total
+            r = await s.head(base + "/user/x/download?n=1000&length=1")
+            assert r.headers["Content-Length"] == "1000" and await r.read() == b""
+            r = await s.get(base + "/user/x/die")
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+            async with s.ws_connect(base + "/user/x/ws", protocols=(V1,)) as ws:
+                assert ws.protocol == V1
+                await ws.send_bytes(b"\x00bin")
+                assert await ws.receive_bytes() == b"\x00bin"
+                await ws.send_str("close:4003")
+                msg = await ws.receive()
+                assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4003)
+        return await _loop_kind()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def test_proxy_on_uvloop() -> None:
+    from minihub.serve import run
+
+    pytest.importorskip("uvloop")
+    assert run(_smoke()).startswith("uvloop")
