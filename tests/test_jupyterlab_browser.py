@@ -331,16 +331,19 @@ def _server_pid(name: str) -> int:
     return int(out[0])
 
 
-async def _open_lab(s: aiohttp.ClientSession, hub: Hub, name: str) -> list[str]:
-    """GET /user/<name>/lab as a browser would; return the redirect hops taken."""
+async def _open_lab(s: aiohttp.ClientSession, hub: Hub, name: str) -> tuple[list[str], str]:
+    """GET /user/<name>/lab as a browser would; return the redirect hops taken and the hub
+    token JupyterLab got (its page config)."""
     async with s.get(f"{hub.url}/user/{name}/lab") as r:
         html = await r.text()
         assert r.status == 200, (r.status, html[:500], hub.tail())
         hops = [str(h.url) for h in r.history]
     m = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
                   html, re.DOTALL)
-    assert m and json.loads(m.group(1))["hubUser"] == name, html[:500]
-    return hops
+    assert m, html[:500]
+    config = json.loads(m.group(1))
+    assert config["hubUser"] == name, config
+    return hops, str(config["token"])
 
 
 async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) -> None:
@@ -353,7 +356,7 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
                                                         "password": user.password}) as r:
             assert r.status == 200, await r.text()
         await _wait_running(s, hub, name)
-        hops = await _open_lab(s, hub, name)
+        hops, token = await _open_lab(s, hub, name)
         assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
         xsrf = next(c.value for c in jar if c.key == "_xsrf" and c["path"].startswith("/user/"))
         async with s.post(f"{hub.url}/user/{name}/api/kernels", json={},
@@ -378,6 +381,14 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
         assert out.split() == ["42", str(pid)]
         assert _server_pid(name) == pid
         await _open_lab(s, hub, name)  # JupyterLab loads again (OAuth redone if needed)
+        # The new hub still knows the OAuth token (the server checks it with the hub once
+        # its cache expires), and it still reaches the server as an API client.
+        auth = {"Authorization": f"token {token}"}
+        async with s.get(f"{hub.url}/hub/api/user", headers=auth) as r:
+            assert r.status == 200 and (await r.json())["name"] == name
+        async with aiohttp.ClientSession() as bare:  # no cookies: the token alone
+            async with bare.get(f"{hub.url}/user/{name}/api/status", headers=auth) as r:
+                assert r.status == 200, await r.text()
 
         # The server's own API token still works: its activity posts reach the new hub.
         posted = f"POST /hub/api/users/{name}/activity"
