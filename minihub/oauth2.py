@@ -120,10 +120,16 @@ def server_env(cfg: Config, user: User, client: ServerClient, host: str, port: i
     }
     if admin_access:
         env["JUPYTERHUB_ADMIN_ACCESS"] = "1"
-    default_url = str(cfg.get("spawner.default_url"))
-    if default_url != "/tree/":  # minihub's own default means nothing to JupyterLab
-        env["JUPYTERHUB_DEFAULT_URL"] = default_url
+    if landing_path(cfg) != "/":
+        env["JUPYTERHUB_DEFAULT_URL"] = landing_path(cfg)
     return env
+
+
+def landing_path(cfg: Config) -> str:
+    """Where under /user/<name>/ the hub sends a browser. minihub's own default (/tree/)
+    is a 404 on jupyterhub-singleuser with JupyterLab; its root goes to its own default."""
+    url = str(cfg.get("spawner.default_url"))
+    return "/" if cfg.get("spawner.cmd") and url == "/tree/" else url
 
 
 # --- the provider ----------------------------------------------------------------------------

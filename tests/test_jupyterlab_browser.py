@@ -149,6 +149,11 @@ def test_jupyterlab_in_chromium(lab_hub: tuple[Hub, Any]) -> None:
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
             save_the_notebook(page, user)
             use_a_terminal(page, user)
+            # The hub's home page links to the server's own default (JupyterLab), not a 404.
+            page.goto(hub.url + "/hub/home")
+            page.locator("#open").click()
+            page.wait_for_url(f"**/user/{user.name}/lab**")
+            page.locator("#jp-main-dock-panel").wait_for(timeout=60000)
         finally:
             browser.close()
     # Nothing JupyterLab asked of the server was refused on the way (hub, proxy, XSRF, CSP).
@@ -386,9 +391,9 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
         auth = {"Authorization": f"token {token}"}
         async with s.get(f"{hub.url}/hub/api/user", headers=auth) as r:
             assert r.status == 200 and (await r.json())["name"] == name
-        async with aiohttp.ClientSession() as bare:  # no cookies: the token alone
-            async with bare.get(f"{hub.url}/user/{name}/api/status", headers=auth) as r:
-                assert r.status == 200, await r.text()
+        async with aiohttp.ClientSession() as bare, \
+                bare.get(f"{hub.url}/user/{name}/api/status", headers=auth) as r:  # token alone
+            assert r.status == 200, await r.text()
 
         # The server's own API token still works: its activity posts reach the new hub.
         posted = f"POST /hub/api/users/{name}/activity"

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from .. import users
+from .. import oauth2, users
 from ..auth import names
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
 from ..context import Parts, identity, parts
@@ -210,7 +210,7 @@ async def home(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
     return render(request, "home.html", {"srv": p.servers.peek(user.id),
-                                         "default_url": p.cfg.get("spawner.default_url")})
+                                         "default_url": oauth2.landing_path(p.cfg)})
 
 
 @routes.post("/hub/home/start")
