@@ -52,11 +52,13 @@ class Hub:
     cmd: list[str]
     port: int
     log: Path
+    base_url: str = "/"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The hub's root, without the trailing slash: url + "/hub/login"."""
+        return f"http://127.0.0.1:{self.port}{self.base_url.rstrip('/')}"
 
     def start(self) -> None:
         with open(self.log, "ab") as f:
@@ -87,15 +89,19 @@ class Hub:
 
 
 @pytest.fixture
-def lab_hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[tuple[Hub, Any]]:
+def lab_hub(request: pytest.FixtureRequest, data_dir: str, tmp_path: Path,
+            make_system_user: Any) -> Iterator[tuple[Hub, Any]]:
+    """A hub on a free loopback port, under the base URL given as the fixture's param."""
+    base_url = getattr(request, "param", "/")
     user = make_system_user(account("mhjl"))
     port = _free_port()
     toml = tmp_path / "minihub.toml"
     # The operator's line: the command by name, found on the servers' PATH (the hub's venv).
-    toml.write_text('[spawner]\ncmd = ["jupyterhub-singleuser"]\nstart_timeout = 60\n'
+    toml.write_text(f'[hub]\nbase_url = "{base_url}"\n'
+                    '[spawner]\ncmd = ["jupyterhub-singleuser"]\nstart_timeout = 60\n'
                     'environment = {JUPYTERHUB_ACTIVITY_INTERVAL = "1"}\n')
     hub = Hub([sys.executable, "-m", "minihub", "-f", str(toml), "--data-dir", data_dir,
-               "--port", str(port)], port, tmp_path / "hub.log")
+               "--port", str(port)], port, tmp_path / "hub.log", base_url)
     hub.start()
     try:
         yield hub, user
@@ -351,6 +357,7 @@ async def _open_lab(s: aiohttp.ClientSession, hub: Hub, name: str) -> tuple[list
     return hops, str(config["token"])
 
 
+@pytest.mark.parametrize("lab_hub", ["/jupyter/"], indirect=True)  # cookie paths, redirects
 async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) -> None:
     hub, user = lab_hub
     name = user.name
@@ -363,7 +370,8 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
         await _wait_running(s, hub, name)
         hops, token = await _open_lab(s, hub, name)
         assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
-        xsrf = next(c.value for c in jar if c.key == "_xsrf" and c["path"].startswith("/user/"))
+        xsrf = next(c.value for c in jar
+                    if c.key == "_xsrf" and c["path"].startswith(f"{hub.base_url}user/"))
         async with s.post(f"{hub.url}/user/{name}/api/kernels", json={},
                           headers={"X-XSRFToken": xsrf}) as r:
             assert r.status == 201, await r.text()
@@ -396,7 +404,7 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
             assert r.status == 200, await r.text()
 
         # The server's own API token still works: its activity posts reach the new hub.
-        posted = f"POST /hub/api/users/{name}/activity"
+        posted = f"POST {hub.base_url}hub/api/users/{name}/activity"
         for _ in range(100):
             since = hub.log.read_text(errors="replace")[mark:]
             if f"204 {posted}" in since:
