@@ -15,7 +15,7 @@ HEAD = """# Benchmarks: minihub against JupyterHub
 
 Measured side by side in one run on the same machine by
 
-    sudo /opt/minihub/venv/bin/python scripts/bench/run.py            # full, ~15 min
+    sudo /opt/minihub/venv/bin/python scripts/bench/run.py            # full, ~8 min
     sudo /opt/minihub/venv/bin/python scripts/bench/run.py --quick    # ~3 min, smaller counts
 
 It installs JupyterHub, JupyterLab and ipykernel into `/opt/minihub-bench/jhvenv` and
