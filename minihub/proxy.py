@@ -18,7 +18,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .errors import HubError
+from . import proxy_client as pc
+from .errors import BadRequest, HubError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ _WS_REQUEST_DROP = _REQUEST_DROP | {
     "content-length",
 }
 _RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
+# The plain-HTTP path copies the client's raw header lines: the same names as bytes, plus
+# the body framing, which it rewrites itself.
+_HTTP_DROP = frozenset(n.encode() for n in _REQUEST_DROP | {"content-length"})
+# A request target never contains controls or spaces (they would split the request line).
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 # Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
 _UNSENDABLE_CLOSE = frozenset({0, 1005, 1006, 1015})
 
@@ -152,14 +158,12 @@ class _Ticker:
         now = self._loop.time()
         if now >= self._next:
             self._next = now + ACTIVITY_EVERY
-            try:
-                self._callback()
-            except Exception:  # a broken counter must not break the request
-                log.exception("on_activity callback failed")
+            _touch(self._callback)
 
 
 class Proxy:
-    """Forwards requests to user servers over one pooled, keep-alive client session.
+    """Forwards requests to user servers over pooled keep-alive connections: plain HTTP
+    through minihub.proxy_client, websockets through one aiohttp client session.
 
     Create it inside a running loop (e.g. in a cleanup_ctx) and `await close()` at shutdown.
     """
@@ -175,7 +179,10 @@ class Proxy:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
         self._websockets: dict[web.WebSocketResponse, aiohttp.ClientWebSocketResponse[Any]] = {}
-        # limit=0: every open websocket holds a pooled connection; a cap would stall the next.
+        # Plain HTTP goes through a lean keep-alive client: aiohttp's ClientSession costs
+        # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
+        self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        # limit=0: every open websocket holds a connection; a cap would stall the next.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -192,6 +199,7 @@ class Proxy:
 
     async def close(self) -> None:
         await self.close_websockets()
+        await self._pool.close()
         await self._session.close()
 
     async def forward(
@@ -220,31 +228,38 @@ class Proxy:
             raise ValueError("path must start with /")
         raw = request.raw_path
         q = raw.find("?")
-        url = URL(upstream.origin + (path + raw[q:] if q >= 0 else path), encoded=True)
-        keep = ("Authorization",) if keep_authorization else ()
+        target = path + raw[q:] if q >= 0 else path
+        if _BAD_TARGET.search(target):
+            raise BadRequest("Invalid characters in the request path.")
         if _is_websocket(request):
+            url = URL(upstream.origin + target, encoded=True)
+            keep = ("Authorization",) if keep_authorization else ()
             return await self._forward_ws(request, upstream, url, strip_cookies, on_activity, keep)
-        return await self._forward_http(request, upstream, url, strip_cookies, on_activity, keep)
+        return await self._forward_http(
+            request, upstream, target, strip_cookies, on_activity, keep_authorization
+        )
 
     async def _forward_http(
         self,
         request: web.Request,
         upstream: Upstream,
-        url: URL,
+        target: str,
         strip_cookies: Collection[str],
         on_activity: Callable[[], None] | None,
-        keep: tuple[str, ...] = (),
+        keep_authorization: bool,
     ) -> web.StreamResponse:
-        headers = _request_headers(request, upstream, strip_cookies, _REQUEST_DROP, keep)
-        data = request.content if request.body_exists else None
+        head, length, has_body = _request_head(
+            request, upstream, target, strip_cookies, keep_authorization
+        )
+        body = request.content if has_body else None
         try:
-            up = await self._session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
+            up = await self._pool.request(
+                upstream.host, upstream.port, request.method, head, body, length
             )
-        except _UPSTREAM_ERRORS as e:
+        except pc.UpstreamError as e:
             raise _upstream_error(e, upstream) from None
         try:
-            return await _relay(request, up, upstream, strip_cookies, _Ticker(on_activity))
+            return await _relay(request, up, upstream, strip_cookies, on_activity)
         finally:
             up.release()
 
@@ -343,6 +358,51 @@ def _request_headers(
     return out
 
 
+def _request_head(
+    request: web.Request,
+    upstream: Upstream,
+    target: str,
+    strip_cookies: Collection[str],
+    keep_authorization: bool,
+) -> tuple[bytes, int | None, bool]:
+    """The request head for the server from the client's raw header lines, and its body
+    framing: (head, Content-Length or None for chunked, whether a body follows)."""
+    tokens = _connection_tokens(request.headers.get("Connection"))
+    extra = frozenset(t.encode() for t in tokens) if tokens else None
+    out = [f"{request.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+    cookies, length, chunked = [], None, False
+    for name, value in request.raw_headers:
+        low = name.lower()
+        if low in _HTTP_DROP:
+            if low == b"cookie":
+                cookies.append(value.decode("utf-8", "surrogateescape"))
+            elif low == b"content-length":
+                length = int(value)  # aiohttp's parser checked it is digits
+            elif low == b"transfer-encoding":
+                chunked = True
+            elif low == b"authorization" and keep_authorization:
+                out.append(name + b": " + value + b"\r\n")
+        elif extra is None or low not in extra:
+            out.append(name + b": " + value + b"\r\n")
+    host = request.host
+    cookie = _filter_cookies(cookies, strip_cookies) if cookies else ""
+    out.append(
+        (
+            f"Host: {host}\r\n"
+            + (f"Cookie: {cookie}\r\n" if cookie else "")
+            + f"X-Forwarded-For: {request.remote or ''}\r\n"
+            f"X-Forwarded-Proto: {request.scheme}\r\n"
+            f"X-Forwarded-Host: {host}\r\n"
+            f"{SECRET_HEADER}: {upstream.secret}\r\n"
+            + ("Transfer-Encoding: chunked\r\n\r\n" if chunked
+               else f"Content-Length: {length}\r\n\r\n" if length is not None else "\r\n")
+        ).encode("utf-8", "surrogateescape")
+    )
+    if chunked:
+        return b"".join(out), None, True
+    return b"".join(out), length, bool(length)
+
+
 def _connection_tokens(value: str | None) -> frozenset[str] | None:
     """Header names listed in Connection, which are hop-by-hop for this message."""
     if not value or "," not in value and value.lower() in ("keep-alive", "close", "upgrade"):
@@ -361,10 +421,11 @@ def _filter_cookies(values: Collection[str], strip: Collection[str]) -> str:
 
 
 def _response_headers(
-    up: aiohttp.ClientResponse, upstream: Upstream, strip_cookies: Collection[str]
-) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in up.headers.items():
+    pairs: list[tuple[str, str]], upstream: Upstream, strip_cookies: Collection[str]
+) -> list[tuple[str, str]]:
+    """The server's headers for the client (a list: the response builds its CIMultiDict)."""
+    out = []
+    for name, value in pairs:
         low = name.lower()
         if low in _RESPONSE_DROP:
             continue
@@ -373,32 +434,35 @@ def _response_headers(
         elif low == "set-cookie" and value.split("=", 1)[0].strip() in strip_cookies:
             log.warning("dropped a Set-Cookie for a hub cookie from %s", upstream)
             continue
-        out.add(name, value)
+        out.append((name, value))
     return out
 
 
 async def _relay(
     request: web.Request,
-    up: aiohttp.ClientResponse,
+    up: pc.Response,
     upstream: Upstream,
     strip_cookies: Collection[str],
-    tick: _Ticker,
+    on_activity: Callable[[], None] | None,
 ) -> web.StreamResponse:
-    headers = _response_headers(up, upstream, strip_cookies)
+    headers = _response_headers(up.headers, upstream, strip_cookies)
     length = up.content_length
-    tick()
+    if on_activity is not None:
+        _touch(on_activity)
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":
-        try:
-            body = await up.read()
-        except _UPSTREAM_ERRORS as e:
-            raise _upstream_error(e, upstream) from None
+        body = up.buffered_body()  # usually the whole body came with the head
+        if body is None:
+            try:
+                body = await up.read_all()
+            except pc.UpstreamError as e:
+                raise _upstream_error(e, upstream) from None
         return web.Response(status=up.status, reason=up.reason, body=body, headers=headers)
     out = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
     if length is not None:
         out.content_length = length
     try:
         await out.prepare(request)
-        await _stream_body(request, up, out, upstream, tick)
+        await _stream_body(request, up, out, upstream, on_activity)
     except ConnectionResetError:
         up.close()  # the client went away: drop the half-read upstream connection too
     return out
@@ -406,28 +470,36 @@ async def _relay(
 
 async def _stream_body(
     request: web.Request,
-    up: aiohttp.ClientResponse,
+    up: pc.Response,
     out: web.StreamResponse,
     upstream: Upstream,
-    tick: _Ticker,
+    on_activity: Callable[[], None] | None,
 ) -> None:
-    read = up.content.readany
+    loop = asyncio.get_running_loop()
+    next_tick = loop.time() + ACTIVITY_EVERY
     while True:
         try:
-            chunk = await read()
-        except _UPSTREAM_ERRORS as e:
+            chunk = await up.read()
+        except pc.UpstreamError as e:
             _abort(request, up, upstream, e)
             return
         if not chunk:
             break
         await out.write(chunk)
-        tick()
+        if on_activity is not None and loop.time() >= next_tick:
+            next_tick = loop.time() + ACTIVITY_EVERY
+            _touch(on_activity)
     await out.write_eof()
 
 
-def _abort(
-    request: web.Request, up: aiohttp.ClientResponse, upstream: Upstream, exc: BaseException
-) -> None:
+def _touch(on_activity: Callable[[], None]) -> None:
+    try:
+        on_activity()
+    except Exception:  # a broken counter must not break the request
+        log.exception("on_activity callback failed")
+
+
+def _abort(request: web.Request, up: pc.Response, upstream: Upstream, exc: BaseException) -> None:
     """The server failed mid-response: cut the client off so it sees an incomplete body."""
     log.warning(
         "user server %s failed mid-response for %s %s: %s",
@@ -442,10 +514,10 @@ def _abort(
 
 
 def _upstream_error(exc: BaseException, upstream: Upstream) -> ProxyError:
-    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, pc.ConnectFailed)):
         log.info("user server %s unavailable: %s", upstream, exc)
         return UpstreamUnavailable("The server is not running or not reachable.")
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, (asyncio.TimeoutError, pc.Timeout)):
         log.warning("user server %s timed out", upstream)
         return UpstreamTimeout("The server did not answer in time.")
     log.warning("user server %s failed: %s: %.200s", upstream, type(exc).__name__, exc)

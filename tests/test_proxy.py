@@ -13,6 +13,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -195,13 +196,13 @@ async def hub_route(request: web.Request) -> web.StreamResponse:
     )
 
 
-def hub_app(upstream: Upstream) -> web.Application:
+def hub_app(upstream: Upstream, read_timeout: float = 30) -> web.Application:
     app = web.Application(middlewares=[render_errors], client_max_size=1 << 40)
     app[UPSTREAM] = upstream
     app[ACTIVITY] = []
 
     async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[PROXY] = Proxy(connect_timeout=5, read_timeout=30)
+        app[PROXY] = Proxy(connect_timeout=5, read_timeout=read_timeout)
         yield
         await app[PROXY].close()
 
@@ -681,3 +682,281 @@ def test_proxy_on_uvloop() -> None:
 
     pytest.importorskip("uvloop")
     assert run(_smoke()).startswith("uvloop")
+
+
+# ---------------------------------------------------------------- HTTP/1.1 edge cases
+# A scripted server on raw sockets sends what aiohttp's server never would (interim
+# responses, trailers, broken framing, early closes), to test the proxy's own client.
+
+
+@dataclass
+class Reply:
+    data: bytes = b""
+    close: bool = False  # close the connection after sending `data`
+    read_body: bool = True  # False: answer as soon as the head arrived
+    only_first: bool = False  # a later request on the same connection gets no answer
+    hang: bool = False  # never answer
+
+
+def ok(body: bytes = b"ok", extra: str = "") -> Reply:
+    return Reply(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+
+
+class RawUpstream:
+    def __init__(self) -> None:
+        self.replies: dict[str, Reply] = {}
+        self.seen: list[tuple[int, str, str, bytes]] = []  # (connection, method, path, body)
+        self.truncated: list[tuple[str, int]] = []  # (path, body bytes) of cut-off requests
+        self.heads: list[str] = []  # paths of request heads received, bodies read or not
+        self._conns = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self._writers:
+            w.close()
+        await self.server.wait_closed()
+
+    def conns(self, path: str) -> list[int]:
+        return [c for c, _, p, _ in self.seen if p == path]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns += 1
+        self._writers.append(writer)
+        conn, n = self._conns, 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+                path = target.split("?")[0]
+                self.heads.append(path)
+                reply = self.replies[path]
+                if reply.only_first and n:
+                    return  # closes the connection without an answer
+                if reply.hang:
+                    await reader.read()  # until the proxy gives up on us
+                    return
+                body = await _read_body(reader, head, path, self) if reply.read_body else b""
+                self.seen.append((conn, method, path, body))
+                n += 1
+                writer.write(reply.data)
+                await writer.drain()
+                if reply.close:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes, path: str,
+                     up: RawUpstream) -> bytes:
+    low = head.lower()
+    got = b""
+    try:
+        if b"transfer-encoding: chunked" in low:
+            while True:
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                if not size:
+                    await reader.readuntil(b"\r\n")
+                    return got
+                got += await reader.readexactly(size)
+                await reader.readexactly(2)
+        m = __import__("re").search(rb"content-length: *(\d+)", low)
+        if m:
+            total = int(m[1])
+            while len(got) < total:
+                part = await reader.read(total - len(got))
+                if not part:
+                    raise asyncio.IncompleteReadError(got, total)
+                got += part
+        return got
+    except (asyncio.IncompleteReadError, ConnectionError):
+        up.truncated.append((path, len(got)))
+        raise
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawUpstream]:
+    up = RawUpstream()
+    await up.start()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def raw_hub(raw: RawUpstream, aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
+    assert raw.server is not None
+    port = raw.server.sockets[0].getsockname()[1]
+    return await aiohttp_client(hub_app(Upstream("127.0.0.1", port, SECRET), read_timeout=2))
+
+
+async def _get(hub: Client, path: str, method: str = "GET", **kw: Any) -> tuple[int, bytes]:
+    r = await hub.request(method, path, **kw)
+    return r.status, await r.read()
+
+
+async def test_interim_responses_are_skipped(raw: RawUpstream, raw_hub: Client) -> None:
+    raw.replies["/user/x/hints"] = Reply(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Real: 1\r\n\r\nok"
+    )
+    for _ in range(2):
+        r = await raw_hub.get("/user/x/hints")
+        assert (r.status, await r.read(), r.headers["X-Real"]) == (200, b"ok", "1")
+        assert "Link" not in r.headers
+    assert len(set(raw.conns("/user/x/hints"))) == 1  # and the connection was reused
+
+
+async def test_bodiless_responses_and_reuse(raw: RawUpstream, raw_hub: Client) -> None:
+    raw.replies["/user/x/head"] = Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    raw.replies["/user/x/204"] = Reply(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n")
+    raw.replies["/user/x/304"] = Reply(b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n"
+                                       b"Content-Length: 50\r\n\r\n")
+    raw.replies["/user/x/ok"] = ok()
+    r = await raw_hub.head("/user/x/head")
+    assert (r.status, r.headers["Content-Length"], await r.read()) == (200, "1000", b"")
+    assert await _get(raw_hub, "/user/x/204") == (204, b"")
+    r = await raw_hub.get("/user/x/304")
+    assert (r.status, r.headers["ETag"], await r.read()) == (304, '"e"', b"")
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+    # no response left the proxy waiting for a body that never comes: one connection
+    assert len({c for c, *_ in raw.seen}) == 1
+
+
+async def test_chunked_response_with_extensions_and_trailers(raw: RawUpstream,
+                                                             raw_hub: Client) -> None:
+    raw.replies["/user/x/chunked"] = Reply(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: abc\r\nX-More: 1\r\n\r\n"
+    )
+    raw.replies["/user/x/ok"] = ok()
+    r = await raw_hub.get("/user/x/chunked")
+    assert (r.status, await r.read()) == (200, b"hello world")
+    assert "X-Sum" not in r.headers and "Trailer" not in r.headers
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+    assert len({c for c, *_ in raw.seen}) == 1
+
+
+async def test_connection_close_and_http10(raw: RawUpstream, raw_hub: Client) -> None:
+    raw.replies["/user/x/close"] = ok(b"bye", "Connection: close\r\n")
+    raw.replies["/user/x/old"] = Reply(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\n" + b"z" * 100_000,
+                                       close=True)
+    assert await _get(raw_hub, "/user/x/close") == (200, b"bye")
+    assert await _get(raw_hub, "/user/x/old") == (200, b"z" * 100_000)  # read until close
+    assert await _get(raw_hub, "/user/x/close") == (200, b"bye")
+    assert len({c for c, *_ in raw.seen}) == 3
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(close=True),  # closed before any answer
+    Reply(b"HTTP/1.1 2OO OK\r\n\r\n"),
+    Reply(b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n"),
+    Reply(b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n"),
+    Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+    Reply(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+    Reply(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"),
+    Reply(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+    Reply(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+    Reply(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 9 + ok().data),
+])
+async def test_broken_responses_are_502_and_the_next_request_works(
+    raw: RawUpstream, raw_hub: Client, reply: Reply
+) -> None:
+    raw.replies["/user/x/bad"] = reply
+    raw.replies["/user/x/ok"] = ok()
+    r = await raw_hub.get("/user/x/bad")
+    assert r.status == 502
+    assert (await r.json())["status"] == 502
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+    assert len(set(raw.conns("/user/x/ok"))) == 1  # a good connection is reused again
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 70_000,
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
+])
+async def test_body_cut_short_aborts_the_client(raw: RawUpstream, raw_hub: Client,
+                                                data: bytes) -> None:
+    raw.replies["/user/x/cut"] = Reply(data, close=True)
+    raw.replies["/user/x/ok"] = ok()
+    r = await raw_hub.get("/user/x/cut")
+    assert r.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await r.read()
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+
+
+async def test_stale_keepalive_connection_is_retried_for_idempotent_requests(
+    raw: RawUpstream, raw_hub: Client
+) -> None:
+    # the server drops every connection after one answer, without saying so: the proxy's
+    # pooled connection is dead when the next request is written to it
+    raw.replies["/user/x/once"] = Reply(ok().data, only_first=True)
+    for _ in range(3):
+        assert await _get(raw_hub, "/user/x/once") == (200, b"ok")
+    assert len(set(raw.conns("/user/x/once"))) == 3
+    # a request with a body is never sent twice: its failure is the client's to see
+    r = await raw_hub.post("/user/x/once", data=b"x" * 10)
+    assert r.status == 502
+    r = await raw_hub.post("/user/x/once", data=b"x" * 10)
+    assert r.status == 200  # on a new connection
+
+
+async def test_read_timeout_is_504(raw: RawUpstream, raw_hub: Client) -> None:
+    raw.replies["/user/x/slow"] = Reply(hang=True)
+    raw.replies["/user/x/ok"] = ok()
+    r = await raw_hub.get("/user/x/slow")
+    assert r.status == 504
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+
+
+async def test_early_answer_without_reading_the_body(raw: RawUpstream, raw_hub: Client) -> None:
+    raw.replies["/user/x/reject"] = Reply(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!", read_body=False)
+    raw.replies["/user/x/ok"] = ok()
+    r = await raw_hub.post("/user/x/reject", data=b"b" * 200_000)
+    assert (r.status, await r.read()) == (413, b"big!")
+    assert await _get(raw_hub, "/user/x/ok") == (200, b"ok")
+    # the half-sent body makes that connection unusable: the next request used another
+    assert raw.conns("/user/x/ok")[0] != raw.seen[0][0]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_client_hanging_up_mid_upload_never_completes_the_upstream_body(
+    raw: RawUpstream, raw_hub: Client, chunked: bool
+) -> None:
+    raw.replies["/user/x/put"] = ok()
+    assert raw_hub.port is not None
+    framing = ("Transfer-Encoding: chunked\r\n\r\n" + "1000\r\n" if chunked
+               else "Content-Length: 1000000\r\n\r\n")
+    _, w = await asyncio.open_connection("127.0.0.1", raw_hub.port)
+    w.write(f"PUT /user/x/put HTTP/1.1\r\nHost: h\r\n{framing}".encode() + b"p" * 4096)
+    await w.drain()
+    async with asyncio.timeout(10):
+        while not raw.heads:  # the proxy is forwarding the request
+            await asyncio.sleep(0.02)
+        w.close()
+        while not (raw.truncated or raw.seen):
+            await asyncio.sleep(0.02)
+    assert raw.seen == [] and raw.truncated[0][0] == "/user/x/put"
+
+
+async def test_request_body_framing_to_upstream(raw: RawUpstream, raw_hub: Client) -> None:
+    raw.replies["/user/x/echo"] = ok()
+    assert await _get(raw_hub, "/user/x/echo", "POST", data=b"") == (200, b"ok")
+    assert await _get(raw_hub, "/user/x/echo", "POST", data=b"abc") == (200, b"ok")
+    assert await _get(raw_hub, "/user/x/echo", "POST", data=_gen(3 * MB + 1)) == (200, b"ok")
+    bodies = [b for *_, b in raw.seen]
+    assert [len(b) for b in bodies] == [0, 3, 3 * MB + 1]
+    assert len({c for c, *_ in raw.seen}) == 1
