@@ -26,7 +26,7 @@ from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, PARTS, Parts, identity, p
 from .culler import Culler
 from .errors import Forbidden, ServiceUnavailable
 from .metrics import Metrics
-from .proxy import Proxy, ProxyError, UpstreamUnavailable, normalise_path
+from .proxy import Proxy, ProxyError, UpstreamTimeout, normalise_path
 from .servers import Servers
 from .spawner.forkserver import ForkSpawner
 from .spawner.local import LocalSpawner
@@ -194,7 +194,7 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
                                      on_activity=lambda: p.servers.touch(user_id),
                                      keep_authorization=jh and own_token)
     except ProxyError as e:
-        if await _server_died(p, user_id, refused=isinstance(e, UpstreamUnavailable)):
+        if await _server_died(p, user_id, dying=not isinstance(e, UpstreamTimeout)):
             raise ServiceUnavailable("The server stopped: reload to see why and restart it.")
         raise
     finally:
@@ -203,12 +203,12 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
         p.metrics.proxy_latency.observe(time.perf_counter() - start)
 
 
-async def _server_died(p: Parts, user_id: int, refused: bool) -> bool:
-    """After a failed forward: is the server gone? A refused connection from a live pid is
-    usually a process in the middle of dying (its sockets close before it can be reaped),
-    so look again for a moment before blaming anything else."""
+async def _server_died(p: Parts, user_id: int, dying: bool) -> bool:
+    """After a failed forward: is the server gone? A refused or dropped connection from a
+    live pid is usually a process in the middle of dying (its sockets close before its exit
+    is reaped and reported), so look again for a moment before blaming anything else."""
     srv = p.servers.peek(user_id)
-    for _ in range(10 if refused else 1):
+    for _ in range(40 if dying else 1):
         if srv is None or srv.status != "running" or not await p.servers.check(srv):
             return True
         await asyncio.sleep(0.05)

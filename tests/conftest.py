@@ -58,12 +58,21 @@ def make_system_user() -> Iterator[Callable[..., SystemUser]]:
         subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
 
 
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 async def gone(pid: int) -> bool:
-    """True once the process has exited and been reaped (bounded wait)."""
+    """True once the process has exited (bounded wait). A zombie counts: a hub app that was
+    closed in this same test process no longer reaps the servers it started."""
     import asyncio
 
     for _ in range(50):
-        if not os.path.exists(f"/proc/{pid}"):
+        if _dead(pid):
             return True
         await asyncio.sleep(0.1)
     return False

@@ -144,8 +144,6 @@ class LocalSpawner(Spawner):
         if (pid, ticks) in self._exited:
             return self._exited[(pid, ticks)]
         info = proc_stat(pid)
-        if info is not None and info[0] == "Z" and info[2] == ticks:
-            _reap_adopted(pid)
         if info is None or info[0] == "Z" or info[2] != ticks:
             return UNKNOWN_EXIT
         return None
@@ -204,15 +202,6 @@ class LocalSpawner(Spawner):
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _reap_adopted(pid: int) -> None:
-    """Collect the zombie of a server this process started under an earlier spawner
-    (e.g. a hub app restarted in-process); servers of a dead hub are init's to reap."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _refuse_root(spec: LaunchSpec) -> None:
