@@ -21,10 +21,11 @@ SEND_CHUNK = 256 * 1024  # request body pieces taken from the client at once
 MAX_INTERIM = 8  # 1xx responses before the final one
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-_HEADER_LINE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*"
-)
+# A response head, checked in two linear passes (not one match per line): the status line,
+# then CRLF-separated lines that each start with a header name and a colon (no obs-fold, no
+# space before the colon) and hold no control characters but tab.
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_HEADER_LINES = re.compile(r"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 
 
@@ -340,19 +341,16 @@ async def _head(conn: _Conn, timeout: float) -> tuple[int, int, str, list[tuple[
             break
         start = max(0, len(conn.buf) - 3)
         await conn.fill(timeout)
-    lines = bytes(conn.buf[:i]).split(b"\r\n")
+    text = conn.buf[:i].decode("utf-8", "surrogateescape")  # as aiohttp's parser does
     del conn.buf[: i + 4]
-    m = _STATUS_LINE.fullmatch(lines[0])
-    if m is None:
-        raise BadResponse("invalid status line")
+    m = _STATUS_LINE.match(text)
+    if m is None or _HEADER_LINES.fullmatch(text, m.end()) is None:
+        raise BadResponse("invalid response head")
     headers = []
-    for line in lines[1:]:
-        h = _HEADER_LINE.fullmatch(line)
-        if h is None:
-            raise BadResponse("invalid header line")
-        headers.append((h[1].decode("ascii"), h[2].decode("utf-8", "surrogateescape")))
-    reason = (m[3] or b"").decode("latin-1")
-    return int(m[1]), int(m[2]), reason, headers
+    for line in text[m.end() + 2 :].split("\r\n") if m.end() < len(text) else ():
+        name, _, value = line.partition(":")
+        headers.append((name, value.strip(" \t")))
+    return int(m[1]), int(m[2]), m[3] or "", headers
 
 
 class Pool:

@@ -6,6 +6,7 @@ narrows a scope to one user or one server. Only the scopes listed in SCOPES exis
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ def _add(out: set[Scope], scope: Scope) -> None:
         _add(out, Scope(sub, scope.kind, scope.value))
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every proxied request made with a token
 def user_defaults(name: str, admin: bool, admin_access: bool) -> frozenset[Scope]:
     """A user's own permissions: everything on themself; admins everything on everyone
     (access to others' servers only with [hub] admin_access, as in JupyterHub)."""

@@ -92,11 +92,21 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main)
 
 
+def _lean_log_records() -> None:
+    """The access log writes a line per request: skip the LogRecord fields the format never
+    shows (source file and line, thread, process; the logging docs' "Optimization")."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def serve(cfg: Config) -> int:
     if os.geteuid() == 0 and not cfg.get("spawner.cmd"):
         check_python_readable(cfg.get("spawner.python") or sys.executable)
     lock = lock_data_dir(cfg.data_dir)
     ctx = tls_context(cfg)
+    _lean_log_records()
     try:
         run(_serve(cfg, ctx))
     finally:
