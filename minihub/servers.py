@@ -230,7 +230,7 @@ class Servers:
                           "notebook_dir": notebook_dir,
                           "kernel_idle_timeout": int(self.sp["kernel_idle_timeout"]),
                           "shared_dirs": await asyncio.to_thread(self._shared_roots),
-                          "mem_limit": mem},
+                          "mem_limit": mem, "kernel_zygote": bool(self.sp["kernel_fork"])},
             umask=int(self.sp["umask"]),
             mem_limit=mem,
             cpu_limit=float(self.sp["cpu_limit"]))

@@ -47,7 +47,7 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(user: Any, log: Path, idle_timeout: int = 0) -> Server:
+def start_server(user: Any, log: Path, idle_timeout: int = 0, **extra: Any) -> Server:
     """Bind a loopback socket as root, hand it to the server started as `user` (as the hub)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -63,6 +63,7 @@ def start_server(user: Any, log: Path, idle_timeout: int = 0) -> Server:
         "listen_fd": sock.fileno(),
         "kernel_idle_timeout": idle_timeout,
         "mem_limit": 0,
+        **extra,
     }
     env = {
         "HOME": user.home,

@@ -2,11 +2,21 @@
 
 ipykernel binds a PULL socket on a random 127.0.0.1 port for the output of forked children;
 launched through BOOT it binds it next to the kernel's other sockets, in the private dir.
+With a zygote (zygote.py), the same BOOT command runs in a child forked from it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+from .zygote import Zygote, forkable
 
 # Runs in the kernel's own interpreter (which need not have minihub), as ipykernel_launcher
 # does; if ipykernel's internals ever differ, the kernel starts unchanged (and the transport
@@ -75,3 +85,73 @@ class IpcKernelManager(AsyncKernelManager):
         if self.transport != "ipc":
             return cmd
         return boot_argv(cmd, fork_pipe_path(self.ip))
+
+
+class ZygoteProvisioner(LocalProvisioner):
+    """LocalProvisioner whose BOOT kernels of this interpreter are forked from the zygote.
+
+    poll/wait/signals act on the forked pid (the zygote reports its exit status); any other
+    command, or a zygote that cannot fork, is launched by LocalProvisioner as before.
+    """
+
+    zygote: Zygote | None = None
+    forked_pid: int | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.forked_pid is not None or bool(super().has_process)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        env = dict(kwargs.get("env") or os.environ)
+        if self.zygote is not None and len(cmd) > 2 and cmd[2] == BOOT and forkable(cmd, env):
+            env["JPY_PARENT_PID"] = str(self.zygote.pid)  # the kernel exits if the zygote does
+            cwd = str(kwargs.get("cwd") or os.getcwd())
+            pid = await self.zygote.fork(cmd, env, cwd)
+            if pid is not None:
+                self.forked_pid = self.pid = self.pgid = pid
+                self.cwd = cwd
+                return self.connection_info
+        return await super().launch_kernel(cmd, **kwargs)
+
+    async def poll(self) -> int | None:
+        if self.forked_pid is None or self.zygote is None:
+            return await super().poll()
+        return self.zygote.status(self.forked_pid)
+
+    async def wait(self) -> int | None:
+        if self.forked_pid is None or self.zygote is None:
+            return await super().wait()
+        while (status := await self.poll()) is None:
+            await asyncio.sleep(0.02)
+        self.zygote.forget(self.forked_pid)
+        self.forked_pid = None
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        pid = self.forked_pid
+        if pid is None or self.zygote is None:
+            await super().send_signal(signum)
+            return
+        if self.zygote.status(pid) is not None:
+            return  # exited (its pid may be anyone's now)
+        try:
+            os.killpg(pid, signum)
+        except OSError:
+            os.kill(pid, signum)
+        return
+
+    async def kill(self, restart: bool = False) -> None:
+        if self.forked_pid is None:
+            await super().kill(restart)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGKILL)
+        return
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self.forked_pid is None:
+            await super().terminate(restart)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGTERM)
+        return

@@ -21,8 +21,9 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from ..errors import HubError, NotFound
 from .kernel import Kernel
-from .launch import IpcKernelManager, fork_pipe_path
+from .launch import IpcKernelManager, ZygoteProvisioner, fork_pipe_path
 from .transport import RuntimeDir
+from .zygote import Zygote
 
 log = logging.getLogger("minihub.kernels")
 NATIVE_KERNEL = "python3"
@@ -31,8 +32,10 @@ NATIVE_KERNEL = "python3"
 class KernelManager:
     """All kernels of this server, keyed by id."""
 
-    def __init__(self, root_dir: str, idle_timeout: int = 0) -> None:
+    def __init__(self, root_dir: str, idle_timeout: int = 0, zygote: bool = False) -> None:
         self.root_dir = root_dir
+        # python3 kernels forked from a pre-imported process (zygote.py) instead of exec'd
+        self.zygote = Zygote(root_dir) if zygote else None
         self.idle_timeout = idle_timeout
         self.kernels: dict[str, Kernel] = {}
         self.specs = KernelSpecManager()
@@ -83,6 +86,11 @@ class KernelManager:
             shutdown_wait_time=3.0,
             **self.runtime.kernel_args(kernel_id),
         )
+        if self.zygote is not None and name == NATIVE_KERNEL:
+            km.provisioner = ZygoteProvisioner(
+                kernel_id=kernel_id, kernel_spec=km.kernel_spec, parent=km
+            )
+            km.provisioner.zygote = self.zygote
         kernel = Kernel(kernel_id, name, path or "", km, self.context)
         try:
             await kernel.start(cwd=self._cwd(path), env=self._env(path))
@@ -139,6 +147,11 @@ class KernelManager:
 
     # --- culling ---------------------------------------------------------------------------
 
+    def start_zygote(self) -> None:
+        """Start the zygote's imports now, so the first kernel need not wait for them."""
+        if self.zygote is not None:
+            self.zygote.start()
+
     def start_culler(self) -> None:
         if self.idle_timeout > 0 and self._culler is None:
             self._culler = asyncio.create_task(self._cull_loop())
@@ -147,6 +160,8 @@ class KernelManager:
         if self._culler is not None:
             self._culler.cancel()
         await self.shutdown_all()
+        if self.zygote is not None:
+            await self.zygote.close()
         self.context.destroy(linger=0)
         self.runtime.close()
 

@@ -5,7 +5,8 @@ Launch contract with the hub (minihub.spawner.local starts it, minihub.proxy tal
 - stdin: one JSON line, then EOF: {"secret", "base_url", "notebook_dir", "user",
   "listen_fd" (an inherited, bound, listening TCP socket; absent: "port" to bind on
   127.0.0.1), "kernel_idle_timeout", "mem_limit", optional "shared_dirs" (directories
-  that symlinks in the notebook dir may lead to)}. The secret is never put in the
+  that symlinks in the notebook dir may lead to), optional "kernel_zygote" (fork python3
+  kernels from a pre-imported process)}. The secret is never put in the
   environment, so kernels and child processes do not inherit it.
 - Every request must carry `X-Minihub-Secret: <secret>`, else 403. The hub's proxy adds it.
 - Paths are served under base_url (e.g. /user/alice/), exactly as the browser sees them.

@@ -14,6 +14,7 @@ import sys
 
 from aiohttp import web
 
+from ..kernels import zygote
 from .app import make_app
 from .http import ServerConfig
 
@@ -53,6 +54,9 @@ def main() -> int:
         log.error("bad launch config on stdin: %s", e)
         return 2
     cfg.notebook_dir = os.path.abspath(cfg.notebook_dir or ".")
+    if cfg.kernel_zygote:
+        # Now, while this process has no thread, event loop or zmq context a child could inherit.
+        zygote.fork_early()
     asyncio.run(serve(cfg))
     log.info("stopped")
     return 0

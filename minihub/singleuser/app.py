@@ -125,6 +125,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[KERNELS].start_culler()
+    app[KERNELS].start_zygote()
     yield
 
 
@@ -139,7 +140,7 @@ def make_app(cfg: ServerConfig) -> web.Application:
     app = web.Application(
         middlewares=[secret_guard(cfg.secret), errors, activity], client_max_size=MAX_BODY
     )
-    kernels = KernelManager(cfg.notebook_dir, cfg.kernel_idle_timeout)
+    kernels = KernelManager(cfg.notebook_dir, cfg.kernel_idle_timeout, cfg.kernel_zygote)
     contents = ContentsManager(cfg.notebook_dir, cfg.shared_dirs)
     app[CONFIG] = cfg
     app[KERNELS] = kernels

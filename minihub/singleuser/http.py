@@ -36,6 +36,7 @@ class ServerConfig:
     kernel_idle_timeout: int = 0
     mem_limit: int = 0
     shared_dirs: list[str] = field(default_factory=list)
+    kernel_zygote: bool = False
 
     @classmethod
     def from_json(cls, line: str) -> ServerConfig:

@@ -7,6 +7,7 @@ LocalSpawner does and runs the server, so start-up skips the imports and their p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import json
@@ -255,6 +256,10 @@ def forkable(cmd: list[str]) -> bool:
 def zygote(fd: int) -> None:
     """Import the server once, then fork one child per request until the hub goes away."""
     import minihub.singleuser.app  # noqa: F401 - the imports every server shares
+    from minihub.kernels import zygote as kernel_zygote
+
+    with contextlib.suppress(Exception):  # servers' kernel zygotes then share ipykernel's pages
+        kernel_zygote.preload()
 
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()

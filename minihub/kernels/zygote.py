@@ -1,0 +1,336 @@
+"""A pre-imported kernel "zygote": one per user server, forking ipykernel kernels on request.
+
+It imports ipykernel and IPython once and, for each kernel, forks; the child runs the same
+`python -c BOOT ...` command an exec'd kernel would, with the kernel's environment and cwd.
+The server forks it at start-up, before its event loop, zmq context or any thread exists
+(fork_early), so its pages, and the hub's fork server's (which may have imported ipykernel
+already), stay shared; without that it is exec'd on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+log = logging.getLogger("minihub.kernels")
+
+# What the zygote imports before it forks: what `import ipykernel.kernelapp` and a kernel's
+# start would import anyway. No zmq context or thread may exist before a fork.
+PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.iostream")
+# Run with `python -c`: sys.path[0] ('' = the cwd, a notebook dir) goes before any import.
+COMMAND = "import sys; del sys.path[0]; from minihub.kernels import zygote; zygote.main()"
+READY_TIMEOUT = 30.0
+UNKNOWN_EXIT = 1  # a kernel whose exit the zygote could not report (the zygote died)
+
+
+# --- the zygote process -------------------------------------------------------------------
+
+
+def preload() -> None:
+    """Import what every kernel imports (also called by the hub's fork server, so that these
+    pages are shared by all users' kernels)."""
+    for name in PRELOAD:
+        __import__(name)
+
+
+_early: socket.socket | None = None  # the server's end, when it forked its zygote early
+_early_pid = 0
+
+
+def fork_early() -> None:
+    """In the server, before its event loop starts: fork the zygote (never returns in it)."""
+    global _early, _early_pid
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        if sys.path and sys.path[0] in ("", os.getcwd()):
+            del sys.path[0]  # the server's start dir, which an exec'd kernel would not have
+        _close_fds_but(theirs.fileno())  # e.g. the server's listening socket
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        try:
+            _zygote(theirs)
+        finally:
+            os._exit(1)
+    theirs.close()
+    _early, _early_pid = ours, pid
+
+
+def _close_fds_but(keep: int) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def main() -> None:
+    """Entry of an exec'd zygote: fd argv[1] talks to the server."""
+    _zygote(socket.socket(fileno=int(sys.argv[1])))
+
+
+def _zygote(sock: socket.socket) -> None:
+    """Import, then serve fork requests; returns only in a forked kernel, which it runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        preload()
+    except Exception as e:  # noqa: BLE001 - a kernel exec'd instead will say what is wrong
+        _send(sock, {"error": f"cannot import ipykernel: {e}"})
+        os._exit(1)
+    gc.collect()
+    gc.freeze()  # keep the imported objects' pages shared with the children
+    request = _serve(sock)
+    _run_child(request)
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(msg).encode() + b"\n")
+
+
+def _serve(sock: socket.socket) -> dict[str, Any]:
+    """Answer fork requests and report children's exits until the server goes away."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    _send(sock, {"ready": os.getpid()})
+    buf = b""
+    import select
+
+    watched: list[Any] = [sock, wake_r]
+    while True:
+        readable = select.select(watched, [], [])[0]
+        if wake_r in readable:
+            os.read(wake_r, 512)
+            _reap(sock)
+        if sock in readable:
+            data = sock.recv(1 << 16)
+            if not data:
+                os._exit(0)  # the server is gone; kernels notice their parent left and exit
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    signal.set_wakeup_fd(-1)
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    sock.close()
+                    return dict(request)
+                _send(sock, {"id": request["id"], "pid": pid})
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _run_child(request: dict[str, Any]) -> None:
+    """In the child: run `python -c <code> args...` in a new session, then exit (never return
+    into the server's frames it was forked from)."""
+    code = 1
+    try:
+        _become(request)
+        argv: list[str] = request["argv"]
+        exec(compile(argv[2], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - as python would: print it, exit 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            import atexit
+
+            atexit._run_exitfuncs()
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _become(request: dict[str, Any]) -> None:
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()  # as jupyter_client's launcher: interrupts go to the kernel's process group
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = ["-c", *request["argv"][3:]]
+    _user_site()
+
+
+def _user_site() -> None:
+    """sys.path as this user's python would have it (a zygote forked from the hub's fork
+    server has root's user site, if any)."""
+    import site
+
+    old = site.USER_SITE
+    site.USER_BASE = site.USER_SITE = None
+    new = site.getusersitepackages()  # from $HOME, now the user's
+    if old and old != new and old in sys.path:
+        sys.path.remove(old)
+    if site.ENABLE_USER_SITE and os.path.isdir(new) and new not in sys.path:
+        site.addsitedir(new)
+
+
+# --- the server's side --------------------------------------------------------------------
+
+
+def forkable(cmd: list[str], env: dict[str, str]) -> bool:
+    """A `python -c ...` of this interpreter whose environment imports as the zygote's does."""
+    if len(cmd) < 3 or cmd[0] != sys.executable or cmd[1] != "-c":
+        return False
+    keys = {k for k in (*env, *os.environ) if k.startswith("PYTHON")}
+    return all(env.get(k) == os.environ.get(k) for k in keys)
+
+
+class Zygote:
+    """The server's handle on its zygote: start it, ask for forks, learn children's exits."""
+
+    def __init__(self, cwd: str) -> None:
+        self.cwd = cwd
+        self.pid = 0
+        self.exits: dict[int, int] = {}
+        self.forked: set[int] = set()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ready: asyncio.Future[bool] | None = None
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._reader_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the zygote in the background (idempotent); forks wait for its imports."""
+        if self._ready is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._reader_task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        global _early
+        assert self._ready is not None
+        if _early is not None:
+            ours, self.pid, _early = _early, _early_pid, None
+        else:
+            ours, theirs = socket.socketpair()
+            try:
+                self._proc = subprocess.Popen(  # noqa: ASYNC220 - a fork+exec, no waiting
+                    [sys.executable, "-c", COMMAND, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.cwd,
+                )
+            except OSError as e:
+                log.warning("kernel zygote did not start: %s", e)
+                self._ready.set_result(False)
+                return
+            finally:
+                theirs.close()
+            self.pid = self._proc.pid
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        try:
+            while line := await reader.readline():
+                self._dispatch(json.loads(line))
+        finally:
+            self._gone()
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        assert self._ready is not None
+        if "ready" in msg and not self._ready.done():
+            log.info("kernel zygote %d ready", self.pid)
+            self._ready.set_result(True)
+        elif "error" in msg:
+            log.warning("kernel zygote failed: %s", msg["error"])
+        elif "exit" in msg:
+            self.exits[int(msg["exit"])] = int(msg["status"])
+        elif "id" in msg:
+            fut = self._replies.pop(int(msg["id"]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _gone(self) -> None:
+        """The zygote exited: forks fail over to exec; its children's exits are unknown."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(False)
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_exception(OSError("the kernel zygote exited"))
+        self._replies.clear()
+        self._writer = None
+        if self._proc is not None:
+            self._proc.poll()  # reap it if it is already gone
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+        log.info("kernel zygote %d exited", self.pid)
+
+    async def fork(self, argv: list[str], env: dict[str, str], cwd: str) -> int | None:
+        """The pid of a forked child running argv, or None (no zygote: exec instead)."""
+        self.start()
+        assert self._ready is not None
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+        except TimeoutError:
+            ok = False
+        if not ok or self._writer is None:
+            return None
+        self._next += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[self._next] = fut
+        msg = {"id": self._next, "argv": argv, "env": env, "cwd": cwd}
+        self._writer.write(json.dumps(msg).encode() + b"\n")
+        try:
+            reply = await asyncio.wait_for(fut, READY_TIMEOUT)
+        except (OSError, TimeoutError) as e:
+            log.warning("kernel zygote did not fork: %s", e)
+            return None
+        pid = int(reply["pid"])
+        self.forked.add(pid)
+        return pid
+
+    def status(self, pid: int) -> int | None:
+        """None while a forked kernel runs, else its exit status (negative: a signal)."""
+        if pid in self.exits:
+            return self.exits[pid]
+        if self._writer is not None:
+            return None
+        # The zygote died: its children were handed to init, which reaps them.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return UNKNOWN_EXIT
+        return None
+
+    def forget(self, pid: int) -> None:
+        self.exits.pop(pid, None)
+        self.forked.discard(pid)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader_task, 5)
