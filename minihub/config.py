@@ -126,7 +126,7 @@ SETTINGS: list[Setting] = [
     _s("spawner", "fork_server", bool, True,
        "Start minihub's own server (empty cmd, the hub's python) by forking a process that has "
        "imported it already: faster spawns, memory shared between users. false: exec each."),
-    _s("spawner", "kernel_fork", bool, False,
+    _s("spawner", "kernel_fork", bool, True,
        "minihub's own server forks python3 kernels (of its own python) from a process that "
        "has imported ipykernel already: faster kernel starts. false: exec each kernel."),
     _s("spawner", "notebook_dir", str, "", "Directory a user's server opens in; {username} "

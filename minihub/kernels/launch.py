@@ -116,7 +116,11 @@ class ZygoteProvisioner(LocalProvisioner):
     async def poll(self) -> int | None:
         if self.forked_pid is None or self.zygote is None:
             return await super().poll()
-        return self.zygote.status(self.forked_pid)
+        status = self.zygote.status(self.forked_pid)
+        if status is None and not self.zygote.running(self.forked_pid):
+            # Dead as Popen.poll() would see it: at once, not only once the report has come.
+            status = await self.zygote.exit_status(self.forked_pid)
+        return status
 
     async def wait(self) -> int | None:
         if self.forked_pid is None or self.zygote is None:

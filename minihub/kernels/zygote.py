@@ -29,6 +29,7 @@ PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "i
 # Run with `python -c`: sys.path[0] ('' = the cwd, a notebook dir) goes before any import.
 COMMAND = "import sys; del sys.path[0]; from minihub.kernels import zygote; zygote.main()"
 READY_TIMEOUT = 30.0
+REPORT_WAIT = 2.0  # seconds for the zygote to report a child that has died
 UNKNOWN_EXIT = 1  # a kernel whose exit the zygote could not report (the zygote died)
 
 
@@ -323,6 +324,23 @@ class Zygote:
         except ProcessLookupError:
             return UNKNOWN_EXIT
         return None
+
+    def running(self, pid: int) -> bool:
+        """Whether our child pid still runs (not a zombie waiting for the zygote's report)."""
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+        except (OSError, IndexError):
+            return False
+        return fields[0] not in ("Z", "X") and int(fields[1]) == self.pid
+
+    async def exit_status(self, pid: int) -> int:
+        """The status of a child that has exited, once the zygote has reported it."""
+        for _ in range(int(REPORT_WAIT / 0.01)):
+            status = self.status(pid)
+            if status is not None:
+                return status
+            await asyncio.sleep(0.01)
+        return UNKNOWN_EXIT
 
     def forget(self, pid: int) -> None:
         self.exits.pop(pid, None)

@@ -36,7 +36,7 @@ class ServerConfig:
     kernel_idle_timeout: int = 0
     mem_limit: int = 0
     shared_dirs: list[str] = field(default_factory=list)
-    kernel_zygote: bool = False
+    kernel_zygote: bool = True
 
     @classmethod
     def from_json(cls, line: str) -> ServerConfig:
