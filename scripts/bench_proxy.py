@@ -203,6 +203,7 @@ class Target:
     path: str
     headers: dict[str, str]
     ws: Callable[[Target, int, float], Coroutine[Any, Any, Result]]
+    server_pid: int | None = None  # the user server (or mock upstream) behind it
 
     def request(self) -> bytes:
         lines = [f"GET {self.path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
@@ -217,6 +218,7 @@ class Result:
     seconds: float
     latencies: list[float]
     cpu: float = float("nan")  # CPU seconds the proxy process used during the run
+    server_cpu: float = float("nan")  # and the server behind it
 
     @property
     def rps(self) -> float:
@@ -225,6 +227,10 @@ class Result:
     @property
     def cpu_per_req(self) -> float:
         return self.cpu / self.requests * 1e6 if self.requests else float("nan")
+
+    @property
+    def server_cpu_per_req(self) -> float:
+        return self.server_cpu / self.requests * 1e6 if self.requests else float("nan")
 
     def pct(self, p: float) -> float:
         if not self.latencies:
@@ -343,9 +349,10 @@ def cpu_seconds(pid: int | None) -> float:
 async def measure(target: Target, args: argparse.Namespace, warm: bool) -> tuple[Result, Result]:
     if warm:  # connection pools, caches, and node's JIT for configurable-http-proxy
         await http_load(target, min(5000, args.requests), args.concurrency, 15)
-    cpu = cpu_seconds(target.pid)
+    cpu, server_cpu = cpu_seconds(target.pid), cpu_seconds(target.server_pid)
     http = await http_load(target, args.requests, args.concurrency, args.max_seconds)
     http.cpu = cpu_seconds(target.pid) - cpu
+    http.server_cpu = cpu_seconds(target.server_pid) - server_cpu
     ws = await target.ws(target, args.ws_messages, args.max_seconds)
     return http, ws
 
@@ -365,14 +372,16 @@ def setup_mock(s: Setup, chp: str | None) -> None:
     s.procs.append(spawn(self_cmd("--serve-upstream", str(up_port)), up_port))
     s.procs.append(spawn(self_cmd("--serve-proxy", str(hub_port), str(up_port)), hub_port))
     # the direct target needs the secret; the proxies replace it with their own
-    hdr = {"X-Minihub-Secret": SECRET}
-    s.targets += [Target("direct to upstream", "mock", up_port, None, STATUS_PATH, hdr, ws_echo),
+    hdr, up_pid = {"X-Minihub-Secret": SECRET}, s.procs[0].pid
+    s.targets += [Target("direct to upstream", "mock", up_port, None, STATUS_PATH, hdr, ws_echo,
+                         up_pid),
                   Target("minihub Proxy", "mock", hub_port, s.procs[-1].pid, STATUS_PATH, hdr,
-                         ws_echo)]
+                         ws_echo, up_pid)]
     if chp:
         proc, port = start_chp(chp, f"http://127.0.0.1:{up_port}", SECRET)
         s.procs.append(proc)
-        s.targets.append(Target(CHP_NAME, "mock", port, proc.pid, STATUS_PATH, hdr, ws_echo))
+        s.targets.append(Target(CHP_NAME, "mock", port, proc.pid, STATUS_PATH, hdr, ws_echo,
+                                up_pid))
 
 
 REAL_TOML = """[hub]
@@ -408,17 +417,17 @@ def setup_real(s: Setup, chp: str | None, work: Path) -> None:
     wait_port(port, hub, 60)
     auth = {"Authorization": f"token {token}"}
     kernel_id = asyncio.run(start_server_and_kernel(port, name, auth))
-    host, up_port, secret = server_address(work, name)
+    host, up_port, secret, up_pid = server_address(work, name)
     prefix = f"/user/{name}/"
     ws = kernel_ws(prefix, kernel_id)
     path = prefix + "api/status"
     s.targets += [Target("direct to user server", "real", up_port, None, path,
-                         {"X-Minihub-Secret": secret}, ws),
-                  Target("minihub hub", "real", port, hub.pid, path, auth, ws)]
+                         {"X-Minihub-Secret": secret}, ws, up_pid),
+                  Target("minihub hub", "real", port, hub.pid, path, auth, ws, up_pid)]
     if chp:
         proc, cport = start_chp(chp, f"http://{host}:{up_port}", secret)
         s.procs.append(proc)
-        s.targets.append(Target(CHP_NAME, "real", cport, proc.pid, path, {}, ws))
+        s.targets.append(Target(CHP_NAME, "real", cport, proc.pid, path, {}, ws, up_pid))
 
 
 async def start_server_and_kernel(port: int, name: str, auth: dict[str, str]) -> str:
@@ -438,20 +447,20 @@ async def start_server_and_kernel(port: int, name: str, auth: dict[str, str]) ->
         return str((await r.json())["id"])
 
 
-def server_address(work: Path, name: str) -> tuple[str, int, str]:
-    """Where the hub's user server listens, and its secret, derived as the hub does."""
+def server_address(work: Path, name: str) -> tuple[str, int, str, int]:
+    """Where the hub's user server listens, its secret (derived as the hub does), its pid."""
     sys.path.insert(0, str(ROOT))
     from minihub.auth.secrets import load_or_create_key, server_secret
 
     db = sqlite3.connect(work / "data" / "minihub.sqlite")
     try:
-        host, port, nonce = db.execute(
-            "SELECT s.host, s.port, s.nonce FROM servers s JOIN users u ON u.id = s.user_id "
-            "WHERE u.name = ?", (name,)).fetchone()
+        host, port, nonce, pid = db.execute(
+            "SELECT s.host, s.port, s.nonce, s.pid FROM servers s JOIN users u "
+            "ON u.id = s.user_id WHERE u.name = ?", (name,)).fetchone()
     finally:
         db.close()
     key = load_or_create_key(work / "data" / "cookie_secret")
-    return host, int(port), server_secret(key, name, nonce)
+    return host, int(port), server_secret(key, name, nonce), int(pid)
 
 
 def make_account(name: str) -> None:
@@ -537,17 +546,18 @@ def print_tables(targets: list[Target], results: dict[str, list[tuple[Result, Re
           f"connections per run; websocket: sequential round trips (mock: echo of a small "
           f"message, real: kernel_info to the kernel). Medians of {args.runs} runs; "
           f"{os.cpu_count()} CPUs, loopback; CPU/req is the proxy process's (for the hub: "
-          f"authentication + proxying + access log).\n")
+          f"authentication + proxying + access log), server CPU/req the user server's.\n")
     for group in dict.fromkeys(t.group for t in targets):
         rows = {t.name: results[f"{group}\0{t.name}"] for t in targets if t.group == group}
         print(f"**{group}**\n")
-        print("| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | ws p50 ms | ws p99 ms |"
-              " req/s vs CHP | p99 vs CHP | CPU/req vs CHP |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | server CPU µs/req |"
+              " ws p50 ms | ws p99 ms | req/s vs CHP | p99 vs CHP | CPU/req vs CHP |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         stats = {name: {
             "rps": med([h.rps for h, _ in runs]), "p50": med([h.pct(50) for h, _ in runs]),
             "p99": med([h.pct(99) for h, _ in runs]), "err": sum(h.errors for h, _ in runs),
             "cpu": med([h.cpu_per_req for h, _ in runs]),
+            "scpu": med([h.server_cpu_per_req for h, _ in runs]),
             "ws50": med([w.pct(50) for _, w in runs]), "ws99": med([w.pct(99) for _, w in runs]),
         } for name, runs in rows.items()}
         chp = stats.get(CHP_NAME)
@@ -558,7 +568,8 @@ def print_tables(targets: list[Target], results: dict[str, list[tuple[Result, Re
                 vs = f"{st['rps'] / chp['rps']:.2f}x | {st['p99'] / chp['p99']:.2f}x | {cpu}"
             cpu_text = f"{st['cpu']:.0f}" if not math.isnan(st["cpu"]) else "-"
             print(f"| {name} | {st['rps']:,.0f} | {st['p50']:.2f} | {st['p99']:.2f} | "
-                  f"{st['err']} | {cpu_text} | {st['ws50']:.3f} | {st['ws99']:.3f} | {vs} |")
+                  f"{st['err']} | {cpu_text} | {st['scpu']:.0f} | {st['ws50']:.3f} | "
+                  f"{st['ws99']:.3f} | {vs} |")
         print()
 
 
