@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ WHO = (
     "import os, sys, json\n"
     "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'pid': os.getpid(),\n"
     "    'ppid': os.getppid(), 'sid': os.getsid(0), 'cwd': os.getcwd(),\n"
-    "    'session': os.environ.get('JPY_SESSION_NAME'), 'path0': sys.path[:1]}))"
+    "    'session': os.environ.get('JPY_SESSION_NAME'), 'path': sys.path}))"
 )
 
 
@@ -103,6 +105,21 @@ async def test_forked_kernel_runs_as_the_user_without_tcp(
     assert os.path.realpath(info["cwd"]) == os.path.realpath(os.path.join(server.user.home, "sub"))
     assert info["session"] == os.path.join(server.user.home, "sub/nb.ipynb")
     assert tcp_listeners(server.user.uid) == []
+    # sys.path as an exec'd kernel has it: the user's python's, plus '' (ipykernel adds it).
+    plain = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", "import sys, json; print(json.dumps(sys.path[1:]))"],
+        user=server.user.uid,
+        group=server.user.gid,
+        env={"HOME": server.user.home, "PATH": "/usr/bin:/bin"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [p for p in info["path"] if p] == json.loads(plain.stdout)
+    assert "" in info["path"]
     out = await kc.run("print(1 + 1)")
     assert out.stdout == "2\n"
     await kc.ws.close()
