@@ -3,7 +3,9 @@
 Everything runs on loopback, each server in its own process. Run it with the venv's python:
     /opt/minihub/venv/bin/python scripts/bench_proxy.py [--runs 3] [--mode both]
 It prints markdown tables (medians over the runs): GET requests/s, p50/p99 latency, the
-proxy's CPU per request, and websocket round trips. Two setups:
+proxy's and the server's CPU per request, and websocket round trips. Load generator, proxy
+and server share the machine's CPUs, so on a busy machine requests/s and p99 swing from run
+to run; CPU per request is the steadier figure. Two setups:
 - mock: an aiohttp upstream shaped like a user server, behind a hub reduced to its proxy
   route (minihub.proxy alone), behind configurable-http-proxy (CHP), and direct;
 - real (root only): the real hub (`python -m minihub`, native auth, an API token) with the
