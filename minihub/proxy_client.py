@@ -111,6 +111,11 @@ class _Conn(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.eof and self.transport is not None and not self.transport.is_closing()
 
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+
     def close(self) -> None:
         self.eof = True
         if self.transport is not None:
@@ -120,9 +125,7 @@ class _Conn(asyncio.Protocol):
         """Wait for more bytes; Disconnected at end of stream, Timeout after `timeout`."""
         if self.eof:
             raise Disconnected("the server closed the connection")
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
+        self.resume_reading()
         waiter = self._waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout, _expire, waiter)
         try:
@@ -435,6 +438,7 @@ class Pool:
             conn.close()
             return
         conn.active = False
+        conn.resume_reading()  # an idle connection must see the server close it
         conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
         if self._sweeper is None:

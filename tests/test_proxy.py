@@ -960,3 +960,17 @@ async def test_request_body_framing_to_upstream(raw: RawUpstream, raw_hub: Clien
     bodies = [b for *_, b in raw.seen]
     assert [len(b) for b in bodies] == [0, 3, 3 * MB + 1]
     assert len({c for c, *_ in raw.seen}) == 1
+
+
+async def test_pooled_connection_closed_by_server_is_not_used(raw: RawUpstream,
+                                                              raw_hub: Client) -> None:
+    # the server closes after answering, without Connection: close; the idle connection
+    # sees the close, so even a request with a body (never retried) gets a new connection
+    raw.replies["/user/x/bye"] = Reply(ok().data, close=True)
+    assert await _get(raw_hub, "/user/x/bye") == (200, b"ok")
+    pool = raw_hub.app[PROXY]._pool
+    async with asyncio.timeout(10):
+        while any(c.usable() for idle in pool._idle.values() for c in idle):
+            await asyncio.sleep(0.02)
+    assert await _get(raw_hub, "/user/x/bye", "POST", data=b"body") == (200, b"ok")
+    assert len({c for c, *_ in raw.seen}) == 2
