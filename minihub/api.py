@@ -10,6 +10,7 @@ import asyncio
 import json
 import platform
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -156,7 +157,7 @@ def _int(request: web.Request, key: str, default: int) -> int:
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise BadRequest(f"{key} must be a non-negative integer")
     return int(raw)
 
@@ -196,15 +197,14 @@ async def create_user(request: web.Request) -> web.Response:
 
 @routes.patch("/users/{name}")
 async def patch_user(request: web.Request) -> web.Response:
-    caller = me(request)
     user = await target(request, "users")
     p = parts(request)
     data = await body(request)
     unknown = set(data) - {"name", "admin"}
     if unknown:
         raise BadRequest(f"Cannot change {', '.join(sorted(unknown))}")
-    if ("admin" in data or "name" in data) and not caller.admin:
-        raise Forbidden("Only admins may change names or admin rights.")
+    if "admin" in data or "name" in data:
+        admin(request, "admin:users")  # a scope, not the owner's flag: tokens may be narrower
     if "admin" in data:
         if not isinstance(data["admin"], bool):
             raise BadRequest("admin must be true or false")
@@ -323,14 +323,28 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(wanted, list) or not all(isinstance(s, str) for s in wanted):
         raise BadRequest("scopes must be a list of strings")
     scopes.validate(wanted)
+    wanted = _no_stronger(request, wanted)
     secret, tok = await users.new_token(parts(request).store, user, note, wanted, expires_in)
     return web.json_response(token_model(user, tok, secret), status=201)
+
+
+def _no_stronger(request: web.Request, wanted: list[str]) -> list[str]:
+    """A token made with a scoped token gets at most that token's scopes."""
+    ident = identity(request)
+    mine = ident.token.scopes if ident and ident.token and ident.token.scopes else None
+    if mine is None:
+        return wanted
+    if not wanted or "inherit" in wanted:
+        return list(mine)
+    if not set(wanted) <= set(mine):
+        raise Forbidden("A token cannot create a token with scopes it does not hold itself.")
+    return wanted
 
 
 def _token_id(request: web.Request) -> int:
     raw = request.match_info["token_id"]
     raw = raw[1:] if raw[:1] in ("a", "o") else raw
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFound("No such token")
     return int(raw)
 
@@ -360,7 +374,10 @@ async def activity(request: web.Request) -> web.Response:
     p = parts(request)
     data = await body(request)
     times = [data.get("last_activity")]
-    for s in (data.get("servers") or {}).values():
+    servers = data.get("servers") or {}
+    if not isinstance(servers, dict):
+        raise BadRequest("servers must be an object: {\"\": {\"last_activity\": ...}}")
+    for s in servers.values():
         if isinstance(s, dict):
             times.append(s.get("last_activity"))
     try:
@@ -369,6 +386,7 @@ async def activity(request: web.Request) -> web.Response:
         raise BadRequest("last_activity must be an ISO 8601 time") from None
     if not stamps:
         raise BadRequest("Send {\"last_activity\": \"<ISO 8601 time>\"}")
+    stamps = [min(t, time.time()) for t in stamps]  # the future would keep the culler away
     await p.store.touch_user(user.id, max(stamps))
     srv = p.servers.peek(user.id)
     if srv and srv.status == "running":

@@ -10,13 +10,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
 from . import api, oauth2, scopes, services
 from .auth.base import Authenticator
-from .auth.identity import HUB_COOKIES, SESSION_COOKIE, Identities, Identity
+from .auth.identity import HUB_COOKIES, SAFE_METHODS, SESSION_COOKIE, Identities, Identity
 from .auth.native import NativeAuthenticator
 from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
@@ -114,8 +114,14 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     request[PAGE_CONTEXT] = {"user": ident.user if ident else None,
                              "xsrf": p.identities.xsrf_for(ident),
                              "kind": p.authenticator.kind}
+    proxied = request.path.startswith(base + "user/")
     if not request.path.startswith(tuple(base + x for x in NO_XSRF_PATHS + _own_xsrf(p))):
-        await p.identities.check_xsrf(request, ident)
+        await p.identities.check_xsrf(request, ident, form=not proxied)
+    if (ident is not None and ident.via != "cookie" and request.method not in SAFE_METHODS
+            and not proxied and not request.path.startswith(base + "hub/api")):
+        # Pages are for browsers: a token (perhaps a narrowly scoped one) must not reach
+        # the admin and token forms, which check no scopes; the REST API does.
+        raise Forbidden("Use the REST API under /hub/api with a token; pages need a login.")
     return await handler(request)
 
 
@@ -149,6 +155,8 @@ async def user_route(request: web.Request) -> web.StreamResponse:
         if wants_json(request) or request.headers.get("Upgrade", "").lower() == "websocket":
             raise Forbidden("Missing or invalid credentials: log in or send a token.")
         raise web.HTTPFound(f"{base}hub/login?next={quote(request.path_qs, safe='')}")
+    if ident.via == "cookie" and request.headers.get("Upgrade", "").lower() == "websocket":
+        _same_origin(request)
     if ident.name != name and not (ident.user.admin and p.cfg.get("hub.admin_access")):
         raise Forbidden(f"You may not access {name[:64]!r}'s server.")
     if not _token_may_access(p, ident, name):
@@ -161,6 +169,13 @@ async def user_route(request: web.Request) -> web.StreamResponse:
     if not path.startswith(f"{base}user/{name}/"):
         raise web.HTTPFound(f"{base}user/{name}/")
     return await _forward(request, p, srv.user_id, upstream, path)
+
+
+def _same_origin(request: web.Request) -> None:
+    """A cookie-authenticated websocket must come from a page of this hub (no CSWSH)."""
+    origin = request.headers.get("Origin")
+    if origin and urlsplit(origin).netloc != request.host:
+        raise Forbidden("Cross-origin websocket refused.")
 
 
 def _not_running(request: web.Request, base: str, name: str, tail: str) -> web.StreamResponse:

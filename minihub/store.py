@@ -414,10 +414,10 @@ class Store:
 
     async def take_oauth_code(self, code_hash: str) -> OAuthCode | None:
         """The code, deleted so it is used once; None if unknown or expired."""
-        row = await self._one("SELECT client_id, user_id, redirect_uri, scopes, code_challenge, "
-                              "expires FROM oauth_codes WHERE hash = ?", code_hash)
-        await self._write("DELETE FROM oauth_codes WHERE hash = ? OR expires <= ?",
-                          code_hash, time.time())
+        # One statement, so two exchanges racing for the same code cannot both get it.
+        row = await self._one("DELETE FROM oauth_codes WHERE hash = ? RETURNING client_id, "
+                              "user_id, redirect_uri, scopes, code_challenge, expires", code_hash)
+        await self._write("DELETE FROM oauth_codes WHERE expires <= ?", time.time())
         if not row or row[5] <= time.time():
             return None
         return OAuthCode(row[0], row[1], row[2], json.loads(row[3]), row[4])

@@ -297,7 +297,7 @@ async def token_create(request: web.Request) -> web.Response:
     form = await request.post()
     note = str(form.get("note", ""))[:500] or "Requested via token page"
     days = str(form.get("expires_days", "")).strip()
-    if days and not days.isdigit():
+    if days and not (days.isascii() and days.isdigit() and len(days) <= 5):
         return await _token_page(request, user, error="Expiry must be a number of days.")
     expires = int(days) * 86400 if days and int(days) > 0 else None
     secret, _ = await users.new_token(parts(request).store, user, note, [], expires)
@@ -311,7 +311,8 @@ async def token_revoke(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
     tid = request.match_info["token_id"]
-    if not tid.isdigit() or not await p.store.delete_token(user.id, int(tid)):
+    if not (tid.isascii() and tid.isdigit() and len(tid) <= 18) or \
+            not await p.store.delete_token(user.id, int(tid)):
         raise BadRequest("No such token.", 404)
     p.identities.invalidate()
     raise redirect(f"{p.cfg.base_url}hub/token")
