@@ -174,6 +174,9 @@ def _announce(cfg: Config) -> None:
     log.info("minihub is listening on %s://%s:%s%s", scheme, shown, cfg.get("hub.port"),
              cfg.base_url)
     log.info("data dir %s; authenticator %s", cfg.data_dir, cfg.get("auth.authenticator"))
+    if cfg.get("hub.admin_access") and cfg.get("spawner.cmd"):
+        log.warning("[hub] admin_access with [spawner] cmd: users' own servers share the hub's "
+                    "origin, so a page a user serves can act as an admin who opens it")
     me = sys.argv[0] if os.path.basename(sys.argv[0]) == "minihub" else \
         f"{sys.executable} -m minihub"
     flags = f"-f {cfg.path} " if cfg.path else ""
