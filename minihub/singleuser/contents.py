@@ -16,8 +16,9 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import BadRequest, Conflict, NotFound
 
@@ -42,31 +43,23 @@ def isoformat(ts: float) -> str:
 
 def atomic_write(os_path: str, data: bytes) -> None:
     """Write via a temp file in the same dir, fsync, rename: a crash leaves the old file."""
+    _atomic(os_path, lambda f: f.write(data))
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    with open(src, "rb") as fin:
+        _atomic(dst, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
+
+
+def _atomic(os_path: str, fill: Callable[[BinaryIO], object]) -> None:
     target = os.path.realpath(os_path)
     folder, name = os.path.split(target)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".~{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
-        _set_mode(tmp, target)
-        os.replace(tmp, target)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    target = os.path.realpath(dst)
-    folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".~{name}.", suffix=".tmp")
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
         _set_mode(tmp, target)
         os.replace(tmp, target)
     except BaseException:
