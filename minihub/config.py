@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
+from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,11 @@ SETTINGS: list[Setting] = [
     _s("spawner", "environment", dict, {}, "Extra environment variables for user servers."),
     _s("spawner", "kernel_idle_timeout", int, 0,
        "Seconds after which an idle kernel inside a server is shut down (0: never)."),
+    _s("spawner", "kernel_ws_max_message", int, DEFAULT_MAX_MESSAGE,
+       "Largest websocket message (bytes) a browser may send to a kernel in minihub's own "
+       "server; a bigger one closes the socket (1009). The hub's proxy also stops at 64 MiB."),
+    _s("spawner", "kernel_ws_max_buffers", int, DEFAULT_MAX_BUFFERS,
+       "Most binary buffers one kernel message from a browser may carry (widgets send a few)."),
     # [users]
     _s("users", "create_system_users", bool, False,
        "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has none."),
@@ -316,6 +322,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise bad("[hub] ssl_cert/ssl_key", "set both (or neither)")
     if v["spawner.mem_limit"] and parse_bytes(v["spawner.mem_limit"]) is None:
         raise bad("[spawner] mem_limit", f"{v['spawner.mem_limit']!r} is not a size like 512M or 2G")
+    if not 1 << 10 <= v["spawner.kernel_ws_max_message"] <= 1 << 30:
+        raise bad("[spawner] kernel_ws_max_message", "must be between 1024 and 1073741824 bytes")
+    if not 0 <= v["spawner.kernel_ws_max_buffers"] <= 4096:
+        raise bad("[spawner] kernel_ws_max_buffers", "must be between 0 and 4096")
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")

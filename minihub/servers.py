@@ -228,6 +228,7 @@ class Servers:
             cwd=notebook_dir, log_path=self.log_path(user.name),
             stdin_config={"secret": srv.secret, "base_url": prefix, "user": user.name,
                           "notebook_dir": notebook_dir,
+                          "ws_max_message": self.sp["kernel_ws_max_message"], "ws_max_buffers": self.sp["kernel_ws_max_buffers"],
                           "kernel_idle_timeout": int(self.sp["kernel_idle_timeout"]),
                           "shared_dirs": await asyncio.to_thread(self._shared_roots),
                           "mem_limit": mem, "kernel_zygote": bool(self.sp["kernel_fork"])},

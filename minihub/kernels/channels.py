@@ -2,7 +2,8 @@
 
 Speaks the legacy JSON protocol and the v1 binary subprotocol. While a client is away its
 sockets stay open and fill a bounded replay buffer, so reconnecting with the same session_id
-loses no output or reply.
+loses no output or reply. What a client sends is bounded by `wire.Limits`; a frame that is
+not a kernel message closes the socket (1007), as jupyter_server does.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import uuid
 from collections import OrderedDict, deque
 from typing import Any
 
+import zmq
 import zmq.asyncio
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from .kernel import Kernel
 from .manager import KernelManager
 from .wire import (
+    DEFAULT_LIMITS,
     V1_PROTOCOL,
+    Limits,
     Parts,
     WireError,
     from_legacy,
@@ -37,7 +41,10 @@ log = logging.getLogger("minihub.kernels")
 MAX_QUEUED = 5000  # messages kept for a client; the oldest go first
 MAX_QUEUED_BYTES = 32 << 20
 MAX_AWAY = 4  # absent client sessions kept per kernel
-MAX_FRAME = 256 << 20
+# Messages a client socket holds for a kernel that does not read (stopped, hung): past it the
+# send waits, the websocket is not read, and TCP pushes back on the client (zmq's 1000 would
+# be 1000 frames of up to max_message each).
+SEND_HWM = 8
 CLIENT_CHANNELS = ("shell", "stdin", "control")
 
 
@@ -52,6 +59,8 @@ class Client:
         self.sockets: dict[str, zmq.asyncio.Socket] = {
             ch: kernel.connect(ch, identity) for ch in CLIENT_CHANNELS
         }
+        for sock in self.sockets.values():
+            sock.setsockopt(zmq.SNDHWM, SEND_HWM)  # libzmq applies it to the connected pipe
         self.queue: deque[tuple[str, Parts]] = deque()
         self.queued_bytes = 0
         self.ws: web.WebSocketResponse | None = None
@@ -125,6 +134,11 @@ async def _send(ws: web.WebSocketResponse, channel: str, parts: Parts, v1: bool)
         await ws.send_str(frame)
 
 
+def _reason(e: WireError) -> bytes:
+    # A close frame's reason is at most 123 bytes.
+    return str(e).encode("utf-8", "replace")[:120]
+
+
 def refuse_debug(kernel: Kernel, request: Parts) -> Parts:
     """A failed debug_reply: ipykernel's debugger (debugpy) listens on loopback TCP with no
     authentication, so any local account could attach to it and run code as this user."""
@@ -148,15 +162,18 @@ def refuse_debug(kernel: Kernel, request: Parts) -> Parts:
 class Bridge:
     """Every kernel's client sessions; serves GET api/kernels/{kernel_id}/channels."""
 
-    def __init__(self, kernels: KernelManager) -> None:
+    def __init__(self, kernels: KernelManager, limits: Limits = DEFAULT_LIMITS) -> None:
         self.kernels = kernels
+        self.limits = limits
         self.clients: dict[str, OrderedDict[str, Client]] = {}
         kernels.on_removed.append(self.kernel_gone)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         kernel = self.kernels.get(request.match_info["kernel_id"])
         session_id = request.query.get("session_id") or uuid.uuid4().hex
-        ws = web.WebSocketResponse(protocols=(V1_PROTOCOL,), heartbeat=30, max_msg_size=MAX_FRAME)
+        ws = web.WebSocketResponse(
+            protocols=(V1_PROTOCOL,), heartbeat=30, max_msg_size=self.limits.max_message
+        )
         await ws.prepare(request)
         v1 = ws.ws_protocol == V1_PROTOCOL
         client = self._attach(kernel, session_id, ws)
@@ -164,8 +181,9 @@ class Bridge:
         kernel.connections += 1
         try:
             async for msg in ws:
-                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await self._forward(client, msg.data, v1)
+                data_frame = msg.type in (WSMsgType.TEXT, WSMsgType.BINARY)
+                if data_frame and not await self._forward(client, msg.data, v1):
+                    break
         finally:
             kernel.connections -= 1
             pump.cancel()
@@ -197,28 +215,36 @@ class Bridge:
             sessions.pop(old.session_id, None)
             old.close()
 
-    async def _forward(self, client: Client, data: str | bytes, v1: bool) -> None:
+    async def _forward(self, client: Client, data: str | bytes, v1: bool) -> bool:
+        """Send one client message on to the kernel; False if it was malformed (the socket
+        is then closed: one log line per connection, not one per bad frame)."""
         try:
-            if v1:
-                if isinstance(data, str):
-                    raise WireError("text frame on the v1 protocol")
-                channel, parts = from_v1(data)
-            else:
-                channel, msg, buffers = from_legacy(data)
-                parts = pack_legacy(msg, buffers)
-        except (WireError, ValueError, UnicodeDecodeError) as e:
-            log.warning("kernel %s: ignored a bad websocket message: %s", client.kernel.id, e)
-            return
-        if channel not in CLIENT_CHANNELS or len(parts) < 4:
-            log.warning("kernel %s: ignored a message for channel %r", client.kernel.id, channel)
-            return
+            channel, parts = self._parse(data, v1)
+        except WireError as e:
+            log.warning("kernel %s: closed a websocket: %s", client.kernel.id, e)
+            if client.ws is not None:
+                await client.ws.close(code=WSCloseCode.INVALID_TEXT, message=_reason(e))
+            return False
+        if channel not in CLIENT_CHANNELS:
+            log.warning("kernel %s: ignored a message for channel %r", client.kernel.id,
+                        channel[:40])
+            return True
         client.kernel.touch()
         if channel == "control" and msg_type(parts) == "debug_request":
             client.deliver("control", refuse_debug(client.kernel, parts))
-            return
+            return True
         if channel == "shell":
             await client.kernel.until_ready()
         await client.send(channel, parts)
+        return True
+
+    def _parse(self, data: str | bytes, v1: bool) -> tuple[str, Parts]:
+        if not v1:
+            channel, msg, buffers = from_legacy(data, self.limits)
+            return channel, pack_legacy(msg, buffers)
+        if isinstance(data, str):
+            raise WireError("text frame on the v1 protocol")
+        return from_v1(data, self.limits)
 
     def kernel_gone(self, kernel_id: str) -> None:
         for client in self.clients.pop(kernel_id, {}).values():

@@ -2,22 +2,42 @@
 
 Messages travel inside minihub as `parts`: [header, parent_header, metadata, content,
 *buffers] as packed bytes, exactly as they sit on zmq after the signature.
+
+Every count, offset and length a client sends is checked against the frame's own size and
+`Limits` before anything is built from it: what a bad frame can allocate is bounded by the
+frame (the legacy parser once built a struct format from a 32-bit count and asked for 24 GB).
 """
 
 from __future__ import annotations
 
 import json
-import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 CHANNELS = ("shell", "iopub", "stdin", "control")
+MESSAGE_KEYS = ("header", "parent_header", "metadata", "content")
+
+DEFAULT_MAX_MESSAGE = 64 << 20  # as the hub's proxy: it refuses bigger frames anyway
+DEFAULT_MAX_BUFFERS = 64
 
 Parts = list[bytes]
 
 
 class WireError(ValueError):
     """A websocket frame that is not a kernel message."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one message from a client may be: bytes of the websocket message (aiohttp
+    closes the socket with 1009 past it) and binary buffers besides the four JSON parts."""
+
+    max_message: int = DEFAULT_MAX_MESSAGE
+    max_buffers: int = DEFAULT_MAX_BUFFERS
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def to_v1(channel: str, parts: Parts) -> bytes:
@@ -31,18 +51,41 @@ def to_v1(channel: str, parts: Parts) -> bytes:
     return b"".join([head, chan, *parts])
 
 
-def from_v1(frame: bytes) -> tuple[str, Parts]:
+def from_v1(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Parts]:
+    """(channel, parts) of a v1 frame: u64 count, count offsets, channel, then the parts."""
     if len(frame) < 8:
         raise WireError("frame too short")
     count = int.from_bytes(frame[:8], "little")
-    if count < 6 or len(frame) < 8 * (count + 1):
-        raise WireError("bad offset table")
-    offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
-    if offsets != sorted(offsets) or offsets[-1] > len(frame):
-        raise WireError("bad offsets")
-    channel = frame[offsets[0] : offsets[1]].decode("utf-8", "replace")
-    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
-    return channel, parts
+    # count offsets delimit the channel and count - 2 parts.
+    if not 6 <= count <= len(MESSAGE_KEYS) + limits.max_buffers + 2:
+        raise WireError(f"bad offset count {count}")
+    offsets = _offsets(frame, count, width=8, byteorder="little")
+    try:
+        channel = frame[offsets[0] : offsets[1]].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError("the channel name is not UTF-8") from None
+    return channel, [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+
+
+def _offsets(
+    frame: bytes, count: int, width: int, byteorder: Literal["little", "big"]
+) -> list[int]:
+    """count offsets after the count field, each inside the frame, past the table, in order.
+
+    The caller has bounded count; the table must fit in the frame before it is read.
+    """
+    table_end = width * (count + 1)
+    if table_end > len(frame):
+        raise WireError("offset table longer than the frame")
+    offsets = [
+        int.from_bytes(frame[width * (i + 1) : width * (i + 2)], byteorder) for i in range(count)
+    ]
+    previous = table_end
+    for offset in offsets:
+        if not previous <= offset <= len(frame):
+            raise WireError("offsets out of order or outside the frame")
+        previous = offset
+    return offsets
 
 
 def to_legacy(channel: str, parts: Parts) -> str | bytes:
@@ -70,43 +113,80 @@ def _legacy_binary(head: bytes, buffers: Parts) -> bytes:
     offsets = [4 * (len(chunks) + 1)]
     for chunk in chunks[:-1]:
         offsets.append(offsets[-1] + len(chunk))
-    return struct.pack("!" + "I" * (len(chunks) + 1), len(chunks), *offsets) + b"".join(chunks)
+    table = b"".join(n.to_bytes(4, "big") for n in [len(chunks), *offsets])
+    return table + b"".join(chunks)
 
 
-def from_legacy(data: str | bytes) -> tuple[str, dict[str, Any], Parts]:
+def from_legacy(
+    data: str | bytes, limits: Limits = DEFAULT_LIMITS
+) -> tuple[str, dict[str, Any], Parts]:
     """A client's JSON (or legacy binary) message: (channel, message dict, buffers)."""
     buffers: Parts = []
-    try:
-        if isinstance(data, bytes):
-            data, buffers = _split_legacy_binary(data)
-        msg = json.loads(data)
-    except (ValueError, struct.error) as e:
-        raise WireError(f"not a kernel message: {e}") from None
+    if isinstance(data, bytes):
+        head, buffers = _split_legacy_binary(data, limits)
+        try:
+            data = head.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WireError("the message is not UTF-8") from None
+    msg = _loads(data)
     if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
         raise WireError("message has no header")
     channel = msg.pop("channel", None) or "shell"
-    return str(channel), msg, buffers
+    if not isinstance(channel, str):
+        raise WireError("channel must be a string")
+    return channel, msg, buffers
 
 
-def _split_legacy_binary(data: bytes) -> tuple[bytes, Parts]:
-    (count,) = struct.unpack("!I", data[:4])
-    offsets = list(struct.unpack("!" + "I" * count, data[4 : 4 * (count + 1)])) + [len(data)]
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise WireError("the message is nested too deeply") from None
+    except ValueError as e:
+        raise WireError(f"not a kernel message: {e}"[:200]) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _split_legacy_binary(data: bytes, limits: Limits) -> tuple[bytes, Parts]:
+    """u32 big-endian count, count offsets, then the JSON and each buffer (jupyter_server's
+    serialize_binary_message); the last chunk runs to the end of the frame."""
+    if len(data) < 8:
+        raise WireError("binary frame too short")
+    count = int.from_bytes(data[:4], "big")
+    if not 1 <= count <= limits.max_buffers + 1:
+        raise WireError(f"bad buffer count {count}")
+    offsets = _offsets(data, count, width=4, byteorder="big") + [len(data)]
     chunks = [data[offsets[i] : offsets[i + 1]] for i in range(count)]
     return chunks[0], chunks[1:]
 
 
 def pack_legacy(msg: dict[str, Any], buffers: Parts) -> Parts:
-    """Parts for a client's JSON message, keeping the client's own header (it matches replies)."""
+    """Parts for a client's JSON message, keeping the client's own header (it matches replies).
 
-    def dump(key: str) -> bytes:
-        value = msg.get(key) or {}
+    Each of the four parts must be an object (or absent); the kernel gets strict UTF-8 JSON.
+    """
+    return [_dump(key, msg.get(key)) for key in MESSAGE_KEYS] + buffers
+
+
+def _dump(key: str, value: Any) -> bytes:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise WireError(f"{key} must be an object")
+    try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-    return [dump("header"), dump("parent_header"), dump("metadata"), dump("content"), *buffers]
+    except RecursionError:
+        raise WireError(f"{key} is nested too deeply") from None
+    except ValueError as e:  # NaN can't be here (parse_constant); a lone surrogate can
+        raise WireError(f"{key} is not valid JSON text: {e}"[:200]) from None
 
 
 def msg_type(parts: Parts) -> str:
     try:
-        return str(json.loads(parts[0]).get("msg_type", ""))
-    except (ValueError, AttributeError, IndexError):
+        header = json.loads(parts[0])
+        return str(header.get("msg_type", "")) if isinstance(header, dict) else ""
+    except (ValueError, RecursionError, IndexError):
         return ""

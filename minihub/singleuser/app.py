@@ -7,6 +7,7 @@ Every request must carry X-Minihub-Secret; errors leave as jupyter_server's JSON
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import time
@@ -21,6 +22,7 @@ from ..errors import HubError
 from ..kernels.channels import Bridge
 from ..kernels.kernel import isoformat
 from ..kernels.manager import KernelManager
+from ..kernels.wire import Limits
 from . import contents_api, files, kernels_api, pages, sessions
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
@@ -64,6 +66,30 @@ def secret_guard(secret: str) -> Any:
     return guard
 
 
+# What a user's request can make the filesystem refuse is that request's fault (4xx); a
+# full disk is 507; any other OSError (EIO ...) stays a 500.
+OS_ERROR_STATUS = {
+    errno.ENOTDIR: 400,
+    errno.EISDIR: 400,
+    errno.ENAMETOOLONG: 400,
+    errno.ELOOP: 400,
+    errno.EINVAL: 400,
+    errno.EXDEV: 400,
+    errno.EMLINK: 400,
+    errno.EROFS: 403,
+    errno.EEXIST: 409,
+    errno.ENOTEMPTY: 409,
+    errno.EFBIG: 413,
+    errno.ENOSPC: 507,
+    errno.EDQUOT: 507,
+}
+
+
+def _bounded(text: str) -> str:
+    """A user-supplied value for a log line: escaped, at most 200 characters."""
+    return repr(text[:200])[1:-1]
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -79,12 +105,18 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except FileNotFoundError as e:
         return error_response(404, f"No such file or directory: {e.strerror or e}")
     except OSError as e:
-        log.warning("%s %s: %s", request.method, request.path, e)
-        return error_response(500, f"Error accessing files: {e.strerror or e}")
+        status = OS_ERROR_STATUS.get(e.errno or 0, 500)
+        log.warning("%s %s: %s", request.method, _bounded(request.path), _bounded(str(e)))
+        return error_response(status, f"Error accessing files: {e.strerror or e}"[:500])
+    except RecursionError:
+        # Checks on input keep nesting far below the stack; this is the net under them.
+        return error_response(400, "The request is nested too deeply")
+    except UnicodeError as e:
+        return error_response(400, f"The request is not valid Unicode text: {e}"[:300])
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, _bounded(request.path))
         return error_response(500, "Unhandled error")
 
 
@@ -144,7 +176,7 @@ def make_app(cfg: ServerConfig) -> web.Application:
     contents = ContentsManager(cfg.notebook_dir, cfg.shared_dirs)
     app[CONFIG] = cfg
     app[KERNELS] = kernels
-    app[BRIDGE] = Bridge(kernels)
+    app[BRIDGE] = Bridge(kernels, Limits(cfg.ws_max_message, cfg.ws_max_buffers))
     app[CONTENTS] = contents
     app[CHECKPOINTS] = Checkpoints(contents)
     app[ACTIVITY] = Activity()

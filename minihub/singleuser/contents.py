@@ -2,6 +2,7 @@
 
 Blocking filesystem code (handlers run it in a thread). Every API path is confined to the
 notebook dir (no `..`, no symlink leading outside, no hidden files); saves are atomic.
+What a client sends is checked before anything is written: a refused request stores nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import hashlib
 import itertools
 import mimetypes
 import os
@@ -21,10 +23,14 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from ..errors import BadRequest, Conflict, NotFound
+from .strictjson import JSONInputError, check_value
 
 HIDE_GLOBS = ("__pycache__", "*.pyc", "*.pyo", ".DS_Store", "*~")
 CHECKPOINT_DIR = ".ipynb_checkpoints"
 COPY_PAT = re.compile(r"\-Copy\d*\.")
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs)
+PATH_MAX = 4096  # bytes in a path the kernel accepts
+TEMP_STEM = 64  # characters of a name kept in its temp file's name (which must fit NAME_MAX)
 Model = dict[str, Any]
 
 
@@ -54,7 +60,7 @@ def atomic_copy(src: str, dst: str) -> None:
 def _atomic(os_path: str, fill: Callable[[BinaryIO], object]) -> None:
     target = os.path.realpath(os_path)
     folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".~{name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".~{name[:TEMP_STEM]}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
@@ -109,11 +115,14 @@ class ContentsManager:
         parts = [p for p in path.strip("/").split("/") if p]
         if any(p in (".", "..") or "\x00" in p or "\\" in p for p in parts):
             raise NotFound(f"{path} is outside the notebook directory")
+        _check_names(parts)
         if any(p.startswith(".") for p in parts):
             if writing:
                 raise BadRequest(f"Cannot create or change hidden file or directory {path!r}")
             raise NotFound(f"No such file or directory: {path}")
         os_path = os.path.join(self.roots[0], *parts)
+        if len(os.fsencode(os_path)) >= PATH_MAX:
+            raise BadRequest(f"Path too long: the limit is {PATH_MAX} bytes with the notebook dir")
         if not self.inside(os.path.realpath(os_path)):
             raise NotFound(f"{path} is outside the notebook directory")
         return os_path
@@ -196,6 +205,7 @@ class ContentsManager:
             try:
                 with open(os_path, encoding="utf-8") as f:
                     nb = nbformat.read(f, as_version=4)
+                check_value(nb)  # the reply must be JSON a browser can parse
             except Exception as e:  # noqa: BLE001 - whatever nbformat chokes on is a 400
                 raise BadRequest(f"Unreadable Notebook: {path} {e!r}"[:500]) from None
             model["content"] = nb
@@ -230,13 +240,25 @@ class ContentsManager:
         created = not os.path.lexists(os_path)
         if kind == "directory":
             self._make_dir(os_path, path)
-        elif kind == "notebook":
-            atomic_write(os_path, _notebook_bytes(model["content"]))
+            return self.get(path, content=False), created
+        self._require_parent(os_path, path)
+        if kind == "notebook":
+            atomic_write(os_path, notebook_bytes(model["content"]))
         elif model.get("chunk") is not None:
             return self._save_chunk(model, path, os_path), created
         else:
             atomic_write(os_path, _encode(model["content"], model.get("format")))
         return self.get(path, content=False), created
+
+    @staticmethod
+    def _require_parent(os_path: str, path: str) -> None:
+        parent = os.path.dirname(os_path)
+        if os.path.isdir(parent):
+            return
+        where = path.rpartition("/")[0]
+        if os.path.lexists(parent):
+            raise BadRequest(f"Not a directory: {where}")
+        raise NotFound(f"No such directory: {where}")
 
     @staticmethod
     def _make_dir(os_path: str, path: str) -> None:
@@ -246,13 +268,12 @@ class ContentsManager:
 
     def _save_chunk(self, model: Model, path: str, os_path: str) -> Model:
         """Chunked upload (chunk 1..n, -1 last): staged in a hidden file, renamed at the end."""
-        try:
-            chunk = int(model["chunk"])
-        except (TypeError, ValueError):
-            raise BadRequest("chunk must be an integer") from None
+        chunk = model["chunk"]
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or not (chunk == -1 or chunk >= 1):
+            raise BadRequest("chunk must be an integer: 1, 2, ... and -1 for the last")
         data = _encode(model["content"], model.get("format"))
         folder, name = os.path.split(os.path.realpath(os_path))
-        staging = os.path.join(folder, f".~{name}.upload")
+        staging = os.path.join(folder, _staging_name(name))
         if chunk > 1 and not os.path.exists(staging):
             raise BadRequest(f"Upload of {path}: chunk {chunk} came before chunk 1")
         with open(staging, "wb" if chunk == 1 else "ab") as f:
@@ -271,6 +292,8 @@ class ContentsManager:
     def new_untitled(self, path: str, type: str = "", ext: str = "") -> Model:
         path = path.strip("/")
         self._require_dir(path)
+        if ext and (not ext.startswith(".") or "/" in ext or len(ext) > 64):
+            raise BadRequest(f"Invalid extension {ext[:64]!r}: it must look like '.txt'")
         if not type:
             type = "notebook" if ext == ".ipynb" else "file"
         if type == "directory":
@@ -330,6 +353,8 @@ class ContentsManager:
             raise Conflict(f"File already exists: {new_path}")
         if not os.path.isdir(os.path.dirname(new)):
             raise NotFound(f"No such directory: {os.path.dirname(new_path)}")
+        if os.path.isdir(old) and (new_path + "/").startswith(old_path + "/"):
+            raise BadRequest(f"Cannot move {old_path} into itself")
         os.rename(old, new)
         return self.get(new_path, content=False)
 
@@ -362,7 +387,10 @@ def _encode(content: Any, format: str | None) -> bytes:
     if not isinstance(content, str):
         raise BadRequest("File content must be a string")
     if format == "text":
-        return content.encode("utf-8")
+        try:
+            return content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("File content holds a lone surrogate: not Unicode text") from None
     if format == "base64":
         try:
             return base64.b64decode(content.encode("ascii"), validate=True)
@@ -371,18 +399,63 @@ def _encode(content: Any, format: str | None) -> bytes:
     raise BadRequest("Must specify format of file contents as 'text' or 'base64'")
 
 
-def _notebook_bytes(content: Any) -> bytes:
-    """The notebook as nbformat writes it, or 400 if it is not a valid v4 notebook."""
+def notebook_bytes(content: Any) -> bytes:
+    """The notebook as nbformat writes it; BadRequest, and no other error, if it is not a
+    valid v4 notebook (so a notebook failing here is never written over anything)."""
+    _check_shape(content)
     nbformat = nbf()
+    try:
+        nb = nbformat.from_dict(_with_cell_ids(content))
+        message = _validation_message(nb)
+        if message:
+            raise BadRequest(message)
+        data: str = nbformat.writes(nb, version=4, allow_nan=False)
+        return data.encode("utf-8")
+    except BadRequest:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever nbformat chokes on is the body's fault
+        raise BadRequest(f"Notebook is invalid: {e}"[:500]) from None
 
-    if not isinstance(content, dict) or content.get("nbformat") != 4:
+
+def _check_shape(content: Any) -> None:
+    """What nbformat assumes before its schema is applied (it iterates cells, reads keys)."""
+    if not isinstance(content, dict) or type(content.get("nbformat")) is not int:
         raise BadRequest("Notebook is invalid: not an nbformat 4 notebook")
-    nb = nbformat.from_dict(content)
-    message = _validation_message(nb)
-    if message:
-        raise BadRequest(message)
-    data: str = nbformat.writes(nb, version=4)
-    return data.encode("utf-8")
+    if content["nbformat"] != 4:
+        raise BadRequest("Notebook is invalid: not an nbformat 4 notebook")
+    try:
+        check_value(content)
+    except JSONInputError as e:
+        raise BadRequest(f"Notebook is invalid: {e}") from None
+    cells = content.get("cells")
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise BadRequest("Notebook is invalid: cells must be a list of objects")
+    if not isinstance(content.get("metadata"), dict):
+        raise BadRequest("Notebook is invalid: metadata must be an object")
+
+
+def _with_cell_ids(content: dict[str, Any]) -> dict[str, Any]:
+    """Give cells of a 4.5+ notebook an id where one is missing or taken, as nbformat's
+    validate would (with a warning) in place; here on a copy, before validation."""
+    minor = content.get("nbformat_minor")
+    if not isinstance(minor, int) or minor < 5:
+        return content
+    seen: set[str] = set()
+    cells = []
+    for cell in content["cells"]:
+        cid = cell.get("id")
+        if not isinstance(cid, str) or cid in seen:
+            cell = {**cell, "id": _new_cell_id(seen)}
+        seen.add(cell["id"])
+        cells.append(cell)
+    return {**content, "cells": cells}
+
+
+def _new_cell_id(seen: set[str]) -> str:
+    while True:
+        cid = os.urandom(4).hex()
+        if cid not in seen:
+            return cid
 
 
 def _validation_message(nb: Any) -> str | None:
@@ -392,7 +465,27 @@ def _validation_message(nb: Any) -> str | None:
         nbformat.validate(nb)
     except nbformat.ValidationError as e:
         return f"Notebook is invalid: {str(e).splitlines()[0]}"[:500]
+    except Exception as e:  # noqa: BLE001 - nbformat's validator assumes well-formed input
+        return f"Notebook is invalid: {e}"[:500]
     return None
+
+
+def _check_names(parts: list[str]) -> None:
+    for part in parts:
+        try:
+            size = len(part.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise BadRequest("A file name holds a lone surrogate: not Unicode text") from None
+        if size > NAME_MAX:
+            raise BadRequest(
+                f"File name too long ({size} bytes; the limit is {NAME_MAX}): {part[:40]}..."
+            )
+
+
+def _staging_name(name: str) -> str:
+    """Where a chunked upload of `name` collects: a hidden name that fits NAME_MAX."""
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f".~{name[:TEMP_STEM]}.{digest}.upload"
 
 
 def new_notebook() -> Model:

@@ -19,6 +19,8 @@ from aiohttp import web
 from ..errors import BadRequest
 from ..kernels.channels import Bridge
 from ..kernels.manager import KernelManager
+from ..kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_MESSAGE
+from . import strictjson
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
 
@@ -37,6 +39,8 @@ class ServerConfig:
     mem_limit: int = 0
     shared_dirs: list[str] = field(default_factory=list)
     kernel_zygote: bool = True
+    ws_max_message: int = DEFAULT_MAX_MESSAGE  # [spawner] kernel_ws_max_message
+    ws_max_buffers: int = DEFAULT_MAX_BUFFERS  # [spawner] kernel_ws_max_buffers
 
     @classmethod
     def from_json(cls, line: str) -> ServerConfig:
@@ -48,6 +52,8 @@ class ServerConfig:
         cfg.base_url = "/" + cfg.base_url.strip("/") + "/" if cfg.base_url.strip("/") else "/"
         cfg.kernel_idle_timeout = int(cfg.kernel_idle_timeout or 0)
         cfg.mem_limit = int(cfg.mem_limit or 0)
+        cfg.ws_max_message = int(cfg.ws_max_message)
+        cfg.ws_max_buffers = int(cfg.ws_max_buffers)
         return cfg
 
 
@@ -75,13 +81,14 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 async def json_body(request: web.Request) -> dict[str, Any] | None:
     if not request.body_exists:
         return None
-    text = await request.text()
-    if not text.strip():
+    raw = await request.read()
+    if not raw.strip():
         return None
     try:
-        body = json.loads(text)
-    except ValueError:
-        raise BadRequest("Invalid JSON in body of request") from None
+        # A big notebook takes a while to parse and check: not on the loop.
+        body = strictjson.loads(raw) if len(raw) < 1 << 16 else await run(strictjson.loads, raw)
+    except strictjson.JSONInputError as e:
+        raise BadRequest(f"Invalid JSON in body of request: {e}") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
     return body

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import NotFound
+from ..errors import BadRequest, NotFound
 from .http import BRIDGE, KERNELS, api_url, json_body, reply
 
 KERNEL = r"{kernel_id:[\w-]+}"
@@ -23,11 +23,10 @@ async def list_kernels(request: web.Request) -> web.Response:
 
 async def start_kernel(request: web.Request) -> web.Response:
     body = await json_body(request) or {}
-    name = body.get("name") or None
-    path = body.get("path") or None
-    kernel = await request.app[KERNELS].start(
-        str(name) if name else None, str(path) if path else None
-    )
+    name, path = body.get("name") or None, body.get("path") or None
+    if not isinstance(name, str | None) or not isinstance(path, str | None):
+        raise BadRequest("name and path must be strings")
+    kernel = await request.app[KERNELS].start(name, path)
     return reply(kernel.model(), 201, api_url(request, "api/kernels", kernel.id))
 
 

@@ -57,44 +57,39 @@ class SessionManager:
         return next((s for s in self.sessions.values() if s.path == path), None)
 
     async def _kernel_for(self, spec: dict[str, Any], path: str) -> str:
-        if spec.get("id"):
-            kernel_id = str(spec["id"])
+        kernel_id, name = _text(spec, "id"), _text(spec, "name")
+        if kernel_id:
             if kernel_id not in self.kernels.kernels:
-                raise BadRequest(f"No such kernel: {kernel_id}")
+                raise BadRequest(f"No such kernel: {kernel_id[:100]}")
             return kernel_id
-        name = spec.get("name")
-        kernel = await self.kernels.start(str(name) if name else None, path)
+        kernel = await self.kernels.start(name or None, path)
         return kernel.id
 
     async def create(self, body: dict[str, Any]) -> Session:
         path = _path_of(body)
         if path is None:
             raise BadRequest("Missing field in JSON data: path")
+        spec = _kernel_spec(body)
+        name, kind = _text(body, "name"), _text(body, "type")
         existing = self.by_path(path)
         if existing is not None:
             return existing
-        kernel_id = await self._kernel_for(body.get("kernel") or {}, path)
-        s = Session(
-            str(uuid.uuid4()),
-            path,
-            str(body.get("name") or ""),
-            str(body.get("type") or ""),
-            kernel_id,
-        )
+        kernel_id = await self._kernel_for(spec or {}, path)
+        s = Session(str(uuid.uuid4()), path, name, kind, kernel_id)
         self.sessions[s.id] = s
         return s
 
     async def update(self, session_id: str, body: dict[str, Any]) -> Session:
         s = self.get(session_id)
         old_kernel = s.kernel_id
-        path = _path_of(body)
+        # Every field is checked before any is applied: a refused PATCH changes nothing.
+        path, spec = _path_of(body), _kernel_spec(body)
+        texts = {key: _text(body, key) for key in ("name", "type") if key in body}
         if path is not None:
             s.path = path
-        for key in ("name", "type"):
-            if key in body:
-                setattr(s, key, str(body[key] or ""))
-        spec = body.get("kernel")
-        if isinstance(spec, dict) and (spec.get("id") or spec.get("name")):
+        for key, value in texts.items():
+            setattr(s, key, value)
+        if spec and (spec.get("id") or spec.get("name")):
             s.kernel_id = await self._kernel_for(spec, s.path)
         if s.kernel_id != old_kernel and old_kernel in self.kernels.kernels:
             # As jupyter_server: the session's previous kernel is shut down.
@@ -111,8 +106,24 @@ class SessionManager:
 def _path_of(body: dict[str, Any]) -> str | None:
     notebook = body.get("notebook")
     if isinstance(notebook, dict) and notebook.get("path"):
-        return str(notebook["path"])
-    return str(body["path"]) if body.get("path") else None
+        return _text(notebook, "path")
+    return _text(body, "path") or None
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+def _kernel_spec(body: dict[str, Any]) -> dict[str, Any] | None:
+    spec = body.get("kernel")
+    if spec is not None and not isinstance(spec, dict):
+        raise BadRequest("kernel must be an object such as {\"name\": \"python3\"}")
+    return spec
 
 
 SESSIONS = web.AppKey("sessions", SessionManager)
