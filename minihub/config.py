@@ -62,6 +62,10 @@ SETTINGS: list[Setting] = [
     _s("hub", "shutdown_grace_seconds", (int, float), 10,
        "On SIGTERM, how long in-flight requests get to finish."),
     _s("hub", "log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
+    _s("hub", "trusted_proxies", list, [],
+       'Addresses or CIDR ranges of reverse proxies in front of the hub (e.g. ["127.0.0.1"] '
+       "for nginx on this machine) whose X-Forwarded-For names the client for login "
+       "throttling. Empty: the connecting address always counts."),
     # [auth]
     _s("auth", "authenticator", str, "pam", '"pam" (system accounts), "native" (minihub '
        'passwords stored with bcrypt) or "oauth" (an identity provider: [auth.oauth]).'),
@@ -75,12 +79,24 @@ SETTINGS: list[Setting] = [
     _s("auth", "open_signup", bool, False, "Native authenticator: anyone may sign up."),
     _s("auth", "min_password_length", int, 8, "Native authenticator: shortest password accepted."),
     _s("auth", "login_delay_after", int, 3,
-       "Failed logins for one name or address before each further failure is slowed down."),
-    _s("auth", "login_lockout_after", int, 10,
-       "Failed logins for one name or address before it is locked out."),
-    _s("auth", "login_lockout_seconds", int, 300, "How long a lockout lasts."),
-    _s("auth", "login_max_delay_seconds", (int, float), 4.0,
-       "Longest delay added to a failed login before lockout."),
+       "Failed logins for one name from one address before further attempts from there must "
+       "wait (1 s, doubling; one failure is forgiven a minute). Nothing is ever locked."),
+    _s("auth", "login_address_delay_after", int, 20,
+       "Failed logins from one address, over all names, before that address must wait "
+       "between attempts (doubling; one failure is forgiven every 10 s)."),
+    _s("auth", "login_max_backoff_seconds", (int, float), 300,
+       "Longest wait the login backoff imposes on a name from an address, or on an address."),
+    _s("auth", "login_failure_delay_seconds", (int, float), 3.0,
+       "Every failed login is answered after this long, whether or not the name exists "
+       "(it replaces PAM's own randomised delay, 3 s in Debian's pam_faildelay)."),
+    _s("auth", "login_concurrent_per_address", int, 8,
+       "Login attempts in progress at once from one address (a failed one counts until it "
+       "is answered); more get 429 with Retry-After."),
+    _s("auth", "login_concurrent_per_name", int, 2,
+       "Login attempts in progress at once for one name from addresses that have been "
+       "failing; more get 429. An address that has not been failing is never refused."),
+    _s("auth", "login_threads", int, 2,
+       "Threads that check passwords (PAM, bcrypt), apart from the hub's other blocking work."),
     # [auth.oauth]: authenticator = "oauth" (see minihub/auth/oauth.py)
     _s("auth.oauth", "provider", str, "oidc",
        '"oidc" (any provider with discovery at issuer), "google", "auth0" or "github".'),
@@ -138,7 +154,16 @@ SETTINGS: list[Setting] = [
     _s("spawner", "stop_timeout", (int, float), 10,
        "Seconds between SIGTERM and SIGKILL when stopping a server."),
     _s("spawner", "uid_min", int, 1000, "Lowest uid that may run a server (root never may)."),
-    _s("spawner", "umask", int, 0o022, "umask of user servers and their kernels."),
+    _s("spawner", "umask", int, 0o077,
+       "umask of user servers and their kernels: 0o077 keeps notebooks, checkpoints, uploads "
+       "and kernels' files private to their owner; 0o022 lets every user read them."),
+    _s("spawner", "max_processes", int, 512,
+       "Processes and threads one user may run at once (server and kernels together), so a "
+       "fork bomb stops there: the pids cgroup, else RLIMIT_NPROC. 0: no limit."),
+    _s("spawner", "log_max_bytes", int, 4 << 20,
+       "Largest a server's log in <data_dir>/logs/ grows; past it, it moves to <name>.log.1 "
+       "(one old copy), while the server runs. Enforced by minihub's own server; a "
+       "[spawner] cmd server's log is rotated only when it starts."),
     _s("spawner", "concurrent_spawn_limit", int, 100,
        "Servers starting at once; past it a start gets 429 and Retry-After."),
     _s("spawner", "active_server_limit", int, 0,
@@ -157,6 +182,12 @@ SETTINGS: list[Setting] = [
     # [users]
     _s("users", "create_system_users", bool, False,
        "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has none."),
+    _s("users", "home_mode", int, 0o700,
+       "Mode of the home of an account minihub creates (create_system_users). At start-up "
+       "the hub warns about hub users' existing homes that others can read."),
+    _s("users", "disk_quota", str, "",
+       'Disk space per user on their home\'s filesystem, e.g. "2G" (setquota; needs quotas '
+       "enabled there, else the log says why it is not applied). Empty: none."),
     _s("users", "shared_dirs", list, [],
        "Directories linked into every user's home at spawn (the link is named after the dir)."),
     # [culler]
@@ -320,12 +351,30 @@ def _validate(cfg: Config, where: str) -> None:
         raise bad("[hub] log_level", "must be DEBUG, INFO, WARNING or ERROR")
     if bool(v["hub.ssl_cert"]) != bool(v["hub.ssl_key"]):
         raise bad("[hub] ssl_cert/ssl_key", "set both (or neither)")
+    from .auth.throttle import parse_networks  # auth imports config
+
+    try:
+        parse_networks(v["hub.trusted_proxies"])
+    except ValueError as e:
+        raise bad("[hub] trusted_proxies", str(e)) from None
+    for key in ("auth.login_threads", "auth.login_concurrent_per_address",
+                "auth.login_concurrent_per_name"):
+        if v[key] < 1:
+            raise bad(f"[auth] {key.split('.')[1]}", f"must be at least 1, not {v[key]}")
     if v["spawner.mem_limit"] and parse_bytes(v["spawner.mem_limit"]) is None:
         raise bad("[spawner] mem_limit", f"{v['spawner.mem_limit']!r} is not a size like 512M or 2G")
     if not 1 << 10 <= v["spawner.kernel_ws_max_message"] <= 1 << 30:
         raise bad("[spawner] kernel_ws_max_message", "must be between 1024 and 1073741824 bytes")
     if not 0 <= v["spawner.kernel_ws_max_buffers"] <= 4096:
         raise bad("[spawner] kernel_ws_max_buffers", "must be between 0 and 4096")
+    if v["users.disk_quota"] and parse_bytes(v["users.disk_quota"]) is None:
+        raise bad("[users] disk_quota", f"{v['users.disk_quota']!r} is not a size like 2G")
+    for key, low, high in (("spawner.umask", 0, 0o777), ("users.home_mode", 0, 0o777),
+                           ("spawner.max_processes", 0, 1 << 22),
+                           ("spawner.log_max_bytes", 1 << 16, 1 << 40)):
+        if not low <= v[key] <= high:
+            section, name = key.split(".")
+            raise bad(f"[{section}] {name}", f"must be between {low} and {high}, not {v[key]}")
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")
@@ -362,7 +411,8 @@ def generate(settings: list[Setting] = SETTINGS) -> str:
         for s in (x for x in settings if x.section == section):
             for h in _wrap(s.help):
                 lines.append(f"# {h}")
-            value = f"0o{s.default:03o}" if s.name == "umask" else _toml_value(s.default)
+            octal = s.name in ("umask", "home_mode")
+            value = f"0o{s.default:03o}" if octal else _toml_value(s.default)
             lines.append(f"# {s.name} = {value}")
             lines.append("")
     lines += [

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import pwd
 import time
 
 from .auth import names
 from .auth import secrets as S
 from .auth.base import Authenticator
 from .auth.native import NativeAuthenticator
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, Forbidden, NotFound, SpawnError
+from .spawner import accounts
 from .store import Store, Token, User
+
+log = logging.getLogger("minihub.users")
 
 
 async def get(store: Store, name: str) -> User:
@@ -33,6 +39,44 @@ async def create(store: Store, auth: Authenticator, name: str, admin: bool = Fal
                              "PAM users log in with their system password.")
         hashed = await auth.hash_new_password(password)
     return await store.add_user(name, admin, hashed)
+
+
+async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -> User:
+    """A new user by open sign-up: only a name that belongs to nobody yet.
+
+    Sign-up binds a password to a name, and on a root hub the name is also a Unix account
+    whose files a server runs with. So a name that is a hub user, a Unix account (even one
+    that never used the hub) or a configured admin is refused, and on a root hub the account
+    is made here, by useradd, which is the atomic arbiter: a name some other process creates
+    first makes it fail. No signed-up user is ever left waiting for an account of its name
+    to appear later, since that account would be someone else's.
+    """
+    if not isinstance(auth, NativeAuthenticator) or not auth.can_signup:
+        raise NotFound("Sign-up is not open on this hub.")
+    name = names.validate(name)
+    if not auth.is_allowed(name) or name in auth.admin_users:
+        raise Forbidden("That name may not sign up.")
+    taken = Conflict(f"The name {name} is taken. Choose another.")
+    if await store.get_user(name):
+        raise taken
+    if await auth.pool.run(_unix_account_exists, name):
+        raise taken
+    hashed = await auth.hash_new_password(password)
+    if os.geteuid() == 0:
+        try:
+            await accounts.create_system_user(name)
+        except SpawnError as e:
+            log.warning("sign-up of %s refused: %s", name, e.message)
+            raise taken from None
+    return await store.add_user(name, False, hashed)
+
+
+def _unix_account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 async def set_password(store: Store, auth: Authenticator, user: User, password: str) -> None:

@@ -94,16 +94,17 @@ from minihub import config as _config  # noqa: E402
 def hub_config(data_dir: str, **settings: Any) -> _config.Config:
     """A validated Config; settings as {"auth.authenticator": "native", ...}."""
     overrides: dict[str, Any] = {"hub.data_dir": data_dir,
-                                 "auth.login_max_delay_seconds": 0.0}
+                                 "auth.login_failure_delay_seconds": 0.0}
     overrides.update({k.replace("__", "."): v for k, v in settings.items()})
     return _config.load(None, overrides)
 
 
-async def login(client: Any, name: str, password: str, next: str = "") -> Any:
+async def login(client: Any, name: str, password: str, next: str = "",
+                headers: dict[str, str] | None = None) -> Any:
     """Log in through the form; return the response (redirects not followed)."""
     url = "/hub/login" + (f"?next={next}" if next else "")
     return await client.post(url, data={"username": name, "password": password},
-                             allow_redirects=False)
+                             allow_redirects=False, headers=headers)
 
 
 def xsrf_of(client: Any) -> str:
@@ -111,3 +112,70 @@ def xsrf_of(client: Any) -> str:
         if c.key == "_xsrf":
             return str(c.value)
     return ""
+
+
+# --- no 500s and no tracebacks from the hub, in any test -------------------------------------
+import logging  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# Which answers are the hub's own failure: 500 and the rare 5xx it never means to send.
+# 502/503/504 say a user's server is dead, not running or slow (tests provoke those on
+# purpose); 499 is minihub's log-only mark for a client that went away.
+UPSTREAM_STATUSES = frozenset({502, 503, 504})
+_FAULT_LOGGERS = ("minihub", "aiohttp")
+
+
+def is_hub_fault(record: logging.LogRecord) -> bool:
+    """A 5xx access line the hub should never write, or a traceback from request handling
+    (minihub's "unhandled error", aiohttp's "Error handling request")."""
+    status = getattr(record, "status", None)
+    if record.name == "minihub.access" and isinstance(status, int):
+        return 500 <= status < 600 and status not in UPSTREAM_STATUSES
+    return (record.levelno >= logging.ERROR and record.exc_info is not None
+            and record.name.startswith(_FAULT_LOGGERS))
+
+
+class _FaultCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.faults: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if is_hub_fault(record):
+            self.faults.append(f"{record.name}: {record.getMessage()}"[:300])
+
+
+@pytest.fixture(autouse=True)
+def no_hub_500(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test during which an in-process hub answered 500 or logged a traceback.
+    A test that makes a user's server fail to start on purpose (the spawn error is a 500,
+    as in JupyterHub) says so with @pytest.mark.hub_500_expected."""
+    collector = _FaultCollector()
+    loggers = [logging.getLogger(n) for n in _FAULT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(collector)
+        if lg.getEffectiveLevel() > logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(collector)
+            lg.setLevel(level)
+    if collector.faults and request.node.get_closest_marker("hub_500_expected") is None:
+        pytest.fail("the hub answered 500 or logged a traceback:\n" + "\n".join(collector.faults))
+
+
+# A hub subprocess's log (its stderr): an access line with a 5xx status other than
+# 502/503/504, minihub's "unhandled error", aiohttp's "Error handling request", a traceback.
+_LOG_FAULT = re.compile(r"minihub\.access\] (?!50[234] )5\d\d |unhandled error in |"
+                        r"Error handling request|Traceback \(most recent call last\)")
+
+
+def hub_log_faults(log: str | Path) -> list[str]:
+    """The lines of a hub process's log that show a 500 or a traceback; process tests call
+    `assert not hub_log_faults(path)` after the hub has stopped or settled."""
+    text = Path(log).read_text(errors="replace") if isinstance(log, Path) else log
+    return [line[:300] for line in text.splitlines() if _LOG_FAULT.search(line)]

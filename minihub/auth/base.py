@@ -2,18 +2,99 @@
 
 Contract: `authenticate(username, password)` returns the normalised name of a person whose
 password is right and who is allowed in, or None. It never raises for a wrong password and
-never logs the password. It must not block the event loop (PAM and bcrypt run in threads).
+never logs the password. It must not block the event loop: password checks and the NSS
+lookups of the allow/admin rules run in the authenticator's own `CheckPool`, apart from the
+default executor (file I/O, spawns), so a login flood cannot starve other blocking work.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import grp
 import os
 import pwd
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..config import Config
+from ..errors import TooManyRequests
+
+T = TypeVar("T")
+# Whether the login attempt being checked comes from an address that has not been failing
+# (set by the login handler from the throttle's verdict; anything else counts as trusted).
+TRUSTED_ATTEMPT: ContextVar[bool] = ContextVar("trusted_attempt", default=True)
+
+
+class CheckPool:
+    """A few threads for password checks, with a bounded queue where trusted attempts go first.
+
+    Untrusted attempts (from addresses that have been failing) never take the last thread
+    and never wait in a queue longer than `queue`; the excess gets 429 at once. A password
+    check is tens of milliseconds of CPU (yescrypt, bcrypt), so a few threads are plenty.
+    """
+
+    def __init__(self, threads: int, queue: int) -> None:
+        self.threads = max(1, threads)
+        self.queue = max(1, queue)
+        self._executor: ThreadPoolExecutor | None = None
+        self._running = 0
+        self._running_untrusted = 0
+        self._waiting: dict[bool, deque[asyncio.Future[None]]] = {True: deque(), False: deque()}
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        trusted = TRUSTED_ATTEMPT.get()
+        await self._acquire(trusted)
+        try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.threads, "minihub-login")
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._release(trusted)
+
+    def _free_for(self, trusted: bool) -> bool:
+        if self._running >= self.threads:
+            return False
+        return trusted or self.threads == 1 or self._running_untrusted < self.threads - 1
+
+    async def _acquire(self, trusted: bool) -> None:
+        if self._free_for(trusted) and not self._waiting[True] and \
+                (trusted or not self._waiting[False]):
+            self._take(trusted)
+            return
+        waiting = self._waiting[trusted]
+        if len(waiting) >= self.queue * (4 if trusted else 1):
+            raise TooManyRequests("The hub is busy checking other logins. "
+                                  "Try again in a few seconds.", 2)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._release(trusted)  # handed a slot just as we were cancelled
+            elif fut in waiting:
+                waiting.remove(fut)
+            raise
+
+    def _take(self, trusted: bool) -> None:
+        self._running += 1
+        self._running_untrusted += not trusted
+
+    def _release(self, trusted: bool) -> None:
+        self._running -= 1
+        self._running_untrusted -= not trusted
+        for kind in (True, False):
+            waiting = self._waiting[kind]
+            while waiting and self._free_for(kind):
+                fut = waiting.popleft()
+                if not fut.done():
+                    self._take(kind)
+                    fut.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -29,6 +110,7 @@ class Authenticator(abc.ABC):
 
     def __init__(self, cfg: Config) -> None:
         a = cfg.section("auth")
+        self.pool = CheckPool(int(a["login_threads"]), 4 * int(a["login_threads"]))
         self.admin_users = {n.lower() for n in a["admin_users"]}
         self.allowed_users = {n.lower() for n in a["allowed_users"]}
         self.blocked_users = {n.lower() for n in a["blocked_users"]}
@@ -40,11 +122,17 @@ class Authenticator(abc.ABC):
         """True when the password is right for this (normalised) name."""
 
     async def authenticate(self, username: str, password: str) -> AuthResult | None:
-        if not self.is_allowed(username):
+        if not await self._by_rules(self.is_allowed, username):
             return None
         if not password or not await self.check_password(username, password):
             return None
-        return AuthResult(username, self.is_admin(username))
+        return AuthResult(username, await self._by_rules(self.is_admin, username))
+
+    async def _by_rules(self, rule: Callable[[str], T], name: str) -> T:
+        """Group rules look up NSS (may block: LDAP, sssd); name lists alone never do."""
+        if self.allowed_groups or self.admin_groups:
+            return await self.pool.run(rule, name)
+        return rule(name)
 
     def is_allowed(self, name: str) -> bool:
         if name in self.blocked_users:

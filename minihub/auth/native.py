@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import logging
+import os
 
 import bcrypt
 
@@ -11,6 +12,8 @@ from ..config import Config
 from ..errors import BadRequest
 from ..store import Store
 from .base import Authenticator
+
+log = logging.getLogger("minihub.auth")
 
 
 @functools.cache
@@ -30,6 +33,23 @@ def verify_password(password: str, hashed: str | None) -> bool:
     return ok and hashed is not None
 
 
+def signup_is_safe(cfg: Config) -> bool:
+    """Open sign-up, unless it could hand out Unix accounts minihub did not make.
+
+    As root, a user's server runs as the Unix account of the user's name. Without
+    create_system_users a signed-up name would wait for an account of that name to appear,
+    and whoever's it turned out to be, the stranger who signed up would get it.
+    """
+    if not cfg.get("auth.open_signup"):
+        return False
+    if os.geteuid() == 0 and not cfg.get("users.create_system_users"):
+        log.warning("[auth] open_signup is ignored: a hub run as root needs [users] "
+                    "create_system_users = true for sign-up, so that each signed-up name "
+                    "gets a new Unix account made by minihub rather than an existing one.")
+        return False
+    return True
+
+
 class NativeAuthenticator(Authenticator):
     kind = "native"
     can_change_password = True
@@ -37,13 +57,13 @@ class NativeAuthenticator(Authenticator):
     def __init__(self, cfg: Config, store: Store) -> None:
         super().__init__(cfg)
         self.store = store
-        self.can_signup = bool(cfg.get("auth.open_signup"))
+        self.can_signup = signup_is_safe(cfg)
         self.min_length = int(cfg.get("auth.min_password_length"))
 
     async def check_password(self, username: str, password: str) -> bool:
         user = await self.store.get_user(username)
         hashed = user.password_hash if user else None
-        return await asyncio.to_thread(verify_password, password, hashed)
+        return await self.pool.run(verify_password, password, hashed)
 
     def check_new_password(self, password: str) -> None:
         if len(password) < self.min_length:
@@ -53,4 +73,4 @@ class NativeAuthenticator(Authenticator):
 
     async def hash_new_password(self, password: str) -> str:
         self.check_new_password(password)
-        return await asyncio.to_thread(hash_password, password)
+        return await self.pool.run(hash_password, password)

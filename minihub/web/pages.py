@@ -15,7 +15,9 @@ from aiohttp import web
 
 from .. import oauth2, users
 from ..auth import names
+from ..auth.base import TRUSTED_ATTEMPT, AuthResult
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
+from ..auth.throttle import Attempt, client_address
 from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, HubError
 from ..store import User
@@ -87,31 +89,51 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     raw = str(form.get("username", ""))[:256]
     password = str(form.get("password", ""))
-    name = names.normalise(raw)
-    address = request.remote or "?"
     try:
-        p.throttle.check(name, address)
-    except HubError as e:
+        with p.throttle.attempt(names.normalise(raw), login_address(request)) as attempt:
+            result = await _authenticate(p, attempt, password)
+    except HubError as e:  # the throttle or the check pool turned it away, before any check
         p.metrics.login_failures.inc()
-        return login_form(request, e.message, e.status, raw)
-    result = None
-    if names.is_valid(name):
-        result = await p.authenticator.authenticate(name, password)
+        resp = login_form(request, e.message, e.status, raw)
+        resp.headers.update(e.headers)
+        return resp
     if result is None:
-        p.metrics.login_failures.inc()
-        delay = p.throttle.failure(name, address)
-        log.info("failed login for %s from %s", names.normalise(raw)[:64].encode(
-            "unicode_escape").decode(), address)
-        if delay:
-            await asyncio.sleep(delay)
         return login_form(request, "Invalid username or password.", 403, raw)
-    p.throttle.success(name)
     p.metrics.logins.inc()
     user = await users.login(p.store, result.name, result.admin)
     resp = redirect(await after_login(request, p, user))
     await start_session(request, p, user, resp)
     log.info("login of %s", user.name)
     raise resp
+
+
+def login_address(request: web.Request) -> str:
+    """Who is logging in, for the throttle: X-Forwarded-For only from a trusted proxy."""
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                          parts(request).throttle.trusted_proxies)
+
+
+async def _authenticate(p: Parts, attempt: Attempt, password: str) -> AuthResult | None:
+    """The authenticator's verdict. Every failure is answered when the same delay has passed
+    since the attempt began, whether the name exists or not (no timing tells them apart)."""
+    loop = asyncio.get_running_loop()
+    answer_at = loop.time() + p.throttle.failure_delay
+    token = TRUSTED_ATTEMPT.set(attempt.trusted)
+    try:
+        result = None
+        if names.is_valid(attempt.name):
+            result = await p.authenticator.authenticate(attempt.name, password)
+    finally:
+        TRUSTED_ATTEMPT.reset(token)
+    if result is not None:
+        p.throttle.success(attempt)
+        return result
+    p.metrics.login_failures.inc()
+    p.throttle.failure(attempt)
+    log.info("failed login for %s from %s", attempt.name[:64].encode("unicode_escape").decode(),
+             attempt.address)
+    await asyncio.sleep(max(0.0, answer_at - loop.time()))
+    return None
 
 
 async def after_login(request: web.Request, p: Parts, user: User,
@@ -189,12 +211,13 @@ async def signup(request: web.Request) -> web.Response:
     name, pw = str(form.get("username", ""))[:256], str(form.get("password", ""))
     if pw != str(form.get("password2", "")):
         return render(request, "signup.html", {"error": "The passwords differ."}, status=400)
-    if not p.authenticator.is_allowed(names.normalise(name)):
-        return render(request, "signup.html", {"error": "That name may not sign up."}, 403)
-    try:
-        await users.create(p.store, p.authenticator, name, False, pw)
+    try:  # sign-up hashes a password and may run useradd: throttled like a login
+        with p.throttle.attempt(names.normalise(name), login_address(request)):
+            await users.sign_up(p.store, p.authenticator, name, pw)
     except HubError as e:
-        return render(request, "signup.html", {"error": e.message}, status=e.status)
+        resp = render(request, "signup.html", {"error": e.message}, status=e.status)
+        resp.headers.update(e.headers)
+        return resp
     raise redirect(f"{p.cfg.base_url}hub/login")
 
 
