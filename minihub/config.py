@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
-from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_MESSAGE
+from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,9 @@ SETTINGS: list[Setting] = [
     _s("spawner", "kernel_ws_max_message", int, DEFAULT_MAX_MESSAGE,
        "Largest websocket message (bytes) a browser may send to a kernel in minihub's own "
        "server; a bigger one closes the socket (1009). The hub's proxy also stops at 64 MiB."),
+    _s("spawner", "kernel_ws_max_json", int, DEFAULT_MAX_JSON,
+       "Largest JSON text (characters) the server parses in one legacy (non-v1) kernel "
+       "message; parsed JSON takes up to 25 times its size in memory. Bigger: closed (1007)."),
     _s("spawner", "kernel_ws_max_buffers", int, DEFAULT_MAX_BUFFERS,
        "Most binary buffers one kernel message from a browser may carry (widgets send a few)."),
     # [users]
@@ -365,6 +368,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise bad("[spawner] mem_limit", f"{v['spawner.mem_limit']!r} is not a size like 512M or 2G")
     if not 1 << 10 <= v["spawner.kernel_ws_max_message"] <= 1 << 30:
         raise bad("[spawner] kernel_ws_max_message", "must be between 1024 and 1073741824 bytes")
+    if not 1 << 10 <= v["spawner.kernel_ws_max_json"] <= 1 << 30:
+        raise bad("[spawner] kernel_ws_max_json", "must be between 1024 and 1073741824")
     if not 0 <= v["spawner.kernel_ws_max_buffers"] <= 4096:
         raise bad("[spawner] kernel_ws_max_buffers", "must be between 0 and 4096")
     if v["users.disk_quota"] and parse_bytes(v["users.disk_quota"]) is None:

@@ -23,7 +23,9 @@ from aiohttp import web
 
 from .app import make_app
 from .config import Config
+from .context import PARTS
 from .errors import StartupError
+from .spawner import accounts
 
 log = logging.getLogger("minihub")
 
@@ -134,6 +136,7 @@ async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     if ctx is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, cfg, ctx)
     _announce(cfg)
+    await _warn_open_homes(app)
     # Start-up objects (modules, templates, settings) live as long as the hub: frozen, the
     # collector stops re-scanning them in full collections, which paused every in-flight
     # request for up to ~25 ms under load (~3 ms frozen).
@@ -165,6 +168,20 @@ def _reload_tls(cfg: Config, ctx: ssl.SSLContext) -> None:
     from . import tls
 
     tls.reload(ctx, cfg.get("hub.ssl_cert"), cfg.get("hub.ssl_key"))
+
+
+async def _warn_open_homes(app: web.Application) -> None:
+    """Say once at start-up if hub users' homes let other users read their notebooks (Debian's
+    useradd makes homes 0755); a shared class folder is not a home and is not counted."""
+    if os.geteuid() != 0:
+        return
+    names = [u.name for u in await app[PARTS].store.list_users()]
+    found = await asyncio.to_thread(accounts.open_homes, names)
+    if found:
+        _, home, mode = found[0]
+        log.warning("%d hub user home(s) can be read by other users, e.g. %s (mode %04o): "
+                    "chmod 700 them; accounts minihub creates get [users] home_mode "
+                    "(default 0o700)", len(found), home, mode)
 
 
 def _announce(cfg: Config) -> None:

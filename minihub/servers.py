@@ -234,7 +234,10 @@ class Servers:
                           "mem_limit": mem, "kernel_zygote": bool(self.sp["kernel_fork"])},
             umask=int(self.sp["umask"]),
             mem_limit=mem,
-            cpu_limit=float(self.sp["cpu_limit"]))
+            cpu_limit=float(self.sp["cpu_limit"]),
+            max_processes=int(self.sp["max_processes"]),
+            disk_quota=parse_bytes(self.cfg.get("users.disk_quota") or "0") or 0,
+            log_max_bytes=int(self.sp["log_max_bytes"]))
         if self.sp["cmd"]:
             await self._as_jupyterhub_singleuser(user, spec)
         return spec
@@ -276,7 +279,8 @@ class Servers:
                 raise SpawnError(
                     f"There is no system account named {name!r}. An admin can create it "
                     "(useradd -m) or set [users] create_system_users = true.", status=400)
-            await accounts.create_system_user(name)
+            await accounts.create_system_user(
+                name, home_mode=int(self.cfg.get("users.home_mode")))
         return await asyncio.to_thread(accounts.lookup_account, name,
                                        uid_min=int(self.sp["uid_min"]))
 

@@ -69,7 +69,8 @@ def test_generate_config_documents_every_key_and_round_trips(tmp_path):
     live = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
     (tmp_path / "live.toml").write_text(live)
     cfg = load(tmp_path / "live.toml")
-    assert cfg.get("hub.port") == 8000 and cfg.get("spawner.umask") == 0o022
+    assert cfg.get("hub.port") == 8000 and cfg.get("spawner.umask") == 0o077
+    assert cfg.get("users.home_mode") == 0o700
 
 
 def test_config_in_working_dir_and_flags_override(tmp_path):

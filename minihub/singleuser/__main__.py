@@ -6,6 +6,7 @@ See minihub/singleuser/__init__.py for the contract with the hub.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,8 @@ import sys
 from aiohttp import web
 
 from ..kernels import zygote
+from ..spawner.logpump import LogPump
+from . import contents
 from .app import make_app
 from .http import ServerConfig
 
@@ -42,24 +45,69 @@ async def serve(cfg: ServerConfig) -> None:
     await runner.cleanup()
 
 
+def _no_dumps() -> None:
+    """Other processes of the same user (kernels, terminals) may not read this one's memory
+    (ptrace, /proc/PID/mem): it will hold the secret and the proof. An exec'd server starts
+    dumpable; one forked from the hub's fork server already is not."""
+    import ctypes
+
+    pr_set_dumpable = 4
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError) as e:
+        log.warning("cannot make the server non-dumpable: %s", e)
+
+
 def main() -> int:
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _no_dumps()
+    _adopt_umask()
+    # Before the kernel zygote is forked: it and every kernel write into the pump's pipe,
+    # never into the hub's log fds themselves.
+    pump = LogPump.take_over() if LogPump.wanted() else None
+    # Now, while this process has no thread, event loop or zmq context a child could inherit,
+    # and before it has read its secrets: kernels are forked from the zygote and run the
+    # user's code, which must not find the secret or the proof in its own memory.
+    zygote.fork_early()
+    if pump is not None:
+        pump.start()
     try:
-        cfg = ServerConfig.from_json(sys.stdin.readline())
+        line = sys.stdin.readline()
+        cfg = ServerConfig.from_json(line)
     except (ValueError, TypeError) as e:
         log.error("bad launch config on stdin: %s", e)
         return 2
+    _stdin_to_devnull()  # kernels need nothing of the launch pipe
+    if pump is not None:
+        pump.cap(json.loads(line).get("log"))
     cfg.notebook_dir = os.path.abspath(cfg.notebook_dir or ".")
-    if cfg.kernel_zygote:
-        # Now, while this process has no thread, event loop or zmq context a child could inherit.
-        zygote.fork_early()
+    if not cfg.kernel_zygote:
+        zygote.discard_early()
     asyncio.run(serve(cfg))
     log.info("stopped")
+    if pump is not None:
+        sys.stderr.flush()
+        pump.stop()
     return 0
+
+
+def _stdin_to_devnull() -> None:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+def _adopt_umask() -> None:
+    """A server forked from the hub's fork server imported `contents` (which notes the umask
+    new files get) before it was given its own umask: note this process's. One thread yet,
+    so reading the umask by setting it races with nothing."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    contents.UMASK = mask
 
 
 if __name__ == "__main__":

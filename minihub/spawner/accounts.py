@@ -13,6 +13,8 @@ import logging
 import os
 import pwd
 import re
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +66,12 @@ def group_names(account: Account) -> list[str]:
     return names
 
 
-async def create_system_user(name: str, *, skel_dir: str | None = None) -> None:
-    """`useradd -m -s /bin/bash NAME` (home populated from /etc/skel, or from `skel_dir`)."""
+async def create_system_user(
+    name: str, *, skel_dir: str | None = None, home_mode: int = 0o700
+) -> None:
+    """`useradd -m -s /bin/bash NAME` (home populated from /etc/skel, or from `skel_dir`),
+    the home then set to `home_mode` ([users] home_mode): Debian's useradd makes it 0755,
+    which lets every other user read every notebook in it."""
     if not _UNIX_NAME.match(name):
         raise SpawnError(
             f"Cannot create a Unix account for {name!r}: not a valid Unix user "
@@ -90,7 +96,79 @@ async def create_system_user(name: str, *, skel_dir: str | None = None) -> None:
         why = (done.stderr or done.stdout).strip()[-300:]
         log.error("useradd %s failed (exit %d): %s", name, done.returncode, why)
         raise SpawnError(f"Could not create the Unix account {name!r}: useradd says: {why}")
-    log.info("created Unix account %s", name)
+    await asyncio.to_thread(_set_home_mode, name, home_mode)
+    log.info("created Unix account %s (home mode %04o)", name, home_mode)
+
+
+def _set_home_mode(name: str, mode: int) -> None:
+    """chmod the fresh home without following a link (no user process has run yet, but a
+    planted link must never turn this into a chmod of something else)."""
+    home = pwd.getpwnam(name).pw_dir
+    try:
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        log.warning("cannot set the mode of %s's home %s: %s", name, home, e.strerror)
+        return
+    try:
+        if os.fstat(fd).st_uid == pwd.getpwnam(name).pw_uid:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def open_homes(names: list[str]) -> list[tuple[str, str, int]]:
+    """(user, home, mode) of the accounts among `names` whose home others may read or enter
+    (the class folders in [users] shared_dirs are meant to be readable; homes are not)."""
+    found = []
+    for name in names:
+        try:
+            home = pwd.getpwnam(name).pw_dir
+            mode = stat.S_IMODE(os.stat(home).st_mode)
+        except (KeyError, OSError):
+            continue
+        if mode & (stat.S_IROTH | stat.S_IXOTH) and home not in ("/", ""):
+            found.append((name, home, mode))
+    return found
+
+
+def apply_disk_quota(account: Account, limit: int) -> str:
+    """Set the account's hard block quota on its home's filesystem with setquota; "" when
+    done, else why it cannot be (no quota tools, quotas not on for that filesystem...)."""
+    if shutil.which("setquota") is None or shutil.which("quotaon") is None:
+        return "the quota tools are not installed (apt install quota)"
+    mount = mount_point(account.home)
+    state = _run(["quotaon", "-p", "-u", mount])
+    if state is None or "is on" not in state.stdout:
+        return (f"user quotas are not on for {mount} (mount it with usrquota, then "
+                "quotacheck and quotaon; the kernel needs quota support)")
+    kib = str(max(1, limit >> 10))
+    done = _run(["setquota", "-u", account.name, "0", kib, "0", "0", mount])
+    if done is None or done.returncode != 0:
+        why = (done.stderr or done.stdout).strip()[-200:] if done else "did not run"
+        return f"setquota for {account.name} on {mount} failed: {why}"
+    return ""
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem holding `path` (the longest mounted prefix)."""
+    real = os.path.realpath(path)
+    best = "/"
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point = line.split()[1].replace("\\040", " ")
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best):
+                best = point
+    return best
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(cmd, check=False, capture_output=True, text=True,
+                              timeout=_SUBPROCESS_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def unprivileged_account(data_dir: str | Path, name: str) -> Account:

@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,12 @@ class LaunchSpec:
     cwd: str
     stdin_config: dict[str, Any]  # written to the process's stdin as one JSON line, then EOF
     log_path: Path
-    umask: int = 0o022
+    umask: int = 0o077
     mem_limit: int = 0  # bytes, 0 = none
     cpu_limit: float = 0.0  # CPUs, 0 = none
+    max_processes: int = 0  # processes and threads of the user at once, 0 = none
+    disk_quota: int = 0  # bytes on the home's filesystem, 0 = none (needs quotas there)
+    log_max_bytes: int = 4 << 20  # the server's log is rotated past this (one old copy)
     listen_host: str = "127.0.0.1"
     pass_listen_socket: bool = True  # bind in the hub, hand over as fd 3
 
@@ -63,6 +67,10 @@ class Proc:
 
 
 class Spawner(abc.ABC):
+    # Called with the pid of a server this spawner saw exit (from the event loop), so the hub
+    # can react at once instead of at its next poll; poll() stays the authority.
+    on_exit: Callable[[int], None] | None = None
+
     @abc.abstractmethod
     async def start(self, spec: LaunchSpec) -> Proc: ...
 

@@ -1,4 +1,5 @@
-"""Per-user memory and CPU limits with cgroups (v2, or the v1 memory and cpu controllers).
+"""Per-user memory, CPU and process limits with cgroups (v2, or the v1 memory, cpu and pids
+controllers).
 
 Each user gets a "minihub/<user>" group below the hub's own cgroup; its processes (server and
 kernels) share the limits, the kernel's OOM killer picks a victim inside it, and stopping a
@@ -65,12 +66,13 @@ def _v1_mount(root: Path, controller: str) -> Path | None:
 
 @dataclass
 class Mode:
-    """Where user groups live: v2 `base`, or v1 `memory` and/or `cpu` bases."""
+    """Where user groups live: v2 `base`, or v1 `memory`, `cpu` and/or `pids` bases."""
 
     version: int  # 2, 1, or 0 for none
     base: Path | None = None
     memory: Path | None = None
     cpu: Path | None = None
+    pids: Path | None = None
 
 
 _mode: Mode | None = None
@@ -92,8 +94,9 @@ def _detect(root: Path) -> Mode:
         mode = None
     if mode is None:
         log.warning(
-            "cgroups: no usable cgroup v2 or v1 memory/cpu controller (or no "
-            "permission); mem_limit and cpu_limit are not enforced"
+            "cgroups: no usable cgroup v2 or v1 memory/cpu/pids controller (or no "
+            "permission); mem_limit and cpu_limit are not enforced, max_processes "
+            "falls back to RLIMIT_NPROC"
         )
         return Mode(0)
     log.info("cgroups: using v%d for per-user limits", mode.version)
@@ -105,19 +108,22 @@ def _detect_v2(root: Path) -> Mode | None:
         return None
     if not {"memory", "cpu"} <= set(_read(root / "cgroup.controllers").split()):
         return None
+    wanted = "+memory +cpu"
+    if "pids" in _read(root / "cgroup.controllers").split():
+        wanted += " +pids"
     own = root / _own_cgroup("")
     base = own / "minihub"
     try:
-        _enable_v2(own, base)
+        _enable_v2(own, base, wanted)
     except OSError as e:
         log.warning("cgroups: v2 present but not delegated to minihub (%s)", e)
         return None
     return Mode(2, base=base)
 
 
-def _enable_v2(own: Path, base: Path) -> None:
+def _enable_v2(own: Path, base: Path, wanted: str) -> None:
     try:
-        _write(own / "cgroup.subtree_control", "+memory +cpu")
+        _write(own / "cgroup.subtree_control", wanted)
     except OSError as e:
         if e.errno != errno.EBUSY:
             raise
@@ -126,16 +132,16 @@ def _enable_v2(own: Path, base: Path) -> None:
         # docs prescribe, then enable them.
         (own / "hub").mkdir(exist_ok=True)
         _write(own / "hub" / "cgroup.procs", str(os.getpid()))
-        _write(own / "cgroup.subtree_control", "+memory +cpu")
+        _write(own / "cgroup.subtree_control", wanted)
     base.mkdir(exist_ok=True)
-    _write(base / "cgroup.subtree_control", "+memory +cpu")
+    _write(base / "cgroup.subtree_control", wanted)
     if not os.access(base, os.W_OK):
         raise PermissionError(f"{base} is not writable")
 
 
 def _detect_v1(root: Path) -> Mode | None:
     mode = Mode(1)
-    for controller in ("memory", "cpu"):
+    for controller in ("memory", "cpu", "pids"):
         mount = _v1_mount(root, controller)
         if mount is None:
             continue
@@ -147,7 +153,7 @@ def _detect_v1(root: Path) -> Mode | None:
             continue
         if os.access(base, os.W_OK):  # made by an earlier hub running as root, maybe
             setattr(mode, controller, base)
-    return mode if (mode.memory or mode.cpu) else None
+    return mode if (mode.memory or mode.cpu or mode.pids) else None
 
 
 def safe_name(name: str) -> str:
@@ -167,7 +173,7 @@ class UserCgroup:
     @classmethod
     def for_user(cls, name: str, mode: Mode | None = None) -> UserCgroup:
         mode = mode or detect()
-        bases = [b for b in (mode.base, mode.memory, mode.cpu) if b is not None]
+        bases = [b for b in (mode.base, mode.memory, mode.cpu, mode.pids) if b is not None]
         return cls([b / safe_name(name) for b in bases], mode.version)
 
     @classmethod
@@ -184,7 +190,12 @@ class UserCgroup:
     def paths(self) -> list[str]:
         return [str(d) for d in self.dirs]
 
-    def setup(self, mem_limit: int, cpu_limit: float) -> bool:
+    @property
+    def limits_processes(self) -> bool:
+        """Whether these groups can hold a process limit (a pids controller is among them)."""
+        return any((d / "pids.max").exists() for d in self.dirs)
+
+    def setup(self, mem_limit: int, cpu_limit: float, max_processes: int = 0) -> bool:
         """Create the groups and set the limits (0: none). False if that failed."""
         try:
             for d in self.dirs:
@@ -193,6 +204,10 @@ class UserCgroup:
                 self._limits_v2(mem_limit, cpu_limit)
             else:
                 self._limits_v1(mem_limit, cpu_limit)
+            for d in self.dirs:
+                # Processes and threads of the user at once: a fork bomb stops here.
+                if (d / "pids.max").exists():
+                    _write(d / "pids.max", str(max_processes) if max_processes else "max")
             self._oom_base = self.oom_kills()
             return True
         except OSError as e:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import itertools
 import json
 import logging
 import os
+import resource
 import runpy
 import select
 import signal
@@ -31,9 +33,10 @@ from .local import (
     _listen_socket,
     _refuse_root,
     _start_error,
+    apply_quota,
     launch_env,
     oom_first,
-    open_log,
+    open_server_logs,
     start_ticks,
 )
 
@@ -43,6 +46,8 @@ SERVER_MODULE = "minihub.singleuser"
 _MSG_MAX = 1 << 20
 _REPLY_TIMEOUT = 30.0
 _LISTEN_FD = 3  # where the server finds its listening socket, as with LocalSpawner
+_OLD_LOG_FD = 4  # the log's rotated copy, which the server's log pump writes to
+_PIPE_BUF = 60_000  # fits a pipe's default buffer (64 KiB); more: the buffer is grown
 
 
 class ForkSpawner(LocalSpawner):
@@ -65,11 +70,12 @@ class ForkSpawner(LocalSpawner):
             return await super().start(spec)
         _refuse_root(spec)
         await self._ensure_zygote()
-        logfd, sock, port, req, extra = await asyncio.to_thread(self._prepare, spec)
+        fds, sock, port, req, extra = await asyncio.to_thread(self._prepare, spec)
         try:
-            reply = await self._ask(req, [logfd] + ([sock.fileno()] if sock else []))
+            reply = await self._ask(req, fds + ([sock.fileno()] if sock else []))
         finally:
-            os.close(logfd)
+            for fd in fds:
+                os.close(fd)
             if sock is not None:
                 sock.close()
         if "error" in reply:
@@ -83,36 +89,46 @@ class ForkSpawner(LocalSpawner):
 
     def _prepare(
         self, spec: LaunchSpec
-    ) -> tuple[int, socket.socket | None, int, dict[str, Any], dict[str, Any]]:
+    ) -> tuple[list[int], socket.socket | None, int, dict[str, Any], dict[str, Any]]:
+        """The fds the child gets ([log, rotated log, private pipe]), its socket and port,
+        the request for the fork server (nothing secret in it) and the Proc's extra."""
         config = dict(spec.stdin_config)
-        logfd = open_log(spec.log_path, spec.account.uid, spec.account.gid)
+        apply_quota(spec)
+        fds = list(open_server_logs(spec.log_path, spec.log_max_bytes))
+        sock = None
         try:
             sock, port = _listen_socket(spec, config)
+            if sock is not None:
+                config["listen_fd"] = _LISTEN_FD
+            config["log"] = {"rotate_fd": _OLD_LOG_FD, "max_bytes": spec.log_max_bytes}
+            fds.append(private_pipe(launch_env(spec), config))
         except BaseException:
-            os.close(logfd)
+            for fd in fds:
+                os.close(fd)
+            if sock is not None:
+                sock.close()
             raise
-        if sock is not None:
-            config["listen_fd"] = _LISTEN_FD
         cg = UserCgroup.for_user(spec.username)
         extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
         # The child joins these groups itself, while still root and before any user code.
-        join = cg.paths() if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit) else []
+        limits = (spec.mem_limit, spec.cpu_limit, spec.max_processes)
+        join = cg.paths() if cg.enabled and cg.setup(*limits) else []
         if join:
             extra["oom_base"] = cg.oom_kills()
         uid, gid, groups = drop_to(spec.account)  # all None for an unprivileged hub
+        counted = bool(join) and cg.limits_processes
         req = {
             "argv": spec.cmd[1:],
             "uid": uid,
             "gid": gid,
             "groups": groups,
             "cwd": spec.cwd,
-            "env": launch_env(spec),
             "umask": spec.umask,
-            "config": config,
+            "nproc": 0 if counted else spec.max_processes,
             "cgroup": join,
             "listen": sock is not None,
         }
-        return logfd, sock, port, req, extra
+        return fds, sock, port, req, extra
 
     # -- talking to the zygote -------------------------------------------------------------
 
@@ -206,6 +222,8 @@ class ForkSpawner(LocalSpawner):
             return
         self._exited[(pid, ticks)] = status
         log.info("server pid %d exited with status %d", pid, status)
+        if self.on_exit is not None:
+            self.on_exit(pid)
 
     async def close(self) -> None:
         """The zygote exits when its socket closes; servers it forked keep running."""
@@ -222,6 +240,36 @@ class ForkSpawner(LocalSpawner):
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def private_pipe(env: dict[str, str], config: dict[str, Any]) -> int:
+    """The read end of a pipe holding what only this server may see: its environment (a
+    length-prefixed JSON object) and then its launch config (one JSON line, its secret in it).
+
+    The fork server hands the read end to the child as its stdin without reading it, so no
+    secret ever enters the fork server's memory, which every later server is a copy of.
+    """
+    head = json.dumps(env).encode()
+    data = b"%08d" % len(head) + head + (json.dumps(config) + "\n").encode()
+    r, w = os.pipe()
+    try:
+        if len(data) > _PIPE_BUF:
+            _grow_pipe(w, len(data))
+        os.write(w, data)  # all of it at once: it fits the pipe's buffer
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    return r
+
+
+def _grow_pipe(fd: int, size: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError as e:
+        raise SpawnError(f"The server's environment and launch config are too large ({size} "
+                         f"bytes: {e.strerror}); shorten [spawner] environment.") from None
 
 
 def _start_zygote() -> tuple[subprocess.Popen[bytes], socket.socket]:
@@ -275,7 +323,7 @@ def zygote(fd: int) -> None:
             _drain(wake_r)
             _reap(sock)
         if sock.fileno() in ready:
-            msg, fds, _, _ = socket.recv_fds(sock, _MSG_MAX, 4)
+            msg, fds, _, _ = socket.recv_fds(sock, _MSG_MAX, 5)
             if not msg:
                 return
             try:
@@ -353,8 +401,8 @@ def _run(argv: list[str]) -> int:
 
 
 def _become_user(req: dict[str, Any], fds: list[int], err_w: int) -> None:
-    """Same steps and order as LocalSpawner's Popen: session, cgroup, fds, umask, groups,
-    gid, uid, cwd, environment; the first failure goes back to the hub as an OSError."""
+    """Same steps and order as LocalSpawner's Popen: session, cgroup, fds, umask, limits,
+    groups, gid, uid, cwd, environment; the first failure goes back to the hub as an OSError."""
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -364,33 +412,60 @@ def _become_user(req: dict[str, Any], fds: list[int], err_w: int) -> None:
             Path(d, "cgroup.procs").write_text(str(os.getpid()))
         _arrange_fds(req, fds, err_w)
         os.umask(int(req["umask"]))
+        if req["nproc"]:  # no pids cgroup: the per-uid process limit instead
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(req["nproc"]), int(req["nproc"])))
         if req["uid"] is not None:
             os.setgroups(req["groups"])
             os.setgid(int(req["gid"]))
             os.setuid(int(req["uid"]))
         os.chdir(req["cwd"])
+        env = _read_env(0)
         os.environ.clear()
-        os.environ.update(req["env"])
-    except OSError as e:
+        os.environ.update(env)
+    except (OSError, ValueError, TypeError) as e:
+        err = e if isinstance(e, OSError) else OSError(0, f"bad launch data: {e}")
         os.write(
             err_w,
-            json.dumps({"errno": e.errno, "strerror": e.strerror, "filename": e.filename}).encode(),
+            json.dumps({"errno": err.errno, "strerror": err.strerror,
+                        "filename": err.filename}).encode(),
         )
         os._exit(127)
     os.close(err_w)
 
 
+def _read_env(fd: int) -> dict[str, str]:
+    """The environment at the head of the private pipe; the launch config stays behind it
+    for the server to read as its stdin."""
+    size = int(_read_exactly(fd, 8))
+    env = json.loads(_read_exactly(fd, size))
+    if not isinstance(env, dict):
+        raise TypeError("the environment is not a JSON object")
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise ValueError("the launch data ended early")
+        data += chunk
+    return data
+
+
 def _arrange_fds(req: dict[str, Any], fds: list[int], err_w: int) -> None:
-    """stdin: the launch config; stdout/stderr: the log; fd 3: the socket; nothing else."""
-    cfg_r, cfg_w = os.pipe()
-    os.write(cfg_w, (json.dumps(req["config"]) + "\n").encode())  # < a pipe buffer
-    os.close(cfg_w)
-    os.dup2(cfg_r, 0)
-    os.dup2(fds[0], 1)
-    os.dup2(fds[0], 2)
+    """stdin: the private pipe; stdout/stderr: the log; fd 3: the socket; fd 4: the rotated
+    log; nothing else (the server's log pump takes 1, 2 and 4 over before any kernel runs)."""
+    # Out of the way first: a received fd may sit on a number another one is moved to.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
+    log, old_log, private = high[0], high[1], high[2]
+    os.dup2(private, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     if req["listen"]:
-        os.dup2(fds[1], _LISTEN_FD)
-    keep = {0, 1, 2, err_w} | ({_LISTEN_FD} if req["listen"] else set())
+        os.dup2(high[3], _LISTEN_FD)
+    os.dup2(old_log, _OLD_LOG_FD)
+    keep = {0, 1, 2, err_w, _OLD_LOG_FD} | ({_LISTEN_FD} if req["listen"] else set())
     for fd in map(int, os.listdir("/proc/self/fd")):
         if fd not in keep:
             try:

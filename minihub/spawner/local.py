@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpawnError
-from .accounts import drop_to
+from .accounts import apply_disk_quota, drop_to
 from .base import UNKNOWN_EXIT, LaunchSpec, Proc, Spawner
 from .cgroups import UserCgroup
 
@@ -55,18 +56,22 @@ class LocalSpawner(Spawner):
 
     def _launch(self, spec: LaunchSpec) -> tuple[subprocess.Popen[bytes], int, dict[str, Any]]:
         config = dict(spec.stdin_config)
-        logfd = open_log(spec.log_path, spec.account.uid, spec.account.gid)
+        apply_quota(spec)
+        logfd, oldfd = open_server_logs(spec.log_path, spec.log_max_bytes)
         sock = None
         try:
             sock, port = _listen_socket(spec, config)
-            return self._popen(spec, logfd, sock), port, config
+            # minihub's server pumps its output into these, capped (singleuser/__main__.py)
+            config["log"] = {"rotate_fd": oldfd, "max_bytes": spec.log_max_bytes}
+            return self._popen(spec, logfd, oldfd, sock), port, config
         finally:
             os.close(logfd)
+            os.close(oldfd)
             if sock is not None:
                 sock.close()  # the child holds its own copy now
 
     def _popen(
-        self, spec: LaunchSpec, logfd: int, sock: socket.socket | None
+        self, spec: LaunchSpec, logfd: int, oldfd: int, sock: socket.socket | None
     ) -> subprocess.Popen[bytes]:
         user, group, extra = drop_to(spec.account)
         try:
@@ -80,7 +85,7 @@ class LocalSpawner(Spawner):
                 umask=spec.umask,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(sock.fileno(),) if sock is not None else (),
+                pass_fds=(oldfd, sock.fileno()) if sock is not None else (oldfd,),
                 user=user,
                 group=group,
                 extra_groups=extra,
@@ -127,6 +132,8 @@ class LocalSpawner(Spawner):
         del self._children[pid]
         self._unwatch(pid)
         log.info("server pid %d exited with status %d", pid, popen.returncode)
+        if self.on_exit is not None:
+            self.on_exit(pid)
 
     def _unwatch(self, pid: int) -> None:
         fd = self._pidfds.pop(pid, None)
@@ -230,10 +237,36 @@ def _confine(spec: LaunchSpec, pid: int) -> dict[str, Any]:
     oom_first(pid)
     cg = UserCgroup.for_user(spec.username)
     extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
-    if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit):
-        cg.add(pid)
+    counted = False
+    if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit, spec.max_processes):
+        counted = cg.add(pid) and cg.limits_processes
         extra["oom_base"] = cg.oom_kills()
+    if spec.max_processes and not counted:
+        limit_nproc(pid, spec.max_processes)
     return extra
+
+
+def limit_nproc(pid: int, limit: int) -> None:
+    """Without a pids cgroup: RLIMIT_NPROC, which counts every process (and thread) of the
+    user's uid, so a fork bomb stops there too (less precisely: a login shell counts)."""
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NPROC, (limit, limit))
+    except OSError as e:
+        log.warning("cannot limit the processes of pid %d: %s", pid, e)
+
+
+_quota_said: set[str] = set()
+
+
+def apply_quota(spec: LaunchSpec) -> None:
+    """Set the user's disk quota ([users] disk_quota) before the server starts; say once
+    per reason, plainly, when the home's filesystem cannot have one."""
+    if not spec.disk_quota or os.geteuid() != 0:
+        return
+    why = apply_disk_quota(spec.account, spec.disk_quota)
+    if why and why not in _quota_said:
+        _quota_said.add(why)
+        log.warning("[users] disk_quota is not applied: %s", why)
 
 
 def oom_first(pid: int | str) -> None:
@@ -355,6 +388,39 @@ def open_log(path: Path, uid: int, gid: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_server_logs(path: Path, max_bytes: int) -> tuple[int, int]:
+    """The server's log and its rotated copy (<path>.1), both owned by the hub, mode 0600:
+    the server writes them only through these fds, through its capped log pump, and cannot
+    open them by name to grow them. Rotated here first if the log is already past the cap."""
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    old = Path(str(path) + ".1")
+    try:
+        if os.lstat(path).st_size >= max_bytes:
+            os.replace(path, old)
+    except FileNotFoundError:
+        pass
+    fds = []
+    try:
+        for p, flags in ((path, os.O_RDWR | os.O_APPEND), (old, os.O_RDWR)):
+            fd = os.open(p, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            _own_log(fd, p)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds[0], fds[1]
+
+
+def _own_log(fd: int, path: Path) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise SpawnError(f"The server log {path} is not a plain file; remove it.")
+    if st.st_uid != os.geteuid():  # a log an earlier minihub let the user own
+        os.fchown(fd, os.geteuid(), os.getegid())
+    os.fchmod(fd, 0o600)
 
 
 def tail_log(path: Path | str, lines: int = 20) -> str:
