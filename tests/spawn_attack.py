@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ class Hub:
     base: str
     data: Path
     log: Path
-    proc: subprocess.Popen[bytes]
+    proc: Any
     toml: Path
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*MINIHUB, "-f", str(self.toml), "--data-dir", str(self.data),
@@ -48,7 +49,8 @@ class Hub:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(tmp: Path, toml: str = "") -> AsyncIterator[Hub]:
+async def running_hub(tmp: Path, toml: str = "", users: tuple[str, ...] = ()) -> AsyncIterator[Hub]:
+    """`python -m minihub` with this config; `users` are added (with tokens) before it starts."""
     port = free_port()
     path = tmp / "minihub.toml"
     path.write_text(toml)
@@ -56,7 +58,9 @@ async def running_hub(tmp: Path, toml: str = "") -> AsyncIterator[Hub]:
     data.mkdir(mode=0o711, exist_ok=True)
     cmd = [*MINIHUB, "-f", str(path), "--data-dir", str(data), "--port", str(port)]
     log = tmp / "hub.log"
-    hub = Hub(f"http://127.0.0.1:{port}", data, log, start_hub(cmd, port, log), path)
+    hub = Hub(f"http://127.0.0.1:{port}", data, log, None, path)
+    hub.tokens = {name: hub.token(name) for name in users}
+    hub.proc = start_hub(cmd, port, log)
     try:
         yield hub
     finally:
