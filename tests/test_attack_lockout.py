@@ -14,11 +14,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
-from minihub.auth.throttle import address_group, client_address, parse_networks
-
 from conftest import needs_root
 from test_config_cli import MINIHUB, free_port, start_hub
+
+from minihub.auth.throttle import address_group, client_address, parse_networks
 
 
 # --- a real hub process, shared by the test_attack_login_* modules --------------------------

@@ -13,7 +13,6 @@ import asyncio
 from collections import Counter
 
 import aiohttp
-
 from conftest import needs_root
 from test_attack_lockout import client, post_login, real_hub
 

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_root
 from test_attack_lockout import client, post_login, real_hub
 

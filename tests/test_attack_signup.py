@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
-
 from conftest import needs_root
 from test_attack_lockout import client, post_login, real_hub
 
@@ -37,9 +36,13 @@ async def sign_up(s: aiohttp.ClientSession, base: str, name: str,
         return r.status, await r.text()
 
 
+def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+
+
 def userdel(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+    sh("pkill", "-KILL", "-u", name)
+    sh("userdel", "-r", "-f", name)
 
 
 def account(name: str) -> pwd.struct_passwd | None:
@@ -80,7 +83,7 @@ async def test_signup_as_a_configured_admin_is_refused(tmp_path):
 @needs_root
 async def test_signup_as_a_name_another_process_holds_is_refused(tmp_path):
     """useradd is the arbiter: a group of that name (or an account made a moment before)."""
-    subprocess.run(["groupadd", "-f", "mhsu_grp"], check=True)
+    assert sh("groupadd", "-f", "mhsu_grp").returncode == 0
     try:
         with real_hub(tmp_path, SIGNUP_HUB) as (base, _):
             async with client() as s:
@@ -89,7 +92,7 @@ async def test_signup_as_a_name_another_process_holds_is_refused(tmp_path):
                 assert (await post_login(s, base, "mhsu_grp", "stranger-pass-1"))[0] == 403
         assert account("mhsu_grp") is None
     finally:
-        subprocess.run(["groupdel", "mhsu_grp"], capture_output=True)
+        sh("groupdel", "mhsu_grp")
 
 
 @needs_root
@@ -116,8 +119,7 @@ async def test_a_new_name_gets_its_own_new_account_and_server(tmp_path):
                         break
                     await asyncio.sleep(0.2)
                 assert ready
-                out = subprocess.run(["pgrep", "-u", str(made.pw_uid)], capture_output=True,
-                                     text=True).stdout.split()
+                out = sh("pgrep", "-u", str(made.pw_uid)).stdout.split()
                 assert out, "the server runs as the account minihub made"
     finally:
         userdel(name)
