@@ -117,6 +117,25 @@ async def test_kernel_output_cannot_grow_the_log_past_the_cap_even_with_the_hub_
         assert b"END-MARK" in log.read_bytes()  # capped by rotating, not by going deaf
         assert log.stat().st_uid == 0 and old.stat().st_uid == 0  # not the user's to grow
         assert os.stat(f"/proc/{pid}").st_uid == u.uid  # the server lived on meanwhile
+        holders = raw_log_holders(u.uid, {str(log), str(old)})
+        assert holders and set(holders) == {pid}, holders  # only the server, not its kernels
     finally:
         pid, _ = hub.server_row(u.name)
         os.killpg(pid, signal.SIGKILL)
+
+
+def raw_log_holders(uid: int, paths: set[str]) -> list[int]:
+    """Processes of `uid` holding one of `paths` open."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}") in paths for fd in fds):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
