@@ -4,10 +4,10 @@ import { Prec } from "@codemirror/state";
 import { startCompletion, completionStatus, acceptCompletion } from "@codemirror/autocomplete";
 import { indentMore, indentLess } from "@codemirror/commands";
 import { EditorState, EditorView, keymap, Compartment, cellExtensions, languageFor } from "./editor-setup.js";
-import { renderOutput, joinText, ansiToHtml, collapseCarriageReturns, appendStream } from "./outputs.js";
+import { renderOutput, joinText, ansiToHtml, collapseCarriageReturns, appendStream, isObject, isText, clip } from "./outputs.js";
 import { renderMarkdown } from "./markdown.js";
 import { uuid } from "./kernel.js";
-import { h } from "./ui.js";
+import { h, isolated, notice } from "./ui.js";
 
 // A kernel's first completion loads jedi, which takes seconds on a busy machine; a late
 // reply is still wanted unless the text changed meanwhile (then it is dropped).
@@ -24,14 +24,53 @@ export function toUtf16(text, codePointPos) {
   return units;
 }
 
+// A cell with more outputs shows this many and says how many more the file holds.
+const SHOWN_OUTPUTS = 500;
+const CELL_TYPES = new Set(["code", "markdown", "raw"]);
+
+/** Why the page cannot edit this cell as a cell (null when it can). */
+export function cellProblem(json) {
+  if (!isObject(json)) return "this cell is not a JSON object";
+  if (json.cell_type !== undefined && !CELL_TYPES.has(json.cell_type)) return `unknown cell type ${JSON.stringify(json.cell_type)}`;
+  if (json.source != null && !isText(json.source)) return "its source is not text";
+  if (json.metadata != null && !isObject(json.metadata)) return "its metadata is not an object";
+  if (json.outputs != null && !Array.isArray(json.outputs)) return "its outputs are not a list";
+  if (json.attachments != null && !isObject(json.attachments)) return "its attachments are not an object";
+  return null;
+}
+
+function jsonPreview(value) {
+  let text;
+  try { text = JSON.stringify(value, null, 1) ?? String(value); } catch (err) { text = `(cannot be shown: ${err.message})`; }
+  const [head, note] = clip(text, 20000);
+  return note ? head + "\n…" : head;
+}
+
 export class Cell {
-  constructor(nb, json) {
+  /**
+   * A cell the page cannot edit (see cellProblem), or whose building threw: shown read-only
+   * as its JSON and saved back exactly as it was read, so the save never drops or changes it.
+   */
+  static preserved(nb, json, problem) {
+    const cell = new Cell(nb, { cell_type: "raw", source: jsonPreview(json) }, { readOnly: true });
+    cell.preserved = { json, problem };
+    cell.el.classList.add("preserved");
+    cell.editorEl.before(h("div.cell-problem", { role: "note" },
+      `minihub cannot edit this cell: ${problem}. It is shown as JSON and saved back exactly as it was; delete it to remove it.`));
+    return cell;
+  }
+
+  constructor(nb, json, { readOnly = false } = {}) {
     this.nb = nb;
+    this.preserved = null;
     this.type = json.cell_type || "code";
     this.cellId = json.id || uuid().slice(0, 8);
     this.metadata = json.metadata || {};
     this.attachments = json.attachments;
-    this.outputs = (json.outputs || []).map((o) => ({ ...o }));
+    // Outputs read from the file are kept as they are (whatever they hold) and saved back so.
+    this.outputs = [...(json.outputs || [])];
+    this.fileOutputs = new Set(this.outputs);
+    this.outputEls = new Map();
     this.executionCount = json.execution_count ?? null;
     this.running = false;
     this.clearPending = false;
@@ -40,7 +79,7 @@ export class Cell {
     this.buildDom();
     this.view = new EditorView({
       parent: this.editorEl,
-      state: EditorState.create({ doc: joinText(json.source), extensions: this.extensions() }),
+      state: EditorState.create({ doc: joinText(json.source), extensions: this.extensions(readOnly) }),
     });
     this.renderOutputs();
     this.updatePrompt();
@@ -61,8 +100,9 @@ export class Cell {
     this.el.cell = this;
   }
 
-  extensions() {
+  extensions(readOnly) {
     return [
+      readOnly ? EditorState.readOnly.of(true) : [],
       Prec.highest(keymap.of(this.keys())),
       this.language.of(this.languageExtension()),
       cellExtensions((ctx) => this.completionSource(ctx)),
@@ -177,6 +217,7 @@ export class Cell {
 
   setType(type) {
     if (type === this.type) return;
+    if (this.preserved) { notice("This cell cannot be edited; delete it to remove it.", "error"); return; }
     this.type = type;
     this.el.dataset.type = type;
     if (type !== "code") { this.outputs = []; this.executionCount = null; this.renderOutputs(); }
@@ -187,8 +228,9 @@ export class Cell {
 
   renderMarkdownCell() {
     if (this.type !== "markdown") return;
-    const text = this.source.trim() ? this.source : "*Empty markdown cell: double-click to edit.*";
-    this.renderedEl.replaceChildren(renderMarkdown(text, this.nb.dir));
+    const [text, note] = clip(this.source.trim() ? this.source : "*Empty markdown cell: double-click to edit.*");
+    this.renderedEl.replaceChildren(isolated("cell's markdown", () => renderMarkdown(text, this.nb.dir)));
+    if (note) this.renderedEl.append(note);
     this.renderedEl.hidden = false;
     this.editorEl.hidden = true;
     this.el.classList.add("is-rendered");
@@ -222,12 +264,28 @@ export class Cell {
   // ---- outputs ----
 
   renderOutputs() {
-    this.outputsEl.replaceChildren(...this.outputs.map((o) => renderOutput(o, this.nb.dir)));
+    this.outputEls = new Map();
+    this.outputsEl.replaceChildren(...this.outputs.slice(0, SHOWN_OUTPUTS).map((o) => this.outputElement(o)));
+    this.showHiddenCount();
     this.el.classList.toggle("has-output", this.outputs.length > 0);
+  }
+
+  outputElement(output) {
+    const el = renderOutput(output, this.nb.dir);
+    if (isObject(output)) this.outputEls.set(output, el);
+    return el;
+  }
+
+  showHiddenCount() {
+    const hidden = this.outputs.length - SHOWN_OUTPUTS;
+    if (this.moreEl) this.moreEl.remove();
+    this.moreEl = hidden > 0 ? h("div.output-note", {}, `${hidden} more outputs not shown (kept in the notebook).`) : null;
+    if (this.moreEl) this.outputsEl.append(this.moreEl);
   }
 
   clearOutputs() {
     this.outputs = [];
+    this.fileOutputs = new Set();
     this.clearPending = false;
     this.renderOutputs();
     this.nb.changed();
@@ -236,12 +294,15 @@ export class Cell {
   addOutput(output) {
     if (this.clearPending) this.clearOutputs();
     const last = this.outputs[this.outputs.length - 1];
-    if (output.output_type === "stream" && last && last.output_type === "stream" && last.name === output.name) {
-      last.text = appendStream(joinText(last.text), output.text);
-      this.outputsEl.lastChild.replaceWith(renderOutput(last, this.nb.dir));
+    if (output.output_type === "stream" && isObject(last) && !this.fileOutputs.has(last)
+        && last.output_type === "stream" && last.name === output.name) {
+      last.text = appendStream(joinText(last.text), joinText(output.text));
+      const el = this.outputEls.get(last);
+      if (el) el.replaceWith(this.outputElement(last));
     } else {
       this.outputs.push(output);
-      this.outputsEl.append(renderOutput(output, this.nb.dir));
+      if (this.outputs.length <= SHOWN_OUTPUTS) this.outputsEl.append(this.outputElement(output));
+      else this.showHiddenCount();
     }
     this.el.classList.add("has-output");
     this.nb.changed();
@@ -249,13 +310,14 @@ export class Cell {
 
   updateDisplay(displayId, content) {
     let found = false;
-    this.outputs.forEach((o, i) => {
-      if (o.displayId !== displayId) return;
+    for (const o of this.outputs) {
+      if (!isObject(o) || o.displayId !== displayId) continue;
       o.data = content.data;
       o.metadata = content.metadata || {};
-      this.outputsEl.children[i].replaceWith(renderOutput(o, this.nb.dir));
+      const el = this.outputEls.get(o);
+      if (el) el.replaceWith(this.outputElement(o));
       found = true;
-    });
+    }
     if (found) this.nb.changed();
   }
 
@@ -289,15 +351,18 @@ export class Cell {
   }
 
   toJSON() {
+    if (this.preserved) return this.preserved.json;
     const base = { id: this.cellId, cell_type: this.type, metadata: this.metadata, source: this.source };
     if (this.type !== "code") {
       if (this.attachments) base.attachments = this.attachments;
       return base;
     }
-    return { ...base, execution_count: this.executionCount, outputs: this.outputs.map(outputJSON) };
+    const outputs = this.outputs.map((o) => (this.fileOutputs.has(o) ? o : outputJSON(o)));
+    return { ...base, execution_count: this.executionCount, outputs };
   }
 }
 
+/** An output the kernel sent, as nbformat stores it. */
 function outputJSON(o) {
   switch (o.output_type) {
     case "stream": return { output_type: "stream", name: o.name, text: collapseCarriageReturns(joinText(o.text)) };

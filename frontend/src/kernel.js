@@ -11,6 +11,15 @@ export function uuid() {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+/** One message's handler failing must not stop the others, nor this message's reply. */
+function safely(fn, msg) {
+  try {
+    fn(msg);
+  } catch (err) {
+    console.error("kernel message handler failed", err);
+  }
+}
+
 export class Kernel {
   constructor() {
     this.id = null;
@@ -95,23 +104,25 @@ export class Kernel {
 
   handle(raw) {
     if (typeof raw !== "string") return; // binary frames only come with the v1 subprotocol
-    const msg = JSON.parse(raw);
+    let msg;
+    try { msg = JSON.parse(raw); } catch { return; }
+    if (!msg || !msg.header || !msg.content) return;
     const type = msg.header.msg_type;
     const parent = msg.parent_header && msg.parent_header.msg_id;
     const cb = parent ? this.callbacks.get(parent) : undefined;
     if (msg.channel === "iopub") {
       if (type === "status") this.setStatus(msg.content.execution_state);
-      for (const fn of this.listeners.iopub) fn(msg);
-      if (cb && cb.onIOPub) cb.onIOPub(msg);
+      for (const fn of this.listeners.iopub) safely(fn, msg);
+      if (cb && cb.onIOPub) safely(cb.onIOPub, msg);
       if (cb && type === "status" && msg.content.execution_state === "idle") this.settle(parent, cb, "idle");
     } else if (msg.channel === "shell" || msg.channel === "control") {
       if (cb) {
-        if (cb.onReply) cb.onReply(msg);
+        if (cb.onReply) safely(cb.onReply, msg);
         if (cb.resolve) cb.resolve(msg);
         this.settle(parent, cb, "reply");
       }
     } else if (msg.channel === "stdin" && cb && cb.onStdin) {
-      cb.onStdin(msg);
+      safely(cb.onStdin, msg);
     }
   }
 

@@ -25,7 +25,19 @@ export function escapeHtml(text) {
   return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-function extractMath(text, rendered) {
+/**
+ * Percent-decode a URL a notebook wrote; a malformed escape ("%zz", bytes that are not
+ * UTF-8) leaves it as written instead of throwing, which stopped the whole page's load.
+ */
+export function safeDecodeURI(u) {
+  try {
+    return decodeURI(u);
+  } catch {
+    return u;
+  }
+}
+
+function extractMath(text, rendered, mark) {
   return text.split(CODE).map((part, i) => {
     if (i % 2 === 1) return part;
     return part.replace(MATH, (whole, dd, br, env, envBody, paren, inline) => {
@@ -36,7 +48,7 @@ function extractMath(text, rendered) {
       else if (paren !== undefined) html = renderLatex(paren, false);
       else html = renderLatex(inline, false);
       rendered.push(html);
-      return `MHMATH${rendered.length - 1}X`;
+      return `${mark}${rendered.length - 1}X`;
     });
   }).join("");
 }
@@ -51,12 +63,12 @@ function fixRelativeUrls(root, notebookDir) {
   };
   for (const img of root.querySelectorAll("img[src]")) {
     const src = img.getAttribute("src");
-    if (isRelative(src)) img.setAttribute("src", api.filesUrl(decodeURI(resolve(src))));
+    if (isRelative(src)) img.setAttribute("src", api.filesUrl(safeDecodeURI(resolve(src))));
   }
   for (const a of root.querySelectorAll("a[href]")) {
     const href = a.getAttribute("href");
     if (isRelative(href)) {
-      const target = decodeURI(resolve(href.split("#")[0]));
+      const target = safeDecodeURI(resolve(href.split("#")[0]));
       a.setAttribute("href", target.endsWith(".ipynb") ? api.pageUrl("notebooks", target) : api.filesUrl(target));
     }
     if (!href.startsWith("#")) { a.setAttribute("target", "_blank"); a.setAttribute("rel", "noopener noreferrer"); }
@@ -64,13 +76,14 @@ function fixRelativeUrls(root, notebookDir) {
 }
 
 /** Swap placeholders for KaTeX markup in text nodes only, never inside an attribute. */
-function insertMath(root, rendered) {
+function insertMath(root, rendered, mark) {
   if (!rendered.length) return;
   const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
   const nodes = [];
-  while (walker.nextNode()) if (walker.currentNode.nodeValue.includes("MHMATH")) nodes.push(walker.currentNode);
+  while (walker.nextNode()) if (walker.currentNode.nodeValue.includes(mark)) nodes.push(walker.currentNode);
+  const split = new RegExp(`${mark}(\\d+)X`);
   for (const node of nodes) {
-    const parts = node.nodeValue.split(/MHMATH(\d+)X/);
+    const parts = node.nodeValue.split(split);
     const frag = document.createDocumentFragment();
     parts.forEach((part, i) => {
       if (i % 2 === 0) { if (part) frag.append(part); return; }
@@ -87,12 +100,14 @@ const PURIFY = { FORBID_TAGS: ["style", "form", "input", "button", "textarea", "
 /** Markdown (with math) to a sanitised element; relative links resolve against notebookDir. */
 export function renderMarkdown(source, notebookDir = "") {
   const rendered = [];
-  const html = marked.parse(extractMath(source, rendered), { async: false });
+  // A placeholder no notebook text can contain, so literal text is never swallowed.
+  const mark = "MHMATH" + Math.random().toString(36).slice(2, 10) + "N";
+  const html = marked.parse(extractMath(source, rendered, mark), { async: false });
   const clean = DOMPurify.sanitize(html, PURIFY);
   const div = document.createElement("div");
   div.className = "markdown-body";
   div.innerHTML = clean;
-  insertMath(div, rendered);
+  insertMath(div, rendered, mark);
   fixRelativeUrls(div, notebookDir);
   return div;
 }

@@ -3,7 +3,8 @@
 import "./style.css";
 import * as api from "./api.js";
 import { Kernel } from "./kernel.js";
-import { Cell } from "./cell.js";
+import { Cell, cellProblem } from "./cell.js";
+import { isObject } from "./outputs.js";
 import { h, confirmDialog, promptDialog, selectDialog, modal, notice, reportError, formatTime } from "./ui.js";
 import { SHORTCUT_HELP, commandKey } from "./commands.js";
 
@@ -14,6 +15,13 @@ import { SHORTCUT_HELP, commandKey } from "./commands.js";
 function autosaveMs() {
   const seconds = Number((window.minihubSettings || {}).autosaveSeconds);
   return Number.isFinite(seconds) && seconds > 0 ? Math.max(seconds, 0.5) * 1000 : 120000;
+}
+
+function kernelLanguage(metadata) {
+  if (!isObject(metadata)) return undefined;
+  const info = isObject(metadata.language_info) ? metadata.language_info : {};
+  const spec = isObject(metadata.kernelspec) ? metadata.kernelspec : {};
+  return info.language || spec.language;
 }
 
 class Notebook {
@@ -29,6 +37,14 @@ class Notebook {
     this.savedCount = 0;
     this.lastModified = null;
     this.session = null;
+    // "loading" | "loaded" | "failed": only a notebook that loaded whole is ever saved.
+    this.loadState = "loading";
+    // The cells read from the file (or last saved), how many the file had, and which of
+    // them a person removed: a save that would drop any other is refused.
+    this.fileCells = new Set();
+    this.fileCellCount = 0;
+    this.removedFileCells = new Set();
+    this.checkpointed = false; // made before this session's first save
     this.kernel = new Kernel();
     this.language = "python";
     this.cellsEl = document.getElementById("cells");
@@ -41,7 +57,7 @@ class Notebook {
   startAutosave(ms) {
     clearInterval(this.autosaveTimer);
     this.autosaveTimer = setInterval(() => {
-      if (this.dirty && !this.saving && !this.autosavePaused) this.save(false, true);
+      if (this.dirty && !this.saving && !this.autosavePaused && this.loadState === "loaded") this.save(false, true);
     }, ms);
   }
 
@@ -53,21 +69,62 @@ class Notebook {
   // ---- loading, kernel session ----
 
   async load() {
-    const model = await api.contents.get(this.path, { type: "notebook" });
+    this.loadState = "loading";
+    try {
+      this.build(await api.contents.get(this.path, { type: "notebook" }));
+      this.loadState = "loaded";
+    } catch (err) {
+      this.loadState = "failed";
+      throw err;
+    } finally {
+      this.showName();
+    }
+  }
+
+  /** Every cell is built before the page takes them over: a load is whole or it failed. */
+  build(model) {
+    const nb = isObject(model) ? model.content : null;
+    if (!isObject(nb)) throw new Error("the file holds no notebook");
+    if (nb.cells != null && !Array.isArray(nb.cells)) throw new Error("its cells are not a list");
+    const fileCells = nb.cells || [];
+    this.metadata = nb.metadata ?? {};
+    this.nbformatMinor = Number.isInteger(nb.nbformat_minor) ? Math.max(nb.nbformat_minor, 5) : 5;
+    const lang = kernelLanguage(this.metadata);
+    this.language = typeof lang === "string" && lang ? lang : "python";
+    const cells = fileCells.map((json) => this.makeCell(json));
     this.lastModified = model.last_modified;
     this.autosavePaused = false;
-    const nb = model.content;
-    this.metadata = nb.metadata || {};
-    this.nbformatMinor = Math.max(nb.nbformat_minor ?? 5, 5);
-    const lang = (this.metadata.language_info || this.metadata.kernelspec || {}).language || (this.metadata.kernelspec || {}).language;
-    this.language = lang || "python";
-    this.cellsEl.replaceChildren();
-    this.cells = [];
-    for (const c of nb.cells || []) this.insertCell(this.cells.length, c);
+    this.cellsEl.replaceChildren(...cells.map((c) => c.el));
+    this.cells = cells;
+    this.fileCells = new Set(cells);
+    this.fileCellCount = fileCells.length;
+    this.removedFileCells = new Set();
     if (!this.cells.length) this.insertCell(0, { cell_type: "code", source: "" });
     this.select(this.cells[0], false);
     this.savedCount = this.changeCount;
-    this.showName();
+    if (model.message) notice(`${model.message}. minihub shows what it can; saving is refused until that is fixed.`, "error");
+  }
+
+  /** A cell from JSON; one it cannot edit, or whose building throws, is kept as it is. */
+  makeCell(json) {
+    const problem = cellProblem(json);
+    if (problem) return Cell.preserved(this, json, problem);
+    try {
+      return new Cell(this, json);
+    } catch (err) {
+      console.error(err);
+      return Cell.preserved(this, json, err && err.message ? err.message : String(err));
+    }
+  }
+
+  showLoadFailure(err) {
+    this.cellsEl.replaceChildren(h("div.load-error", { role: "alert" },
+      h("p", {}, `This notebook cannot be opened: ${err && err.message ? err.message : err}`),
+      h("p", {}, "This page will not be saved, so the file on disk stays exactly as it is. You can look at it or fix it in the ",
+        h("a", { href: api.pageUrl("edit", this.path) }, "text editor"), ".")));
+    const status = document.getElementById("kernel-status");
+    status.dataset.status = "none"; // no kernel is started for a notebook that did not open
+    status.textContent = "No kernel";
     this.showDirty();
   }
 
@@ -77,7 +134,8 @@ class Notebook {
     const sessions = await api.sessions.list();
     let session = sessions.find((s) => s.path === this.path);
     if (!session) {
-      let name = (this.metadata.kernelspec || {}).name;
+      let name = isObject(this.metadata.kernelspec) ? this.metadata.kernelspec.name : undefined;
+      if (typeof name !== "string") name = "";
       if (!name || !specs.kernelspecs[name]) {
         if (name) notice(`Kernel "${name}" is not installed here; using "${specs.default}".`, "error");
         name = specs.default;
@@ -91,7 +149,7 @@ class Notebook {
     this.session = session;
     const name = session.kernel.name;
     const spec = (this.specs && this.specs.kernelspecs[name] && this.specs.kernelspecs[name].spec) || {};
-    this.metadata.kernelspec = { name, display_name: spec.display_name || name, language: spec.language || this.language };
+    if (isObject(this.metadata)) this.metadata.kernelspec = { name, display_name: spec.display_name || name, language: spec.language || this.language };
     document.getElementById("kernel-name").textContent = spec.display_name || name;
     this.kernel.setStatus("starting");
     this.kernel.connect(session.kernel.id);
@@ -118,7 +176,7 @@ class Notebook {
   // ---- cells ----
 
   insertCell(index, json) {
-    const cell = new Cell(this, json);
+    const cell = this.makeCell(json);
     const before = this.cells[index];
     this.cellsEl.insertBefore(cell.el, before ? before.el : null);
     this.cells.splice(index, 0, cell);
@@ -192,9 +250,14 @@ class Notebook {
     this.deleted.push({ index, json: cell.toJSON() });
     cell.el.remove();
     this.cells.splice(index, 1);
+    this.removedByPerson(cell);
     if (!this.cells.length) this.insertCell(0, { cell_type: "code", source: "" });
     this.select(this.cells[Math.min(index, this.cells.length - 1)], false);
     this.changed();
+  }
+
+  removedByPerson(cell) {
+    if (this.fileCells.has(cell)) this.removedFileCells.add(cell);
   }
 
   undoDelete() {
@@ -233,6 +296,7 @@ class Notebook {
   }
 
   splitCell(cell) {
+    if (cell.preserved) return notice("This cell cannot be edited; delete it to remove it.", "error");
     const pos = cell.view.state.selection.main.head;
     const text = cell.source;
     cell.setSource(text.slice(0, pos).replace(/\n$/, ""));
@@ -246,9 +310,11 @@ class Notebook {
     const cell = this.active;
     const next = this.cells[this.indexOf(cell) + 1];
     if (!next) return;
+    if (cell.preserved || next.preserved) return notice("A cell minihub cannot edit cannot be merged; delete it to remove it.", "error");
     cell.setSource(cell.source + "\n" + next.source);
     next.el.remove();
     this.cells.splice(this.indexOf(next), 1);
+    this.removedByPerson(next);
     this.changed();
     this.select(cell, false);
   }
@@ -351,13 +417,57 @@ class Notebook {
 
   // ---- saving ----
 
-  toJSON() {
-    const metadata = { ...this.metadata };
-    return { cells: this.cells.map((c) => c.toJSON()), metadata, nbformat: 4, nbformat_minor: this.nbformatMinor };
+  toJSON(cells = this.cells) {
+    const metadata = isObject(this.metadata) ? { ...this.metadata } : this.metadata;
+    return { cells: cells.map((c) => c.toJSON()), metadata, nbformat: 4, nbformat_minor: this.nbformatMinor };
+  }
+
+  /** How many cells read from the file would a save now drop that no person removed. */
+  missingFileCells() {
+    const present = this.cells.filter((c) => this.fileCells.has(c)).length;
+    return Math.max(0, this.fileCellCount - present - this.removedFileCells.size);
+  }
+
+  /** Why this page must not save now (null when it may). */
+  saveRefusal() {
+    if (this.loadState === "loading") return "The notebook is still opening; it is not saved yet.";
+    if (this.loadState !== "loaded") return "This notebook did not open, so it is not saved: the file on disk is unchanged.";
+    const missing = this.missingFileCells();
+    if (missing) {
+      return `Not saved: ${missing} cells read from the file are missing from this page, and saving would delete them from the file. `
+        + "Reload the page to get them back.";
+    }
+    return null;
+  }
+
+  /** A checkpoint of the file as it was, before this session first overwrites it. */
+  async checkpointFirst(auto) {
+    if (this.checkpointed) return true;
+    try {
+      await api.contents.checkpoint(this.path);
+      this.checkpointed = true;
+      return true;
+    } catch (err) {
+      if (auto) {
+        this.autosavePaused = true;
+        notice(`Autosave is paused: a checkpoint of the file could not be made first (${err.message}). Save to decide.`, "error");
+        return false;
+      }
+      return confirmDialog("No checkpoint",
+        `A checkpoint of the file on disk could not be made (${err.message}). Save over it anyway?`, "Save", true);
+    }
+  }
+
+  afterSave(saved) {
+    this.fileCells = new Set(saved);
+    this.fileCellCount = saved.length;
+    this.removedFileCells = new Set([...this.removedFileCells].filter((c) => this.fileCells.has(c)));
   }
 
   async save(checkpoint = false, auto = false) {
     if (this.saving) return;
+    const refusal = this.saveRefusal();
+    if (refusal) { notice(refusal, "error"); return; }
     this.saving = true;
     try {
       const disk = await api.contents.get(this.path, { content: false });
@@ -372,8 +482,11 @@ class Notebook {
           "The notebook was changed on disk since it was opened or last saved. Overwrite it with this version?", "Overwrite", true);
         if (!ok) return;
       }
+      if (!(await this.checkpointFirst(auto))) return;
       const count = this.changeCount;
-      const model = await api.contents.save(this.path, { type: "notebook", format: "json", content: this.toJSON() });
+      const cells = this.cells.slice();
+      const model = await api.contents.save(this.path, { type: "notebook", format: "json", content: this.toJSON(cells) });
+      this.afterSave(cells);
       this.lastModified = model.last_modified;
       this.savedCount = count;
       this.autosavePaused = false;
@@ -394,7 +507,12 @@ class Notebook {
     const when = new Date(cp.last_modified).toLocaleString();
     if (!(await confirmDialog("Revert to checkpoint", `Revert to the checkpoint of ${when}? Unsaved changes are lost.`, "Revert", true))) return;
     await api.contents.restore(this.path, cp.id);
-    await this.load();
+    try {
+      await this.load();
+    } catch (err) {
+      this.showLoadFailure(err);
+      throw err;
+    }
     notice("Reverted to the checkpoint.");
   }
 
@@ -417,8 +535,11 @@ class Notebook {
 
   showDirty() {
     const el = document.getElementById("save-state");
-    el.textContent = this.dirty ? "Unsaved changes" : this.lastModified ? `Saved ${formatTime(this.lastModified)}` : "";
-    el.classList.toggle("dirty", this.dirty);
+    const failed = this.loadState === "failed";
+    el.textContent = failed ? "Not opened: nothing is saved" : this.dirty ? "Unsaved changes"
+      : this.lastModified ? `Saved ${formatTime(this.lastModified)}` : "";
+    el.classList.toggle("dirty", this.dirty || failed);
+    document.body.dataset.load = this.loadState;
     document.title = `${this.dirty ? "* " : ""}${api.basename(this.path)} - minihub`;
   }
 }
@@ -490,7 +611,7 @@ document.addEventListener("keydown", (e) => {
 });
 
 window.addEventListener("beforeunload", (e) => {
-  if (!nb.dirty) return;
+  if (!nb.dirty || nb.loadState !== "loaded") return;
   e.preventDefault();
   e.returnValue = "";
 });
@@ -503,7 +624,7 @@ setInterval(() => nb.showDirty(), 30000);
     await nb.load();
   } catch (err) {
     reportError(err);
-    document.getElementById("cells").replaceChildren(h("p.load-error", {}, `This notebook cannot be opened: ${err.message}`));
+    nb.showLoadFailure(err);
     return;
   }
   try {

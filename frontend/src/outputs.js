@@ -2,6 +2,7 @@
 // sandboxed iframe (scripts, no same-origin), so they can never read the hub's cookies.
 import { AnsiUp } from "ansi_up";
 import { renderMarkdown, renderLatex, escapeHtml } from "./markdown.js";
+import { h, isolated } from "./ui.js";
 
 const ansi = new AnsiUp();
 ansi.use_classes = true;
@@ -12,8 +13,36 @@ const MIME_ORDER = [
   "image/png", "image/jpeg", "image/gif", "application/json", "text/plain",
 ];
 
+// What one output shows at most: a notebook may hold a 30 MB log, which as one <pre> (and
+// its ANSI pass) would freeze the page. The model and the file keep all of it.
+export const SHOWN_CHARS = 100000;
+const FRAME_CHARS = 5 * 1024 * 1024;
+
 export function joinText(value) {
   return Array.isArray(value) ? value.join("") : value ?? "";
+}
+
+export function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** nbformat's multiline string: a string or a list of strings. */
+export function isText(value) {
+  return typeof value === "string" || (Array.isArray(value) && value.every((s) => typeof s === "string"));
+}
+
+/** The text of a multiline string, or an error naming `what` (rendering isolates it). */
+function textOf(value, what) {
+  if (!isText(value)) throw new Error(`${what} is not text`);
+  return joinText(value);
+}
+
+/** The start of a long text, and a note saying how much is not shown (null if none). */
+export function clip(text, limit = SHOWN_CHARS) {
+  if (text.length <= limit) return [text, null];
+  const more = text.length - limit;
+  const size = more >= 1e6 ? `${(more / 1e6).toFixed(1)} million` : String(more);
+  return [text.slice(0, limit), h("div.output-note", {}, `… ${size} more characters not shown (kept in the notebook).`)];
 }
 
 /** Terminal semantics for "\r": later text overwrites the start of the line. */
@@ -49,6 +78,13 @@ function pre(className, html) {
   return el;
 }
 
+/** Terminal text (ANSI colours), clipped to what a page can show. */
+function textBlock(text) {
+  const [head, note] = clip(text);
+  const el = pre("output-text", ansiToHtml(head));
+  return note ? h("div.output-clipped", {}, el, note) : el;
+}
+
 const frames = new Set();
 window.addEventListener("message", (event) => {
   const msg = event.data;
@@ -81,61 +117,98 @@ function sandboxedFrame(bodyHtml) {
 
 function image(mime, data, metadata) {
   const img = document.createElement("img");
-  const b64 = joinText(data).replace(/\s/g, "");
+  const b64 = textOf(data, mime).replace(/\s/g, "");
   img.src = `data:${mime};base64,${b64}`;
-  const meta = (metadata && metadata[mime]) || {};
-  if (meta.width) img.width = meta.width;
-  if (meta.height) img.height = meta.height;
+  const meta = (isObject(metadata) && isObject(metadata[mime]) && metadata[mime]) || {};
+  if (Number.isFinite(meta.width)) img.width = meta.width;
+  if (Number.isFinite(meta.height)) img.height = meta.height;
   img.alt = "output image";
   return img;
+}
+
+function frameText(value, mime) {
+  const text = textOf(value, mime);
+  if (text.length > FRAME_CHARS) throw new Error(`${mime} of ${(text.length / 1e6).toFixed(1)} MB is too large to show`);
+  return text;
 }
 
 function renderMime(mime, value, metadata, notebookDir) {
   switch (mime) {
     case "application/javascript":
-      return sandboxedFrame(`<div id="output"></div><script>${joinText(value).replace(/<\/script/gi, "<\\/script")}<\/script>`);
+      return sandboxedFrame(`<div id="output"></div><script>${frameText(value, mime).replace(/<\/script/gi, "<\\/script")}<\/script>`);
     case "text/html":
-      return sandboxedFrame(joinText(value));
+      return sandboxedFrame(frameText(value, mime));
     case "image/svg+xml":
       // Inline SVG may carry <script> and event handlers: it runs only inside the sandbox.
-      return sandboxedFrame(joinText(value));
+      return sandboxedFrame(frameText(value, mime));
     case "image/png": case "image/jpeg": case "image/gif":
       return image(mime, value, metadata);
-    case "text/markdown":
-      return renderMarkdown(joinText(value), notebookDir);
+    case "text/markdown": {
+      const [head, note] = clip(textOf(value, mime));
+      const body = renderMarkdown(head, notebookDir);
+      return note ? h("div", {}, body, note) : body;
+    }
     case "text/latex": {
-      const tex = joinText(value).trim().replace(/^\$\$?([\s\S]*?)\$?\$$/, "$1");
+      const tex = textOf(value, mime).trim().replace(/^\$\$?([\s\S]*?)\$?\$$/, "$1");
       const div = document.createElement("div");
       div.innerHTML = renderLatex(tex, true);
       return div;
     }
     case "application/json":
-      return pre("output-json", escapeHtml(JSON.stringify(value, null, 2)));
+      return jsonBlock(value);
     default:
-      return pre("output-text", ansiToHtml(joinText(value)));
+      // Vendor +json types and any other structured value.
+      if (!isText(value)) return jsonBlock(value);
+      return textBlock(joinText(value));
   }
+}
+
+function jsonBlock(value) {
+  const [head, note] = clip(JSON.stringify(value, null, 2) ?? String(value));
+  const el = pre("output-json", escapeHtml(head));
+  return note ? h("div.output-clipped", {}, el, note) : el;
 }
 
 export function pickMime(data) {
   return MIME_ORDER.find((m) => data[m] !== undefined) || Object.keys(data)[0];
 }
 
-/** One nbformat output (display_data, execute_result, stream, error) as an element. */
+const STREAM_NAMES = new Set(["stdout", "stderr"]);
+
+function outputBody(output, wrap, notebookDir) {
+  if (!isObject(output)) throw new Error("it is not a JSON object");
+  switch (output.output_type) {
+    case "stream":
+      if (STREAM_NAMES.has(output.name)) wrap.classList.add(output.name);
+      return textBlock(collapseCarriageReturns(textOf(output.text, "its text")));
+    case "error": {
+      const lines = output.traceback ?? [`${output.ename}: ${output.evalue}`];
+      if (!isText(lines) || !Array.isArray(lines)) throw new Error("its traceback is not a list of lines");
+      return textBlock(lines.join("\n"));
+    }
+    case "display_data": case "execute_result": {
+      const data = output.data ?? {};
+      if (!isObject(data)) throw new Error("its data is not a MIME bundle");
+      const mime = pickMime(data);
+      if (!mime) return document.createTextNode("");
+      wrap.dataset.mime = mime;
+      return renderMime(mime, data[mime], output.metadata, notebookDir);
+    }
+    default:
+      throw new Error(`unknown output type ${JSON.stringify(output.output_type)}`);
+  }
+}
+
+/**
+ * One nbformat output (display_data, execute_result, stream, error) as an element. It never
+ * throws: an output it cannot show becomes a readable message, and the output itself is
+ * left as it was for the save.
+ */
 export function renderOutput(output, notebookDir) {
   const wrap = document.createElement("div");
-  wrap.className = "output " + output.output_type;
-  if (output.output_type === "stream") {
-    wrap.classList.add(output.name);
-    wrap.append(pre("output-text", ansiToHtml(collapseCarriageReturns(joinText(output.text)))));
-  } else if (output.output_type === "error") {
-    wrap.append(pre("output-text", ansiToHtml((output.traceback || [`${output.ename}: ${output.evalue}`]).join("\n"))));
-  } else {
-    const data = output.data || {};
-    const mime = pickMime(data);
-    if (mime) {
-      wrap.dataset.mime = mime;
-      wrap.append(renderMime(mime, data[mime], output.metadata, notebookDir));
-    }
-  }
+  wrap.className = "output";
+  const type = isObject(output) ? output.output_type : undefined;
+  if (typeof type === "string" && /^[\w-]+$/.test(type)) wrap.classList.add(type);
+  wrap.append(isolated("output", () => outputBody(output, wrap, notebookDir)));
   return wrap;
 }

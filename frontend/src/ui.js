@@ -71,6 +71,22 @@ export async function selectDialog(title, label, options, initial) {
   return value === "ok" ? select.value : null;
 }
 
+/**
+ * Build one piece of the page (a cell's markdown, one output) so that if it throws, a
+ * readable message stands in its place and the pieces after it are still built: one bad
+ * cell once stopped a notebook's load, and autosave then wrote only the cells before it.
+ */
+export function isolated(what, build) {
+  try {
+    return build();
+  } catch (err) {
+    console.error(err);
+    const why = err && err.message ? err.message : String(err);
+    return h("div.render-error", { role: "note" },
+      `This ${what} could not be shown (${why}). It is kept unchanged in the notebook.`);
+  }
+}
+
 let noticeTimer = 0;
 /** A short message at the top of the page; errors stay until the next notice. */
 export function notice(message, kind = "info") {
