@@ -168,7 +168,7 @@ async def user_route(request: web.Request) -> web.StreamResponse:
         return _not_running(request, base, name, tail)
     if not path.startswith(f"{base}user/{name}/"):
         raise web.HTTPFound(f"{base}user/{name}/")
-    return await _forward(request, p, srv.user_id, upstream, path)
+    return await _forward(request, p, srv.user_id, upstream, path, f"{base}user/{name}/")
 
 
 def _same_origin(request: web.Request) -> None:
@@ -186,7 +186,7 @@ def _not_running(request: web.Request, base: str, name: str, tail: str) -> web.S
 
 
 async def _forward(request: web.Request, p: Parts, user_id: int, upstream: object,
-                   path: str) -> web.StreamResponse:
+                   path: str, prefix: str) -> web.StreamResponse:
     from .proxy import Upstream
 
     assert isinstance(upstream, Upstream)
@@ -207,7 +207,8 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
         return await p.proxy.forward(request, upstream, path=path,
                                      strip_cookies=(SESSION_COOKIE,) if jh else HUB_COOKIES,
                                      on_activity=lambda: p.servers.touch(user_id),
-                                     keep_authorization=jh and own_token)
+                                     keep_authorization=jh and own_token,
+                                     cookie_path=prefix)
     except ProxyError as e:
         if await _server_died(p, user_id, dying=not isinstance(e, UpstreamTimeout)):
             raise ServiceUnavailable("The server stopped: reload to see why and restart it.")

@@ -7,6 +7,7 @@ The hub authenticates a request, normalises its path with `normalise_path`, then
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 from collections.abc import Callable, Collection
@@ -20,10 +21,10 @@ from yarl import URL
 
 from . import proxy_client as pc
 from .errors import BadRequest, HubError
+from .singleuser import PROOF_HEADER, SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "X-Minihub-Secret"
 CHUNK_SIZE = 256 * 1024  # upstream read buffer: large reads, few syscalls and writes
 SMALL_BODY = 64 * 1024  # bodies up to this size are read whole and sent in one write
 ACTIVITY_EVERY = 1.0  # seconds between on_activity calls for one connection
@@ -66,7 +67,7 @@ _WS_REQUEST_DROP = _REQUEST_DROP | {
     "sec-websocket-accept",
     "content-length",
 }
-_RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-length", PROOF_HEADER.lower()}
 # The plain-HTTP path copies the client's raw header lines: the same names as bytes, plus
 # the body framing, which it rewrites itself.
 _HTTP_DROP = frozenset(n.encode() for n in _REQUEST_DROP | {"content-length"})
@@ -106,13 +107,27 @@ class UpstreamTimeout(ProxyError):
     status = 504
 
 
+class UpstreamNotGenuine(UpstreamFailed):
+    """The answer lacks the server's proof: another process holds its port (it died)."""
+
+
+# A websocket handshake the server would refuse anyway (RFC 6455 4.1): a base64 16-byte key.
+_WS_KEY = re.compile(r"^[A-Za-z0-9+/]{22}==$")
+
+
 @dataclass(frozen=True)
 class Upstream:
-    """A user server: it listens on host:port and requires `X-Minihub-Secret: <secret>`."""
+    """A user server: it listens on host:port and requires `X-Minihub-Secret: <secret>`.
+
+    With a `proof`, every answer must carry `X-Minihub-Proof: <proof>` or it is refused: the
+    server the hub started has it, a process that bound the port after that server died
+    does not (see minihub.singleuser's launch contract).
+    """
 
     host: str
     port: int
     secret: str = field(repr=False)
+    proof: str = field(default="", repr=False)
     origin: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -211,6 +226,7 @@ class Proxy:
         strip_cookies: Collection[str] = (),
         on_activity: Callable[[], None] | None = None,
         keep_authorization: bool = False,
+        cookie_path: str = "/",
     ) -> web.StreamResponse:
         """Send `request` to `upstream` at `path` (from normalise_path) plus its query string.
 
@@ -223,6 +239,8 @@ class Proxy:
         `keep_authorization` forwards the client's Authorization header after all: for a
         server that authenticates API clients itself (jupyterhub-singleuser checks the token
         with the hub); the caller decides whose tokens may reach which server.
+        The server may only set cookies for `cookie_path` and below (its own URL space),
+        never for another path or a Domain.
         """
         if not path.startswith("/"):
             raise ValueError("path must start with /")
@@ -231,12 +249,14 @@ class Proxy:
         target = path + raw[q:] if q >= 0 else path
         if _BAD_TARGET.search(target):
             raise BadRequest("Invalid characters in the request path.")
+        policy = _CookiePolicy(frozenset(strip_cookies), cookie_path)
         if _is_websocket(request):
+            _check_ws_handshake(request)
             url = URL(upstream.origin + target, encoded=True)
             keep = ("Authorization",) if keep_authorization else ()
-            return await self._forward_ws(request, upstream, url, strip_cookies, on_activity, keep)
+            return await self._forward_ws(request, upstream, url, policy, on_activity, keep)
         return await self._forward_http(
-            request, upstream, target, strip_cookies, on_activity, keep_authorization
+            request, upstream, target, policy, on_activity, keep_authorization
         )
 
     async def _forward_http(
@@ -244,12 +264,12 @@ class Proxy:
         request: web.Request,
         upstream: Upstream,
         target: str,
-        strip_cookies: Collection[str],
+        policy: _CookiePolicy,
         on_activity: Callable[[], None] | None,
         keep_authorization: bool,
     ) -> web.StreamResponse:
         head, length, has_body = _request_head(
-            request, upstream, target, strip_cookies, keep_authorization
+            request, upstream, target, policy.hub, keep_authorization
         )
         body = request.content if has_body else None
         try:
@@ -259,7 +279,10 @@ class Proxy:
         except pc.UpstreamError as e:
             raise _upstream_error(e, upstream) from None
         try:
-            return await _relay(request, up, upstream, strip_cookies, on_activity)
+            return await _relay(request, up, upstream, policy, on_activity)
+        except UpstreamNotGenuine:
+            up.close()  # never reuse a connection to an impostor
+            raise
         finally:
             up.release()
 
@@ -268,11 +291,11 @@ class Proxy:
         request: web.Request,
         upstream: Upstream,
         url: URL,
-        strip_cookies: Collection[str],
+        policy: _CookiePolicy,
         on_activity: Callable[[], None] | None,
         keep: tuple[str, ...] = (),
     ) -> web.StreamResponse:
-        headers = _request_headers(request, upstream, strip_cookies, _WS_REQUEST_DROP, keep)
+        headers = _request_headers(request, upstream, policy.hub, _WS_REQUEST_DROP, keep)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         try:
             up_ws = await self._session.ws_connect(
@@ -291,6 +314,11 @@ class Proxy:
             raise ProxyError(f"The server refused the websocket ({e.status}).", status) from None
         except _UPSTREAM_ERRORS as e:
             raise _upstream_error(e, upstream) from None
+        try:
+            _check_proof(up_ws._response.headers.getall(PROOF_HEADER, ()), upstream)
+        except UpstreamNotGenuine:
+            await up_ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
+            raise
         client_ws = web.WebSocketResponse(
             protocols=(up_ws.protocol,) if up_ws.protocol else (),
             autoclose=False,
@@ -328,6 +356,54 @@ def _is_websocket(request: web.Request) -> bool:
         request.headers.get("Upgrade", "").lower() == "websocket"
         and "upgrade" in request.headers.get("Connection", "").lower()
     )
+
+
+def _check_ws_handshake(request: web.Request) -> None:
+    """Refuse, as the client's fault, a handshake no server could accept (it was a 502)."""
+    if request.method != "GET":
+        raise BadRequest("A websocket handshake must be a GET request.")
+    if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        raise BadRequest("Unsupported websocket version: send Sec-WebSocket-Version: 13.")
+    if not _WS_KEY.match(request.headers.get("Sec-WebSocket-Key", "").strip()):
+        raise BadRequest("Missing or invalid Sec-WebSocket-Key in the websocket handshake.")
+
+
+def _check_proof(values: Collection[str], upstream: Upstream) -> None:
+    if not upstream.proof:
+        return
+    if len(values) == 1 and hmac.compare_digest(next(iter(values)).encode(),
+                                                 upstream.proof.encode()):
+        return
+    log.warning("answer from %s without the server's proof: another process holds its port",
+                upstream)
+    raise UpstreamNotGenuine("The server's port is held by another process: it has stopped.")
+
+
+@dataclass(frozen=True)
+class _CookiePolicy:
+    """Which cookies never cross the proxy (`hub`), and where a server may set its own."""
+
+    hub: frozenset[str]
+    path: str
+
+    def allows(self, set_cookie: str) -> bool:
+        name, _, rest = set_cookie.partition("=")
+        if name.strip() in self.hub:
+            return False
+        for attr in rest.split(";")[1:]:
+            key, _, value = attr.partition("=")
+            key = key.strip().lower()
+            if key == "domain":
+                return False
+            if key == "path" and not _within(value.strip(), self.path):
+                return False
+        return True
+
+
+def _within(path: str, prefix: str) -> bool:
+    """`path` is `prefix` (with or without its final slash) or below it."""
+    return path == prefix.rstrip("/") or path.startswith(prefix if prefix.endswith("/")
+                                                         else prefix + "/")
 
 
 def _request_headers(
@@ -421,31 +497,40 @@ def _filter_cookies(values: Collection[str], strip: Collection[str]) -> str:
 
 
 def _response_headers(
-    pairs: list[tuple[str, str]], upstream: Upstream, strip_cookies: Collection[str]
+    pairs: list[tuple[str, str]], upstream: Upstream, policy: _CookiePolicy
 ) -> list[tuple[str, str]]:
-    """The server's headers for the client (a list: the response builds its CIMultiDict)."""
+    """The server's headers for the client (a list: the response builds its CIMultiDict).
+    Raises UpstreamNotGenuine if the server's proof is missing or wrong."""
     out = []
+    proofs = []
     for name, value in pairs:
         low = name.lower()
         if low in _RESPONSE_DROP:
+            if low == _PROOF:
+                proofs.append(value)
             continue
         if low == "location" and value.startswith(upstream.origin):
             value = value[len(upstream.origin) :] or "/"
-        elif low == "set-cookie" and value.split("=", 1)[0].strip() in strip_cookies:
-            log.warning("dropped a Set-Cookie for a hub cookie from %s", upstream)
+        elif low == "set-cookie" and not policy.allows(value):
+            log.warning("dropped a Set-Cookie outside %s from %s: %.40s", policy.path, upstream,
+                        value.split("=", 1)[0].encode("unicode_escape").decode())
             continue
         out.append((name, value))
+    _check_proof(proofs, upstream)
     return out
+
+
+_PROOF = PROOF_HEADER.lower()
 
 
 async def _relay(
     request: web.Request,
     up: pc.Response,
     upstream: Upstream,
-    strip_cookies: Collection[str],
+    policy: _CookiePolicy,
     on_activity: Callable[[], None] | None,
 ) -> web.StreamResponse:
-    headers = _response_headers(up.headers, upstream, strip_cookies)
+    headers = _response_headers(up.headers, upstream, policy)
     length = up.content_length
     if on_activity is not None:
         _touch(on_activity)

@@ -36,6 +36,7 @@ from .config import Config, parse_bytes
 from .errors import SpawnError, TooManyRequests
 from .models import parse_iso
 from .proxy import Upstream
+from .singleuser import PROOF_HEADER, SECRET_HEADER
 from .spawner import accounts
 from .spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc, Spawner
 from .spawner.local import tail_log
@@ -58,10 +59,12 @@ class Server:
     proc: Proc | None = None
     nonce: str = ""
     secret: str = ""
+    proof: str = ""  # what the server answers back; "" for jupyterhub-singleuser
     started: float = 0.0
     last_activity: float = 0.0
     progress: list[str] = field(default_factory=list)
     error: str = ""
+    error_status: int = 500  # a refusal's own status (403 for root), kept for the answer
     log_tail: str = ""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -75,7 +78,7 @@ class Server:
     def upstream(self) -> Upstream | None:
         if self.status != "running" or self.proc is None:
             return None
-        return Upstream(self.proc.host, self.proc.port, self.secret)
+        return Upstream(self.proc.host, self.proc.port, self.secret, self.proof)
 
 
 class Servers:
@@ -90,7 +93,9 @@ class Servers:
         self._servers: dict[int, Server] = {}
         self._http: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Task[bool]] = set()
         self.log_dir = cfg.data_dir / "logs"
+        spawner.on_exit = self._exited
 
     # --- lifetime ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -103,6 +108,8 @@ class Servers:
     async def close(self, stop_all: bool = False) -> None:
         if self._poller:
             self._poller.cancel()
+        self.spawner.on_exit = None
+        await asyncio.gather(*self._checks, return_exceptions=True)
         tasks = [s.task for s in self._servers.values() if s.task and not s.task.done()]
         for t in tasks:
             t.cancel()
@@ -154,7 +161,7 @@ class Servers:
             except TimeoutError:
                 pass
         if srv.status == "stopped" and srv.error:
-            raise SpawnError(srv.error, srv.log_tail)
+            raise SpawnError(srv.error, srv.log_tail, srv.error_status)
         return srv
 
     def _check_limits(self) -> None:
@@ -178,6 +185,9 @@ class Servers:
             srv.proc = await self.spawner.start(spec)
             srv.started = time.time()
             srv.last_activity = srv.started
+            # Stored before it is ready: a hub killed now finds it at restart and stops it,
+            # instead of starting a second server for the same user beside it.
+            await self.store.save_server(self._row(srv, "starting"))
             srv.progress.append("Waiting for the server to answer")
             await self._wait_ready(srv, spec.log_path)
             await self.store.save_server(self._row(srv))
@@ -189,7 +199,7 @@ class Servers:
             log.info("spawned %s pid=%s port=%s in %.2fs", user.name, srv.proc.pid,
                      srv.proc.port, srv.spawn_seconds)
         except SpawnError as e:
-            await self._fail(srv, e.message, e.log_tail)
+            await self._fail(srv, e.message, e.log_tail, e.status)
         except asyncio.CancelledError:
             if srv.proc is not None and srv.status == "pending":
                 await self.spawner.stop(srv.proc, 2)
@@ -201,13 +211,13 @@ class Servers:
         finally:
             srv.ready.set()
 
-    async def _fail(self, srv: Server, message: str, tail: str) -> None:
+    async def _fail(self, srv: Server, message: str, tail: str, status: int = 500) -> None:
         log.warning("spawn of %s failed: %s", srv.name, message)
         if srv.proc is not None:
             await self.spawner.stop(srv.proc, 2)
             tail = tail or await asyncio.to_thread(tail_log, self.log_path(srv.name))
         srv.status, srv.proc = "stopped", None
-        srv.error, srv.log_tail = message, tail
+        srv.error, srv.log_tail, srv.error_status = message, tail, status
         srv.progress.append("Failed: " + message)
 
     def log_path(self, name: str) -> Path:
@@ -217,6 +227,7 @@ class Servers:
         account = await self._account(user.name)
         srv.nonce = pysecrets.token_hex(16)
         srv.secret = S.server_secret(self.key, user.name, srv.nonce)
+        srv.proof = "" if self.sp["cmd"] else S.server_proof(self.key, user.name, srv.nonce)
         notebook_dir = (self.sp["notebook_dir"] or account.home).replace("{username}", user.name)
         if os.geteuid() == 0 and self.cfg.get("users.shared_dirs"):
             srv.progress.append("Linking shared folders")
@@ -226,9 +237,9 @@ class Servers:
         spec = LaunchSpec(
             username=user.name, account=account, cmd=self._cmd(), env=self._env(account, prefix),
             cwd=notebook_dir, log_path=self.log_path(user.name),
-            stdin_config={"secret": srv.secret, "base_url": prefix, "user": user.name,
+            stdin_config={"secret": srv.secret, "proof": srv.proof, "base_url": prefix, "user": user.name,
                           "notebook_dir": notebook_dir,
-                          "ws_max_message": self.sp["kernel_ws_max_message"], "ws_max_buffers": self.sp["kernel_ws_max_buffers"],
+                          **{f"ws_{k}": self.sp[f"kernel_ws_{k}"] for k in ("max_message", "max_json", "max_buffers")},
                           "kernel_idle_timeout": int(self.sp["kernel_idle_timeout"]),
                           "shared_dirs": await asyncio.to_thread(self._shared_roots),
                           "mem_limit": mem, "kernel_zygote": bool(self.sp["kernel_fork"])},
@@ -310,25 +321,27 @@ class Servers:
             if status is not None:
                 raise SpawnError(f"Server exited during start ({_exit_text(status)}).",
                                  await asyncio.to_thread(tail_log, log_path))
-            if await self._answers(url, srv.secret):
+            if await self._answers(url, srv.secret, srv.proof):
                 return
             await asyncio.sleep(PROBE_INTERVAL)
         raise SpawnError(
             f"Server did not answer within {self.sp['start_timeout']} seconds. The admin can "
             "raise [spawner] start_timeout.", await asyncio.to_thread(tail_log, log_path))
 
-    async def _answers(self, url: str, secret: str) -> bool:
+    async def _answers(self, url: str, secret: str, proof: str) -> bool:
         assert self._http is not None
         try:
-            async with self._http.get(url, headers={"X-Minihub-Secret": secret},
+            async with self._http.get(url, headers={SECRET_HEADER: secret},
                                       timeout=aiohttp.ClientTimeout(total=2)) as r:
-                return r.status < 500 if self.sp["cmd"] else r.status == 200
+                if self.sp["cmd"]:
+                    return r.status < 500
+                return r.status == 200 and S.equal(r.headers.get(PROOF_HEADER, ""), proof)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    def _row(self, srv: Server) -> ServerRow:
+    def _row(self, srv: Server, state: str = "running") -> ServerRow:
         assert srv.proc is not None
-        return ServerRow(srv.user_id, "running", srv.proc.pid, srv.proc.start_ticks,
+        return ServerRow(srv.user_id, state, srv.proc.pid, srv.proc.start_ticks,
                          srv.proc.host, srv.proc.port, srv.nonce, S.hash_token(srv.secret),
                          srv.started, srv.last_activity, srv.proc.extra)
 
@@ -350,6 +363,14 @@ class Servers:
             await self.store.delete_kind_tokens(user_id, "server")  # its API token dies too
             log.info("stopped server of %s", name)
 
+    def _exited(self, pid: int) -> None:
+        """A server process exited: mark it stopped and clean up what it left now."""
+        for srv in self._servers.values():
+            if srv.status == "running" and srv.proc is not None and srv.proc.pid == pid:
+                task = asyncio.create_task(self.check(srv), name=f"exited-{srv.name}")
+                self._checks.add(task)
+                task.add_done_callback(self._checks.discard)
+
     async def poll_all(self) -> None:
         for srv in list(self._servers.values()):
             if srv.status == "running":
@@ -357,20 +378,23 @@ class Servers:
 
     async def check(self, srv: Server) -> bool:
         """True if alive; otherwise mark it stopped and keep why for the user."""
-        if srv.proc is None:
-            return False
-        status = await self.spawner.poll(srv.proc)
-        if status is None:
-            return True
-        tail = await asyncio.to_thread(tail_log, self.log_path(srv.name))
-        why = _exit_text(status)
-        if self.spawner.oom_killed(srv.proc):
-            why += f"; it ran out of memory (limit {self.sp['mem_limit']})"
+        proc = srv.proc
+        if proc is None or srv.status != "running":
+            return srv.status == "running"
+        status = await self.spawner.poll(proc)
+        if status is None or srv.proc is not proc:
+            return status is None  # alive, or another check (or a stop) dealt with it
         srv.status, srv.proc = "stopped", None
-        srv.error, srv.log_tail = f"Your server stopped ({why}).", tail
+        why = _exit_text(status)
+        if self.spawner.oom_killed(proc):
+            why += f"; it ran out of memory (limit {self.sp['mem_limit']})"
+        log.warning("server of %s died: %s", srv.name, why)
+        srv.error = f"Your server stopped ({why})."
+        srv.log_tail = await asyncio.to_thread(tail_log, self.log_path(srv.name))
         await self.store.delete_server(srv.user_id)
         await self.store.delete_kind_tokens(srv.user_id, "server")
-        log.warning("server of %s died: %s", srv.name, _exit_text(status))
+        # Its kernels and whatever else it started would run on, unseen by the culler.
+        await self.spawner.stop(proc, 0)
         return False
 
     async def refresh_activity(self, srv: Server) -> None:
@@ -378,10 +402,11 @@ class Servers:
         if srv.status != "running" or srv.proc is None or self._http is None or self.sp["cmd"]:
             return
         url = (f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/api/")
-        hdr = {"X-Minihub-Secret": srv.secret}
+        hdr = {SECRET_HEADER: srv.secret}
         try:
             async with self._http.get(url + "status", headers=hdr) as r:
-                status = await r.json() if r.status == 200 else {}
+                genuine = S.equal(r.headers.get(PROOF_HEADER, ""), srv.proof)
+                status = await r.json() if r.status == 200 and genuine else {}
             last = parse_time(status.get("last_activity"))
             if status.get("kernels"):
                 async with self._http.get(url + "kernels", headers=hdr) as r:
@@ -414,16 +439,23 @@ class Servers:
 
     # --- re-adoption ------------------------------------------------------------------
     async def adopt(self) -> None:
+        """Take over the servers an earlier hub left running; stop the ones it was still
+        starting when it died (it never told anyone where they are, and the user will get a
+        new one), so each user ends up with at most one server."""
         for row in await self.store.list_servers():
             user = await self.store.get_user_by_id(row.user_id)
             proc = Proc(row.pid, row.start_ticks, row.host, row.port, row.extra)
-            if user is None or await self.spawner.poll(proc) is not None:
+            if user is None or row.state != "running" or await self.spawner.poll(proc) is not None:
+                await self.spawner.stop(proc, 0)  # a no-op for a server that is gone
                 await self.store.delete_server(row.user_id)
-                log.info("forgot dead server of user id %s", row.user_id)
+                await self.store.delete_kind_tokens(row.user_id, "server")
+                log.info("forgot %s server of user id %s",
+                         "unfinished" if row.state != "running" else "dead", row.user_id)
                 continue
             srv = self.get(user)
             srv.proc, srv.nonce, srv.started = proc, row.nonce, row.started
             srv.secret = S.server_secret(self.key, user.name, row.nonce)
+            srv.proof = "" if self.sp["cmd"] else S.server_proof(self.key, user.name, row.nonce)
             srv.last_activity = row.last_activity or row.started
             srv.status = "running"
             srv.ready.set()

@@ -133,7 +133,7 @@ class Token:
 @dataclass
 class ServerRow:
     user_id: int
-    state: str  # "running" (adoptable) — pending/stopping live only in memory
+    state: str  # "running" (adoptable) or "starting" (stopped by a restarted hub)
     pid: int
     start_ticks: int
     host: str
@@ -273,6 +273,10 @@ class Store:
     # tokens
     async def add_token(self, user_id: int, token_hash: str, prefix: str, note: str,
                         scopes: list[str], expires: float | None) -> Token:
+        if expires is not None and not 0 < expires < MAX_TIME:
+            # NaN would be stored as NULL (a token that never expires), inf or 1e20 as a time
+            # no listing can show: callers bound expires_in, this is the last line.
+            raise ValueError(f"token expiry out of range: {expires!r}")
         tid = await self._write(
             "INSERT INTO tokens (user_id, hash, prefix, note, scopes, created, expires) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -424,6 +428,7 @@ class Store:
 
 
 SERVICE_PREFIX = "service:"
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last moment a datetime can show
 
 
 @dataclass

@@ -45,6 +45,15 @@ def server_secret(key: bytes, username: str, nonce: str) -> str:
     return derive(key, "server", f"{username}\x00{nonce}")
 
 
+def server_proof(key: bytes, username: str, nonce: str) -> str:
+    """What a user server answers back on every response to the hub's requests, so the hub
+    knows it talks to the process it started (not one that took the port after it died).
+
+    Independent of the secret: the secret travels in every request, and a process that took
+    the port would learn it from the first one; the proof only ever travels hub-ward."""
+    return derive(key, "server-proof", f"{username}\x00{nonce}")
+
+
 def load_or_create_key(path: Path) -> bytes:
     """Read the cookie secret (hex), creating it with mode 0600 if missing."""
     try:

@@ -68,6 +68,14 @@ def fork_early() -> None:
     _early, _early_pid = ours, pid
 
 
+def discard_early() -> None:
+    """The server will not fork kernels after all: the early zygote exits on EOF."""
+    global _early
+    if _early is not None:
+        _early.close()
+        _early = None
+
+
 def _close_fds_but(keep: int) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)

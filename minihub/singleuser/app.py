@@ -23,7 +23,7 @@ from ..kernels.channels import Bridge
 from ..kernels.kernel import isoformat
 from ..kernels.manager import KernelManager
 from ..kernels.wire import Limits
-from . import contents_api, files, kernels_api, pages, sessions
+from . import PROOF_HEADER, SECRET_HEADER, contents_api, files, kernels_api, pages, sessions
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
 from .http import (
@@ -39,7 +39,6 @@ from .http import (
 )
 
 log = logging.getLogger("minihub.singleuser")
-SECRET_HEADER = "X-Minihub-Secret"
 MAX_BODY = 256 << 20  # notebooks with many images are big; uploads are chunked at ~1 MiB
 
 
@@ -61,9 +60,24 @@ def secret_guard(secret: str) -> Any:
         given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "replace")
         if not hmac.compare_digest(given, expected):
             return error_response(403, "Forbidden: this server only answers through the hub")
+        request[_FROM_HUB] = True
         return await handler(request)
 
     return guard
+
+
+_FROM_HUB = web.RequestKey("from_hub", bool)
+
+
+def answer_back(proof: str) -> Any:
+    """Put the proof on every response to a request that carried the secret (websocket
+    handshakes included: they are prepared inside the handler), never on any other."""
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if request.get(_FROM_HUB):
+            response.headers[PROOF_HEADER] = proof
+
+    return on_prepare
 
 
 # What a user's request can make the filesystem refuse is that request's fault (4xx); a
@@ -176,10 +190,13 @@ def make_app(cfg: ServerConfig) -> web.Application:
     contents = ContentsManager(cfg.notebook_dir, cfg.shared_dirs)
     app[CONFIG] = cfg
     app[KERNELS] = kernels
-    app[BRIDGE] = Bridge(kernels, Limits(cfg.ws_max_message, cfg.ws_max_buffers))
+    limits = Limits(cfg.ws_max_message, cfg.ws_max_json, cfg.ws_max_buffers)
+    app[BRIDGE] = Bridge(kernels, limits)
     app[CONTENTS] = contents
     app[CHECKPOINTS] = Checkpoints(contents)
     app[ACTIVITY] = Activity()
+    if cfg.proof:
+        app.on_response_prepare.append(answer_back(cfg.proof))
     base = cfg.base_url
     app.router.add_get(base + "api/status", status)
     app.router.add_get(base + "api", api_version)

@@ -19,7 +19,7 @@ from aiohttp import web
 from ..errors import BadRequest
 from ..kernels.channels import Bridge
 from ..kernels.manager import KernelManager
-from ..kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_MESSAGE
+from ..kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 from . import strictjson
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
@@ -30,6 +30,7 @@ class ServerConfig:
     """What the hub hands the server on stdin (see minihub.singleuser's launch contract)."""
 
     secret: str
+    proof: str = ""  # answered back to the hub on every response (see minihub.proxy)
     base_url: str = "/"
     notebook_dir: str = "."
     user: str = ""
@@ -40,6 +41,7 @@ class ServerConfig:
     shared_dirs: list[str] = field(default_factory=list)
     kernel_zygote: bool = True
     ws_max_message: int = DEFAULT_MAX_MESSAGE  # [spawner] kernel_ws_max_message
+    ws_max_json: int = DEFAULT_MAX_JSON  # [spawner] kernel_ws_max_json
     ws_max_buffers: int = DEFAULT_MAX_BUFFERS  # [spawner] kernel_ws_max_buffers
 
     @classmethod
@@ -53,6 +55,7 @@ class ServerConfig:
         cfg.kernel_idle_timeout = int(cfg.kernel_idle_timeout or 0)
         cfg.mem_limit = int(cfg.mem_limit or 0)
         cfg.ws_max_message = int(cfg.ws_max_message)
+        cfg.ws_max_json = int(cfg.ws_max_json)
         cfg.ws_max_buffers = int(cfg.ws_max_buffers)
         return cfg
 
