@@ -16,6 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, scopes, users
+from .auth import names
+from .body import Fields
+from .body import read as read_body
 from .context import Parts, identity, parts
 from .errors import BadRequest, Forbidden, NotFound
 from .models import parse_iso, server_model, token_model, user_model
@@ -24,6 +27,8 @@ from .store import User
 routes = web.RouteTableDef()
 PAGINATION = "application/jupyterhub-pagination+json"
 MAX_LIMIT = 500
+MAX_NEW_USERS = 1000  # per POST /users; a class list, not a bulk import
+MAX_EXPIRES_IN = 100 * 365.25 * 86400  # past a century, leave expires_in out: "never"
 # The JupyterHub REST API version minihub speaks: clients (jupyterhub-singleuser, the idle
 # culler) choose features by it, so it is what GET /hub/api and X-JupyterHub-Version report.
 JUPYTERHUB_API_VERSION = "5.3.0"
@@ -62,20 +67,6 @@ async def target(request: web.Request, scope: str = "read:users") -> User:
     if not scopes.allows(held(request), scope, name.lower()):
         raise Forbidden(f"You may not act on user {name[:64]!r} (needs {scope}).")
     return await users.get(parts(request).store, name)
-
-
-async def body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("Request body is not valid JSON.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BadRequest("Request body must be a JSON object.")
-    return data
 
 
 def model(p: Parts, user: User) -> dict[str, Any]:
@@ -131,7 +122,8 @@ async def list_users(request: web.Request) -> web.Response:
     state = request.query.get("state", "")
     if state not in ("", "active", "inactive", "ready"):
         raise BadRequest("state must be active, inactive or ready")
-    offset, limit = _int(request, "offset", 0), min(_int(request, "limit", MAX_LIMIT), MAX_LIMIT)
+    offset = _int(request, "offset", 0)
+    limit = min(_int(request, "limit", MAX_LIMIT, low=1), MAX_LIMIT)
     everyone = [u for u in await p.store.list_users() if _in_state(p, u, state)
                 and (visible is None or u.name in visible)]
     page = everyone[offset: offset + limit]
@@ -153,12 +145,12 @@ def _in_state(p: Parts, user: User, state: str) -> bool:
             "ready": status == "running"}[state]
 
 
-def _int(request: web.Request, key: str, default: int) -> int:
+def _int(request: web.Request, key: str, default: int, low: int = 0) -> int:
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
-        raise BadRequest(f"{key} must be a non-negative integer")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) < low:
+        raise BadRequest(f"{key} must be an integer of at least {low}")
     return int(raw)
 
 
@@ -166,18 +158,29 @@ def _int(request: web.Request, key: str, default: int) -> int:
 async def create_users(request: web.Request) -> web.Response:
     admin(request)
     p = parts(request)
-    data = await body(request)
-    names = data.get("usernames")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    f = (await read_body(request)).allow("usernames", "admin")
+    given = f.strings("usernames", max_items=MAX_NEW_USERS, max_len=64)
+    if not given:
         raise BadRequest("Send {\"usernames\": [\"name\", ...], \"admin\": false}")
+    make_admin = f.boolean("admin", False)
+    # Every name is checked before any is created: a refused request stores nothing.
+    wanted = list(dict.fromkeys(_new_name(p, n) for n in given))
     made = []
-    for name in names:
-        if await p.store.get_user(name.lower()):
+    for name in wanted:
+        if await p.store.get_user(name):
             continue
-        made.append(await users.create(p.store, p.authenticator, name, bool(data.get("admin"))))
+        made.append(await users.create(p.store, p.authenticator, name, make_admin))
     if not made:
         raise BadRequest("All those users already exist.", 409)
     return web.json_response([model(p, u) for u in made], status=201)
+
+
+def _new_name(p: Parts, name: str) -> str:
+    """The normalised name, if a user may be created with it (users.create checks again)."""
+    name = names.validate(name)
+    if name in p.authenticator.blocked_users:
+        raise BadRequest(f"{name} is blocked ([auth] blocked_users)")
+    return name
 
 
 @routes.get("/users/{name}")
@@ -189,9 +192,9 @@ async def get_user(request: web.Request) -> web.Response:
 async def create_user(request: web.Request) -> web.Response:
     admin(request)
     p = parts(request)
-    data = await body(request)
+    f = (await read_body(request)).allow("admin")
     user = await users.create(p.store, p.authenticator, request.match_info["name"],
-                              bool(data.get("admin")))
+                              f.boolean("admin", False))
     return web.json_response(model(p, user), status=201)
 
 
@@ -199,36 +202,33 @@ async def create_user(request: web.Request) -> web.Response:
 async def patch_user(request: web.Request) -> web.Response:
     user = await target(request, "users")
     p = parts(request)
-    data = await body(request)
-    unknown = set(data) - {"name", "admin"}
-    if unknown:
-        raise BadRequest(f"Cannot change {', '.join(sorted(unknown))}")
-    if "admin" in data or "name" in data:
+    f = (await read_body(request)).allow("name", "admin")
+    make_admin, new = f.boolean("admin"), f.string("name", max_len=64)
+    if make_admin is not None or new is not None:
         admin(request, "admin:users")  # a scope, not the owner's flag: tokens may be narrower
-    if "admin" in data:
-        if not isinstance(data["admin"], bool):
-            raise BadRequest("admin must be true or false")
-        await p.store.set_admin(user.id, data["admin"])
-    if "name" in data and data["name"] != user.name:
-        await _rename(p, user, data["name"])
+    new = await _rename_to(p, user, new) if new is not None and new != user.name else None
+    # Both checked: now change. A refused rename must not have changed the admin flag.
+    if make_admin is not None:
+        await p.store.set_admin(user.id, make_admin)
+    if new is not None:
+        await p.store.rename_user(user.id, new)
     p.identities.invalidate()
     fresh = await p.store.get_user_by_id(user.id)
     assert fresh is not None
     return web.json_response(model(p, fresh))
 
 
-async def _rename(p: Parts, user: User, new: Any) -> None:
-    from .auth import names
-
-    if not isinstance(new, str):
-        raise BadRequest("name must be a string")
+async def _rename_to(p: Parts, user: User, new: str) -> str | None:
+    """The name `user` may be renamed to (None if it is theirs already), or BadRequest."""
     new = names.validate(new)
+    if new == user.name:
+        return None
     if await p.store.get_user(new):
         raise BadRequest(f"User {new} already exists", 409)
     srv = p.servers.peek(user.id)
     if srv and srv.status != "stopped":
         raise BadRequest("Stop the user's server before renaming them.")
-    await p.store.rename_user(user.id, new)
+    return new
 
 
 @routes.delete("/users/{name}")
@@ -249,6 +249,8 @@ async def delete_user(request: web.Request) -> web.Response:
 async def start_server(request: web.Request) -> web.Response:
     user = await target(request, "servers")
     p = parts(request)
+    if len(await read_body(request)):
+        raise BadRequest("minihub's servers take no options: send no body, or {}.")
     srv = p.servers.peek(user.id)
     if srv and srv.status == "running":
         raise BadRequest(f"{user.name}'s server is already running.")
@@ -262,6 +264,7 @@ async def start_server(request: web.Request) -> web.Response:
 async def stop_server(request: web.Request) -> web.Response:
     user = await target(request, "delete:servers")
     p = parts(request)
+    (await read_body(request)).allow("remove").boolean("remove")  # one server: kept either way
     srv = p.servers.peek(user.id)
     if srv is None or srv.status == "stopped":
         return web.Response(status=204)
@@ -312,16 +315,12 @@ async def list_tokens(request: web.Request) -> web.Response:
 @routes.post("/users/{name}/tokens")
 async def create_token(request: web.Request) -> web.Response:
     user = await target(request, "tokens")
-    data = await body(request)
-    note = data.get("note") or "Requested via api"
-    expires_in = data.get("expires_in")
-    wanted = data.get("scopes") or []
-    if not isinstance(note, str) or len(note) > 500:
-        raise BadRequest("note must be a string of at most 500 characters")
-    if expires_in is not None and (not isinstance(expires_in, (int, float)) or expires_in <= 0):
-        raise BadRequest("expires_in must be a positive number of seconds")
-    if not isinstance(wanted, list) or not all(isinstance(s, str) for s in wanted):
-        raise BadRequest("scopes must be a list of strings")
+    f = (await read_body(request)).allow("note", "expires_in", "scopes", "roles")
+    note = f.string("note", max_len=500) or "Requested via api"
+    expires_in = f.number("expires_in", 1, MAX_EXPIRES_IN)
+    wanted = f.strings("scopes", max_items=100, max_len=200) or []
+    if f.strings("roles", max_items=100, max_len=200):
+        raise BadRequest("Token roles are not supported here: ask for scopes instead.")
     scopes.validate(wanted)
     wanted = _no_stronger(request, wanted)
     secret, tok = await users.new_token(parts(request).store, user, note, wanted, expires_in)
@@ -372,18 +371,10 @@ async def delete_token(request: web.Request) -> web.Response:
 async def activity(request: web.Request) -> web.Response:
     user = await target(request, "users:activity")
     p = parts(request)
-    data = await body(request)
-    times = [data.get("last_activity")]
-    servers = data.get("servers") or {}
-    if not isinstance(servers, dict):
-        raise BadRequest("servers must be an object: {\"\": {\"last_activity\": ...}}")
-    for s in servers.values():
-        if isinstance(s, dict):
-            times.append(s.get("last_activity"))
-    try:
-        stamps = [parse_iso(t) for t in times if isinstance(t, str)]
-    except ValueError:
-        raise BadRequest("last_activity must be an ISO 8601 time") from None
+    f = (await read_body(request)).allow("last_activity", "servers")
+    stamps = [t for t in [_stamp(f)] + [_stamp(_one_server(user, name, s))
+                                        for name, s in f.objects("servers").items()]
+              if t is not None]
     if not stamps:
         raise BadRequest("Send {\"last_activity\": \"<ISO 8601 time>\"}")
     stamps = [min(t, time.time()) for t in stamps]  # the future would keep the culler away
@@ -392,6 +383,24 @@ async def activity(request: web.Request) -> web.Response:
     if srv and srv.status == "running":
         srv.last_activity = max(srv.last_activity, max(stamps))
     return web.Response(status=204)
+
+
+def _one_server(user: User, name: str, fields: Fields) -> Fields:
+    if name != "":
+        raise BadRequest(f"No such server {name[:64]!r} for {user.name}: minihub gives each "
+                         "user one server, named \"\".")
+    return fields.allow("last_activity")
+
+
+def _stamp(f: Fields) -> float | None:
+    text = f.string("last_activity", max_len=64)
+    if text is None:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise BadRequest(f"{f.where + '.' if f.where else ''}last_activity must be an ISO 8601 "
+                         f"time, not {text[:40]!r}.") from None
 
 
 def setup(app: web.Application, base_url: str) -> None:

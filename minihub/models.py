@@ -12,17 +12,27 @@ if TYPE_CHECKING:
 
 
 def iso(ts: float | None) -> str | None:
+    """A stored time as JupyterHub shows it. A time no datetime can hold (a row written
+    before expiry was bounded: 1e20, inf; NaN reads back as NULL) shows as None, "never",
+    rather than failing the whole listing."""
     if not ts:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def parse_iso(text: str) -> float:
-    """Parse an ISO 8601 time (with Z or offset; naive means UTC)."""
-    t = dt.datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.timestamp()
+    """Parse an ISO 8601 time (with Z or offset; naive means UTC); ValueError if it is not
+    one, or names a moment outside the years 1-9999 once taken to UTC."""
+    try:
+        t = dt.datetime.fromisoformat(text)
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)
+        return t.astimezone(dt.UTC).timestamp()
+    except OverflowError:
+        raise ValueError(f"time out of range: {text[:40]!r}") from None
 
 
 def server_model(base_url: str, user: User, srv: Server | None) -> dict[str, Any]:

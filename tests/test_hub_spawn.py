@@ -161,6 +161,7 @@ async def test_browser_login_spawns_and_lands_on_server(aiohttp_client, data_dir
     assert r.status == 201
 
 
+@pytest.mark.hub_500_expected  # a server that exits during start: a 500, as in JupyterHub
 async def test_spawn_failure_shows_log_tail(aiohttp_client, data_dir, make_system_user):
     u = make_system_user("mhhs_dave")
     cfg = hub_config(data_dir, spawner__cmd=["/bin/sh", "-c", "echo boom-from-server >&2; exit 3"])

@@ -6,6 +6,7 @@ security headers every hub response carries.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -21,6 +22,9 @@ log = logging.getLogger("minihub.web")
 access = logging.getLogger("minihub.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ids = itertools.count(1)
+# nginx's status for "the client closed the connection before the answer": never sent, only
+# logged, so an aborted request is neither a 500 nor a traceback.
+CLIENT_GONE = 499
 
 
 def wants_json(request: web.Request) -> bool:
@@ -59,9 +63,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         keep = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(request, e.status, e.text if e.text and e.text != f"{e.status}: "
                               f"{e.reason}" else e.reason or "Error", keep)
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ConnectionError) and client_gone(request):
+            # Re-raising would make aiohttp log "Error handling request" with a traceback;
+            # this answer cannot be delivered and aiohttp drops it quietly.
+            log.debug("client went away during %s %s", request.method, clean(request.path))
+            return web.Response(status=CLIENT_GONE)
         log.exception("unhandled error in %s %s", request.method, clean(request.path))
         return error_response(request, 500, "Internal error: the hub logged the details.")
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 SECURITY_HEADERS = {
@@ -83,13 +97,16 @@ async def log_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as e:
         status = e.status
         raise
+    except asyncio.CancelledError:
+        status = CLIENT_GONE  # the hub is stopping, or aiohttp gave up on the client
+        raise
     finally:
         ms = (time.perf_counter() - start) * 1000
         ident = request.get(IDENTITY)
         user = ident.name if ident is not None else "-"
-        level = logging.WARNING if status >= 500 else logging.INFO
+        level = logging.WARNING if 500 <= status < CLIENT_GONE else logging.INFO
         access.log(level, "%d %s %s %.1fms user=%s rid=%s", status, request.method[:10],
-                   clean(request.path), ms, clean(str(user)), rid)
+                   clean(request.path), ms, clean(str(user)), rid, extra={"status": status})
 
 
 def clean(text: str, limit: int = 200) -> str:
