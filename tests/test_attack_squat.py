@@ -252,6 +252,8 @@ async def test_killing_the_server_and_taking_its_port_gets_nothing(tmp_path, mak
         if squat is not None:
             squat.kill()
             squat.wait(10)
+            if squat.stdout is not None:
+                squat.stdout.close()
         hub.terminate()
         hub.wait(20)
     assert "Traceback" not in log.read_text()
