@@ -389,3 +389,33 @@ def test_a_save_that_drops_loaded_cells_is_refused(context: Any, hub: Hub) -> No
     assert [c["source"] for c in disk_cells(path)] == [
         THE_ATTACK[0]["source"], THE_ATTACK[2]["source"], THE_ATTACK[3]["source"]]
     page.close()
+
+
+BAD_DISPLAY = """from IPython.display import display
+display({"image/png": 5, "text/plain": "plain fallback"}, raw=True)
+display({"application/vnd.mhas+json": {"k": [1, 2]}}, raw=True)
+print("printed after")"""
+
+
+def test_a_bad_output_from_the_kernel_never_breaks_the_save(context: Any, hub: Hub) -> None:
+    """A real kernel sends a PNG that is not text: kept, it would make every save invalid."""
+    path = write_nb(hub, "mhas_live.ipynb", notebook([cell("code", ""), cell("code", "2")]))
+    nb = open_nb(context, hub, path.name)
+    page = nb.page
+    page.evaluate("code => window.minihubNotebook.cells[0].setSource(code)", BAD_DISPLAY)
+    page.locator(".cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    first = page.locator(".cell").nth(0)
+    first.locator(".output.stream", has_text="printed after").wait_for(timeout=60000)
+    assert "plain fallback" in first.inner_text()
+    assert '"k": [' in first.inner_text()
+    first.locator(".render-error", has_text="image/png").wait_for()
+    shot(page, "live-bad-output")
+    page.keyboard.press("Control+s")
+    page.locator("#save-state:not(.dirty)").wait_for()
+    outputs = disk_cells(path)[0]["outputs"]
+    assert [o["output_type"] for o in outputs] == ["display_data", "display_data", "stream"]
+    assert outputs[0]["data"] == {"text/plain": "plain fallback"}
+    assert outputs[1]["data"] == {"application/vnd.mhas+json": {"k": [1, 2]}}
+    assert len(disk_cells(path)) == 2
+    page.close()

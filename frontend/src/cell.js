@@ -4,7 +4,7 @@ import { Prec } from "@codemirror/state";
 import { startCompletion, completionStatus, acceptCompletion } from "@codemirror/autocomplete";
 import { indentMore, indentLess } from "@codemirror/commands";
 import { EditorState, EditorView, keymap, Compartment, cellExtensions, languageFor } from "./editor-setup.js";
-import { renderOutput, joinText, ansiToHtml, collapseCarriageReturns, appendStream, isObject, isText, clip } from "./outputs.js";
+import { renderOutput, joinText, ansiToHtml, collapseCarriageReturns, appendStream, isObject, isText, clip, storableBundle } from "./outputs.js";
 import { renderMarkdown } from "./markdown.js";
 import { uuid } from "./kernel.js";
 import { h, isolated, notice } from "./ui.js";
@@ -312,8 +312,7 @@ export class Cell {
     let found = false;
     for (const o of this.outputs) {
       if (!isObject(o) || o.displayId !== displayId) continue;
-      o.data = content.data;
-      o.metadata = content.metadata || {};
+      Object.assign(o, richOutput(content));
       const el = this.outputEls.get(o);
       if (el) el.replaceWith(this.outputElement(o));
       found = true;
@@ -325,12 +324,12 @@ export class Cell {
     const c = msg.content;
     const displayId = c.transient && c.transient.display_id;
     switch (msg.header.msg_type) {
-      case "stream": this.addOutput({ output_type: "stream", name: c.name, text: c.text }); break;
-      case "display_data": this.addOutput({ output_type: "display_data", data: c.data, metadata: c.metadata || {}, displayId }); break;
-      case "execute_result": this.addOutput({ output_type: "execute_result", data: c.data, metadata: c.metadata || {}, execution_count: c.execution_count, displayId }); break;
-      case "error": this.addOutput({ output_type: "error", ename: c.ename, evalue: c.evalue, traceback: c.traceback }); break;
+      case "stream": this.addOutput({ output_type: "stream", name: typeof c.name === "string" ? c.name : "stdout", text: asText(c.text) }); break;
+      case "display_data": this.addOutput({ output_type: "display_data", ...richOutput(c), displayId }); break;
+      case "execute_result": this.addOutput({ output_type: "execute_result", ...richOutput(c), execution_count: asCount(c.execution_count), displayId }); break;
+      case "error": this.addOutput({ output_type: "error", ename: asText(c.ename), evalue: asText(c.evalue), traceback: asLines(c.traceback) }); break;
       case "clear_output": if (c.wait) this.clearPending = true; else this.clearOutputs(); break;
-      case "execute_input": this.executionCount = c.execution_count; break;
+      case "execute_input": this.executionCount = asCount(c.execution_count); break;
     }
   }
 
@@ -360,6 +359,26 @@ export class Cell {
     const outputs = this.outputs.map((o) => (this.fileOutputs.has(o) ? o : outputJSON(o)));
     return { ...base, execution_count: this.executionCount, outputs };
   }
+}
+
+// What a kernel sends is made storable as it arrives, so no message can make the notebook
+// unsavable (the server refuses an invalid notebook whole).
+function asText(value) {
+  if (isText(value)) return joinText(value);
+  return value === undefined || value === null ? "" : String(value);
+}
+
+function asLines(value) {
+  return Array.isArray(value) ? value.map(asText) : [asText(value)];
+}
+
+function asCount(value) {
+  return Number.isInteger(value) && value > 0 ? value : null;
+}
+
+function richOutput(content) {
+  const { data, dropped } = storableBundle(content.data);
+  return { data, metadata: isObject(content.metadata) ? content.metadata : {}, dropped };
 }
 
 /** An output the kernel sent, as nbformat stores it. */

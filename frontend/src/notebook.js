@@ -342,7 +342,7 @@ class Notebook {
         onStdin: (m) => { if (m.header.msg_type === "input_request") cell.showInputPrompt(m.content, (v) => this.kernel.inputReply(v)); },
         onReply: (m) => {
           cell.setRunning(false);
-          if (m.content.execution_count) cell.executionCount = m.content.execution_count;
+          if (Number.isInteger(m.content.execution_count) && m.content.execution_count > 0) cell.executionCount = m.content.execution_count;
           cell.updatePrompt();
           this.changed();
         },

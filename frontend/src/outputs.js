@@ -169,6 +169,24 @@ function jsonBlock(value) {
   return note ? h("div.output-clipped", {}, el, note) : el;
 }
 
+const JSON_MIME = /^application\/(.*\+)?json$/;
+
+/**
+ * A kernel's MIME bundle as nbformat can store it: a value that is not text under a non-JSON
+ * type would make every later save of the notebook invalid, so it is left out and named.
+ */
+export function storableBundle(data) {
+  if (data === undefined || data === null) return { data: {}, dropped: [] };
+  if (!isObject(data)) return { data: {}, dropped: ["its data"] };
+  const kept = {};
+  const dropped = [];
+  for (const [mime, value] of Object.entries(data)) {
+    if (JSON_MIME.test(mime) || isText(value)) kept[mime] = value;
+    else dropped.push(mime);
+  }
+  return { data: kept, dropped };
+}
+
 export function pickMime(data) {
   return MIME_ORDER.find((m) => data[m] !== undefined) || Object.keys(data)[0];
 }
@@ -210,5 +228,10 @@ export function renderOutput(output, notebookDir) {
   const type = isObject(output) ? output.output_type : undefined;
   if (typeof type === "string" && /^[\w-]+$/.test(type)) wrap.classList.add(type);
   wrap.append(isolated("output", () => outputBody(output, wrap, notebookDir)));
+  const dropped = isObject(output) && Array.isArray(output.dropped) ? output.dropped : [];
+  if (dropped.length) {
+    wrap.append(h("div.render-error", { role: "note" },
+      `Part of this output is not kept: ${dropped.join(", ")} from the kernel is not text.`));
+  }
   return wrap;
 }
