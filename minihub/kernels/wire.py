@@ -19,6 +19,9 @@ CHANNELS = ("shell", "iopub", "stdin", "control")
 MESSAGE_KEYS = ("header", "parent_header", "metadata", "content")
 
 DEFAULT_MAX_MESSAGE = 64 << 20  # as the hub's proxy: it refuses bigger frames anyway
+# Parsed JSON takes up to ~25x its text ("[[],[],..."): what the server parses is bounded
+# apart from the frame (as jupyter_server's 10 MiB websocket limit bounds it there).
+DEFAULT_MAX_JSON = 8 << 20
 DEFAULT_MAX_BUFFERS = 64
 
 Parts = list[bytes]
@@ -31,9 +34,11 @@ class WireError(ValueError):
 @dataclass(frozen=True)
 class Limits:
     """What one message from a client may be: bytes of the websocket message (aiohttp
-    closes the socket with 1009 past it) and binary buffers besides the four JSON parts."""
+    closes the socket with 1009 past it), bytes of JSON in its four JSON parts (the server
+    parses them: the kernel would log a traceback for each bad one), and binary buffers."""
 
     max_message: int = DEFAULT_MAX_MESSAGE
+    max_json: int = DEFAULT_MAX_JSON
     max_buffers: int = DEFAULT_MAX_BUFFERS
 
 
@@ -64,7 +69,31 @@ def from_v1(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Parts]:
         channel = frame[offsets[0] : offsets[1]].decode("utf-8")
     except UnicodeDecodeError:
         raise WireError("the channel name is not UTF-8") from None
-    return channel, [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+    if offsets[5] - offsets[1] > limits.max_json:
+        raise WireError(f"JSON parts longer than {limits.max_json} bytes (kernel_ws_max_json)")
+    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+    objects = [_json_object(key, part) for key, part in zip(MESSAGE_KEYS, parts, strict=False)]
+    check_header(objects[0])
+    return channel, parts
+
+
+def _json_object(key: str, part: bytes) -> dict[str, Any]:
+    try:
+        value = _loads(part.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise WireError(f"{key} is not UTF-8") from None
+    if not isinstance(value, dict):
+        raise WireError(f"{key} must be an object")
+    return value
+
+
+def check_header(header: Any) -> None:
+    """What the kernel's Session.deserialize reads from every header."""
+    if not isinstance(header, dict):
+        raise WireError("message has no header")
+    for key in ("msg_id", "msg_type"):
+        if not isinstance(header.get(key), str):
+            raise WireError(f"the header has no {key} string")
 
 
 def _offsets(
@@ -128,9 +157,12 @@ def from_legacy(
             data = head.decode("utf-8")
         except UnicodeDecodeError:
             raise WireError("the message is not UTF-8") from None
+    if len(data) > limits.max_json:
+        raise WireError(f"JSON message longer than {limits.max_json} (kernel_ws_max_json)")
     msg = _loads(data)
-    if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
-        raise WireError("message has no header")
+    if not isinstance(msg, dict):
+        raise WireError("the message is not a JSON object")
+    check_header(msg.get("header"))
     channel = msg.pop("channel", None) or "shell"
     if not isinstance(channel, str):
         raise WireError("channel must be a string")
