@@ -14,9 +14,9 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from . import api, oauth2, scopes, services
+from . import api, body, oauth2, protocols, scopes, services
 from .auth.base import Authenticator
-from .auth.identity import HUB_COOKIES, SAFE_METHODS, SESSION_COOKIE, Identities, Identity
+from .auth.identity import SAFE_METHODS, Identities, Identity
 from .auth.native import NativeAuthenticator
 from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
@@ -26,13 +26,19 @@ from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, PARTS, Parts, identity, p
 from .culler import Culler
 from .errors import Forbidden, ServiceUnavailable
 from .metrics import Metrics
-from .proxy import Proxy, ProxyError, UpstreamTimeout, normalise_path
-from .servers import Servers
+from .proxy import Proxy, ProxyError, Upstream, UpstreamTimeout, normalise_path
+from .servers import Server, Servers
 from .spawner.forkserver import ForkSpawner
 from .spawner.local import LocalSpawner
-from .store import Store
+from .store import Store, User
 from .web import admin, pages
-from .web.errors import Handler, errors_middleware, log_middleware, wants_json
+from .web.errors import (
+    Handler,
+    errors_middleware,
+    log_middleware,
+    quiet_client_protocol_errors,
+    wants_json,
+)
 from .web.render import add_filters
 
 log = logging.getLogger("minihub")
@@ -57,10 +63,10 @@ def parts_ctx(cfg: Config) -> object:
         store = await Store.open(data / "minihub.sqlite")
         key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
         metrics = Metrics()
-        spawner = ForkSpawner() if cfg.get("spawner.fork_server") else LocalSpawner()
-        servers = Servers(cfg, store, key, spawner,
+        spawner = ForkSpawner(cfg) if cfg.get("spawner.fork_server") else LocalSpawner(cfg)
+        servers = Servers(cfg, store, key, spawner, protocols.choose(cfg, store),
                           on_spawned=metrics.spawn_duration.observe)
-        proxy = Proxy()
+        proxy = Proxy(server_ca_file=str(cfg.get("hub.server_ca_file")))
         p = Parts(cfg, store, key, Identities(store, key), make_authenticator(cfg, store),
                   Throttle(cfg), servers, proxy, metrics)
         _gauges(p)
@@ -104,6 +110,16 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 @web.middleware
+async def form_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Hub forms are parsed here, once, so a broken one is a 400 wherever it is read (the
+    XSRF check, pages, the OAuth token endpoint). Proxied bodies stream on untouched."""
+    if (request.method not in SAFE_METHODS and request.content_type in body.FORM_TYPES
+            and not request.path.startswith(request.config_dict[BASE_URL] + "user/")):
+        await body.read_form(request)
+    return await handler(request)
+
+
+@web.middleware
 async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     p = parts(request)
     base = p.cfg.base_url
@@ -129,16 +145,16 @@ def _own_xsrf(p: Parts) -> tuple[str, ...]:
     """Paths that guard themselves: the OAuth token endpoint authenticates its client by
     secret; jupyterhub-singleuser checks its own `_xsrf` token (JupyterLab cannot know the
     hub's), and the hub's session cookie is SameSite=Lax."""
-    return ("hub/api/oauth2/token",) + (("user/",) if p.cfg.get("spawner.cmd") else ())
+    return ("hub/api/oauth2/token",) + (("user/",) if p.servers.protocol.checks_own_xsrf else ())
 
 
-def _token_may_access(p: Parts, ident: Identity, name: str) -> bool:
+def _token_may_access(p: Parts, ident: Identity, name: str, server: str) -> bool:
     """A token with explicit scopes reaches a server only with access:servers for it."""
     if ident.token is None:
         return True
     held = scopes.held_by(ident.user.name, ident.user.admin, ident.token.scopes,
                           bool(p.cfg.get("hub.admin_access")))
-    return scopes.allows(held, "access:servers", name, "")
+    return scopes.allows(held, "access:servers", name, server)
 
 
 async def user_route(request: web.Request) -> web.StreamResponse:
@@ -159,16 +175,27 @@ async def user_route(request: web.Request) -> web.StreamResponse:
         _same_origin(request)
     if ident.name != name and not (ident.user.admin and p.cfg.get("hub.admin_access")):
         raise Forbidden(f"You may not access {name[:64]!r}'s server.")
-    if not _token_may_access(p, ident, name):
-        raise Forbidden(f"This token's scopes do not include access to {name[:64]!r}'s server.")
     user = ident.user if ident.name == name else await p.store.get_user(name)
-    srv = p.servers.peek(user.id) if user else None
+    server = _server_named(p, user, tail)
+    if not _token_may_access(p, ident, name, server):
+        raise Forbidden(f"This token's scopes do not include access to {name[:64]!r}'s server.")
+    srv = p.servers.peek(user.id, server) if user else None
     upstream = srv.upstream if srv else None
     if user is None or srv is None or upstream is None:
         return _not_running(request, base, name, tail)
-    if not path.startswith(f"{base}user/{name}/"):
-        raise web.HTTPFound(f"{base}user/{name}/")
-    return await _forward(request, p, srv.user_id, upstream, path, f"{base}user/{name}/")
+    prefix = p.servers.prefix(srv)
+    if not path.startswith(prefix):
+        raise web.HTTPFound(prefix)
+    return await _forward(request, p, srv, upstream, path, prefix)
+
+
+def _server_named(p: Parts, user: User | None, tail: str) -> str:
+    """/user/<name>/<server>/... is a named server's when <server> is one of the user's
+    (named servers cannot take the default server's page names); else the default's."""
+    first = tail.split("/", 1)[0]
+    if user is None or not first or p.servers.peek(user.id, first) is None:
+        return ""
+    return first
 
 
 def _same_origin(request: web.Request) -> None:
@@ -185,11 +212,8 @@ def _not_running(request: web.Request, base: str, name: str, tail: str) -> web.S
     raise web.HTTPFound(f"{base}hub/user/{name}/{quote(tail)}{qs}")
 
 
-async def _forward(request: web.Request, p: Parts, user_id: int, upstream: object,
+async def _forward(request: web.Request, p: Parts, srv: Server, upstream: Upstream,
                    path: str, prefix: str) -> web.StreamResponse:
-    from .proxy import Upstream
-
-    assert isinstance(upstream, Upstream)
     start = time.perf_counter()
     p.metrics.proxied.inc()
     ws = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -200,17 +224,17 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
     # So for it the hub's `_xsrf` cookie passes (it ignores cookies it did not sign) and
     # Authorization is forwarded, but only a token of the server's owner: an admin's token
     # never reaches a user's server. minihub's own server gets neither.
-    jh = bool(p.cfg.get("spawner.cmd"))
+    protocol = p.servers.protocol
     ident = identity(request)
-    own_token = ident is not None and ident.via == "token" and ident.user.id == user_id
+    own_token = ident is not None and ident.via == "token" and ident.user.id == srv.user_id
     try:
         return await p.proxy.forward(request, upstream, path=path,
-                                     strip_cookies=(SESSION_COOKIE,) if jh else HUB_COOKIES,
-                                     on_activity=lambda: p.servers.touch(user_id),
-                                     keep_authorization=jh and own_token,
-                                     cookie_path=prefix)
+                                     strip_cookies=protocol.strip_cookies,
+                                     on_activity=lambda: p.servers.touch(srv.user_id, srv.name),
+                                     keep_authorization=protocol.forwards_owner_token
+                                     and own_token, cookie_path=prefix)
     except ProxyError as e:
-        if await _server_died(p, user_id, dying=not isinstance(e, UpstreamTimeout)):
+        if await _server_died(p, srv, dying=not isinstance(e, UpstreamTimeout)):
             raise ServiceUnavailable("The server stopped: reload to see why and restart it.")
         raise
     finally:
@@ -219,13 +243,12 @@ async def _forward(request: web.Request, p: Parts, user_id: int, upstream: objec
         p.metrics.proxy_latency.observe(time.perf_counter() - start)
 
 
-async def _server_died(p: Parts, user_id: int, dying: bool) -> bool:
+async def _server_died(p: Parts, srv: Server, dying: bool) -> bool:
     """After a failed forward: is the server gone? A refused or dropped connection from a
     live pid is usually a process in the middle of dying (its sockets close before its exit
     is reaped and reported), so look again for a moment before blaming anything else."""
-    srv = p.servers.peek(user_id)
     for _ in range(40 if dying else 1):
-        if srv is None or srv.status != "running" or not await p.servers.check(srv):
+        if srv.status != "running" or not await p.servers.check(srv):
             return True
         await asyncio.sleep(0.05)
     return False
@@ -257,8 +280,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(cfg: Config) -> web.Application:
     add_filters()
+    quiet_client_protocol_errors()
     app = web.Application(middlewares=[log_middleware, errors_middleware, security_middleware,
-                                       identity_middleware],
+                                       form_middleware, identity_middleware],
                           client_max_size=4 * 1024 * 1024)
     base = cfg.base_url
     app[BASE_URL] = base

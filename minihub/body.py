@@ -1,5 +1,6 @@
-"""Request bodies for the hub's JSON API: parsed once with bounded size, depth and numbers,
-then read field by field with strict types, so bad input is a 400 naming the field.
+"""Request bodies for the hub: JSON parsed once with bounded size, depth and numbers, then
+read field by field with strict types, so bad input is a 400 naming the field; HTML forms
+parsed once, before any handler, with a broken one a 400 too.
 
 JSON is strict here: `"false"` is not a boolean, `1` is not `true`, NaN and Infinity are
 not numbers, and a field the endpoint does not know is refused rather than ignored.
@@ -13,6 +14,7 @@ import re
 from typing import Any, overload
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import BadRequest, HubError
 
@@ -116,6 +118,30 @@ async def read(request: web.Request) -> Fields:
     if not isinstance(value, dict):
         raise BadRequest(f"Request body must be a JSON object, not {kind(value)}.")
     return Fields(value)
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The request's form fields (aiohttp keeps the form, so later `request.post()` calls
+    get it again without reading).
+
+    aiohttp raises plain ValueError and friends for a multipart body without a boundary, an
+    unknown charset, bytes that are not that charset or an unknown transfer encoding, and
+    its HTTP errors for a part's bad headers; those are the client's mistakes, not the hub's.
+    Hub pages take text fields only."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError):
+        raise BadRequest("Request body is not a valid form "
+                         f"({request.content_type}, charset {request.charset or 'utf-8'}).") from None
+    fields = {}
+    for key, value in form.items():
+        if not isinstance(value, str):
+            raise BadRequest("Form fields must be text: the hub takes no file uploads.")
+        fields[key] = value
+    return fields
 
 
 class Fields:

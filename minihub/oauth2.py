@@ -1,17 +1,16 @@
-"""The hub as an OAuth2 provider for jupyterhub-singleuser servers, and their launch protocol.
+"""The hub as an OAuth2 provider for jupyterhub-singleuser servers.
 
 Authorization code flow (RFC 6749) with PKCE S256 (RFC 7636) when the client sends a
-challenge. Each server is a client `jupyterhub-user-<name>` whose secret is its API token.
+challenge. Each server is a client `jupyterhub-user-<name>[-<server>]` whose secret is its
+API token (registered at launch by minihub.protocols).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from . import scopes
 from .auth import secrets as S
-from .config import Config
+from .body import read_form
 from .context import identity, parts
 from .store import OAuthClient, Store, User
 
@@ -40,96 +39,6 @@ class OAuthError(Exception):
         return web.json_response({"error": self.error, "error_description": self.description,
                                   "status": self.status, "message": self.description},
                                  status=self.status)
-
-
-# --- the server's side: its client registration and environment ---------------------------
-
-@dataclass(frozen=True)
-class ServerClient:
-    """What a jupyterhub-singleuser server is told at launch."""
-
-    client_id: str
-    api_token: str
-    redirect_uri: str
-    access_scopes: list[str]
-
-
-def access_scopes(name: str) -> list[str]:
-    return [f"access:servers!server={name}/", f"access:servers!user={name}"]
-
-
-async def register_server(store: Store, user: User, base_url: str) -> ServerClient:
-    """A fresh API token for `user`'s server (only its hash is kept) and its OAuth client.
-
-    The token may post activity and reach the server, like JupyterHub's "server" role;
-    it is also the client secret for the code exchange.
-    """
-    token = S.new_token()
-    await store.delete_kind_tokens(user.id, "server")
-    prefix = f"{base_url}user/{user.name}/"
-    await store.add_kind_token(user.id, S.hash_token(token), token[:S.PREFIX_LEN],
-                               f"Server at {prefix}",
-                               [f"users:activity!user={user.name}", *access_scopes(user.name)],
-                               "server", None)
-    client = ServerClient(f"jupyterhub-user-{user.name}", token, prefix + "oauth_callback",
-                          access_scopes(user.name))
-    await store.save_oauth_client(client.client_id, S.hash_token(token), client.redirect_uri,
-                                  f"Server at {prefix}", user.id,
-                                  ["identify", *client.access_scopes])
-    return client
-
-
-def hub_api_url(cfg: Config) -> str:
-    """Where a server on this machine reaches the hub's API."""
-    if cfg.tls and cfg.get("hub.public_url"):
-        # The certificate names the public host, so a TLS hub is reached by that name.
-        return str(cfg.get("hub.public_url")).rstrip("/") + "/hub/api"
-    ip = str(cfg.get("hub.ip"))
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(ip, ip)
-    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    scheme = "https" if cfg.tls else "http"
-    return f"{scheme}://{host}:{cfg.get('hub.port')}{cfg.base_url}hub/api"
-
-
-def server_env(cfg: Config, user: User, client: ServerClient, host: str, port: int,
-               admin_access: bool) -> dict[str, str]:
-    """The environment JupyterHub's Spawner.get_env gives jupyterhub-singleuser."""
-    api = hub_api_url(cfg)
-    prefix = f"{cfg.base_url}user/{user.name}/"
-    public = str(cfg.get("hub.public_url")).rstrip("/")
-    url_host = f"[{host}]" if ":" in host else host
-    env = {
-        "JUPYTERHUB_API_TOKEN": client.api_token,
-        "JPY_API_TOKEN": client.api_token,
-        "JUPYTERHUB_CLIENT_ID": client.client_id,
-        "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "0",
-        "JUPYTERHUB_HOST": public,
-        "JUPYTERHUB_OAUTH_CALLBACK_URL": client.redirect_uri,
-        "JUPYTERHUB_OAUTH_SCOPES": json.dumps(client.access_scopes),
-        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps(client.access_scopes),
-        "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES": json.dumps([]),
-        "JUPYTERHUB_USER": user.name,
-        "JUPYTERHUB_SERVER_NAME": "",
-        "JUPYTERHUB_API_URL": api,
-        "JUPYTERHUB_ACTIVITY_URL": f"{api}/users/{quote(user.name)}/activity",
-        "JUPYTERHUB_BASE_URL": cfg.base_url,
-        "JUPYTERHUB_SERVICE_PREFIX": prefix,
-        "JUPYTERHUB_SERVICE_URL": f"http://{url_host}:{port}{prefix}",
-        "JUPYTERHUB_PUBLIC_URL": f"{public}{prefix}" if public else "",
-        "JUPYTERHUB_PUBLIC_HUB_URL": f"{public}{cfg.base_url}hub/" if public else "",
-    }
-    if admin_access:
-        env["JUPYTERHUB_ADMIN_ACCESS"] = "1"
-    if landing_path(cfg) != "/":
-        env["JUPYTERHUB_DEFAULT_URL"] = landing_path(cfg)
-    return env
-
-
-def landing_path(cfg: Config) -> str:
-    """Where under /user/<name>/ the hub sends a browser. minihub's own default (/tree/)
-    is a 404 on jupyterhub-singleuser with JupyterLab; its root goes to its own default."""
-    url = str(cfg.get("spawner.default_url"))
-    return "/" if cfg.get("spawner.cmd") and url == "/tree/" else url
 
 
 # --- the provider ----------------------------------------------------------------------------
@@ -202,8 +111,7 @@ def _granted(client: OAuthClient, asked: str) -> list[str]:
 async def token(request: web.Request) -> web.Response:
     """Exchange a code for an access token (a user token limited to the granted scopes)."""
     p = parts(request)
-    form = await request.post()
-    args = {k: str(v) for k, v in form.items()}
+    args = await read_form(request)
     try:
         user, scoped, client = await _exchange(p.store, args, request.headers)
     except OAuthError as e:

@@ -115,9 +115,9 @@ def xsrf_of(client: Any) -> str:
 
 
 # --- no 500s and no tracebacks from the hub, in any test -------------------------------------
-import logging  # noqa: E402
-import re  # noqa: E402
-from pathlib import Path  # noqa: E402
+import logging
+import re
+from pathlib import Path
 
 # Which answers are the hub's own failure: 500 and the rare 5xx it never means to send.
 # 502/503/504 say a user's server is dead, not running or slow (tests provoke those on

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..context import BASE_URL, IDENTITY, REQUEST_ID
 from ..errors import HubError, SpawnError
@@ -66,8 +67,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as e:
         if isinstance(e, ConnectionError) and client_gone(request):
             # Re-raising would make aiohttp log "Error handling request" with a traceback;
-            # this answer cannot be delivered and aiohttp drops it quietly.
-            log.debug("client went away during %s %s", request.method, clean(request.path))
+            # this answer cannot be delivered, aiohttp drops it quietly, and the access log
+            # line (499) is the one trace it leaves.
             return web.Response(status=CLIENT_GONE)
         log.exception("unhandled error in %s %s", request.method, clean(request.path))
         return error_response(request, 500, "Internal error: the hub logged the details.")
@@ -107,6 +108,27 @@ async def log_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         level = logging.WARNING if 500 <= status < CLIENT_GONE else logging.INFO
         access.log(level, "%d %s %s %.1fms user=%s rid=%s", status, request.method[:10],
                    clean(request.path), ms, clean(str(user)), rid, extra={"status": status})
+
+
+class _ClientProtocolErrors(logging.Filter):
+    """aiohttp logs a malformed request (a control byte in a header, a broken request line)
+    at ERROR with a traceback: any client can write that into the hub's log at will. It is
+    the client's mistake, answered 400 by aiohttp: one line at info is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "bad HTTP request from %s: %s", (peer, clean(str(exc)))
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_protocol_errors() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientProtocolErrors) for f in server.filters):
+        server.addFilter(_ClientProtocolErrors())
 
 
 def clean(text: str, limit: int = 200) -> str:
