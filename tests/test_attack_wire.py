@@ -81,8 +81,9 @@ def hub(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     port, data = free_port(), tmp / "data"
     log = tmp / "hub.log"
-    proc = start_hub([*MINIHUB, "-f", str(toml), "--data-dir", str(data), "--port", str(port)],
-                     port, log)
+    proc = start_hub(
+        [*MINIHUB, "-f", str(toml), "--data-dir", str(data), "--port", str(port)], port, log
+    )
     yield Hub(f"http://127.0.0.1:{port}", user, proc, data, log)
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
@@ -111,15 +112,22 @@ class Session:
 async def session(hub: Hub) -> AsyncIterator[Session]:
     """Her browser: logged in through PAM, her server spawned, one python3 kernel."""
     jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as http:
-        r = await http.post(f"{hub.base}/hub/login", allow_redirects=False,
-                            data={"username": hub.user.name, "password": hub.user.password})
+    async with aiohttp.ClientSession(
+        cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=60)
+    ) as http:
+        r = await http.post(
+            f"{hub.base}/hub/login",
+            allow_redirects=False,
+            data={"username": hub.user.name, "password": hub.user.password},
+        )
         assert r.status == 302, await r.text()
         xsrf = next(c.value for c in jar if c.key == "_xsrf")
         await _wait_for_server(http, hub)
-        r = await http.post(f"{hub.base}/user/{hub.user.name}/api/kernels",
-                            json={"name": "python3"}, headers={"X-XSRFToken": xsrf})
+        r = await http.post(
+            f"{hub.base}/user/{hub.user.name}/api/kernels",
+            json={"name": "python3"},
+            headers={"X-XSRFToken": xsrf},
+        )
         assert r.status == 201, await r.text()
         yield Session(http, hub, (await r.json())["id"], xsrf)
 
@@ -142,7 +150,9 @@ def server_pid(uid: int) -> int:
 
 
 def _pids_of(uid: int) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _status(int(p)).get("Uid") == uid]
+    return [
+        int(p) for p in os.listdir("/proc") if p.isdigit() and _status(int(p)).get("Uid") == uid
+    ]
 
 
 def _status(pid: Any) -> dict[str, Any]:
@@ -151,8 +161,11 @@ def _status(pid: Any) -> dict[str, Any]:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
         return {}
-    return {"Uid": int(fields["Uid"].split()[0]), "PPid": int(fields["PPid"]),
-            "VmRSS": int(fields.get("VmRSS", "0 kB").split()[0]) * 1024}
+    return {
+        "Uid": int(fields["Uid"].split()[0]),
+        "PPid": int(fields["PPid"]),
+        "VmRSS": int(fields.get("VmRSS", "0 kB").split()[0]) * 1024,
+    }
 
 
 def rss(pid: int) -> int:
@@ -230,7 +243,9 @@ async def test_bomb_frames_through_the_hub_allocate_nothing(session: Session) ->
     assert await execute(session, False, "print(6 * 7)") == "42\n"
     assert await execute(session, True, "print(6 * 7)") == "42\n"
     assert server_pid(session.hub.user.uid) == pid
-    text = (session.hub.data / "logs" / f"{session.hub.user.name}.log").read_text("utf-8", "replace")
+    text = (session.hub.data / "logs" / f"{session.hub.user.name}.log").read_text(
+        "utf-8", "replace"
+    )
     assert "Traceback" not in text and "closed a websocket" in text
 
 
@@ -255,7 +270,9 @@ async def test_fuzzed_frames_leave_the_server_as_it_was(session: Session) -> Non
 def _fuzz_frame(rnd: random.Random, v1: bool) -> bytes:
     """A frame whose count and offsets are random, often huge, sometimes plausible."""
     width, order = (8, "little") if v1 else (4, "big")
-    count = rnd.choice([0, 1, 2, 5, 6, 7, 70, 2**16, 2 ** (8 * width) - 1, rnd.getrandbits(8 * width)])
+    count = rnd.choice(
+        [0, 1, 2, 5, 6, 7, 70, 2**16, 2 ** (8 * width) - 1, rnd.getrandbits(8 * width)]
+    )
     n = min(count, rnd.randint(0, 12))
     offsets = [rnd.choice([0, 8, 56, rnd.getrandbits(16), 2 ** (8 * width) - 1]) for _ in range(n)]
     body = rnd.randbytes(rnd.randint(0, 256))
@@ -271,7 +288,9 @@ async def test_size_limits_are_the_settings(session: Session) -> None:
     await ws.send_bytes(bytes(MAX_MESSAGE + 1))
     assert await closed_with(ws) == TOO_BIG
     ws = await session.ws(False)
-    await ws.send_str(json.dumps({**message("kernel_info_request", {}, "s"), "pad": "x" * MAX_JSON}))
+    await ws.send_str(
+        json.dumps({**message("kernel_info_request", {}, "s"), "pad": "x" * MAX_JSON})
+    )
     assert await closed_with(ws) == BAD_FRAME
     msg = message("comm_msg", {"comm_id": "c", "data": {}}, "s")
     for count, closed in ((MAX_BUFFERS, False), (MAX_BUFFERS + 1, True)):
@@ -314,8 +333,7 @@ def framed(draw: st.DrawFn, width: int) -> bytes:
     if draw(st.booleans()):
         offsets.sort()
     body = draw(st.binary(max_size=512))
-    return (count.to_bytes(width, order) + b"".join(o.to_bytes(width, order) for o in offsets)
-            + body)
+    return count.to_bytes(width, order) + b"".join(o.to_bytes(width, order) for o in offsets) + body
 
 
 def _peak(fn: Any, *args: Any) -> tuple[Any, int]:
@@ -366,23 +384,34 @@ def test_legacy_text_raises_only_wire_error(text: str) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
-headers = st.fixed_dictionaries({"msg_id": st.text(max_size=8), "msg_type": st.text(max_size=8)},
-                                optional={"session": st.text(max_size=8), "x": json_values})
+headers = st.fixed_dictionaries(
+    {"msg_id": st.text(max_size=8), "msg_type": st.text(max_size=8)},
+    optional={"session": st.text(max_size=8), "x": json_values},
+)
 channels = st.sampled_from(wire.CHANNELS)
 buffer_lists = st.lists(st.binary(max_size=64), max_size=8)
 
 
 @fast
 @given(channels, headers, objects, objects, buffer_lists)
-def test_legacy_round_trip(channel: str, header: dict[str, Any], meta: dict[str, Any],
-                           content: dict[str, Any], buffers: list[bytes]) -> None:
+def test_legacy_round_trip(
+    channel: str,
+    header: dict[str, Any],
+    meta: dict[str, Any],
+    content: dict[str, Any],
+    buffers: list[bytes],
+) -> None:
     parts = [json.dumps(x).encode() for x in (header, {}, meta, content)] + buffers
     got_channel, msg, got_buffers = wire.from_legacy(wire.to_legacy(channel, parts), LIMITS)
     assert (got_channel, got_buffers) == (channel, buffers)
@@ -392,8 +421,13 @@ def test_legacy_round_trip(channel: str, header: dict[str, Any], meta: dict[str,
 
 @fast
 @given(st.text(max_size=20), headers, objects, objects, buffer_lists)
-def test_v1_round_trip(channel: str, header: dict[str, Any], meta: dict[str, Any],
-                       content: dict[str, Any], buffers: list[bytes]) -> None:
+def test_v1_round_trip(
+    channel: str,
+    header: dict[str, Any],
+    meta: dict[str, Any],
+    content: dict[str, Any],
+    buffers: list[bytes],
+) -> None:
     parts = [json.dumps(x).encode() for x in (header, {}, meta, content)] + buffers
     assert wire.from_v1(wire.to_v1(channel, parts), LIMITS) == (channel, parts)
 
@@ -404,8 +438,9 @@ def test_v1_json_parts_must_be_objects(which: int, junk: bytes) -> None:
     parts = [json.dumps(message("x", {}, "s")["header"]).encode(), b"{}", b"{}", b"{}"]
     parts[which] = junk
     try:
-        ok = isinstance(json.loads(junk), dict) and (which or {"msg_id", "msg_type"} <= set(
-            json.loads(junk)))
+        ok = isinstance(json.loads(junk), dict) and (
+            which or {"msg_id", "msg_type"} <= set(json.loads(junk))
+        )
     except ValueError:
         ok = False
     if ok:
@@ -419,8 +454,9 @@ def test_v1_json_parts_must_be_objects(which: int, junk: bytes) -> None:
 def test_buffer_count_is_the_limit(count: int) -> None:
     msg = message("comm_msg", {}, "s")
     frame = legacy_binary(json.dumps(msg).encode(), [b"x"] * count)
-    v1 = wire.to_v1("shell", [json.dumps(msg["header"]).encode(), b"{}", b"{}", b"{}"]
-                    + [b"x"] * count)
+    v1 = wire.to_v1(
+        "shell", [json.dumps(msg["header"]).encode(), b"{}", b"{}", b"{}"] + [b"x"] * count
+    )
     if count <= LIMITS.max_buffers:
         assert len(wire.from_legacy(frame, LIMITS)[2]) == count
         assert len(wire.from_v1(v1, LIMITS)[1]) == 4 + count
@@ -449,9 +485,15 @@ def test_v1_bombs_are_refused_at_once(frame: bytes) -> None:
 
 def test_bad_json_is_a_wire_error() -> None:
     ok = '"header": {"msg_id": "1", "msg_type": "execute_request"}'
-    for text in ("[" * 100_000, f'{{{ok}, "content": {{"x": NaN}}}}',
-                 f'{{{ok}, "content": {{"x": "\\ud800"}}}}', f'{{{ok}, "content": 5}}',
-                 f'{{{ok}, "channel": 5}}', '{"header": {"msg_type": "x"}}', "1" * 5000):
+    for text in (
+        "[" * 100_000,
+        f'{{{ok}, "content": {{"x": NaN}}}}',
+        f'{{{ok}, "content": {{"x": "\\ud800"}}}}',
+        f'{{{ok}, "content": 5}}',
+        f'{{{ok}, "channel": 5}}',
+        '{"header": {"msg_type": "x"}}',
+        "1" * 5000,
+    ):
         with pytest.raises(WireError):
             _channel, msg, buffers = wire.from_legacy(text)
             wire.pack_legacy(msg, buffers)

@@ -236,8 +236,9 @@ class Bridge:
                 await client.ws.close(code=WSCloseCode.INVALID_TEXT, message=_reason(e))
             return False
         if channel not in CLIENT_CHANNELS:
-            log.warning("kernel %s: ignored a message for channel %r", client.kernel.id,
-                        channel[:40])
+            log.warning(
+                "kernel %s: ignored a message for channel %r", client.kernel.id, channel[:40]
+            )
             return True
         client.kernel.touch()
         if channel == "control" and msg_type(parts) == "debug_request":

@@ -122,7 +122,7 @@ def _text(body: dict[str, Any], key: str) -> str:
 def _kernel_spec(body: dict[str, Any]) -> dict[str, Any] | None:
     spec = body.get("kernel")
     if spec is not None and not isinstance(spec, dict):
-        raise BadRequest("kernel must be an object such as {\"name\": \"python3\"}")
+        raise BadRequest('kernel must be an object such as {"name": "python3"}')
     return spec
 
 

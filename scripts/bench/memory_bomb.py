@@ -70,20 +70,38 @@ class Server:
         fd, log = tempfile.mkstemp(prefix="mhwb-bench-", suffix=".log")
         os.close(fd)
         self.log = Path(log)
-        env = {"HOME": pw.pw_dir, "USER": USER, "LANG": "C.UTF-8",
-               "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+        env = {
+            "HOME": pw.pw_dir,
+            "USER": USER,
+            "LANG": "C.UTF-8",
+            "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+        }
         if source:
             env["PYTHONPATH"] = source
-        config = {"secret": self.secret, "base_url": f"/user/{USER}/", "user": USER,
-                  "notebook_dir": pw.pw_dir, "listen_fd": sock.fileno()}
+        config = {
+            "secret": self.secret,
+            "base_url": f"/user/{USER}/",
+            "user": USER,
+            "notebook_dir": pw.pw_dir,
+            "listen_fd": sock.fileno(),
+        }
         cmd = [sys.executable, "-m", "minihub.singleuser"]
         if as_limit:  # lowering one's own limit needs no privilege
             cmd = ["/bin/sh", "-c", f'ulimit -v {as_limit // 1024} && exec "$@"', "sh", *cmd]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                cmd, user=pw.pw_uid, group=pw.pw_gid,
-                extra_groups=[], pass_fds=(sock.fileno(),), stdin=subprocess.PIPE, stdout=out,
-                stderr=subprocess.STDOUT, cwd=pw.pw_dir, env=env, start_new_session=True)
+                cmd,
+                user=pw.pw_uid,
+                group=pw.pw_gid,
+                extra_groups=[],
+                pass_fds=(sock.fileno(),),
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=pw.pw_dir,
+                env=env,
+                start_new_session=True,
+            )
         sock.close()
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(config).encode() + b"\n")
@@ -126,13 +144,20 @@ async def wait_ready(http: aiohttp.ClientSession, srv: Server) -> None:
 
 
 def kernel_info(v1: bool) -> str | bytes:
-    header = {"msg_id": uuid.uuid4().hex, "msg_type": "kernel_info_request", "username": "b",
-              "session": "b", "date": "", "version": "5.3"}
+    header = {
+        "msg_id": uuid.uuid4().hex,
+        "msg_type": "kernel_info_request",
+        "username": "b",
+        "session": "b",
+        "date": "",
+        "version": "5.3",
+    }
     if v1:
         parts = [json.dumps(x).encode() for x in (header, {}, {}, {})]
         return to_v1("shell", parts)
-    return json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": {},
-                       "channel": "shell"})
+    return json.dumps(
+        {"header": header, "parent_header": {}, "metadata": {}, "content": {}, "channel": "shell"}
+    )
 
 
 class Channel:
@@ -147,8 +172,11 @@ class Channel:
     async def open(self) -> aiohttp.ClientWebSocketResponse:
         if self.ws is None or self.ws.closed:
             self.ws = await self.http.ws_connect(
-                self.url, headers=self.srv.headers, protocols=(V1,) if self.v1 else (),
-                max_msg_size=0)
+                self.url,
+                headers=self.srv.headers,
+                protocols=(V1,) if self.v1 else (),
+                max_msg_size=0,
+            )
         return self.ws
 
     async def send_then_probe(self, frame: bytes | str) -> None:
@@ -188,8 +216,10 @@ def fuzz_frame(rnd: random.Random, v1: bool) -> bytes | str:
     width, order = (8, "little") if v1 else (4, "big")
     top = 2 ** (8 * width) - 1
     count = rnd.choice([0, 1, 2, 5, 6, 7, 70, 2**16, 2**25, top, rnd.getrandbits(8 * width)])
-    offsets = [rnd.choice([0, 8, 56, rnd.getrandbits(16), top])
-               for _ in range(min(count, rnd.randint(0, 12)))]
+    offsets = [
+        rnd.choice([0, 8, 56, rnd.getrandbits(16), top])
+        for _ in range(min(count, rnd.randint(0, 12)))
+    ]
     body = rnd.randbytes(rnd.randint(0, 512))
     return count.to_bytes(width, order) + b"".join(o.to_bytes(width, order) for o in offsets) + body
 
@@ -201,8 +231,9 @@ async def run(args: argparse.Namespace) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
             await wait_ready(http, srv)
             rows.append(("server started", srv.rss(), ""))
-            async with http.post(srv.url + "api/kernels", json={"name": "python3"},
-                                 headers=srv.headers) as r:
+            async with http.post(
+                srv.url + "api/kernels", json={"name": "python3"}, headers=srv.headers
+            ) as r:
                 kernel = (await r.json())["id"]
             chans = {v1: Channel(http, srv, kernel, v1) for v1 in (False, True)}
             await chans[False].send_then_probe(kernel_info(False))  # the kernel is up
@@ -211,8 +242,13 @@ async def run(args: argparse.Namespace) -> None:
                 for frame in bombs:
                     t0 = time.monotonic()
                     await chans[v1].send_then_probe(frame)
-                    rows.append((f"{'v1' if v1 else 'legacy'} {frame[:8].hex()}", srv.rss(),
-                                 f"{time.monotonic() - t0:.2f} s"))
+                    rows.append(
+                        (
+                            f"{'v1' if v1 else 'legacy'} {frame[:8].hex()}",
+                            srv.rss(),
+                            f"{time.monotonic() - t0:.2f} s",
+                        )
+                    )
             rnd = random.Random(args.seed)
             for v1 in (False, True):
                 before = chans[v1].closed_by_server
@@ -220,14 +256,21 @@ async def run(args: argparse.Namespace) -> None:
                 for _ in range(args.fuzz):
                     await chans[v1].send_then_probe(fuzz_frame(rnd, v1))
                 refused = chans[v1].closed_by_server - before
-                rows.append((f"{args.fuzz} fuzzed {'v1' if v1 else 'legacy'} frames", srv.rss(),
-                             f"{refused} closed the socket, {time.monotonic() - t0:.1f} s"))
+                rows.append(
+                    (
+                        f"{args.fuzz} fuzzed {'v1' if v1 else 'legacy'} frames",
+                        srv.rss(),
+                        f"{refused} closed the socket, {time.monotonic() - t0:.1f} s",
+                    )
+                )
             await chans[True].send_then_probe(kernel_info(True))
             rows.append(("kernel still answers", srv.rss(), ""))
     finally:
         srv.stop()
-    print(f"user server RSS (MiB), source: {args.source or 'this checkout'}, "
-          f"RLIMIT_AS {args.as_limit}")
+    print(
+        f"user server RSS (MiB), source: {args.source or 'this checkout'}, "
+        f"RLIMIT_AS {args.as_limit}"
+    )
     for phase, mib, note in rows:
         print(f"  {phase:<34} {mib:9.1f}  {note}")
     errors = srv.log.read_text(errors="replace").count("Traceback")
