@@ -123,12 +123,15 @@ from pathlib import Path
 # 502/503/504 say a user's server is dead, not running or slow (tests provoke those on
 # purpose); 499 is minihub's log-only mark for a client that went away.
 UPSTREAM_STATUSES = frozenset({502, 503, 504})
-_FAULT_LOGGERS = ("minihub", "aiohttp")
+# Only minihub's loggers: tests run fake user servers on aiohttp in this process too, and
+# their own errors are not the hub's (the hub's errors middleware lets no exception reach
+# aiohttp; a hub process's stderr, where aiohttp's count, is read by hub_log_faults).
+_FAULT_LOGGERS = ("minihub",)
 
 
 def is_hub_fault(record: logging.LogRecord) -> bool:
-    """A 5xx access line the hub should never write, or a traceback from request handling
-    (minihub's "unhandled error", aiohttp's "Error handling request")."""
+    """A 5xx access line the hub should never write, or a traceback a minihub logger wrote
+    at ERROR (the errors middleware's "unhandled error", a failed spawn's exception)."""
     status = getattr(record, "status", None)
     if record.name == "minihub.access" and isinstance(status, int):
         return 500 <= status < 600 and status not in UPSTREAM_STATUSES
