@@ -105,6 +105,9 @@ BAD_REQUESTS: list[tuple[str, str, str | bytes | None, int]] = [
     ("POST", "api/kernels", json.dumps({"name": {"a": 1}}), 400),
     ("POST", "api/kernels", DEEP_JSON, 400),
     ("POST", "api/kernels", '{"name": NaN}', 400),
+    ("POST", "api/kernels", json.dumps({"path": "dir/a\x00b.ipynb"}), 400),
+    ("POST", "api/sessions", json.dumps({"path": "a\x00b.ipynb", "kernel": {}}), 400),
+    ("PUT", "api/contents/", put_text("x"), 400),
 ]
 
 

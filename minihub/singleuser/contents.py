@@ -241,6 +241,8 @@ class ContentsManager:
         if kind == "directory":
             self._make_dir(os_path, path)
             return self.get(path, content=False), created
+        if os.path.isdir(os_path):
+            raise BadRequest(f"Cannot save a {kind} over the directory /{path}")
         self._require_parent(os_path, path)
         if kind == "notebook":
             atomic_write(os_path, notebook_bytes(model["content"]))

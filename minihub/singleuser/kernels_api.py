@@ -26,8 +26,16 @@ async def start_kernel(request: web.Request) -> web.Response:
     name, path = body.get("name") or None, body.get("path") or None
     if not isinstance(name, str | None) or not isinstance(path, str | None):
         raise BadRequest("name and path must be strings")
-    kernel = await request.app[KERNELS].start(name, path)
+    kernel = await request.app[KERNELS].start(name, check_kernel_path(path))
     return reply(kernel.model(), 201, api_url(request, "api/kernels", kernel.id))
+
+
+def check_kernel_path(path: str | None) -> str | None:
+    """A notebook path a kernel is started for: it becomes the kernel's cwd and environment,
+    where a NUL byte is refused by the OS (a 500 from deep in the kernel launch)."""
+    if path is not None and "\x00" in path:
+        raise BadRequest("A path cannot contain a NUL character")
+    return path
 
 
 async def get_kernel(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from aiohttp import web
 from ..errors import BadRequest, NotFound
 from ..kernels.manager import KernelManager
 from .http import api_url, json_body, reply
+from .kernels_api import check_kernel_path
 
 SESSION = r"{session_id:[\w-]+}"
 
@@ -62,7 +63,7 @@ class SessionManager:
             if kernel_id not in self.kernels.kernels:
                 raise BadRequest(f"No such kernel: {kernel_id[:100]}")
             return kernel_id
-        kernel = await self.kernels.start(name or None, path)
+        kernel = await self.kernels.start(name or None, check_kernel_path(path))
         return kernel.id
 
     async def create(self, body: dict[str, Any]) -> Session:
