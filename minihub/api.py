@@ -70,7 +70,7 @@ async def target(request: web.Request, scope: str = "read:users") -> User:
 
 
 def model(p: Parts, user: User) -> dict[str, Any]:
-    return user_model(p.cfg.base_url, user, p.servers.peek(user.id))
+    return user_model(p.cfg.base_url, user, p.servers.of_user(user.id))
 
 
 @routes.get("")
@@ -139,10 +139,10 @@ async def list_users(request: web.Request) -> web.Response:
 
 
 def _in_state(p: Parts, user: User, state: str) -> bool:
-    srv = p.servers.peek(user.id)
-    status = srv.status if srv else "stopped"
-    return {"": True, "active": status != "stopped", "inactive": status == "stopped",
-            "ready": status == "running"}[state]
+    statuses = {s.status for s in p.servers.of_user(user.id).values()}
+    active = bool(statuses - {"stopped"})
+    return {"": True, "active": active, "inactive": not active,
+            "ready": "running" in statuses}[state]
 
 
 def _int(request: web.Request, key: str, default: int, low: int = 0) -> int:
@@ -225,9 +225,8 @@ async def _rename_to(p: Parts, user: User, new: str) -> str | None:
         return None
     if await p.store.get_user(new):
         raise BadRequest(f"User {new} already exists", 409)
-    srv = p.servers.peek(user.id)
-    if srv and srv.status != "stopped":
-        raise BadRequest("Stop the user's server before renaming them.")
+    if any(s.status != "stopped" for s in p.servers.of_user(user.id).values()):
+        raise BadRequest("Stop the user's servers before renaming them.")
     return new
 
 
@@ -238,7 +237,7 @@ async def delete_user(request: web.Request) -> web.Response:
     user = await users.get(p.store, request.match_info["name"])
     if user.id == caller.id:
         raise BadRequest("You cannot delete yourself.")
-    await p.servers.stop(user.name, user.id)
+    await p.servers.forget_user(user.id)
     await p.store.delete_user(user.id)
     p.identities.invalidate()
     return web.Response(status=204)
@@ -246,44 +245,53 @@ async def delete_user(request: web.Request) -> web.Response:
 
 @routes.post("/users/{name}/server")
 @routes.post("/users/{name}/servers/")
+@routes.post("/users/{name}/servers/{server_name}")
 async def start_server(request: web.Request) -> web.Response:
     user = await target(request, "servers")
     p = parts(request)
-    if len(await read_body(request)):
-        raise BadRequest("minihub's servers take no options: send no body, or {}.")
-    srv = p.servers.peek(user.id)
+    name = request.match_info.get("server_name", "")
+    options = (await read_body(request)).data  # user_options, as JupyterHub's body
+    srv = p.servers.peek(user.id, name)
     if srv and srv.status == "running":
-        raise BadRequest(f"{user.name}'s server is already running.")
-    srv = await p.servers.spawn(user)
+        what = f"server {name!r}" if name else "server"
+        raise BadRequest(f"{user.name}'s {what} is already running.")
+    srv = await p.servers.spawn(user, name, user_options=options)
     status = 201 if srv.status == "running" else 202
-    return web.json_response(server_model(p.cfg.base_url, user, srv), status=status)
+    return web.json_response(server_model(p.cfg.base_url, user, srv, name), status=status)
 
 
 @routes.delete("/users/{name}/server")
 @routes.delete("/users/{name}/servers/")
+@routes.delete("/users/{name}/servers/{server_name}")
 async def stop_server(request: web.Request) -> web.Response:
     user = await target(request, "delete:servers")
     p = parts(request)
-    (await read_body(request)).allow("remove").boolean("remove")  # one server: kept either way
-    srv = p.servers.peek(user.id)
-    if srv is None or srv.status == "stopped":
+    name = request.match_info.get("server_name", "")
+    remove = (await read_body(request)).allow("remove").boolean("remove", False)
+    srv = p.servers.peek(user.id, name)
+    if srv is None or (srv.status == "stopped" and not (remove and name)):
+        if name and srv is None:
+            raise NotFound(f"{user.name} has no server named {name[:64]!r}.")
         return web.Response(status=204)
-    task = asyncio.create_task(p.servers.stop(user.name, user.id))
+    work = p.servers.remove(user.id, name) if remove and name else p.servers.stop(user.id, name)
+    task = asyncio.create_task(work)
     done, _ = await asyncio.wait({task}, timeout=10)
     return web.Response(status=204 if done else 202)
 
 
 @routes.get("/users/{name}/server/progress")
+@routes.get("/users/{name}/servers/{server_name}/progress")
 async def progress(request: web.Request) -> web.StreamResponse:
     """EventSource stream of spawn progress, as JupyterHub's."""
     user = await target(request, "read:servers")
     p = parts(request)
+    name = request.match_info.get("server_name", "")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     sent = 0
     for _ in range(int(float(p.cfg.get("spawner.start_timeout")) * 10) + 20):
-        srv = p.servers.peek(user.id)
+        srv = p.servers.peek(user.id, name)
         msgs = srv.progress if srv else []
         for i, msg in enumerate(msgs[sent:], start=sent + 1):
             await _event(resp, {"progress": min(95, 10 * i), "message": msg})
@@ -291,10 +299,10 @@ async def progress(request: web.Request) -> web.StreamResponse:
         if srv is None or srv.status != "pending":
             break
         await asyncio.sleep(0.1)
-    srv = p.servers.peek(user.id)
+    srv = p.servers.peek(user.id, name)
     if srv and srv.status == "running":
         await _event(resp, {"progress": 100, "ready": True, "message": "Server ready",
-                            "url": f"{p.cfg.base_url}user/{user.name}/"})
+                            "url": p.servers.prefix(srv)})
     elif srv and srv.error:
         await _event(resp, {"progress": 100, "failed": True, "message": srv.error})
     return resp
@@ -372,23 +380,24 @@ async def activity(request: web.Request) -> web.Response:
     user = await target(request, "users:activity")
     p = parts(request)
     f = (await read_body(request)).allow("last_activity", "servers")
-    stamps = [t for t in [_stamp(f)] + [_stamp(_one_server(user, name, s))
+    stamps = [t for t in [_stamp(f)] + [_stamp(_one_server(p, user, name, s))
                                         for name, s in f.objects("servers").items()]
               if t is not None]
     if not stamps:
         raise BadRequest("Send {\"last_activity\": \"<ISO 8601 time>\"}")
     stamps = [min(t, time.time()) for t in stamps]  # the future would keep the culler away
     await p.store.touch_user(user.id, max(stamps))
-    srv = p.servers.peek(user.id)
-    if srv and srv.status == "running":
-        srv.last_activity = max(srv.last_activity, max(stamps))
+    touched = [""] if f.objects("servers") == {} else list(f.objects("servers"))
+    for name in touched:
+        srv = p.servers.peek(user.id, name)
+        if srv and srv.status == "running":
+            srv.last_activity = max(srv.last_activity, max(stamps))
     return web.Response(status=204)
 
 
-def _one_server(user: User, name: str, fields: Fields) -> Fields:
-    if name != "":
-        raise BadRequest(f"No such server {name[:64]!r} for {user.name}: minihub gives each "
-                         "user one server, named \"\".")
+def _one_server(p: Parts, user: User, name: str, fields: Fields) -> Fields:
+    if name and p.servers.peek(user.id, name) is None:
+        raise BadRequest(f"No such server {name[:64]!r} for {user.name}.")
     return fields.allow("last_activity")
 
 

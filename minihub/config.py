@@ -55,6 +55,17 @@ SETTINGS: list[Setting] = [
        "File holding the secret that signs XSRF tokens and derives server secrets. "
        "Empty: <data_dir>/cookie_secret. Created with mode 0600 if missing."),
     _s("hub", "session_max_age_days", (int, float), 14, "How long a login session lasts."),
+    _s("hub", "connect_url", str, "",
+       "How users' servers reach the hub's API, e.g. http://10.0.0.5:8000 for servers on "
+       "other machines. Empty: the hub's own address (127.0.0.1 when it listens on all)."),
+    _s("hub", "server_ca_file", str, "",
+       "CA certificates (PEM) that verify users' servers reached over https. Empty: the "
+       "system's CAs."),
+    _s("hub", "allow_named_servers", bool, False,
+       "Users may run several servers of their own, each with a name (as JupyterHub's "
+       "allow_named_servers): /user/<name>/<server>/."),
+    _s("hub", "named_server_limit_per_user", int, 0,
+       "How many named servers a user may have (0: no limit)."),
     _s("hub", "admin_access", bool, False,
        "Admins may open other users' servers (as in JupyterHub's admin_access)."),
     _s("hub", "cleanup_servers", bool, False,
@@ -134,9 +145,12 @@ SETTINGS: list[Setting] = [
     _s("auth.oauth", "http_timeout", (int, float), 10,
        "Seconds to wait for the provider's token, key and user-info endpoints."),
     # [spawner]
+    _s("spawner", "server", str, "minihub",
+       '"minihub" (minihub\'s own server and notebook app) or "jupyterhub-singleuser" '
+       "(JupyterLab and friends, launched and authenticated as JupyterHub does)."),
     _s("spawner", "cmd", list, [],
-       'Command that runs a user\'s server. Empty: minihub\'s own server. '
-       '["jupyterhub-singleuser"] runs JupyterLab through JupyterHub\'s protocol.'),
+       "Command that runs a user's server. Empty: the default for [spawner] server "
+       '(<python> -m minihub.singleuser, or jupyterhub-singleuser).'),
     _s("spawner", "python", str, "",
        "Python interpreter for user servers and kernels. Empty: the one running the hub. "
        "It must be readable and executable by every user."),
@@ -178,8 +192,8 @@ SETTINGS: list[Setting] = [
        "Largest websocket message (bytes) a browser may send to a kernel in minihub's own "
        "server; a bigger one closes the socket (1009). The hub's proxy also stops at 64 MiB."),
     _s("spawner", "kernel_ws_max_json", int, DEFAULT_MAX_JSON,
-       "Largest JSON text (characters) the server parses in one legacy (non-v1) kernel "
-       "message; parsed JSON takes up to 25 times its size in memory. Bigger: closed (1007)."),
+       "Largest JSON (header, metadata, content) in one kernel message from a browser, "
+       "either protocol; the server parses it, at up to 25 times its size. Bigger: closed (1007)."),
     _s("spawner", "kernel_ws_max_buffers", int, DEFAULT_MAX_BUFFERS,
        "Most binary buffers one kernel message from a browser may carry (widgets send a few)."),
     # [users]
@@ -350,6 +364,11 @@ def _validate(cfg: Config, where: str) -> None:
         raise bad("[auth] authenticator", f'must be "pam", "native" or "oauth", not {v["auth.authenticator"]!r}')
     if not 0 < v["hub.port"] < 65536:
         raise bad("[hub] port", f"must be between 1 and 65535, not {v['hub.port']}")
+    if v["spawner.server"] not in ("minihub", "jupyterhub-singleuser"):
+        raise bad("[spawner] server",
+                  f'must be "minihub" or "jupyterhub-singleuser", not {v["spawner.server"]!r}')
+    if v["hub.named_server_limit_per_user"] < 0:
+        raise bad("[hub] named_server_limit_per_user", "must be 0 (no limit) or more")
     if v["hub.log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise bad("[hub] log_level", "must be DEBUG, INFO, WARNING or ERROR")
     if bool(v["hub.ssl_cert"]) != bool(v["hub.ssl_key"]):

@@ -58,7 +58,7 @@ class Culler:
             reason = self._reason(srv, time.time())
             if reason:
                 await self._cull(srv, reason)
-                culled.append(srv.name)
+                culled.append(srv.label)
         return culled
 
     def _reason(self, srv: Server, now: float) -> str:
@@ -70,11 +70,13 @@ class Culler:
         return ""
 
     async def _cull(self, srv: Server, reason: str) -> None:
-        log.info("culling server of %s: %s", srv.name, reason)
-        await self.servers.stop(srv.name, srv.user_id)
+        log.info("culling server %s: %s", srv.label, reason)
+        await self.servers.stop(srv.user_id, srv.name)
         self.metrics.culls.inc()
         if self.cull_users:
             user = await self.store.get_user_by_id(srv.user_id)
-            if user is not None and not user.admin:
+            active = any(s.status != "stopped" for s in self.servers.of_user(srv.user_id).values())
+            if user is not None and not user.admin and not active:
+                await self.servers.forget_user(user.id)
                 await self.store.delete_user(user.id)
                 log.info("culled user %s", user.name)

@@ -35,26 +35,38 @@ def parse_iso(text: str) -> float:
         raise ValueError(f"time out of range: {text[:40]!r}") from None
 
 
-def server_model(base_url: str, user: User, srv: Server | None) -> dict[str, Any]:
+def server_model(base_url: str, user: User, srv: Server | None,
+                 name: str = "") -> dict[str, Any]:
     running = srv is not None and srv.status == "running"
+    active = srv is not None and srv.status != "stopped"
+    prefix = f"{base_url}user/{user.name}/" + (f"{name}/" if name else "")
+    progress = f"{base_url}hub/api/users/{user.name}/" + (
+        f"servers/{name}/progress" if name else "server/progress")
     return {
-        "name": "",
+        "name": name,
         "ready": running,
-        "stopped": srv is None or srv.status == "stopped",
+        "stopped": not active,
         "pending": srv.pending if srv else None,
-        "url": f"{base_url}user/{user.name}/",
-        "progress_url": f"{base_url}hub/api/users/{user.name}/server/progress",
-        "started": iso(srv.started) if srv and srv.status != "stopped" else None,
-        "last_activity": iso(srv.last_activity) if srv and srv.status != "stopped" else None,
-        "state": {"pid": srv.proc.pid} if running and srv and srv.proc else {},
-        "user_options": {},
+        "url": prefix,
+        "progress_url": progress,
+        "started": iso(srv.started) if srv and active else None,
+        "last_activity": iso(srv.last_activity) if srv and active else None,
+        "state": _public_state(srv.state) if running and srv else {},
+        "user_options": dict(srv.user_options) if srv else {},
     }
 
 
-def user_model(base_url: str, user: User, srv: Server | None,
+def _public_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What admins see of the spawner's state (JupyterHub shows it): plain values only."""
+    return {k: v for k, v in state.items() if isinstance(v, (str, int, float, bool))}
+
+
+def user_model(base_url: str, user: User, servers: dict[str, Server],
                with_servers: bool = True) -> dict[str, Any]:
-    active = srv is not None and srv.status != "stopped"
-    last = max(filter(None, [user.last_activity, srv.last_activity if active and srv else 0]),
+    """`servers`: the user's servers by name (Servers.of_user)."""
+    default = servers.get("")
+    active = [s for s in servers.values() if s.status != "stopped"]
+    last = max(filter(None, [user.last_activity, *(s.last_activity for s in active)]),
                default=None)
     model: dict[str, Any] = {
         "kind": "user",
@@ -62,14 +74,15 @@ def user_model(base_url: str, user: User, srv: Server | None,
         "admin": user.admin,
         "roles": ["admin", "user"] if user.admin else ["user"],
         "groups": [],
-        "server": f"{base_url}user/{user.name}/" if srv and srv.status == "running" else None,
-        "pending": srv.pending if srv else None,
+        "server": f"{base_url}user/{user.name}/"
+        if default and default.status == "running" else None,
+        "pending": default.pending if default else None,
         "created": iso(user.created),
         "last_activity": iso(last),
         "auth_state": None,
     }
     if with_servers:
-        model["servers"] = {"": server_model(base_url, user, srv)} if active else {}
+        model["servers"] = {n: server_model(base_url, user, s, n) for n, s in servers.items()}
     return model
 
 

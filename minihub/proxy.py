@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import re
+import ssl
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,11 +129,12 @@ class Upstream:
     port: int
     secret: str = field(repr=False)
     proof: str = field(default="", repr=False)
+    scheme: str = "http"  # or "https": the server's certificate is verified
     origin: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        object.__setattr__(self, "origin", f"http://{host}:{self.port}")
+        object.__setattr__(self, "origin", f"{self.scheme}://{host}:{self.port}")
 
 
 def normalise_path(raw_path: str) -> str:
@@ -190,6 +192,7 @@ class Proxy:
         read_timeout: float = 300.0,
         ws_max_msg_size: int = 64 * 1024 * 1024,
         ws_close_timeout: float = 10.0,
+        server_ca_file: str = "",
     ) -> None:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
@@ -197,6 +200,9 @@ class Proxy:
         # Plain HTTP goes through a lean keep-alive client: aiohttp's ClientSession costs
         # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
         self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        # Servers reached over https (e.g. pods with their own certificate) are verified
+        # against the system's CAs, or the file [hub] server_ca_file names.
+        self._tls = ssl.create_default_context(cafile=server_ca_file or None)
         # limit=0: every open websocket holds a connection; a cap would stall the next.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0)
         self._session = aiohttp.ClientSession(
@@ -274,7 +280,8 @@ class Proxy:
         body = request.content if has_body else None
         try:
             up = await self._pool.request(
-                upstream.host, upstream.port, request.method, head, body, length
+                upstream.host, upstream.port, request.method, head, body, length,
+                self._tls if upstream.scheme == "https" else None,
             )
         except pc.UpstreamError as e:
             raise _upstream_error(e, upstream) from None
@@ -307,6 +314,7 @@ class Proxy:
                 max_msg_size=self._ws_max_msg_size,
                 compress=0,
                 decode_text=False,
+                ssl=self._tls,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._ws_close_timeout),
             )
         except aiohttp.WSServerHandshakeError as e:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from typing import cast
 
 from aiohttp import StreamReader
 
+Key = tuple[str, int, "ssl.SSLContext | None"]  # host, port, TLS (None: plain HTTP)
 MAX_HEAD = 64 * 1024  # status line + headers of one response
 MAX_LINE = 4 * 1024  # one chunk-size line or trailer line
 READ_HIGH = 512 * 1024  # stop reading the socket while this much sits unconsumed
@@ -52,7 +54,7 @@ class BadResponse(UpstreamError):
 class _Conn(asyncio.Protocol):
     """One connection: buffers what the server sends and wakes the single reader."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
         self.loop = loop
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -368,18 +370,19 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[Key, list[_Conn]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def request(self, host: str, port: int, method: str, head: bytes,
-                      body: StreamReader | None = None, length: int | None = None
-                      ) -> Response:
+                      body: StreamReader | None = None, length: int | None = None,
+                      tls: ssl.SSLContext | None = None) -> Response:
         """Send `head` (the complete request head) then the body from `body`: `length`
         bytes, or chunked when `length` is None. A request without body that failed on a
         reused connection before any answer is sent again once on a new connection (the
-        server may have closed the idle connection meanwhile)."""
-        key = (host, port)
+        server may have closed the idle connection meanwhile). With `tls`, the connection
+        is HTTPS, verified by that context."""
+        key = (host, port, tls)
         conn, reused = await self._acquire(key)
         try:
             return await self._exchange(conn, method, head, body, length)
@@ -406,7 +409,7 @@ class Pool:
             conn.close()
             raise
 
-    async def _acquire(self, key: tuple[str, int], fresh: bool = False) -> tuple[_Conn, bool]:
+    async def _acquire(self, key: Key, fresh: bool = False) -> tuple[_Conn, bool]:
         idle = self._idle.get(key)
         while idle and not fresh:
             conn = idle.pop()
@@ -418,12 +421,14 @@ class Pool:
             raise ConnectFailed("the proxy is shutting down")
         return await self._connect(key), False
 
-    async def _connect(self, key: tuple[str, int]) -> _Conn:
+    async def _connect(self, key: Key) -> _Conn:
         loop = asyncio.get_running_loop()
         factory: Callable[[], _Conn] = lambda: _Conn(loop, key)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                transport, conn = await loop.create_connection(factory, *key)
+                host, port, tls = key
+                transport, conn = await loop.create_connection(
+                    factory, host, port, ssl=tls, server_hostname=host if tls else None)
         except TimeoutError:
             raise Timeout("connecting timed out") from None
         except OSError as e:

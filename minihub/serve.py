@@ -21,6 +21,7 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
+from . import protocols
 from .app import make_app
 from .config import Config
 from .context import PARTS
@@ -105,7 +106,7 @@ def _lean_log_records() -> None:
 
 
 def serve(cfg: Config) -> int:
-    if os.geteuid() == 0 and not cfg.get("spawner.cmd"):
+    if os.geteuid() == 0 and protocols.name_of(cfg) == "minihub" and not cfg.get("spawner.cmd"):
         check_python_readable(cfg.get("spawner.python") or sys.executable)
     lock = lock_data_dir(cfg.data_dir)
     ctx = tls_context(cfg)
@@ -191,9 +192,9 @@ def _announce(cfg: Config) -> None:
     log.info("minihub is listening on %s://%s:%s%s", scheme, shown, cfg.get("hub.port"),
              cfg.base_url)
     log.info("data dir %s; authenticator %s", cfg.data_dir, cfg.get("auth.authenticator"))
-    if cfg.get("hub.admin_access") and cfg.get("spawner.cmd"):
-        log.warning("[hub] admin_access with [spawner] cmd: users' own servers share the hub's "
-                    "origin, so a page a user serves can act as an admin who opens it")
+    if cfg.get("hub.admin_access") and protocols.name_of(cfg) == "jupyterhub-singleuser":
+        log.warning("[hub] admin_access with jupyterhub-singleuser: users' own servers share "
+                    "the hub's origin, so a page a user serves can act as an admin who opens it")
     me = sys.argv[0] if os.path.basename(sys.argv[0]) == "minihub" else \
         f"{sys.executable} -m minihub"
     flags = f"-f {cfg.path} " if cfg.path else ""

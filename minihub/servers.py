@@ -1,67 +1,78 @@
-"""The life of each user's server as the hub sees it: start, readiness, stop, poll, re-adopt.
+"""The life of each server as the hub sees it: start, readiness, stop, poll, re-adopt.
 
-Processes are run by a Spawner (minihub.spawner); this module owns state (memory + SQLite),
-limits, readiness probing and progress. Only "running" servers are stored, so a restarted
-hub re-adopts exactly the servers that were up, and forgets ones that died meanwhile.
+A server is one of a user's servers, keyed by (user id, server name); "" is the default
+server. A Spawner (minihub.spawner.base) makes it run somewhere and returns where it listens
+plus its own state; this module owns everything else: the secret and proof, limits, the
+readiness probe, progress, activity, and the servers table in SQLite, so a restarted hub
+re-adopts exactly the servers that were up and stops the ones it was still starting.
 
-Where servers listen, and why: on 127.0.0.1, on a port the hub binds and hands over (no race
-for the port), and every request must carry the server's secret. A unix socket in a
-root-only directory would keep other local users from even connecting, but it would need a
-second proxy transport and would not work for jupyterhub-singleuser or configurable-http-proxy
-(which the benchmarks put in front of the same servers); a 256-bit secret, compared in
-constant time, makes a connection from another local user useless. The secret is an HMAC of
-the cookie secret and a per-start nonce, so SQLite stores only the nonce and the secret's
-hash, and a restarted hub derives it again to re-adopt the server.
+Every request to a server carries its secret, and every answer must carry its proof (see
+minihub.proxy.Upstream). Both are HMACs of the cookie secret and a per-start nonce, so
+SQLite stores only the nonce and the secret's hash, and a restarted hub derives them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import pwd
+import re
 import secrets as pysecrets
-import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from . import oauth2
 from .auth import secrets as S
-from .config import Config, parse_bytes
-from .errors import SpawnError, TooManyRequests
+from .config import Config
+from .errors import BadRequest, SpawnError, TooManyRequests
 from .models import parse_iso
+from .protocols import ServerProtocol
 from .proxy import Upstream
-from .singleuser import PROOF_HEADER, SECRET_HEADER
-from .spawner import accounts
-from .spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc, Spawner
-from .spawner.local import tail_log
+from .singleuser import SECRET_HEADER
+from .spawner.base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, State
 from .store import ServerRow, Store, User
 
 log = logging.getLogger("minihub.servers")
 PROBE_INTERVAL = 0.05
 POLL_EVERY = 5.0
-SLOW_SPAWN = 10.0
-SKEL = "/etc/skel"  # POST /server answers 202 (pending) after this long
+SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
+
+# JupyterHub 6's server names; and names the default server's own pages use, which a named
+# server would hide (/user/alice/tree/ must stay alice's file browser).
+_SERVER_NAME = re.compile(r"^[a-z0-9-]{1,30}$")
+RESERVED_NAMES = frozenset({"api", "tree", "notebooks", "edit", "files", "view", "lab",
+                            "static", "terminals", "kernelspecs", "nbconvert", "doc",
+                            "oauth_callback", "logout", "login", "custom", "nbextensions"})
+
+
+def check_server_name(name: str) -> str:
+    if not _SERVER_NAME.match(name):
+        raise BadRequest(f"Invalid server name {name[:40]!r}: use 1 to 30 characters of "
+                         "lowercase letters, digits and '-'.")
+    if name in RESERVED_NAMES:
+        raise BadRequest(f"{name!r} cannot name a server: the default server's pages use it.")
+    return name
 
 
 @dataclass
 class Server:
-    """One user's server, as this hub process knows it."""
+    """One server of one user, as this hub process knows it."""
 
     user_id: int
-    name: str
+    user: str  # the owner's name
+    name: str = ""  # "" for the default server
     status: str = "stopped"  # stopped | pending | running | stopping
-    proc: Proc | None = None
+    endpoint: Endpoint | None = None
+    state: State = field(default_factory=dict)
     nonce: str = ""
     secret: str = ""
     proof: str = ""  # what the server answers back; "" for jupyterhub-singleuser
     started: float = 0.0
     last_activity: float = 0.0
+    user_options: dict[str, Any] = field(default_factory=dict)
     progress: list[str] = field(default_factory=list)
     error: str = ""
     error_status: int = 500  # a refusal's own status (403 for root), kept for the answer
@@ -71,37 +82,46 @@ class Server:
     spawn_seconds: float = 0.0
 
     @property
+    def key(self) -> tuple[int, str]:
+        return self.user_id, self.name
+
+    @property
+    def label(self) -> str:
+        """For log lines and task names: alice, or alice/work."""
+        return f"{self.user}/{self.name}" if self.name else self.user
+
+    @property
     def pending(self) -> str | None:
         return {"pending": "spawn", "stopping": "stop"}.get(self.status)
 
     @property
     def upstream(self) -> Upstream | None:
-        if self.status != "running" or self.proc is None:
+        if self.status != "running" or self.endpoint is None:
             return None
-        return Upstream(self.proc.host, self.proc.port, self.secret, self.proof)
+        e = self.endpoint
+        return Upstream(e.host, e.port, self.secret, self.proof, e.scheme)
 
 
 class Servers:
     def __init__(self, cfg: Config, store: Store, key: bytes, spawner: Spawner,
+                 protocol: ServerProtocol,
                  on_spawned: Callable[[float], None] | None = None) -> None:
         self.cfg = cfg
         self.sp = cfg.section("spawner")
         self.store = store
         self.key = key
         self.spawner = spawner
+        self.protocol = protocol
         self.on_spawned = on_spawned
-        self._servers: dict[int, Server] = {}
+        self._servers: dict[tuple[int, str], Server] = {}
         self._http: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[bool]] = set()
-        self.log_dir = cfg.data_dir / "logs"
         spawner.on_exit = self._exited
 
     # --- lifetime ---------------------------------------------------------------------
     async def open(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self.log_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(self.log_dir, 0o711)
         await self.adopt()
         self._poller = asyncio.create_task(self._poll_loop(), name="minihub-poll-servers")
 
@@ -115,7 +135,7 @@ class Servers:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if stop_all:
-            await asyncio.gather(*(self.stop(s.name, s.user_id) for s in list(self._servers.values())
+            await asyncio.gather(*(self.stop(s.user_id, s.name) for s in self.all()
                                    if s.status == "running"), return_exceptions=True)
         else:
             await self.flush_activity()
@@ -124,15 +144,21 @@ class Servers:
         await self.spawner.close()
 
     # --- queries ----------------------------------------------------------------------
-    def get(self, user: User) -> Server:
-        srv = self._servers.get(user.id)
+    def get(self, user: User, name: str = "") -> Server:
+        srv = self._servers.get((user.id, name))
         if srv is None:
-            srv = self._servers[user.id] = Server(user.id, user.name)
-        srv.name = user.name
+            srv = self._servers[(user.id, name)] = Server(user.id, user.name, name)
+        srv.user = user.name
         return srv
 
-    def peek(self, user_id: int) -> Server | None:
-        return self._servers.get(user_id)
+    def peek(self, user_id: int, name: str = "") -> Server | None:
+        return self._servers.get((user_id, name))
+
+    def of_user(self, user_id: int) -> dict[str, Server]:
+        """The user's servers by name: the default one while it is not stopped, and every
+        named one (stopped named servers stay until removed, as in JupyterHub)."""
+        return {n: s for (uid, n), s in self._servers.items()
+                if uid == user_id and (n or s.status != "stopped")}
 
     def count(self, status: str) -> int:
         return sum(1 for s in self._servers.values() if s.status == status)
@@ -140,29 +166,45 @@ class Servers:
     def all(self) -> list[Server]:
         return list(self._servers.values())
 
-    def touch(self, user_id: int) -> None:
-        srv = self._servers.get(user_id)
+    def touch(self, user_id: int, name: str = "") -> None:
+        srv = self._servers.get((user_id, name))
         if srv is not None:
             srv.last_activity = time.time()
 
+    def prefix(self, srv: Server) -> str:
+        return f"{self.cfg.base_url}user/{srv.user}/" + (f"{srv.name}/" if srv.name else "")
+
     # --- start ------------------------------------------------------------------------
-    async def spawn(self, user: User, wait: float = SLOW_SPAWN) -> Server:
-        """Start `user`'s server (if not already up); return after `wait` seconds at most."""
-        srv = self.get(user)
-        if srv.status in ("stopped",):
+    async def spawn(self, user: User, name: str = "", wait: float = SLOW_SPAWN,
+                    user_options: dict[str, Any] | None = None) -> Server:
+        """Start this server of `user` (if not already up); return after `wait` s at most."""
+        if name:
+            self._check_named(user, name)
+        srv = self.get(user, name)
+        if srv.status == "stopped":
             self._check_limits()
             srv.status, srv.error, srv.log_tail = "pending", "", ""
+            srv.user_options = dict(user_options or {})
             srv.progress = ["Server requested"]
             srv.ready = asyncio.Event()
-            srv.task = asyncio.create_task(self._start(user, srv), name=f"spawn-{user.name}")
+            srv.task = asyncio.create_task(self._start(user, srv), name=f"spawn-{srv.label}")
         if srv.status == "pending" and wait > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(srv.ready.wait()), wait)
-            except TimeoutError:
-                pass
         if srv.status == "stopped" and srv.error:
             raise SpawnError(srv.error, srv.log_tail, srv.error_status)
         return srv
+
+    def _check_named(self, user: User, name: str) -> None:
+        if not self.cfg.get("hub.allow_named_servers"):
+            raise BadRequest("Named servers are not enabled on this hub ([hub] "
+                             "allow_named_servers).")
+        check_server_name(name)
+        limit = int(self.cfg.get("hub.named_server_limit_per_user"))
+        named = [n for n in self.of_user(user.id) if n]
+        if limit and name not in named and len(named) >= limit:
+            raise BadRequest(f"{user.name} already has {len(named)} named servers, the limit "
+                             f"of [hub] named_server_limit_per_user; remove one first.")
 
     def _check_limits(self) -> None:
         pending = self.count("pending")
@@ -180,233 +222,191 @@ class Servers:
     async def _start(self, user: User, srv: Server) -> None:
         t0 = time.monotonic()
         try:
-            spec = await self._launch_spec(user, srv)
-            srv.progress.append("Starting the server process")
-            srv.proc = await self.spawner.start(spec)
-            srv.started = time.time()
-            srv.last_activity = srv.started
+            launch = await self._launch(user, srv)
+            started = await self._run_start(launch, srv)
+            srv.endpoint, srv.state = started.endpoint, started.state
+            srv.started = srv.last_activity = time.time()
             # Stored before it is ready: a hub killed now finds it at restart and stops it,
             # instead of starting a second server for the same user beside it.
             await self.store.save_server(self._row(srv, "starting"))
             srv.progress.append("Waiting for the server to answer")
-            await self._wait_ready(srv, spec.log_path)
-            await self.store.save_server(self._row(srv))
+            await self._wait_ready(srv)
+            await self.store.save_server(self._row(srv, "running"))
             srv.status = "running"
             srv.spawn_seconds = time.monotonic() - t0
             srv.progress.append("Server ready")
             if self.on_spawned:
                 self.on_spawned(srv.spawn_seconds)
-            log.info("spawned %s pid=%s port=%s in %.2fs", user.name, srv.proc.pid,
-                     srv.proc.port, srv.spawn_seconds)
+            log.info("spawned %s at %s in %.2fs", srv.label, srv.endpoint, srv.spawn_seconds)
         except SpawnError as e:
             await self._fail(srv, e.message, e.log_tail, e.status)
         except asyncio.CancelledError:
-            if srv.proc is not None and srv.status == "pending":
-                await self.spawner.stop(srv.proc, 2)
+            if srv.state and srv.status == "pending":
+                await self.spawner.stop(srv.state, 2)
             srv.status = "stopped"
             raise
         except Exception as e:
-            log.exception("spawn of %s failed", user.name)
+            log.exception("spawn of %s failed", srv.label)
             await self._fail(srv, f"Server failed to start: {type(e).__name__}: {e}", "")
         finally:
             srv.ready.set()
 
+    async def _run_start(self, launch: Launch, srv: Server) -> Any:
+        """spawner.start, with its progress messages copied to the server as they come."""
+        async def follow() -> None:
+            async for message in self.spawner.progress(launch):
+                srv.progress.append(str(message)[:500])
+
+        follower = asyncio.create_task(follow(), name=f"progress-{srv.label}")
+        try:
+            return await self.spawner.start(launch)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
     async def _fail(self, srv: Server, message: str, tail: str, status: int = 500) -> None:
-        log.warning("spawn of %s failed: %s", srv.name, message)
-        if srv.proc is not None:
-            await self.spawner.stop(srv.proc, 2)
-            tail = tail or await asyncio.to_thread(tail_log, self.log_path(srv.name))
-        srv.status, srv.proc = "stopped", None
+        log.warning("spawn of %s failed: %s", srv.label, message)
+        if srv.state:
+            tail = tail or await self.spawner.log_tail(srv.state)
+            await self.spawner.stop(srv.state, 2)
+        await self._forget_run(srv)
         srv.error, srv.log_tail, srv.error_status = message, tail, status
         srv.progress.append("Failed: " + message)
 
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    async def _launch_spec(self, user: User, srv: Server) -> LaunchSpec:
-        account = await self._account(user.name)
+    async def _launch(self, user: User, srv: Server) -> Launch:
         srv.nonce = pysecrets.token_hex(16)
-        srv.secret = S.server_secret(self.key, user.name, srv.nonce)
-        srv.proof = "" if self.sp["cmd"] else S.server_proof(self.key, user.name, srv.nonce)
-        notebook_dir = (self.sp["notebook_dir"] or account.home).replace("{username}", user.name)
-        if os.geteuid() == 0 and self.cfg.get("users.shared_dirs"):
-            srv.progress.append("Linking shared folders")
-            await accounts.link_shared_dirs(account, self.cfg.get("users.shared_dirs"))
-        prefix = f"{self.cfg.base_url}user/{user.name}/"
-        mem = (parse_bytes(self.sp["mem_limit"]) or 0) if self.sp["mem_limit"] else 0
-        spec = LaunchSpec(
-            username=user.name, account=account, cmd=self._cmd(), env=self._env(account, prefix),
-            cwd=notebook_dir, log_path=self.log_path(user.name),
-            stdin_config={"secret": srv.secret, "proof": srv.proof, "base_url": prefix, "user": user.name,
-                          "notebook_dir": notebook_dir,
-                          **{f"ws_{k}": self.sp[f"kernel_ws_{k}"] for k in ("max_message", "max_json", "max_buffers")},
-                          "kernel_idle_timeout": int(self.sp["kernel_idle_timeout"]),
-                          "shared_dirs": await asyncio.to_thread(self._shared_roots),
-                          "mem_limit": mem, "kernel_zygote": bool(self.sp["kernel_fork"])},
-            umask=int(self.sp["umask"]),
-            mem_limit=mem,
-            cpu_limit=float(self.sp["cpu_limit"]),
-            max_processes=int(self.sp["max_processes"]),
-            disk_quota=parse_bytes(self.cfg.get("users.disk_quota") or "0") or 0,
-            log_max_bytes=int(self.sp["log_max_bytes"]))
-        if self.sp["cmd"]:
-            await self._as_jupyterhub_singleuser(user, spec)
-        return spec
+        self._derive(srv)
+        prefix = self.prefix(srv)
+        prepared = await self.protocol.prepare(user, srv.name, prefix, srv.secret, srv.proof)
+        return Launch(user=user.name, server_name=srv.name, protocol=self.protocol.name,
+                      cmd=self.protocol.cmd(), env=prepared.env, config=prepared.config,
+                      prefix=prefix, user_options=dict(srv.user_options))
 
-    async def _as_jupyterhub_singleuser(self, user: User, spec: LaunchSpec) -> None:
-        """Launch as JupyterHub's LocalProcessSpawner does: the JUPYTERHUB_* environment with
-        a fresh API token, a free loopback port of its own, nothing it reads on stdin."""
-        client = await oauth2.register_server(self.store, user, self.cfg.base_url)
-        port = await asyncio.to_thread(free_port, spec.listen_host)
-        spec.pass_listen_socket = False
-        spec.stdin_config = {"port": port}
-        env = oauth2.server_env(self.cfg, user, client, spec.listen_host, port,
-                                bool(self.cfg.get("hub.admin_access")))
-        if self.sp["notebook_dir"]:
-            env["JUPYTERHUB_ROOT_DIR"] = spec.cwd
-        spec.env = {**spec.env, **env, **self.sp["environment"]}  # the operator's env wins
+    def _derive(self, srv: Server) -> None:
+        """The secret and proof from the nonce (named servers: from user/server)."""
+        who = f"{srv.user}/{srv.name}" if srv.name else srv.user
+        srv.secret = S.server_secret(self.key, who, srv.nonce)
+        srv.proof = S.server_proof(self.key, who, srv.nonce) if self.protocol.answers_back \
+            else ""
 
-    def _shared_roots(self) -> list[str]:
-        """Where links in a home may lead: [users] shared_dirs and what /etc/skel links to.
-
-        Both are chosen by the operator; a link a user makes elsewhere stays refused.
-        """
-        roots = [os.path.realpath(d) for d in self.cfg.get("users.shared_dirs")]
-        try:
-            for entry in os.scandir(SKEL):
-                if entry.is_symlink():
-                    roots.append(os.path.realpath(entry.path))
-        except OSError:
-            pass
-        return sorted(set(roots))
-
-    async def _account(self, name: str) -> Account:
-        if os.geteuid() != 0:
-            return await asyncio.to_thread(accounts.unprivileged_account, self.cfg.data_dir, name)
-        try:
-            await asyncio.to_thread(pwd.getpwnam, name)
-        except KeyError:
-            if not self.cfg.get("users.create_system_users"):
-                raise SpawnError(
-                    f"There is no system account named {name!r}. An admin can create it "
-                    "(useradd -m) or set [users] create_system_users = true.", status=400)
-            await accounts.create_system_user(
-                name, home_mode=int(self.cfg.get("users.home_mode")))
-        return await asyncio.to_thread(accounts.lookup_account, name,
-                                       uid_min=int(self.sp["uid_min"]))
-
-    def _cmd(self) -> list[str]:
-        if self.sp["cmd"]:
-            return list(self.sp["cmd"])
-        return [self.sp["python"] or sys.executable, "-m", "minihub.singleuser"]
-
-    def _env(self, account: Account, prefix: str) -> dict[str, str]:
-        python = self.sp["python"] or sys.executable
-        path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
-        env = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name,
-               "SHELL": account.shell, "PATH": path, "LANG": os.environ.get("LANG", "C.UTF-8"),
-               "MINIHUB_USER": account.name, "MINIHUB_BASE_URL": prefix}
-        env.update(self.sp["environment"])
-        return env
-
-    async def _wait_ready(self, srv: Server, log_path: Path) -> None:
-        assert srv.proc is not None and self._http is not None
-        # minihub's server answers its status to the secret; jupyterhub-singleuser is ready
-        # when {server_url}api answers below 500, as JupyterHub checks.
-        tail = "api" if self.sp["cmd"] else "api/status"
-        url = f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/{tail}"
+    async def _wait_ready(self, srv: Server) -> None:
+        assert srv.endpoint is not None
+        url = f"{srv.endpoint.origin}{self.prefix(srv)}{self.protocol.ready_path}"
         deadline = time.monotonic() + float(self.sp["start_timeout"])
         while time.monotonic() < deadline:
-            status = await self.spawner.poll(srv.proc)
+            status = await self.spawner.poll(srv.state)
             if status is not None:
                 raise SpawnError(f"Server exited during start ({_exit_text(status)}).",
-                                 await asyncio.to_thread(tail_log, log_path))
-            if await self._answers(url, srv.secret, srv.proof):
+                                 await self.spawner.log_tail(srv.state))
+            if await self._answers(url, srv):
                 return
             await asyncio.sleep(PROBE_INTERVAL)
         raise SpawnError(
             f"Server did not answer within {self.sp['start_timeout']} seconds. The admin can "
-            "raise [spawner] start_timeout.", await asyncio.to_thread(tail_log, log_path))
+            "raise [spawner] start_timeout.", await self.spawner.log_tail(srv.state))
 
-    async def _answers(self, url: str, secret: str, proof: str) -> bool:
+    async def _answers(self, url: str, srv: Server) -> bool:
         assert self._http is not None
         try:
-            async with self._http.get(url, headers={SECRET_HEADER: secret},
+            async with self._http.get(url, headers={SECRET_HEADER: srv.secret},
                                       timeout=aiohttp.ClientTimeout(total=2)) as r:
-                if self.sp["cmd"]:
-                    return r.status < 500
-                return r.status == 200 and S.equal(r.headers.get(PROOF_HEADER, ""), proof)
+                return self.protocol.ready(r.status, r.headers, srv.proof)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    def _row(self, srv: Server, state: str = "running") -> ServerRow:
-        assert srv.proc is not None
-        return ServerRow(srv.user_id, state, srv.proc.pid, srv.proc.start_ticks,
-                         srv.proc.host, srv.proc.port, srv.nonce, S.hash_token(srv.secret),
-                         srv.started, srv.last_activity, srv.proc.extra)
+    def _row(self, srv: Server, state: str) -> ServerRow:
+        e = srv.endpoint
+        return ServerRow(srv.user_id, srv.name, state, srv.state, e.scheme if e else "",
+                         e.host if e else "", e.port if e else 0, srv.nonce,
+                         S.hash_token(srv.secret) if srv.secret else "", srv.started,
+                         srv.last_activity, srv.user_options)
 
     # --- stop and poll ----------------------------------------------------------------
-    async def stop(self, name: str, user_id: int) -> None:
-        srv = self._servers.get(user_id)
+    async def stop(self, user_id: int, name: str = "") -> None:
+        srv = self._servers.get((user_id, name))
         if srv is None or srv.status == "stopped":
             return
         if srv.task and not srv.task.done():
             srv.task.cancel()
             await asyncio.gather(srv.task, return_exceptions=True)
-        proc, srv.status = srv.proc, "stopping"
+        state, srv.status = srv.state, "stopping"
         try:
-            if proc is not None:
-                await self.spawner.stop(proc, float(self.sp["stop_timeout"]))
+            if state:
+                await self.spawner.stop(state, float(self.sp["stop_timeout"]))
         finally:
-            srv.status, srv.proc, srv.error = "stopped", None, ""
-            await self.store.delete_server(user_id)
-            await self.store.delete_kind_tokens(user_id, "server")  # its API token dies too
-            log.info("stopped server of %s", name)
+            await self._forget_run(srv)
+            srv.error = ""
+            log.info("stopped server %s", srv.label)
 
-    def _exited(self, pid: int) -> None:
-        """A server process exited: mark it stopped and clean up what it left now."""
-        for srv in self._servers.values():
-            if srv.status == "running" and srv.proc is not None and srv.proc.pid == pid:
-                task = asyncio.create_task(self.check(srv), name=f"exited-{srv.name}")
-                self._checks.add(task)
-                task.add_done_callback(self._checks.discard)
+    async def remove(self, user_id: int, name: str) -> None:
+        """Stop a named server and forget it (DELETE with {"remove": true})."""
+        await self.stop(user_id, name)
+        self._servers.pop((user_id, name), None)
+        await self.store.delete_server(user_id, name)
+
+    async def forget_user(self, user_id: int) -> None:
+        """The user is being deleted: stop and forget all of their servers."""
+        for name in list(self.of_user(user_id)):
+            await self.remove(user_id, name)
+        self._servers.pop((user_id, ""), None)
+
+    async def _forget_run(self, srv: Server) -> None:
+        """The server is no longer running: clear what this run had, in memory and stored
+        (a named server keeps its row, stopped, until it is removed)."""
+        srv.status, srv.endpoint, srv.state = "stopped", None, {}
+        if srv.name:
+            await self.store.save_server(self._row(srv, "stopped"))
+        else:
+            await self.store.delete_server(srv.user_id, srv.name)
+        user = await self.store.get_user_by_id(srv.user_id)
+        if user is not None:
+            await self.protocol.forget(user, srv.name)  # its API token dies too
 
     async def poll_all(self) -> None:
-        for srv in list(self._servers.values()):
+        for srv in self.all():
             if srv.status == "running":
                 await self.check(srv)
 
+    def _exited(self, reported: State) -> None:
+        """The spawner saw a server exit: mark it stopped and clean up what it left now."""
+        for srv in self.all():
+            if srv.status == "running" and all(srv.state.get(k) == v
+                                               for k, v in reported.items()):
+                task = asyncio.create_task(self.check(srv), name=f"exited-{srv.label}")
+                self._checks.add(task)
+                task.add_done_callback(self._checks.discard)
+
     async def check(self, srv: Server) -> bool:
         """True if alive; otherwise mark it stopped and keep why for the user."""
-        proc = srv.proc
-        if proc is None or srv.status != "running":
+        state = srv.state
+        if not state or srv.status != "running":
             return srv.status == "running"
-        status = await self.spawner.poll(proc)
-        if status is None or srv.proc is not proc:
+        status = await self.spawner.poll(state)
+        if status is None or srv.state is not state:
             return status is None  # alive, or another check (or a stop) dealt with it
-        srv.status, srv.proc = "stopped", None
+        srv.status = "stopped"
         why = _exit_text(status)
-        if self.spawner.oom_killed(proc):
+        if self.spawner.oom_killed(state):
             why += f"; it ran out of memory (limit {self.sp['mem_limit']})"
-        log.warning("server of %s died: %s", srv.name, why)
+        log.warning("server %s died: %s", srv.label, why)
         srv.error = f"Your server stopped ({why})."
-        srv.log_tail = await asyncio.to_thread(tail_log, self.log_path(srv.name))
-        await self.store.delete_server(srv.user_id)
-        await self.store.delete_kind_tokens(srv.user_id, "server")
+        srv.log_tail = await self.spawner.log_tail(state)
+        await self._forget_run(srv)
         # Its kernels and whatever else it started would run on, unseen by the culler.
-        await self.spawner.stop(proc, 0)
+        await self.spawner.stop(state, 0)
         return False
 
     async def refresh_activity(self, srv: Server) -> None:
         """Fold the server's own view of activity (kernel executions, API use) into ours."""
-        if srv.status != "running" or srv.proc is None or self._http is None or self.sp["cmd"]:
+        if (srv.status != "running" or srv.endpoint is None or self._http is None
+                or not self.protocol.reports_activity):
             return
-        url = (f"http://{srv.proc.host}:{srv.proc.port}{self.cfg.base_url}user/{srv.name}/api/")
+        url = f"{srv.endpoint.origin}{self.prefix(srv)}api/"
         hdr = {SECRET_HEADER: srv.secret}
         try:
             async with self._http.get(url + "status", headers=hdr) as r:
-                genuine = S.equal(r.headers.get(PROOF_HEADER, ""), srv.proof)
-                status = await r.json() if r.status == 200 and genuine else {}
+                genuine = self.protocol.ready(r.status, r.headers, srv.proof)
+                status = await r.json() if genuine else {}
             last = parse_time(status.get("last_activity"))
             if status.get("kernels"):
                 async with self._http.get(url + "kernels", headers=hdr) as r:
@@ -414,8 +414,8 @@ class Servers:
                 if any(k.get("execution_state") == "busy" for k in kernels):
                     last = time.time()
             srv.last_activity = max(srv.last_activity, last)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
-            log.debug("activity of %s unknown: %s", srv.name, e)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as e:
+            log.debug("activity of %s unknown: %s", srv.label, e)
 
     async def _poll_loop(self) -> None:
         n = 0
@@ -432,34 +432,38 @@ class Servers:
                 log.exception("polling servers failed")
 
     async def flush_activity(self) -> None:
-        for srv in self._servers.values():
+        for srv in self.all():
             if srv.status == "running" and srv.last_activity:
-                await self.store.touch_server(srv.user_id, srv.last_activity)
+                await self.store.touch_server(srv.user_id, srv.name, srv.last_activity)
                 await self.store.touch_user(srv.user_id, srv.last_activity)
 
     # --- re-adoption ------------------------------------------------------------------
     async def adopt(self) -> None:
         """Take over the servers an earlier hub left running; stop the ones it was still
         starting when it died (it never told anyone where they are, and the user will get a
-        new one), so each user ends up with at most one server."""
+        new one), so each (user, server name) has at most one server."""
         for row in await self.store.list_servers():
             user = await self.store.get_user_by_id(row.user_id)
-            proc = Proc(row.pid, row.start_ticks, row.host, row.port, row.extra)
-            if user is None or row.state != "running" or await self.spawner.poll(proc) is not None:
-                await self.spawner.stop(proc, 0)  # a no-op for a server that is gone
-                await self.store.delete_server(row.user_id)
-                await self.store.delete_kind_tokens(row.user_id, "server")
-                log.info("forgot %s server of user id %s",
-                         "unfinished" if row.state != "running" else "dead", row.user_id)
+            if user is None:
+                await self.store.delete_server(row.user_id, row.name)
                 continue
-            srv = self.get(user)
-            srv.proc, srv.nonce, srv.started = proc, row.nonce, row.started
-            srv.secret = S.server_secret(self.key, user.name, row.nonce)
-            srv.proof = "" if self.sp["cmd"] else S.server_proof(self.key, user.name, row.nonce)
+            srv = self.get(user, row.name)
+            srv.user_options = row.user_options
+            if row.status == "stopped":
+                continue
+            if row.status != "running" or await self.spawner.poll(row.state) is not None:
+                await self.spawner.stop(row.state, 0)  # a no-op for a server that is gone
+                await self._forget_run(srv)
+                log.info("forgot %s server %s", "unfinished" if row.status != "running"
+                         else "dead", srv.label)
+                continue
+            srv.endpoint = Endpoint(row.host, row.port, row.scheme or "http")
+            srv.state, srv.nonce, srv.started = row.state, row.nonce, row.started
+            self._derive(srv)
             srv.last_activity = row.last_activity or row.started
             srv.status = "running"
             srv.ready.set()
-            log.info("re-adopted server of %s (pid %s)", user.name, row.pid)
+            log.info("re-adopted server %s at %s", srv.label, srv.endpoint)
 
 
 def parse_time(text: object) -> float:
@@ -470,14 +474,6 @@ def parse_time(text: object) -> float:
         return parse_iso(text)
     except ValueError:
         return 0.0
-
-
-def free_port(host: str) -> int:
-    """A port nobody listens on now (the server binds it itself, moments later)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _exit_text(status: int) -> str:

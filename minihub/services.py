@@ -23,7 +23,7 @@ from .auth import secrets as S
 from .config import Config
 from .context import PARTS
 from .errors import HubError, StartupError
-from .oauth2 import hub_api_url
+from .protocols import hub_api_url
 from .spawner.local import open_log
 from .store import Store
 

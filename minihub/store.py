@@ -105,6 +105,33 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL
     );
     """,
+    # 4: several servers per user, keyed by (user, server name); where a server runs is the
+    # spawner's own JSON state (a local process's pid and start time moved into it)
+    """
+    CREATE TABLE servers_v4 (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT '{}',
+        scheme TEXT NOT NULL DEFAULT 'http',
+        host TEXT NOT NULL DEFAULT '',
+        port INTEGER NOT NULL DEFAULT 0,
+        nonce TEXT NOT NULL DEFAULT '',
+        secret_hash TEXT NOT NULL DEFAULT '',
+        started REAL,
+        last_activity REAL,
+        user_options TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (user_id, name)
+    );
+    INSERT INTO servers_v4 (user_id, name, status, state, host, port, nonce, secret_hash,
+                            started, last_activity)
+        SELECT user_id, '', state,
+               json_patch(extra, json_object('pid', pid, 'start_ticks', start_ticks)),
+               coalesce(host, ''), coalesce(port, 0), coalesce(nonce, ''),
+               coalesce(secret_hash, ''), started, last_activity FROM servers;
+    DROP TABLE servers;
+    ALTER TABLE servers_v4 RENAME TO servers;
+    """,
 ]
 
 
@@ -133,16 +160,17 @@ class Token:
 @dataclass
 class ServerRow:
     user_id: int
-    state: str  # "running" (adoptable) or "starting" (stopped by a restarted hub)
-    pid: int
-    start_ticks: int
+    name: str  # "" for the default server
+    status: str  # "running" (adoptable), "starting" (stopped by a restarted hub), "stopped"
+    state: dict[str, Any]  # the spawner's own
+    scheme: str
     host: str
     port: int
     nonce: str
     secret_hash: str
     started: float
     last_activity: float | None
-    extra: dict[str, Any]
+    user_options: dict[str, Any]
 
 
 def _user(row: sqlite3.Row | tuple[Any, ...]) -> User:
@@ -317,24 +345,26 @@ class Store:
     # servers
     async def save_server(self, row: ServerRow) -> None:
         await self._write(
-            "INSERT OR REPLACE INTO servers (user_id, state, pid, start_ticks, host, port, "
-            "nonce, secret_hash, started, last_activity, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            row.user_id, row.state, row.pid, row.start_ticks, row.host, row.port, row.nonce,
-            row.secret_hash, row.started, row.last_activity, json.dumps(row.extra))
+            "INSERT OR REPLACE INTO servers (user_id, name, status, state, scheme, host, port, "
+            "nonce, secret_hash, started, last_activity, user_options) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            row.user_id, row.name, row.status, json.dumps(row.state), row.scheme, row.host,
+            row.port, row.nonce, row.secret_hash, row.started, row.last_activity,
+            json.dumps(row.user_options))
 
     async def list_servers(self) -> list[ServerRow]:
         rows = await self._all(
-            "SELECT user_id, state, pid, start_ticks, host, port, nonce, secret_hash, started, "
-            "last_activity, extra FROM servers")
-        return [ServerRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
-                          json.loads(r[10])) for r in rows]
+            "SELECT user_id, name, status, state, scheme, host, port, nonce, secret_hash, "
+            "started, last_activity, user_options FROM servers")
+        return [ServerRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8],
+                          r[9] or 0.0, r[10], json.loads(r[11])) for r in rows]
 
-    async def touch_server(self, user_id: int, when: float) -> None:
+    async def touch_server(self, user_id: int, name: str, when: float) -> None:
         await self._write("UPDATE servers SET last_activity = max(coalesce(last_activity, 0), ?)"
-                          " WHERE user_id = ?", when, user_id)
+                          " WHERE user_id = ? AND name = ?", when, user_id, name)
 
-    async def delete_server(self, user_id: int) -> None:
-        await self._write("DELETE FROM servers WHERE user_id = ?", user_id)
+    async def delete_server(self, user_id: int, name: str = "") -> None:
+        await self._write("DELETE FROM servers WHERE user_id = ? AND name = ?", user_id, name)
 
     # auth state: opaque (already encrypted) bytes from the authenticator
     async def set_auth_state(self, user_id: int, data: bytes) -> None:
@@ -391,6 +421,14 @@ class Store:
 
     async def delete_kind_tokens(self, user_id: int, kind: str) -> None:
         await self._write("DELETE FROM tokens WHERE user_id = ? AND kind = ?", user_id, kind)
+
+    async def delete_server_tokens(self, user_id: int, client_id: str,
+                                   default: bool) -> None:
+        """The API tokens of one of the user's servers; for the default server also those
+        from before servers had names, which carry no client."""
+        await self._write("DELETE FROM tokens WHERE user_id = ? AND kind = 'server' AND "
+                          "(client_id = ? OR (? AND client_id IS NULL))",
+                          user_id, client_id, int(default))
 
     # OAuth clients and codes
     async def save_oauth_client(self, client_id: str, secret_hash: str, redirect_uri: str,

@@ -470,8 +470,9 @@ def server_address(work: Path, name: str) -> tuple[str, int, str, int]:
     db = sqlite3.connect(work / "data" / "minihub.sqlite")
     try:
         host, port, nonce, pid = db.execute(
-            "SELECT s.host, s.port, s.nonce, s.pid FROM servers s JOIN users u "
-            "ON u.id = s.user_id WHERE u.name = ?", (name,)).fetchone()
+            "SELECT s.host, s.port, s.nonce, json_extract(s.state, '$.pid') FROM servers s "
+            "JOIN users u ON u.id = s.user_id WHERE u.name = ? AND s.name = ''",
+            (name,)).fetchone()
     finally:
         db.close()
     key = load_or_create_key(work / "data" / "cookie_secret")

@@ -42,8 +42,9 @@ class Hub:
     def server_row(self, name: str) -> tuple[int, str]:
         """(pid, nonce) of the user's server, from the hub's database."""
         with contextlib.closing(sqlite3.connect(self.data / "minihub.sqlite")) as db:
-            row = db.execute("SELECT s.pid, s.nonce FROM servers s JOIN users u ON "
-                             "u.id = s.user_id WHERE u.name = ?", (name,)).fetchone()
+            row = db.execute("SELECT json_extract(s.state, '$.pid'), s.nonce FROM servers s "
+                             "JOIN users u ON u.id = s.user_id WHERE u.name = ? AND s.name = ''",
+                             (name,)).fetchone()
         assert row is not None, f"no server row for {name}"
         return int(row[0]), str(row[1])
 

@@ -26,7 +26,8 @@ from test_hub_spawn import h
 def _rows(data: Path) -> list[tuple[str, int]]:
     db = sqlite3.connect(f"file:{data / 'minihub.sqlite'}?mode=ro", uri=True)
     try:
-        return [(str(r[0]), int(r[1])) for r in db.execute("SELECT state, pid FROM servers")]
+        return [(str(r[0]), int(json.loads(r[1])["pid"]))
+                for r in db.execute("SELECT status, state FROM servers")]
     finally:
         db.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import sqlite3
 import subprocess
@@ -199,10 +200,10 @@ SQUAT = textwrap.dedent("""
 def _server_row(data: Path) -> tuple[int, int]:
     db = sqlite3.connect(f"file:{data / 'minihub.sqlite'}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT pid, port FROM servers").fetchone()
+        row = db.execute("SELECT state, port FROM servers").fetchone()
     finally:
         db.close()
-    return int(row[0]), int(row[1])
+    return int(json.loads(row[0])["pid"]), int(row[1])
 
 
 @needs_root

@@ -13,7 +13,7 @@ import pytest
 from conftest import SystemUser, needs_root
 
 from minihub.spawner.accounts import lookup_account
-from minihub.spawner.base import LaunchSpec
+from minihub.spawner.process import LaunchSpec
 from minihub.spawner.cgroups import Mode, UserCgroup, _detect, detect
 from minihub.spawner.local import LocalSpawner, proc_stat, tail_log
 
@@ -110,7 +110,7 @@ async def test_memory_limit_kills_only_the_offending_kernel(
         mem_limit=100 * MB,
     )
     spawner = LocalSpawner()
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     try:
         for _ in range(600):  # bounded: about 60 s
             if "kernel exited" in tail_log(log_path):
@@ -119,10 +119,10 @@ async def test_memory_limit_kills_only_the_offending_kernel(
         log = tail_log(log_path)
         assert "kernel exited -9" in log, log
         assert "hog survived" not in log
-        assert await spawner.poll(proc) is None  # the server itself was spared
-        assert spawner.oom_killed(proc)
+        assert await spawner.poll_process(proc) is None  # the server itself was spared
+        assert spawner.oom_killed_process(proc)
     finally:
-        await spawner.stop(proc, timeout=2)
+        await spawner.stop_process(proc, timeout=2)
         await spawner.close()
         UserCgroup.from_paths(proc.extra["cgroup"]).remove()
 

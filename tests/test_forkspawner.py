@@ -16,7 +16,7 @@ from test_spawner import _start_kernel, make_spec, report, wait_for
 
 from minihub.errors import SpawnError
 from minihub.spawner.accounts import lookup_account
-from minihub.spawner.base import Account, LaunchSpec, Proc
+from minihub.spawner.process import Account, LaunchSpec, Proc
 from minihub.spawner.cgroups import UserCgroup
 from minihub.spawner.forkserver import ForkSpawner, forkable
 from minihub.spawner.local import LocalSpawner, proc_stat, tail_log
@@ -50,7 +50,7 @@ async def spawner() -> AsyncIterator[ForkSpawner]:
     sp.start = start  # type: ignore[method-assign]
     yield sp
     for proc in started:
-        await sp.stop(proc, 2)
+        await sp.stop_process(proc, 2)
     await sp.close()
 
 
@@ -64,7 +64,7 @@ async def test_forked_server_runs_as_the_user_with_a_clean_environment(
     spawner: ForkSpawner, fred: Account, log_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MINIHUB_TEST_SECRET", "must-not-leak")
-    proc = await spawner.start(make_spec(fred, log_dir, umask=0o027))
+    proc = await spawner.start_process(make_spec(fred, log_dir, umask=0o027))
     assert forked(spawner, proc)
     r = await report(proc)
     assert (r["uid"], r["euid"], r["gid"]) == (fred.uid, fred.uid, fred.gid)
@@ -88,7 +88,7 @@ async def test_forked_server_runs_as_the_user_with_a_clean_environment(
     cg = UserCgroup.from_paths(proc.extra.get("cgroup", []))
     if cg.enabled:
         assert proc.pid in cg.pids()
-    assert await spawner.poll(proc) is None
+    assert await spawner.poll_process(proc) is None
 
 
 async def test_users_processes_go_before_the_hub_when_memory_runs_out(
@@ -96,12 +96,12 @@ async def test_users_processes_go_before_the_hub_when_memory_runs_out(
 ) -> None:
     local = LocalSpawner()
     for sp in (spawner, local):
-        proc = await sp.start(make_spec(fred, log_dir, config={"ignore_term": True}))
+        proc = await sp.start_process(make_spec(fred, log_dir, config={"ignore_term": True}))
         r = await report(proc)
         for pid in (proc.pid, r["kids"]["ignore_term"]):  # the server and what it starts
             assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "500"
         if sp is local:
-            await local.stop(proc, 1)
+            await local.stop_process(proc, 1)
     await local.close()
 
 
@@ -113,13 +113,13 @@ async def test_log_is_the_users_and_exit_status_is_reported(
         log_dir,
         cmd=[sys.executable, "-c", "import sys; print('bye', file=sys.stderr); sys.exit(3)"],
     )
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     assert await wait_for(lambda: "bye" in tail_log(spec.log_path))
     for _ in range(100):
-        if await spawner.poll(proc) is not None:
+        if await spawner.poll_process(proc) is not None:
             break
         await asyncio.sleep(0.05)
-    assert await spawner.poll(proc) == 3
+    assert await spawner.poll_process(proc) == 3
     st = os.stat(spec.log_path)
     # the hub's, not the user's: a user owning it could grow it by name past the cap
     assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o600)
@@ -129,22 +129,22 @@ async def test_start_errors_are_for_people(
     spawner: ForkSpawner, fred: Account, log_dir: Path
 ) -> None:
     with pytest.raises(SpawnError, match="does not exist or mhfk_fred cannot enter"):
-        await spawner.start(make_spec(fred, log_dir, cwd="/nonexistent/dir"))
+        await spawner.start_process(make_spec(fred, log_dir, cwd="/nonexistent/dir"))
     root = Account("root", 0, 0, (0,), "/root", "/bin/sh")
     with pytest.raises(SpawnError, match="never runs a server as root"):
-        await spawner.start(make_spec(root, log_dir))
+        await spawner.start_process(make_spec(root, log_dir))
 
 
 async def test_stop_and_readoption_by_a_plain_local_spawner(
     spawner: ForkSpawner, fred: Account, log_dir: Path
 ) -> None:
-    proc = await spawner.start(make_spec(fred, log_dir, config={"ignore_term": True}))
+    proc = await spawner.start_process(make_spec(fred, log_dir, config={"ignore_term": True}))
     r = await report(proc)
     kid = r["kids"]["ignore_term"]
     other = LocalSpawner()  # a restarted hub knows the Proc only from the database
-    assert await other.poll(proc) is None
-    await other.stop(proc, 1)
-    assert await other.poll(proc) is not None
+    assert await other.poll_process(proc) is None
+    await other.stop_process(proc, 1)
+    assert await other.poll_process(proc) is not None
     assert await gone(kid)
     await other.close()
 
@@ -169,7 +169,7 @@ async def test_real_singleuser_server_forked(
         "mem_limit": 0,
     }
     spec = make_spec(fred, log_dir, cmd=[sys.executable, "-m", "minihub.singleuser"], config=config)
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     url = f"http://{proc.host}:{proc.port}{base_url}"
     headers = {"X-Minihub-Secret": "s3cret"}
     async with aiohttp.ClientSession() as s:
@@ -179,14 +179,14 @@ async def test_real_singleuser_server_forked(
                     assert r.status == 200
                     break
             except aiohttp.ClientConnectionError:
-                assert await spawner.poll(proc) is None, tail_log(spec.log_path)
+                assert await spawner.poll_process(proc) is None, tail_log(spec.log_path)
                 await asyncio.sleep(0.1)
         kernels = await _start_kernel(s, proc, base_url, spec.log_path)
     for pid in kernels:
         info = proc_stat(pid)
         assert info is not None and info[3] == fred.uid
-    await spawner.stop(proc, timeout=5)
-    assert await spawner.poll(proc) is not None
+    await spawner.stop_process(proc, timeout=5)
+    assert await spawner.poll_process(proc) is not None
     assert all([await gone(p) for p in kernels])
 
 
@@ -198,7 +198,7 @@ async def test_a_burst_of_starts_bigger_than_the_socket_buffer(
     env = {"MINIHUB_BULK": "x" * 100_000}
     cmd = [sys.executable, "-c", "import time; time.sleep(60)"]
     procs = await asyncio.gather(*(
-        spawner.start(make_spec(fred, log_dir, cmd=cmd, env=env, username=f"mhfk_fred{i}"))
+        spawner.start_process(make_spec(fred, log_dir, cmd=cmd, env=env, username=f"mhfk_fred{i}"))
         for i in range(12)))
     assert len({p.pid for p in procs}) == 12
-    assert all([await spawner.poll(p) is None for p in procs])
+    assert all([await spawner.poll_process(p) is None for p in procs])

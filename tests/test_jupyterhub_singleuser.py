@@ -144,12 +144,12 @@ async def test_jupyterlab_oauth_kernel_and_activity(aiohttp_client, data_dir, ma
 
 async def _setup(cfg: Any, name: str, password: str) -> tuple[str, str]:
     """A native user, and an OAuth client for their server: (client id, client secret)."""
-    from minihub import oauth2, users
+    from minihub import protocols, users
     from minihub.auth.native import NativeAuthenticator
 
     store = await Store.open(cfg.data_dir / "minihub.sqlite")
     user = await users.create(store, NativeAuthenticator(cfg, store), name, password=password)
-    client = await oauth2.register_server(store, user, cfg.base_url)
+    client = await protocols.register_server(store, user, "", f"{cfg.base_url}user/{name}/")
     await store.close()
     return client.client_id, client.api_token
 
@@ -246,7 +246,7 @@ async def test_authorization_reaches_only_owners_jupyterhub_server(aiohttp_clien
     from aiohttp import web
 
     from minihub.context import PARTS
-    from minihub.spawner.base import Proc
+    from minihub.spawner.base import Endpoint
 
     seen: list[str] = []
 
@@ -271,10 +271,10 @@ async def test_authorization_reaches_only_owners_jupyterhub_server(aiohttp_clien
         # A stand-in for a running server: the proxy's upstream is the echo server.
         srv = c.app[PARTS].servers.get(owner)
         srv.status, srv.secret = "running", "s3cret"
-        srv.proc = Proc(0, 0, "127.0.0.1", upstream.port)
+        srv.endpoint = Endpoint("127.0.0.1", upstream.port)
         seen.clear()
         for tok in (own_tok, adm_tok):
             r = await c.get("/user/mhjh_own/api/x", headers={"Authorization": f"token {tok}"})
             assert r.status == 200
         assert seen == [f"token {own_tok}" if forwarded else "", ""]
-        srv.status, srv.proc = "stopped", None
+        srv.status, srv.endpoint = "stopped", None

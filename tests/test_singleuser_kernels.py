@@ -265,7 +265,7 @@ async def test_oom_killed_kernel_is_reported(
 ) -> None:
     """Spawned as the hub does, in a 250 MiB cgroup: a hog kernel dies and comes back."""
     from minihub.spawner.accounts import lookup_account
-    from minihub.spawner.base import LaunchSpec
+    from minihub.spawner.process import LaunchSpec
     from minihub.spawner.cgroups import UserCgroup
     from minihub.spawner.local import LocalSpawner
 
@@ -292,7 +292,7 @@ async def test_oom_killed_kernel_is_reported(
         mem_limit=250 << 20,
     )
     spawner = LocalSpawner()
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     srv = Server(
         f"http://{proc.host}:{proc.port}{base}",
         secret,
@@ -326,6 +326,6 @@ async def test_oom_killed_kernel_is_reported(
         assert out.stdout == "back\n"
         await kc.ws.close()
     finally:
-        await spawner.stop(proc, timeout=5)
+        await spawner.stop_process(proc, timeout=5)
         await spawner.close()
         UserCgroup.from_paths(proc.extra["cgroup"]).remove()

@@ -29,7 +29,8 @@ from minihub.spawner.accounts import (
     lookup_account,
     unprivileged_account,
 )
-from minihub.spawner.base import UNKNOWN_EXIT, Account, LaunchSpec, Proc
+from minihub.spawner.base import UNKNOWN_EXIT
+from minihub.spawner.process import Account, LaunchSpec, Proc
 from minihub.spawner.cgroups import UserCgroup
 from minihub.spawner.local import LocalSpawner, open_log, proc_stat, tail_log
 
@@ -139,7 +140,7 @@ async def spawner() -> AsyncIterator[LocalSpawner]:
     sp.start = start  # type: ignore[method-assign]
     yield sp
     for proc in started:
-        await sp.stop(proc, 2)
+        await sp.stop_process(proc, 2)
     await sp.close()
 
 
@@ -147,7 +148,7 @@ async def test_server_runs_as_the_user_with_a_clean_environment(
     spawner: LocalSpawner, alice: Account, log_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MINIHUB_TEST_SECRET", "must-not-leak")
-    proc = await spawner.start(make_spec(alice, log_dir, umask=0o027))
+    proc = await spawner.start_process(make_spec(alice, log_dir, umask=0o027))
     r = await report(proc)
     assert (r["uid"], r["euid"], r["gid"]) == (alice.uid, alice.uid, alice.gid)
     assert r["groups"] == sorted(set(alice.groups))
@@ -165,14 +166,14 @@ async def test_server_runs_as_the_user_with_a_clean_environment(
         == set()
     )
     assert r["cfg"]["secret"] == "s3cret" and "listen_fd" in r["cfg"]
-    assert await spawner.poll(proc) is None
+    assert await spawner.poll_process(proc) is None
 
 
 async def test_log_file_is_the_users_and_tail_shows_output(
     spawner: LocalSpawner, alice: Account, log_dir: Path
 ) -> None:
     spec = make_spec(alice, log_dir)
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     await report(proc)
     st = os.stat(spec.log_path)
     # the hub's, not the user's: a user owning it could grow it by name past the cap
@@ -217,18 +218,18 @@ async def test_refuses_root_and_low_uids(
         lookup_account("mhsp_nobody_here", uid_min=1000)
     root = Account("root", 0, 0, (0,), "/root", "/bin/sh")
     with pytest.raises(SpawnError, match="root"):
-        await spawner.start(make_spec(root, log_dir))
+        await spawner.start_process(make_spec(root, log_dir))
 
 
 async def test_start_errors_are_for_people(
     spawner: LocalSpawner, alice: Account, log_dir: Path
 ) -> None:
     with pytest.raises(SpawnError, match="notebook_dir"):
-        await spawner.start(make_spec(alice, log_dir, cwd="/nonexistent/dir"))
+        await spawner.start_process(make_spec(alice, log_dir, cwd="/nonexistent/dir"))
     with pytest.raises(SpawnError, match=r"permission denied.*\[spawner\] python"):
-        await spawner.start(make_spec(alice, log_dir, cmd=["/root/somewhere/python"]))
+        await spawner.start_process(make_spec(alice, log_dir, cmd=["/root/somewhere/python"]))
     with pytest.raises(SpawnError, match="no such file"):
-        await spawner.start(make_spec(alice, log_dir, cmd=["/usr/bin/no-such-python"]))
+        await spawner.start_process(make_spec(alice, log_dir, cmd=["/usr/bin/no-such-python"]))
 
 
 async def test_server_that_exits_at_once_reports_its_log(
@@ -236,12 +237,12 @@ async def test_server_that_exits_at_once_reports_its_log(
 ) -> None:
     cmd = [sys.executable, "-c", "import sys; sys.exit('config? no thanks')"]
     try:
-        proc = await spawner.start(make_spec(alice, log_dir, cmd=cmd))
+        proc = await spawner.start_process(make_spec(alice, log_dir, cmd=cmd))
     except SpawnError as e:  # it may die before or after reading its stdin
         assert "no thanks" in e.log_tail
         return
     assert await wait_for(lambda: gone(proc.pid))
-    assert await spawner.poll(proc) == 1
+    assert await spawner.poll_process(proc) == 1
     assert "no thanks" in tail_log(log_dir / f"{alice.name}.log")
 
 
@@ -249,13 +250,13 @@ async def test_stop_kills_the_group_and_escaped_kernels(
     spawner: LocalSpawner, alice: Account, log_dir: Path
 ) -> None:
     spec = make_spec(alice, log_dir, config={"ignore_term": True, "escape": True})
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     kids = (await report(proc))["kids"]
     assert await wait_for(lambda: ignores_term(kids["ignore_term"]))
     assert await wait_for(lambda: ignores_term(kids["escape"]))
-    await spawner.stop(proc, timeout=1)
+    await spawner.stop_process(proc, timeout=1)
     assert gone(proc.pid)
-    assert await spawner.poll(proc) == -signal.SIGTERM
+    assert await spawner.poll_process(proc) == -signal.SIGTERM
     assert gone(kids["ignore_term"])
     if proc.extra.get("cgroup"):  # without cgroups a setsid'd process cannot be found
         assert gone(kids["escape"])
@@ -264,31 +265,31 @@ async def test_stop_kills_the_group_and_escaped_kernels(
 
 
 async def test_poll_and_readoption(spawner: LocalSpawner, alice: Account, log_dir: Path) -> None:
-    proc = await spawner.start(make_spec(alice, log_dir))
+    proc = await spawner.start_process(make_spec(alice, log_dir))
     await report(proc)
     fresh = LocalSpawner()  # as after a hub restart: knows only the stored Proc
-    assert await fresh.poll(proc) is None
+    assert await fresh.poll_process(proc) is None
     reused = Proc(proc.pid, proc.start_ticks + 1, proc.host, proc.port)
-    assert await fresh.poll(reused) == UNKNOWN_EXIT
-    assert await spawner.poll(reused) == UNKNOWN_EXIT
+    assert await fresh.poll_process(reused) == UNKNOWN_EXIT
+    assert await spawner.poll_process(reused) == UNKNOWN_EXIT
     os.kill(proc.pid, signal.SIGKILL)
     assert await wait_for(lambda: gone(proc.pid))
-    assert await fresh.poll(proc) == UNKNOWN_EXIT
-    assert await spawner.poll(proc) == -signal.SIGKILL
+    assert await fresh.poll_process(proc) == UNKNOWN_EXIT
+    assert await spawner.poll_process(proc) == -signal.SIGKILL
     await fresh.close()
 
 
 async def test_readopting_spawner_stops_a_live_server(
     spawner: LocalSpawner, alice: Account, log_dir: Path
 ) -> None:
-    proc = await spawner.start(make_spec(alice, log_dir, config={"ignore_term": True}))
+    proc = await spawner.start_process(make_spec(alice, log_dir, config={"ignore_term": True}))
     kids = (await report(proc))["kids"]
     assert await wait_for(lambda: ignores_term(kids["ignore_term"]))
     stored = Proc(**json.loads(json.dumps(proc.__dict__)))  # as read back from SQLite
     fresh = LocalSpawner()
-    await fresh.stop(stored, timeout=1)
+    await fresh.stop_process(stored, timeout=1)
     assert gone(proc.pid) and gone(kids["ignore_term"])
-    assert await fresh.poll(stored) == UNKNOWN_EXIT
+    assert await fresh.poll_process(stored) == UNKNOWN_EXIT
     await fresh.close()
 
 
@@ -301,7 +302,7 @@ async def test_listen_on_ipv6_loopback(
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
         pytest.skip("no ::1")
-    proc = await spawner.start(make_spec(alice, log_dir, listen_host="::1"))
+    proc = await spawner.start_process(make_spec(alice, log_dir, listen_host="::1"))
     assert (await report(proc))["uid"] == alice.uid
 
 
@@ -384,7 +385,7 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
     env = {"PYTHONPATH": str(Path(__file__).parent.parent)}
     cmd = [sys.executable, "-m", "minihub.singleuser"]
     spec = make_spec(alice, log_dir, cmd=cmd, config=config, env=env)
-    proc = await spawner.start(spec)
+    proc = await spawner.start_process(spec)
     url = f"http://{proc.host}:{proc.port}{base_url}api/status"
     status = 0
     async with aiohttp.ClientSession() as s:
@@ -394,7 +395,7 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
                     status = r.status
                     break
             except aiohttp.ClientConnectionError:
-                assert await spawner.poll(proc) is None, tail_log(spec.log_path)
+                assert await spawner.poll_process(proc) is None, tail_log(spec.log_path)
                 await asyncio.sleep(0.1)
         assert status == 200, tail_log(spec.log_path)
         async with s.get(url) as r:
@@ -403,8 +404,8 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
     for pid in kernels:
         info = proc_stat(pid)
         assert info is not None and info[3] == alice.uid
-    await spawner.stop(proc, timeout=5)
-    assert await spawner.poll(proc) is not None
+    await spawner.stop_process(proc, timeout=5)
+    assert await spawner.poll_process(proc) is not None
     assert all(gone(pid) for pid in kernels)
 
 
@@ -424,7 +425,7 @@ async def _start_kernel(s: aiohttp.ClientSession, proc: Proc, base_url: str, log
 DYING_HUB = r"""
 import asyncio, json, os, signal, sys
 from pathlib import Path
-from minihub.spawner.base import Account, LaunchSpec
+from minihub.spawner.process import Account, LaunchSpec
 from minihub.spawner.local import LocalSpawner
 args = json.loads(sys.argv[1])
 async def main():
@@ -432,7 +433,7 @@ async def main():
     spec = LaunchSpec(username=acct.name, account=acct, cmd=args["cmd"], env={},
                       cwd=acct.home, stdin_config={"ignore_term": True},
                       log_path=Path(args["log"]))
-    proc = await LocalSpawner().start(spec)
+    proc = await LocalSpawner().start_process(spec)
     print(json.dumps(proc.__dict__), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 asyncio.run(main())
@@ -458,15 +459,15 @@ async def test_readoption_after_the_hub_was_killed(alice: Account, log_dir: Path
     proc = Proc(**json.loads(out))
     new_hub = LocalSpawner()
     try:
-        assert await new_hub.poll(proc) is None
+        assert await new_hub.poll_process(proc) is None
         r = await report(proc)
         assert r["uid"] == alice.uid and proc_stat(proc.pid) is not None
         assert await wait_for(lambda: ignores_term(r["kids"]["ignore_term"]))
-        await new_hub.stop(proc, timeout=1)
+        await new_hub.stop_process(proc, timeout=1)
         assert gone(proc.pid) and gone(r["kids"]["ignore_term"])
-        assert await new_hub.poll(proc) == UNKNOWN_EXIT
+        assert await new_hub.poll_process(proc) == UNKNOWN_EXIT
     finally:
-        await new_hub.stop(proc, timeout=1)
+        await new_hub.stop_process(proc, timeout=1)
         await new_hub.close()
 
 
@@ -476,7 +477,7 @@ UNPRIVILEGED_HUB = r"""
 import asyncio, json, logging, socket, sys
 from pathlib import Path
 from minihub.spawner.accounts import unprivileged_account
-from minihub.spawner.base import LaunchSpec
+from minihub.spawner.process import LaunchSpec
 from minihub.spawner.local import LocalSpawner
 logging.basicConfig(level=logging.WARNING)
 data_dir, reporter = sys.argv[1], sys.argv[2]
@@ -486,12 +487,12 @@ async def main():
                       env={}, cwd=acct.home, stdin_config={},
                       log_path=Path(data_dir) / "logs" / "bob.log", mem_limit=100 << 20)
     sp = LocalSpawner()
-    proc = await sp.start(spec)
+    proc = await sp.start_process(spec)
     reader, writer = await asyncio.open_connection(proc.host, proc.port)
     report = json.loads(await asyncio.wait_for(reader.read(), 20))
     writer.close()
-    await sp.stop(proc, 2)
-    print(json.dumps({"report": report, "home": acct.home, "after": await sp.poll(proc)}))
+    await sp.stop_process(proc, 2)
+    print(json.dumps({"report": report, "home": acct.home, "after": await sp.poll_process(proc)}))
     await sp.close()
 asyncio.run(main())
 """

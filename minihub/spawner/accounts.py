@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SpawnError
-from .base import Account
+from .process import Account
 
 log = logging.getLogger("minihub.spawner")
 

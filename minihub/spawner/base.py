@@ -1,88 +1,130 @@
-"""The spawner seam: what the hub needs to run one user's server process.
+"""The spawner seam: how the hub gets one server of one user running, wherever it runs.
 
-The hub (minihub.servers) owns state, limits and readiness; a Spawner only runs processes.
-Contract:
-- `start(spec)` starts the process and returns as soon as it is running (not ready: the
-  hub probes readiness itself). It raises SpawnError with a message for the user if the
-  process cannot be started (no such account, uid below uid_min, bad python...).
-- `poll(proc)` returns None while the process is alive, else its exit status (negative:
-  killed by that signal; None-able for re-adopted processes whose status is unknown: then
-  returns -1000). It must work for processes started by an earlier hub (re-adoption): it
-  checks the pid *and* the process start time so a reused pid is never mistaken.
-- `stop(proc, timeout)` sends SIGTERM to the process group, waits up to `timeout`, then
-  SIGKILLs the whole group (kernels included) and returns once it is gone.
+The hub (minihub.servers) owns everything about a server that is the same everywhere: its
+secret and proof, its URL prefix, readiness, limits on how many run, activity and culling.
+A Spawner only makes the server run somewhere and tells the hub where it listens.
+
+Contract (see docs/spawners.md for a worked example):
+- `start(launch)` starts the server and returns `Started(endpoint, state)` as soon as it
+  runs (not when it is ready: the hub probes readiness itself through the endpoint). It
+  delivers `launch.config` to the server as it sees fit (stdin for a local process, an
+  environment variable or a file elsewhere) and tells the server where to listen with
+  `launch.listen_on(host, port)` before the server starts. It raises SpawnError with a
+  message for the user when the server cannot start; a server it started before failing
+  must be gone when it raises.
+- `state` is the spawner's own JSON-serialisable dict. The hub stores it in SQLite and
+  hands it back to `poll`, `stop`, `log_tail` and `oom_killed` — also in a later hub process
+  after a restart, so it must hold everything needed to find the server again (a pid and
+  its start time, a pod name and uid, a job id) and nothing secret.
+- `poll(state)` returns None while the server runs, else its exit status (negative: killed
+  by that signal; UNKNOWN_EXIT when it is gone but the status is not known). A reused pid or
+  name must never be mistaken for the server.
+- `stop(state, timeout)` asks the server to stop, waits up to `timeout` seconds, then
+  forces it, and returns once it and everything it started are gone. It is also called
+  for servers that already died, to clean up what they left behind; it must not fail then.
+- `progress(launch)` yields messages for the user while `start(launch)` runs (the hub runs
+  both at once and shows the messages on the pending page and the progress API).
+- `log_tail(state, lines)` returns the last lines of the server's output, "" if unknown.
+- `on_exit`, if the hub sets it, is called with `state` (from the event loop) as soon as
+  the spawner sees a server exit, so the hub can react before its next poll.
+- `close()` releases watchers and connections; it never stops servers (they outlive the
+  hub by design).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from ..config import Setting
 
 UNKNOWN_EXIT = -1000
+State = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Account:
-    """A Unix account a server runs as."""
+class Endpoint:
+    """Where the hub reaches a server."""
 
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-    shell: str
-
-
-@dataclass
-class LaunchSpec:
-    username: str  # the hub's name for the user
-    account: Account
-    cmd: list[str]
-    env: dict[str, str]
-    cwd: str
-    stdin_config: dict[str, Any]  # written to the process's stdin as one JSON line, then EOF
-    log_path: Path
-    umask: int = 0o077
-    mem_limit: int = 0  # bytes, 0 = none
-    cpu_limit: float = 0.0  # CPUs, 0 = none
-    max_processes: int = 0  # processes and threads of the user at once, 0 = none
-    disk_quota: int = 0  # bytes on the home's filesystem, 0 = none (needs quotas there)
-    log_max_bytes: int = 4 << 20  # the server's log is rotated past this (one old copy)
-    listen_host: str = "127.0.0.1"
-    pass_listen_socket: bool = True  # bind in the hub, hand over as fd 3
-
-
-@dataclass
-class Proc:
-    """A running server process, as stored in SQLite so a restarted hub can re-adopt it."""
-
-    pid: int
-    start_ticks: int  # field 22 of /proc/PID/stat: tells a reused pid apart
     host: str
     port: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    scheme: str = "http"  # or "https"
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass
+class Launch:
+    """One server for the spawner to start: who it is for and what to run.
+
+    `protocol` is "minihub" (the server reads `config`) or "jupyterhub-singleuser" (the
+    server reads the JUPYTERHUB_* variables in `env`); `listen_on` writes the address into
+    whichever of the two the server reads.
+    """
+
+    user: str  # the hub's name for the user
+    server_name: str  # "" for the default server
+    protocol: str
+    cmd: list[str]
+    env: dict[str, str]
+    config: dict[str, Any]
+    prefix: str  # the server's URL prefix, e.g. /user/alice/ or /user/alice/work/
+    user_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A name for this server that is unique on the hub: user, or user/server."""
+        return f"{self.user}/{self.server_name}" if self.server_name else self.user
+
+    def listen_on(self, host: str, port: int) -> None:
+        if self.protocol == "jupyterhub-singleuser":
+            url_host = f"[{host}]" if ":" in host else host
+            self.env["JUPYTERHUB_SERVICE_URL"] = f"http://{url_host}:{port}{self.prefix}"
+        else:
+            self.config["port"] = port
+
+
+@dataclass(frozen=True)
+class Started:
+    endpoint: Endpoint
+    state: State
 
 
 class Spawner(abc.ABC):
-    # Called with the pid of a server this spawner saw exit (from the event loop), so the hub
-    # can react at once instead of at its next poll; poll() stays the authority.
-    on_exit: Callable[[int], None] | None = None
+    """Base class of every spawner; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""  # how [spawner] class names it
+    # Settings of its own section (e.g. [kubernetes]), declared next to its code; they join
+    # the settings table, so TOML, flags, --generate-config and docs know them.
+    settings: ClassVar[list[Setting]] = []
+
+    on_exit: Callable[[State], None] | None = None
 
     @abc.abstractmethod
-    async def start(self, spec: LaunchSpec) -> Proc: ...
+    async def start(self, launch: Launch) -> Started: ...
 
     @abc.abstractmethod
-    async def poll(self, proc: Proc) -> int | None: ...
+    async def poll(self, state: State) -> int | None: ...
 
     @abc.abstractmethod
-    async def stop(self, proc: Proc, timeout: float) -> None: ...
+    async def stop(self, state: State, timeout: float) -> None: ...
 
-    def oom_killed(self, proc: Proc) -> bool:
+    async def progress(self, launch: Launch) -> AsyncIterator[str]:
+        """Messages while `launch` starts; default: none."""
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    async def log_tail(self, state: State, lines: int = 20) -> str:
+        return ""
+
+    def oom_killed(self, state: State) -> bool:
         """True if the kernel killed part of this server (e.g. a kernel) for lack of memory
-        under the user's mem_limit, so the user can be told why. Default: unknown, False."""
+        under its limit, so the user can be told why. Default: unknown, False."""
         return False
 
     async def close(self) -> None:

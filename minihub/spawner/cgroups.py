@@ -21,6 +21,7 @@ log = logging.getLogger("minihub.spawner")
 ROOT = Path("/sys/fs/cgroup")
 _PERIOD_US = 100_000
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
+DEFAULT_SERVER_GROUP = "_default"  # not a valid server name, so it names no named server
 
 
 def _read(path: Path) -> str:
@@ -175,6 +176,15 @@ class UserCgroup:
         mode = mode or detect()
         bases = [b for b in (mode.base, mode.memory, mode.cpu, mode.pids) if b is not None]
         return cls([b / safe_name(name) for b in bases], mode.version)
+
+    @classmethod
+    def for_server(cls, user: str, server: str,
+                   mode: Mode | None = None) -> tuple[UserCgroup, UserCgroup]:
+        """The user's groups (which hold the limits, shared by all of the user's servers)
+        and, below them, this server's (which holds its processes)."""
+        parent = cls.for_user(user, mode)
+        leaf = DEFAULT_SERVER_GROUP if not server else safe_name(server)
+        return parent, cls([d / leaf for d in parent.dirs], parent.version)
 
     @classmethod
     def from_paths(cls, paths: list[str]) -> UserCgroup:

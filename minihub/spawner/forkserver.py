@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import Config
 from ..errors import SpawnError
 from .accounts import drop_to
-from .base import UNKNOWN_EXIT, LaunchSpec, Proc
-from .cgroups import UserCgroup
+from .base import UNKNOWN_EXIT
 from .local import (
     LocalSpawner,
     _listen_socket,
@@ -37,8 +37,10 @@ from .local import (
     launch_env,
     oom_first,
     open_server_logs,
+    server_cgroup,
     start_ticks,
 )
+from .process import LaunchSpec, Proc
 
 log = logging.getLogger("minihub.spawner")
 
@@ -54,8 +56,10 @@ class ForkSpawner(LocalSpawner):
     """LocalSpawner whose default server (`<hub python> -m minihub.singleuser`) is forked
     from the zygote; any other command, and poll/stop/re-adoption, work as in LocalSpawner."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    name = "fork"
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        super().__init__(cfg)
         self._zygote: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._lock = asyncio.Lock()
@@ -65,9 +69,9 @@ class ForkSpawner(LocalSpawner):
         self._forked: dict[int, int] = {}  # pid -> start ticks, until its exit is reported
         self._early: dict[int, int] = {}  # exits reported before start() recorded the pid
 
-    async def start(self, spec: LaunchSpec) -> Proc:
+    async def start_process(self, spec: LaunchSpec) -> Proc:
         if not forkable(spec.cmd):
-            return await super().start(spec)
+            return await super().start_process(spec)
         _refuse_root(spec)
         await self._ensure_zygote()
         fds, sock, port, req, extra = await asyncio.to_thread(self._prepare, spec)
@@ -108,15 +112,9 @@ class ForkSpawner(LocalSpawner):
             if sock is not None:
                 sock.close()
             raise
-        cg = UserCgroup.for_user(spec.username)
-        extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
         # The child joins these groups itself, while still root and before any user code.
-        limits = (spec.mem_limit, spec.cpu_limit, spec.max_processes)
-        join = cg.paths() if cg.enabled and cg.setup(*limits) else []
-        if join:
-            extra["oom_base"] = cg.oom_kills()
+        extra, join, counted = server_cgroup(spec)
         uid, gid, groups = drop_to(spec.account)  # all None for an unprivileged hub
-        counted = bool(join) and cg.limits_processes
         req = {
             "argv": spec.cmd[1:],
             "uid": uid,
@@ -222,8 +220,7 @@ class ForkSpawner(LocalSpawner):
             return
         self._exited[(pid, ticks)] = status
         log.info("server pid %d exited with status %d", pid, status)
-        if self.on_exit is not None:
-            self.on_exit(pid)
+        self._exited_now(pid, ticks)
 
     async def close(self) -> None:
         """The zygote exits when its socket closes; servers it forked keep running."""

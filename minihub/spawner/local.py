@@ -1,8 +1,11 @@
 """LocalSpawner: user servers as local processes running under the users' own accounts.
 
-Processes are started with subprocess.Popen (privilege drop, own session, a clean
-environment), reaped through pidfds on the event loop, and recognised after a hub restart
-by pid plus start time.
+The seam's half (`start(launch)` and friends) turns a Launch into a LaunchSpec: the Unix
+account (looked up, or created with [users] create_system_users), its shared-folder links,
+the notebook dir, the log file, the cgroup. The process half (`start_process(spec)` and
+friends) starts it with subprocess.Popen (privilege drop, own session, a clean
+environment), reaps it through a pidfd on the event loop, and recognises it after a hub
+restart by pid plus start time.
 """
 
 from __future__ import annotations
@@ -11,18 +14,23 @@ import asyncio
 import json
 import logging
 import os
+import pwd
 import resource
 import signal
 import socket
 import stat
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from ..config import Config, parse_bytes
 from ..errors import SpawnError
+from . import accounts
 from .accounts import apply_disk_quota, drop_to
-from .base import UNKNOWN_EXIT, LaunchSpec, Proc, Spawner
+from .base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, Started, State
 from .cgroups import UserCgroup
+from .process import Account, LaunchSpec, Proc
 
 log = logging.getLogger("minihub.spawner")
 
@@ -35,15 +43,123 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 USER_OOM_SCORE_ADJ = 500
 
 
+SKEL = "/etc/skel"
+LISTEN_HOST = "127.0.0.1"
+
+
 class LocalSpawner(Spawner):
     """Runs each server as a child process; any instance can poll/stop any Proc."""
 
-    def __init__(self) -> None:
+    name = "local"
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg
         self._children: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
         self._pidfds: dict[int, int] = {}
         self._exited: dict[tuple[int, int], int] = {}  # (pid, start_ticks) -> status
+        self._progress: dict[int, list[str]] = {}  # id(launch) -> messages so far
 
-    async def start(self, spec: LaunchSpec) -> Proc:
+    # -- the seam ------------------------------------------------------------------------
+
+    async def start(self, launch: Launch) -> Started:
+        spec = await self.spec_for(launch)
+        self._say(launch, "Starting the server process")
+        proc = await self.start_process(spec)
+        state = {"pid": proc.pid, "start_ticks": proc.start_ticks, "log": str(spec.log_path),
+                 **proc.extra}
+        return Started(Endpoint(proc.host, proc.port), state)
+
+    async def poll(self, state: State) -> int | None:
+        return await self.poll_process(_proc(state))
+
+    async def stop(self, state: State, timeout: float) -> None:
+        await self.stop_process(_proc(state), timeout)
+
+    async def log_tail(self, state: State, lines: int = 20) -> str:
+        path = state.get("log")
+        return await asyncio.to_thread(tail_log, path, lines) if path else ""
+
+    def oom_killed(self, state: State) -> bool:
+        return self.oom_killed_process(_proc(state))
+
+    async def progress(self, launch: Launch) -> AsyncIterator[str]:
+        seen = 0
+        messages = self._progress.setdefault(id(launch), [])
+        try:
+            while True:
+                while seen < len(messages):
+                    seen += 1
+                    yield messages[seen - 1]
+                await asyncio.sleep(0.05)
+        finally:
+            self._progress.pop(id(launch), None)
+
+    def _say(self, launch: Launch, message: str) -> None:
+        self._progress.setdefault(id(launch), []).append(message)
+
+    async def spec_for(self, launch: Launch) -> LaunchSpec:
+        """What to run, as whom, where: the local facts about a Launch."""
+        cfg = self._config()
+        sp = cfg.section("spawner")
+        account = await self._account(cfg, launch)
+        if os.geteuid() == 0 and cfg.get("users.shared_dirs"):
+            self._say(launch, "Linking shared folders")
+            await accounts.link_shared_dirs(account, cfg.get("users.shared_dirs"))
+        cwd = (sp["notebook_dir"] or account.home).replace("{username}", launch.user)
+        mem = (parse_bytes(sp["mem_limit"]) or 0) if sp["mem_limit"] else 0
+        spec = LaunchSpec(
+            username=launch.user, account=account, cmd=launch.cmd,
+            env={"HOME": account.home, "USER": account.name, "LOGNAME": account.name,
+                 "SHELL": account.shell, **launch.env},
+            cwd=cwd, log_path=self.log_path(launch), stdin_config=dict(launch.config),
+            umask=int(sp["umask"]), mem_limit=mem, cpu_limit=float(sp["cpu_limit"]),
+            max_processes=int(sp["max_processes"]),
+            disk_quota=parse_bytes(cfg.get("users.disk_quota") or "0") or 0,
+            log_max_bytes=int(sp["log_max_bytes"]), server_name=launch.server_name)
+        if launch.protocol == "jupyterhub-singleuser":
+            # It binds its own port (from JUPYTERHUB_SERVICE_URL) and reads nothing on stdin.
+            port = await asyncio.to_thread(free_port, LISTEN_HOST)
+            launch.listen_on(LISTEN_HOST, port)
+            spec.env = {**spec.env, **launch.env}
+            if sp["notebook_dir"]:
+                spec.env["JUPYTERHUB_ROOT_DIR"] = cwd
+            spec.pass_listen_socket, spec.stdin_config = False, {"port": port}
+        else:
+            spec.stdin_config.update(notebook_dir=cwd, mem_limit=mem,
+                                     shared_dirs=await asyncio.to_thread(shared_roots, cfg))
+        return spec
+
+    def _config(self) -> Config:
+        if self.cfg is None:
+            raise SpawnError("This spawner was made without a configuration.")
+        return self.cfg
+
+    def log_path(self, launch: Launch) -> Path:
+        logs = self._config().data_dir / "logs"
+        if launch.server_name:
+            return logs / launch.user / f"{launch.server_name}.log"
+        return logs / f"{launch.user}.log"
+
+    async def _account(self, cfg: Config, launch: Launch) -> Account:
+        name = launch.user
+        if os.geteuid() != 0:
+            return await asyncio.to_thread(accounts.unprivileged_account, cfg.data_dir, name)
+        try:
+            await asyncio.to_thread(pwd.getpwnam, name)
+        except KeyError:
+            if not cfg.get("users.create_system_users"):
+                raise SpawnError(
+                    f"There is no system account named {name!r}. An admin can create it "
+                    "(useradd -m) or set [users] create_system_users = true.", status=400
+                ) from None
+            self._say(launch, "Creating the Unix account")
+            await accounts.create_system_user(name, home_mode=int(cfg.get("users.home_mode")))
+        return await asyncio.to_thread(
+            accounts.lookup_account, name, uid_min=int(cfg.get("spawner.uid_min")))
+
+    # -- the process half ------------------------------------------------------------------
+
+    async def start_process(self, spec: LaunchSpec) -> Proc:
         _refuse_root(spec)
         # Forking, exec and the log/cgroup file work can stall on a busy machine: off the loop.
         popen, port, config = await asyncio.to_thread(self._launch, spec)
@@ -132,8 +248,11 @@ class LocalSpawner(Spawner):
         del self._children[pid]
         self._unwatch(pid)
         log.info("server pid %d exited with status %d", pid, popen.returncode)
+        self._exited_now(pid, ticks)
+
+    def _exited_now(self, pid: int, ticks: int) -> None:
         if self.on_exit is not None:
-            self.on_exit(pid)
+            self.on_exit({"pid": pid, "start_ticks": ticks})
 
     def _unwatch(self, pid: int) -> None:
         fd = self._pidfds.pop(pid, None)
@@ -143,7 +262,7 @@ class LocalSpawner(Spawner):
 
     # -- poll / stop ---------------------------------------------------------------------
 
-    async def poll(self, proc: Proc) -> int | None:
+    async def poll_process(self, proc: Proc) -> int | None:
         return self._poll(proc.pid, proc.start_ticks)
 
     def _poll(self, pid: int, ticks: int) -> int | None:
@@ -155,9 +274,9 @@ class LocalSpawner(Spawner):
             return UNKNOWN_EXIT
         return None
 
-    async def stop(self, proc: Proc, timeout: float) -> None:
-        """SIGTERM the group, SIGKILL what is left after `timeout`, then empty the user's
-        cgroup: a user has one server, so everything in it belongs to this one."""
+    async def stop_process(self, proc: Proc, timeout: float) -> None:
+        """SIGTERM the group, SIGKILL what is left after `timeout`, then empty the server's
+        cgroup (kernels that left the group with setsid are still in it)."""
         alive = self._poll(proc.pid, proc.start_ticks) is None
         if alive:
             _killpg(proc.pid, signal.SIGTERM)
@@ -170,6 +289,7 @@ class LocalSpawner(Spawner):
         await asyncio.to_thread(cg.kill_all)
         await self._wait_exit(proc.pid, proc.start_ticks, _KILL_WAIT)
         await self._wait_group_gone(proc, _KILL_WAIT)
+        await asyncio.to_thread(cg.remove)  # the server's own group, now empty
         log.info("stopped server pid %d", proc.pid)
 
     def _group_alive(self, proc: Proc) -> bool:
@@ -193,8 +313,9 @@ class LocalSpawner(Spawner):
         while await asyncio.to_thread(self._group_alive, proc) and loop.time() < deadline:
             await asyncio.sleep(_POLL_INTERVAL)
 
-    def oom_killed(self, proc: Proc) -> bool:
+    def oom_killed_process(self, proc: Proc) -> bool:
         """True if the kernel killed something of this server's user for lack of memory."""
+        # The victim's own group counts the kill (v1 does not count it in the parents).
         cg = UserCgroup.from_paths(list(proc.extra.get("cgroup", [])))
         return cg.enabled and cg.oom_killed_recently(int(proc.extra.get("oom_base", 0)))
 
@@ -209,6 +330,36 @@ class LocalSpawner(Spawner):
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _proc(state: State) -> Proc:
+    """The process a stored state names (the extra keys are the cgroup and such)."""
+    extra = {k: v for k, v in state.items() if k not in ("pid", "start_ticks", "log")}
+    return Proc(int(state.get("pid") or 0), int(state.get("start_ticks") or 0), LISTEN_HOST,
+                0, extra)
+
+
+def shared_roots(cfg: Config) -> list[str]:
+    """Where links in a home may lead: [users] shared_dirs and what /etc/skel links to.
+
+    Both are chosen by the operator; a link a user makes elsewhere stays refused.
+    """
+    roots = [os.path.realpath(d) for d in cfg.get("users.shared_dirs")]
+    try:
+        for entry in os.scandir(SKEL):
+            if entry.is_symlink():
+                roots.append(os.path.realpath(entry.path))
+    except OSError:
+        pass
+    return sorted(set(roots))
+
+
+def free_port(host: str) -> int:
+    """A port nobody listens on now (the server binds it itself, moments later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _refuse_root(spec: LaunchSpec) -> None:
@@ -235,15 +386,27 @@ def _confine(spec: LaunchSpec, pid: int) -> dict[str, Any]:
     nothing heavy runs unlimited.
     """
     oom_first(pid)
-    cg = UserCgroup.for_user(spec.username)
-    extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths()}
-    counted = False
-    if cg.enabled and cg.setup(spec.mem_limit, spec.cpu_limit, spec.max_processes):
-        counted = cg.add(pid) and cg.limits_processes
-        extra["oom_base"] = cg.oom_kills()
+    extra, join, counted = server_cgroup(spec)
+    if join:
+        counted = UserCgroup.from_paths(join).add(pid) and counted
     if spec.max_processes and not counted:
         limit_nproc(pid, spec.max_processes)
     return extra
+
+
+def server_cgroup(spec: LaunchSpec) -> tuple[dict[str, Any], list[str], bool]:
+    """Set up the user's groups (the limits, shared by the user's servers) and the server's
+    own below them: (what the state keeps, the groups to join, whether they count
+    processes). Everything the server starts stays in its own group, so stopping one of a
+    user's servers never touches another."""
+    user_cg, cg = UserCgroup.for_server(spec.username, spec.server_name)
+    extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths(),
+                             "user_cgroup": user_cg.paths()}
+    limits = (spec.mem_limit, spec.cpu_limit, spec.max_processes)
+    if not (cg.enabled and user_cg.setup(*limits) and cg.setup(0, 0, 0)):
+        return extra, [], False
+    extra["oom_base"] = cg.oom_kills()
+    return extra, cg.paths(), user_cg.limits_processes
 
 
 def limit_nproc(pid: int, limit: int) -> None:

@@ -66,7 +66,7 @@ async def user_action(request: web.Request) -> web.Response:
     if action == "start":
         await p.servers.spawn(user, wait=0)
     elif action == "stop":
-        await p.servers.stop(user.name, user.id)
+        await p.servers.stop(user.id)
     elif action in ("make-admin", "remove-admin"):
         if user.id == me.id and action == "remove-admin":
             raise BadRequest("You cannot remove your own admin rights.")
@@ -74,7 +74,7 @@ async def user_action(request: web.Request) -> web.Response:
     elif action == "delete":
         if user.id == me.id:
             raise BadRequest("You cannot delete yourself.")
-        await p.servers.stop(user.name, user.id)
+        await p.servers.stop(user.id)
         await p.store.delete_user(user.id)
     else:
         raise BadRequest(f"Unknown action {action[:32]!r}", 404)

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from .. import oauth2, users
+from .. import users
 from ..auth import names
 from ..auth.base import TRUSTED_ATTEMPT, AuthResult
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
@@ -233,7 +233,7 @@ async def home(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
     return render(request, "home.html", {"srv": p.servers.peek(user.id),
-                                         "default_url": oauth2.landing_path(p.cfg)})
+                                         "default_url": p.servers.protocol.landing_path()})
 
 
 @routes.post("/hub/home/start")
@@ -248,7 +248,7 @@ async def home_start(request: web.Request) -> web.Response:
 async def home_stop(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
-    await p.servers.stop(user.name, user.id)
+    await p.servers.stop(user.id)
     raise redirect(f"{p.cfg.base_url}hub/home")
 
 

@@ -1,0 +1,248 @@
+"""The two kinds of user server the hub can run, and everything that differs between them.
+
+`minihub` is minihub's own server (minihub.singleuser): its launch config holds its secret
+and proof, it answers its status to the secret, reports its activity when asked, and the hub
+checks XSRF for it. `jupyterhub-singleuser` is JupyterHub's, launched as JupyterHub's
+LocalProcessSpawner does: the JUPYTERHUB_* environment with an API token that is also the
+secret of its OAuth client, readiness when `{prefix}api` answers below 500, activity posted
+to the hub, and its own cookie and XSRF checks. `[spawner] server` names one; nothing else
+in the hub asks which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+from urllib.parse import quote
+
+from .auth import secrets as S
+from .auth.identity import HUB_COOKIES, SESSION_COOKIE
+from .config import Config
+from .singleuser import PROOF_HEADER
+from .store import Store, User
+
+log = logging.getLogger("minihub.servers")
+
+
+@dataclass
+class Prepared:
+    """What a protocol gives a server beyond its command: environment and launch config."""
+
+    env: dict[str, str]
+    config: dict[str, object]
+
+
+class ServerProtocol:
+    name: ClassVar[str] = ""
+    ready_path: ClassVar[str] = "api/status"  # under the server's prefix
+    answers_back: ClassVar[bool] = True  # sends the proof (see minihub.proxy.Upstream)
+    reports_activity: ClassVar[bool] = True  # the hub asks it (GET api/status)
+    # The hub's cookies that never reach the server, and whether an owner's API token in
+    # Authorization does (a server that checks tokens with the hub itself needs it).
+    strip_cookies: ClassVar[tuple[str, ...]] = HUB_COOKIES
+    forwards_owner_token: ClassVar[bool] = False
+    checks_own_xsrf: ClassVar[bool] = False  # True: the hub leaves /user/ XSRF to it
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg, self.store = cfg, store
+
+    def default_cmd(self) -> list[str]:
+        return [server_python(self.cfg), "-m", "minihub.singleuser"]
+
+    def cmd(self) -> list[str]:
+        return list(self.cfg.get("spawner.cmd")) or self.default_cmd()
+
+    def ready(self, status: int, headers: dict[str, str] | object, proof: str) -> bool:
+        got = getattr(headers, "get", lambda *_: "")(PROOF_HEADER, "")
+        return status == 200 and S.equal(str(got or ""), proof)
+
+    def landing_path(self) -> str:
+        """Where under the server's prefix the hub sends a browser."""
+        return str(self.cfg.get("spawner.default_url"))
+
+    async def prepare(self, user: User, server_name: str, prefix: str, secret: str,
+                      proof: str) -> Prepared:
+        sp = self.cfg.section("spawner")
+        config: dict[str, object] = {
+            "secret": secret, "proof": proof, "base_url": prefix, "user": user.name,
+            "server_name": server_name,
+            "kernel_idle_timeout": int(sp["kernel_idle_timeout"]),
+            "kernel_zygote": bool(sp["kernel_fork"]),
+            **{f"ws_{k}": sp[f"kernel_ws_{k}"] for k in ("max_message", "max_json",
+                                                         "max_buffers")},
+        }
+        env = {**base_env(self.cfg), "MINIHUB_USER": user.name, "MINIHUB_BASE_URL": prefix}
+        return Prepared({**env, **sp["environment"]}, config)
+
+    async def forget(self, user: User, server_name: str) -> None:
+        """The server stopped: revoke what prepare() handed out."""
+
+
+class MinihubServer(ServerProtocol):
+    name = "minihub"
+
+
+class JupyterhubSingleuser(ServerProtocol):
+    name = "jupyterhub-singleuser"
+    ready_path = "api"
+    answers_back = False
+    reports_activity = False  # it posts its activity to the hub itself
+    strip_cookies = (SESSION_COOKIE,)  # the hub's _xsrf passes: it ignores cookies it did not sign
+    forwards_owner_token = True
+    checks_own_xsrf = True
+
+    def default_cmd(self) -> list[str]:
+        return ["jupyterhub-singleuser"]
+
+    def ready(self, status: int, headers: dict[str, str] | object, proof: str) -> bool:
+        return status < 500
+
+    def landing_path(self) -> str:
+        return jupyterhub_landing(self.cfg)
+
+    async def prepare(self, user: User, server_name: str, prefix: str, secret: str,
+                      proof: str) -> Prepared:
+        client = await register_server(self.store, user, server_name, prefix)
+        env = server_env(self.cfg, user, server_name, prefix, client)
+        return Prepared({**base_env(self.cfg), **env, **self.cfg.get("spawner.environment")}, {})
+
+    async def forget(self, user: User, server_name: str) -> None:
+        await self.store.delete_server_tokens(user.id, client_id(user.name, server_name),
+                                              not server_name)
+
+
+PROTOCOLS: dict[str, type[ServerProtocol]] = {
+    p.name: p for p in (MinihubServer, JupyterhubSingleuser)
+}
+
+
+def choose(cfg: Config, store: Store) -> ServerProtocol:
+    """The protocol [spawner] server names; a configuration from before that setting, whose
+    cmd runs jupyterhub-singleuser, keeps working (and the log says what to set)."""
+    name = name_of(cfg)
+    if name != cfg.get("spawner.server"):
+        log.warning('[spawner] cmd runs jupyterhub-singleuser: launching it as [spawner] '
+                    'server = "jupyterhub-singleuser" (set that to silence this line)')
+    return PROTOCOLS[name](cfg, store)
+
+
+def name_of(cfg: Config) -> str:
+    name = str(cfg.get("spawner.server"))
+    cmd = list(cfg.get("spawner.cmd"))
+    if name == "minihub" and cmd and _runs_jupyterhub_singleuser(cmd):
+        return "jupyterhub-singleuser"
+    return name
+
+
+def _runs_jupyterhub_singleuser(cmd: list[str]) -> bool:
+    return any(os.path.basename(a) == "jupyterhub-singleuser" or a == "jupyterhub.singleuser"
+               for a in cmd)
+
+
+def jupyterhub_landing(cfg: Config) -> str:
+    """minihub's own default URL (/tree/) is a 404 on jupyterhub-singleuser with JupyterLab;
+    its root goes to its own default."""
+    url = str(cfg.get("spawner.default_url"))
+    return "/" if url == "/tree/" else url
+
+
+def server_python(cfg: Config) -> str:
+    return str(cfg.get("spawner.python") or sys.executable)
+
+
+def base_env(cfg: Config) -> dict[str, str]:
+    python = server_python(cfg)
+    return {"PATH": f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin",
+            "LANG": os.environ.get("LANG", "C.UTF-8")}
+
+
+# --- jupyterhub-singleuser's launch: its OAuth client, API token and environment ------------
+
+@dataclass(frozen=True)
+class ServerClient:
+    """What a jupyterhub-singleuser server is told at launch."""
+
+    client_id: str
+    api_token: str
+    redirect_uri: str
+    access_scopes: list[str]
+
+
+def client_id(user: str, server_name: str) -> str:
+    """JupyterHub's names: jupyterhub-user-<name>, and -<server> for a named server."""
+    return f"jupyterhub-user-{user}" + (f"-{server_name}" if server_name else "")
+
+
+def access_scopes(user: str, server_name: str) -> list[str]:
+    return [f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"]
+
+
+async def register_server(store: Store, user: User, server_name: str,
+                          prefix: str) -> ServerClient:
+    """A fresh API token for this server of `user` (only its hash is kept) and its OAuth
+    client. The token may post activity and reach the server, like JupyterHub's "server"
+    role; it is also the client secret for the code exchange."""
+    token = S.new_token()
+    cid = client_id(user.name, server_name)
+    await store.delete_server_tokens(user.id, cid, not server_name)
+    scopes = access_scopes(user.name, server_name)
+    await store.add_kind_token(user.id, S.hash_token(token), token[:S.PREFIX_LEN],
+                               f"Server at {prefix}",
+                               [f"users:activity!user={user.name}", *scopes], "server", cid)
+    client = ServerClient(cid, token, prefix + "oauth_callback", scopes)
+    await store.save_oauth_client(cid, S.hash_token(token), client.redirect_uri,
+                                  f"Server at {prefix}", user.id, ["identify", *scopes])
+    return client
+
+
+def hub_api_url(cfg: Config) -> str:
+    """Where a server reaches the hub's API: [hub] connect_url, else the hub's own address."""
+    connect = str(cfg.get("hub.connect_url")).rstrip("/")
+    if connect:
+        return f"{connect}{cfg.base_url}hub/api"
+    if cfg.tls and cfg.get("hub.public_url"):
+        # The certificate names the public host, so a TLS hub is reached by that name.
+        return str(cfg.get("hub.public_url")).rstrip("/") + "/hub/api"
+    ip = str(cfg.get("hub.ip"))
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(ip, ip)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    scheme = "https" if cfg.tls else "http"
+    return f"{scheme}://{host}:{cfg.get('hub.port')}{cfg.base_url}hub/api"
+
+
+def server_env(cfg: Config, user: User, server_name: str, prefix: str,
+               client: ServerClient) -> dict[str, str]:
+    """The environment JupyterHub's Spawner.get_env gives jupyterhub-singleuser (the
+    spawner adds JUPYTERHUB_SERVICE_URL once it knows where the server listens)."""
+    api = hub_api_url(cfg)
+    public = str(cfg.get("hub.public_url")).rstrip("/")
+    activity = f"{api}/users/{quote(user.name)}/activity"
+    env = {
+        "JUPYTERHUB_API_TOKEN": client.api_token,
+        "JPY_API_TOKEN": client.api_token,
+        "JUPYTERHUB_CLIENT_ID": client.client_id,
+        "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "0",
+        "JUPYTERHUB_HOST": public,
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": client.redirect_uri,
+        "JUPYTERHUB_OAUTH_SCOPES": json.dumps(client.access_scopes),
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps(client.access_scopes),
+        "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES": json.dumps([]),
+        "JUPYTERHUB_USER": user.name,
+        "JUPYTERHUB_SERVER_NAME": server_name,
+        "JUPYTERHUB_API_URL": api,
+        "JUPYTERHUB_ACTIVITY_URL": activity,
+        "JUPYTERHUB_BASE_URL": cfg.base_url,
+        "JUPYTERHUB_SERVICE_PREFIX": prefix,
+        "JUPYTERHUB_PUBLIC_URL": f"{public}{prefix}" if public else "",
+        "JUPYTERHUB_PUBLIC_HUB_URL": f"{public}{cfg.base_url}hub/" if public else "",
+    }
+    if cfg.get("hub.admin_access"):
+        env["JUPYTERHUB_ADMIN_ACCESS"] = "1"
+    landing = jupyterhub_landing(cfg)
+    if landing != "/":
+        env["JUPYTERHUB_DEFAULT_URL"] = landing
+    return env
