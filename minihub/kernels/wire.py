@@ -151,15 +151,16 @@ def from_legacy(
 ) -> tuple[str, dict[str, Any], Parts]:
     """A client's JSON (or legacy binary) message: (channel, message dict, buffers)."""
     buffers: Parts = []
+    head = data
     if isinstance(data, bytes):
         head, buffers = _split_legacy_binary(data, limits)
-        try:
-            data = head.decode("utf-8")
-        except UnicodeDecodeError:
-            raise WireError("the message is not UTF-8") from None
-    if len(data) > limits.max_json:
+    if len(head) > limits.max_json:
         raise WireError(f"JSON message longer than {limits.max_json} (kernel_ws_max_json)")
-    msg = _loads(data)
+    try:
+        text = head.decode("utf-8") if isinstance(head, bytes) else head
+    except UnicodeDecodeError:
+        raise WireError("the message is not UTF-8") from None
+    msg = _loads(text)
     if not isinstance(msg, dict):
         raise WireError("the message is not a JSON object")
     check_header(msg.get("header"))
