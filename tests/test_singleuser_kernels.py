@@ -321,10 +321,14 @@ async def test_oom_killed_kernel_is_reported(
             )
         )
         assert status["content"]["reason"] == "killed: out of memory"
-        assert "killed: out of memory" in spec.log_path.read_text()
         out = await kc.run("print('back')")
         assert out.stdout == "back\n"
         await kc.ws.close()
+        for _ in range(50):  # the server's log pump writes the file a moment later
+            if "killed: out of memory" in spec.log_path.read_text():
+                break
+            await asyncio.sleep(0.1)
+        assert "killed: out of memory" in spec.log_path.read_text()
     finally:
         await spawner.stop_process(proc, timeout=5)
         await spawner.close()
