@@ -182,13 +182,17 @@ async def test_names_up_to_the_limit_still_work(
     """The limit is the filesystem's: a 255-byte name saves, chunked too (its temp and
     staging files have shorter names)."""
     name = "n" * (NAME_MAX - len(".txt")) + ".txt"
+    wide = "\U0001f600" * 62 + ".py"  # 251 bytes in 65 characters
     for chunk in (1, -1):
-        r = await http.put(
-            server.url + f"api/contents/{name}", data=put_text(f"part{chunk}", chunk=chunk)
-        )
-        assert r.status in (200, 201), await r.text()
+        for each in (name, wide):
+            r = await http.put(
+                server.url + f"api/contents/{each}", data=put_text(f"part{chunk}", chunk=chunk)
+            )
+            assert r.status in (200, 201), await r.text()
     r = await http.get(server.url + f"api/contents/{name}")
     assert (await r.json())["content"] == "part1part-1"
+    r = await http.put(server.url + f"api/contents/{wide}", data=put_text("whole"))
+    assert r.status == 200, await r.text()
     r = await http.put(server.url + f"api/contents/{'n' * 249}.ipynb", data=put_nb(GOOD))
     assert r.status == 201, await r.text()
     r = await http.patch(server.url + f"api/contents/{name}", json={"path": "short.txt"})

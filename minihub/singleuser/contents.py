@@ -30,7 +30,7 @@ CHECKPOINT_DIR = ".ipynb_checkpoints"
 COPY_PAT = re.compile(r"\-Copy\d*\.")
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs)
 PATH_MAX = 4096  # bytes in a path the kernel accepts
-TEMP_STEM = 64  # characters of a name kept in its temp file's name (which must fit NAME_MAX)
+TEMP_STEM = 64  # bytes of a name kept in its temp file's name (which must fit NAME_MAX)
 Model = dict[str, Any]
 
 
@@ -60,7 +60,7 @@ def atomic_copy(src: str, dst: str) -> None:
 def _atomic(os_path: str, fill: Callable[[BinaryIO], object]) -> None:
     target = os.path.realpath(os_path)
     folder, name = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".~{name[:TEMP_STEM]}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".~{_stem(name)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
@@ -487,7 +487,12 @@ def _check_names(parts: list[str]) -> None:
 def _staging_name(name: str) -> str:
     """Where a chunked upload of `name` collects: a hidden name that fits NAME_MAX."""
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-    return f".~{name[:TEMP_STEM]}.{digest}.upload"
+    return f".~{_stem(name)}.{digest}.upload"
+
+
+def _stem(name: str) -> str:
+    """The start of a name, at most TEMP_STEM bytes, cut between characters."""
+    return os.fsencode(name)[:TEMP_STEM].decode("utf-8", "ignore")
 
 
 def new_notebook() -> Model:
