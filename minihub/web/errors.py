@@ -1,28 +1,19 @@
 """One place that turns errors into responses: JSON under the API, a page elsewhere.
 
-Also the request log (one bounded, escaped line per request, with no secrets) and the
-security headers every hub response carries.
+Also what keeps the log clean of clients' input (bounded, escaped lines; aiohttp's tracebacks
+for malformed requests as one line). The middlewares using these are in minihub.middlewares.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..context import BASE_URL, IDENTITY, REQUEST_ID
-from ..errors import HubError, SpawnError
+from ..context import BASE_URL
 from .render import render
 
-log = logging.getLogger("minihub.web")
-access = logging.getLogger("minihub.access")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_ids = itertools.count(1)
 # nginx's status for "the client closed the connection before the answer": never sent, only
 # logged, so an aborted request is neither a 500 nor a traceback.
 CLIENT_GONE = 499
@@ -51,63 +42,9 @@ def error_response(request: web.Request, status: int, message: str,
     return resp
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except HubError as e:
-        tail = e.log_tail if isinstance(e, SpawnError) else ""
-        return error_response(request, e.status, e.message, e.headers, tail)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        keep = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
-        return error_response(request, e.status, e.text if e.text and e.text != f"{e.status}: "
-                              f"{e.reason}" else e.reason or "Error", keep)
-    except Exception as e:
-        if isinstance(e, ConnectionError) and client_gone(request):
-            # Re-raising would make aiohttp log "Error handling request" with a traceback;
-            # this answer cannot be delivered, aiohttp drops it quietly, and the access log
-            # line (499) is the one trace it leaves.
-            return web.Response(status=CLIENT_GONE)
-        log.exception("unhandled error in %s %s", request.method, clean(request.path))
-        return error_response(request, 500, "Internal error: the hub logged the details.")
-
-
 def client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
-
-
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
-
-
-@web.middleware
-async def log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = f"{next(_ids):x}"
-    request[REQUEST_ID] = rid
-    start = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    except asyncio.CancelledError:
-        status = CLIENT_GONE  # the hub is stopping, or aiohttp gave up on the client
-        raise
-    finally:
-        ms = (time.perf_counter() - start) * 1000
-        ident = request.get(IDENTITY)
-        user = ident.name if ident is not None else "-"
-        level = logging.WARNING if 500 <= status < CLIENT_GONE else logging.INFO
-        access.log(level, "%d %s %s %.1fms user=%s rid=%s", status, request.method[:10],
-                   clean(request.path), ms, clean(str(user)), rid, extra={"status": status})
 
 
 class _ClientProtocolErrors(logging.Filter):
