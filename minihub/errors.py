@@ -56,10 +56,13 @@ class ServiceUnavailable(HubError):
 
 
 class SpawnError(HubError):
-    """A server failed to start; `message` is for the user, `log_tail` shows why."""
+    """A server failed to start; `message` is for the user, `log_tail` shows why.
 
-    status = 500
+    502 by default: the hub itself worked, the server it started (its upstream) did not; a
+    refusal that is the request's fault says its own 4xx."""
 
-    def __init__(self, message: str, log_tail: str = "", status: int = 500) -> None:
+    status = 502
+
+    def __init__(self, message: str, log_tail: str = "", status: int = 502) -> None:
         super().__init__(message, status)
         self.log_tail = log_tail

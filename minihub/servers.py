@@ -75,7 +75,7 @@ class Server:
     user_options: dict[str, Any] = field(default_factory=dict)
     progress: list[str] = field(default_factory=list)
     error: str = ""
-    error_status: int = 500  # a refusal's own status (403 for root), kept for the answer
+    error_status: int = 502  # a refusal's own status (403 for root), kept for the answer
     log_tail: str = ""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -247,7 +247,7 @@ class Servers:
             raise
         except Exception as e:
             log.exception("spawn of %s failed", srv.label)
-            await self._fail(srv, f"Server failed to start: {type(e).__name__}: {e}", "")
+            await self._fail(srv, f"Server failed to start: {type(e).__name__}: {e}", "", 500)
         finally:
             srv.ready.set()
 
@@ -264,7 +264,7 @@ class Servers:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
 
-    async def _fail(self, srv: Server, message: str, tail: str, status: int = 500) -> None:
+    async def _fail(self, srv: Server, message: str, tail: str, status: int = 502) -> None:
         log.warning("spawn of %s failed: %s", srv.label, message)
         if srv.state:
             tail = tail or await self.spawner.log_tail(srv.state)

