@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .middlewares import MIDDLEWARES
 from .proxy import Proxy
 from .servers import Servers
+from .spawner.base import Spawner
 from .spawner.forkserver import ForkSpawner
 from .spawner.local import LocalSpawner
 from .store import Store
@@ -48,15 +49,16 @@ def make_authenticator(cfg: Config, store: Store) -> Authenticator:
     return PAMAuthenticator(cfg)
 
 
-def parts_ctx(cfg: Config) -> object:
+def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         data = cfg.data_dir
         data.mkdir(mode=0o711, parents=True, exist_ok=True)
         store = await Store.open(data / "minihub.sqlite")
         key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
         metrics = Metrics()
-        spawner = ForkSpawner(cfg) if cfg.get("spawner.fork_server") else LocalSpawner(cfg)
-        servers = Servers(cfg, store, key, spawner, protocols.choose(cfg, store),
+        sp = spawner or (ForkSpawner(cfg) if cfg.get("spawner.fork_server")
+                         else LocalSpawner(cfg))
+        servers = Servers(cfg, store, key, sp, protocols.choose(cfg, store),
                           on_spawned=metrics.spawn_duration.observe)
         proxy = Proxy(server_ca_file=str(cfg.get("hub.server_ca_file")))
         p = Parts(cfg, store, key, Identities(store, key), make_authenticator(cfg, store),
@@ -112,13 +114,14 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-def make_app(cfg: Config) -> web.Application:
+def make_app(cfg: Config, spawner: Spawner | None = None) -> web.Application:
+    """`spawner`: an instance to use instead of the configured one (tests: FakeSpawner)."""
     add_filters()
     quiet_client_protocol_errors()
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=4 * 1024 * 1024)
     base = cfg.base_url
     app[BASE_URL] = base
-    app.cleanup_ctx.append(parts_ctx(cfg))  # type: ignore[arg-type]
+    app.cleanup_ctx.append(parts_ctx(cfg, spawner))  # type: ignore[arg-type]
     app.cleanup_ctx.append(services.services_ctx(cfg))
     app.on_shutdown.append(_close_websockets)
     app.router.add_get(base, root)
