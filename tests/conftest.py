@@ -181,3 +181,18 @@ def hub_log_faults(log: str | Path) -> list[str]:
     `assert not hub_log_faults(path)` after the hub has stopped or settled."""
     text = Path(log).read_text(errors="replace") if isinstance(log, Path) else log
     return [line[:300] for line in text.splitlines() if _LOG_FAULT.search(line)]
+
+
+# Every hub process a test starts through test_config_cli.start_hub logs to a file; at the
+# end of the session none of them may show a 500 or a traceback (issue 12: "no 500 appears
+# in the hub's log during the whole suite").
+HUB_LOGS: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_500_in_hub_process_logs() -> Iterator[None]:
+    yield
+    faults = [f"{log}: {line}" for log in HUB_LOGS if log.exists()
+              for line in hub_log_faults(log)]
+    if faults:
+        pytest.fail("a hub process answered 500 or logged a traceback:\n" + "\n".join(faults))

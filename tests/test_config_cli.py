@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from conftest import HUB_LOGS
 from minihub.config import SETTINGS, load
 
 MINIHUB = [sys.executable, "-m", "minihub"]
@@ -101,6 +102,8 @@ def hub_proc(tmp_path: Path, native_toml: Path) -> Iterator[tuple[list[str], int
 
 
 def start_hub(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    if log not in HUB_LOGS:
+        HUB_LOGS.append(log)
     with open(log, "ab") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=f)
     for _ in range(100):
