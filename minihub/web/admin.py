@@ -1,4 +1,4 @@
-"""The admin page: add, remove and promote users; start and stop anyone's server."""
+"""The admin page: add, remove and promote users; start and stop anyone's servers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from aiohttp import web
 
 from .. import users
 from ..context import parts
-from ..errors import BadRequest, Forbidden, HubError
+from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..store import User
-from .pages import current
+from .pages import STATUS_WORDS, current, named_servers
 from .render import render
 
 routes = web.RouteTableDef()
@@ -30,9 +30,10 @@ async def admin_page(request: web.Request, message: str = "", error: str = "",
                      status: int = 200) -> web.Response:
     require_admin(request)
     p = parts(request)
-    rows = [(u, p.servers.peek(u.id)) for u in await p.store.list_users()]
+    rows = [(u, p.servers.peek(u.id), named_servers(p.servers, u.id))
+            for u in await p.store.list_users()]
     return render(request, "admin.html", {
-        "rows": rows, "message": message, "error": error,
+        "rows": rows, "message": message, "error": error, "words": STATUS_WORDS,
         "native": p.authenticator.kind == "native"}, status=status)
 
 
@@ -74,11 +75,29 @@ async def user_action(request: web.Request) -> web.Response:
     elif action == "delete":
         if user.id == me.id:
             raise BadRequest("You cannot delete yourself.")
-        await p.servers.stop(user.id)
+        await p.servers.forget_user(user.id)  # named servers too: none left running unowned
         await p.store.delete_user(user.id)
     else:
         raise BadRequest(f"Unknown action {action[:32]!r}", 404)
     p.identities.invalidate()
+    raise web.HTTPFound(f"{p.cfg.base_url}hub/admin")
+
+
+@routes.post("/hub/admin/users/{name}/servers/{server_name}/{action}")
+async def server_action(request: web.Request) -> web.Response:
+    """Start or stop one of a user's named servers."""
+    require_admin(request)
+    p = parts(request)
+    user = await users.get(p.store, request.match_info["name"])
+    server_name, action = request.match_info["server_name"], request.match_info["action"]
+    if p.servers.peek(user.id, server_name) is None:
+        raise NotFound(f"{user.name} has no server named {server_name[:40]!r}.")
+    if action == "start":
+        await p.servers.spawn(user, server_name, wait=0)
+    elif action == "stop":
+        await p.servers.stop(user.id, server_name)
+    else:
+        raise BadRequest(f"Unknown action {action[:32]!r}", 404)
     raise web.HTTPFound(f"{p.cfg.base_url}hub/admin")
 
 

@@ -19,7 +19,8 @@ from ..auth.base import TRUSTED_ATTEMPT, AuthResult
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
 from ..auth.throttle import Attempt, client_address
 from ..context import Parts, identity, parts
-from ..errors import BadRequest, Forbidden, HubError
+from ..errors import BadRequest, Forbidden, HubError, NotFound
+from ..servers import Server, Servers, check_server_name
 from ..store import User
 from .render import render
 
@@ -221,7 +222,12 @@ async def signup(request: web.Request) -> web.Response:
     raise redirect(f"{p.cfg.base_url}hub/login")
 
 
-# --- home ---------------------------------------------------------------------------------
+# --- home and servers ---------------------------------------------------------------------
+# What a page calls each status: "pending" is an API word (JupyterHub's), not a person's.
+STATUS_WORDS = {"running": "running", "pending": "starting", "stopping": "stopping",
+                "stopped": "stopped"}
+
+
 @routes.get("/hub/")
 async def hub_root(request: web.Request) -> web.Response:
     user = current(request)
@@ -230,10 +236,27 @@ async def hub_root(request: web.Request) -> web.Response:
 
 @routes.get("/hub/home")
 async def home(request: web.Request) -> web.Response:
-    user = current(request)
+    return home_page(request, current(request))
+
+
+def home_page(request: web.Request, user: User, error: str = "", status: int = 200,
+              new_name: str = "") -> web.Response:
+    """The user's servers: the default one, and the named ones when the hub allows them."""
     p = parts(request)
-    return render(request, "home.html", {"srv": p.servers.peek(user.id),
-                                         "default_url": p.servers.protocol.landing_path()})
+    allowed = bool(p.cfg.get("hub.allow_named_servers"))
+    named = named_servers(p.servers, user.id) if allowed else []
+    limit = int(p.cfg.get("hub.named_server_limit_per_user"))
+    return render(request, "home.html", {
+        "srv": p.servers.peek(user.id), "named": named, "allow_named": allowed,
+        "limit": limit, "at_limit": bool(limit) and len(named) >= limit,
+        "error": error, "new_name": new_name, "words": STATUS_WORDS,
+        "default_url": p.servers.protocol.landing_path()}, status=status)
+
+
+def named_servers(servers: Servers, user_id: int) -> list[tuple[str, Server]]:
+    """The user's named servers, by name."""
+    return sorted(((n, s) for n, s in servers.of_user(user_id).items() if n),
+                  key=lambda row: row[0])
 
 
 @routes.post("/hub/home/start")
@@ -252,46 +275,141 @@ async def home_stop(request: web.Request) -> web.Response:
     raise redirect(f"{p.cfg.base_url}hub/home")
 
 
+@routes.post("/hub/home/servers")
+async def home_create(request: web.Request) -> web.Response:
+    """The home page's form: create (and start) a named server of one's own."""
+    user = current(request)
+    p = parts(request)
+    name = str((await request.post()).get("server_name", "")).strip()[:64]
+    try:
+        if not p.cfg.get("hub.allow_named_servers"):
+            raise BadRequest("Named servers are not enabled on this hub.")
+        check_server_name(name)
+        if p.servers.peek(user.id, name) is not None:
+            raise BadRequest(f"You already have a server named {name!r}: start it from the "
+                             "list.")
+        await p.servers.spawn(user, name, wait=0)
+    except HubError as e:  # shown in the form, with what was typed
+        resp = home_page(request, user, e.message, e.status, name)
+        resp.headers.update(e.headers)
+        return resp
+    raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}/{name}")
+
+
+def describe(viewer: User, target: User, server_name: str) -> str:
+    """'your server', "alice's server 'work'": how a page names the server it is about."""
+    whose = "your" if viewer.id == target.id else f"{target.name}'s"
+    return f"{whose} server “{server_name}”" if server_name else f"{whose} server"
+
+
 @routes.get("/hub/spawn-pending/{name}")
 async def spawn_pending(request: web.Request) -> web.Response:
     user = await may_act_on(request)
+    return pending_page(request, user, "", parts(request).servers.peek(user.id))
+
+
+@routes.get("/hub/spawn-pending/{name}/{server_name}")
+async def spawn_pending_named(request: web.Request) -> web.Response:
+    user = await may_act_on(request)
+    return pending_page(request, user, request.match_info["server_name"],
+                        named_server(request, user, must_exist=True))
+
+
+def pending_page(request: web.Request, user: User, server_name: str,
+                 srv: Server | None) -> web.Response:
+    """Progress while it starts; on to the server when it runs; why, when it failed."""
     p = parts(request)
-    srv = p.servers.peek(user.id)
-    own = f"{p.cfg.base_url}user/{user.name}/"
+    own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
     nxt = safe_next(request, request.query.get("next")) if request.query.get("next") else own
     if srv is not None and srv.status == "running":
         raise redirect(nxt)
     if srv is None or (srv.status == "stopped" and not srv.error):
-        raise redirect(f"{p.cfg.base_url}hub/user/{user.name}/")
-    return render(request, "spawn_pending.html", {"srv": srv, "target": user, "next": nxt},
-                  status=200 if srv.status == "pending" else 500)
+        raise redirect(f"{p.cfg.base_url}hub/user/{user.name}/" +
+                       (f"{server_name}/" if server_name else ""))
+    api = f"{p.cfg.base_url}hub/api/users/{user.name}/" + \
+        (f"servers/{server_name}/progress" if server_name else "server/progress")
+    return render(request, "spawn_pending.html", {
+        "srv": srv, "target": user, "next": nxt, "progress_url": api,
+        "spawn_url": spawn_url(p, user, server_name),
+        "what": describe(current(request), user, server_name)},
+        status=200 if srv.status == "pending" else 500)
 
 
 @routes.get("/hub/user/{name}/{tail:.*}")
 @routes.get("/hub/user/{name}")
 async def not_running(request: web.Request) -> web.Response:
-    """Where the proxy sends a browser whose server is not running."""
+    """Where the proxy sends a browser whose server is not running: a named server's when
+    the path's first segment names one of the user's, else the default server's."""
     user = await may_act_on(request)
     p = parts(request)
     tail = request.match_info.get("tail", "")
+    first = tail.split("/", 1)[0]
+    server_name = first if first and p.servers.peek(user.id, first) is not None else ""
     target = f"{p.cfg.base_url}user/{user.name}/{tail}"
-    srv = p.servers.peek(user.id)
+    srv = p.servers.peek(user.id, server_name)
     if srv is not None and srv.status == "running":
         raise redirect(target + (f"?{request.query_string}" if request.query_string else ""))
     if srv is not None and srv.status == "pending":
-        raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}?next={quote(target)}")
-    return render(request, "not_running.html", {"srv": srv, "target": user, "next": target},
-                  status=503)
+        pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + \
+            (f"/{server_name}" if server_name else "")
+        raise redirect(f"{pending}?next={quote(target)}")
+    return render(request, "not_running.html", {
+        "srv": srv, "target": user, "next": target,
+        "spawn_url": spawn_url(p, user, server_name),
+        "what": describe(current(request), user, server_name)}, status=503)
+
+
+def spawn_url(p: Parts, user: User, server_name: str) -> str:
+    return f"{p.cfg.base_url}hub/spawn/{user.name}" + (f"/{server_name}" if server_name else "")
 
 
 @routes.post("/hub/spawn/{name}")
+@routes.post("/hub/spawn/{name}/{server_name}")
 async def spawn_post(request: web.Request) -> web.Response:
+    """Start a server (a named one is created if new, as in JupyterHub); on to its progress."""
     user = await may_act_on(request)
     p = parts(request)
+    server_name = request.match_info.get("server_name", "")
     form = await request.post()
-    nxt = safe_next(request, str(form.get("next", "")) or None)
-    await p.servers.spawn(user, wait=0)
-    raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}?next={quote(nxt, safe='')}")
+    own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
+    nxt = safe_next(request, str(form.get("next", ""))) if form.get("next") else own
+    await p.servers.spawn(user, server_name, wait=0)
+    pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + \
+        (f"/{server_name}" if server_name else "")
+    raise redirect(f"{pending}?next={quote(nxt, safe='')}")
+
+
+@routes.post("/hub/stop/{name}/{server_name}")
+async def stop_named(request: web.Request) -> web.Response:
+    user = await may_act_on(request)
+    p = parts(request)
+    named_server(request, user, must_exist=True)
+    await p.servers.stop(user.id, request.match_info["server_name"])
+    raise redirect(await back(request))
+
+
+@routes.post("/hub/delete/{name}/{server_name}")
+async def delete_named(request: web.Request) -> web.Response:
+    """Stop a named server and forget it (its row, its name); files in the home stay."""
+    user = await may_act_on(request)
+    p = parts(request)
+    named_server(request, user, must_exist=True)
+    await p.servers.remove(user.id, request.match_info["server_name"])
+    raise redirect(await back(request))
+
+
+def named_server(request: web.Request, user: User, must_exist: bool = False) -> Server | None:
+    name = request.match_info["server_name"]
+    srv = parts(request).servers.peek(user.id, name) if name else None
+    if srv is None and must_exist:
+        raise NotFound(f"{user.name} has no server named {name[:40]!r}.")
+    return srv
+
+
+async def back(request: web.Request) -> str:
+    """Where a server form returns to: its `next` (the admin page) or home."""
+    nxt = str((await request.post()).get("next", ""))
+    return safe_next(request, nxt) if nxt else f"{base(request)}hub/home"
 
 
 async def may_act_on(request: web.Request) -> User:
