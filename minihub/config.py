@@ -6,6 +6,7 @@ and the settings test that checks every one is documented.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 from .errors import StartupError
 from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
+from .service_spec import validate as validate_services
 
 
 @dataclass(frozen=True)
@@ -373,8 +375,6 @@ def _validate(cfg: Config, where: str) -> None:
         raise bad("[hub] log_level", "must be DEBUG, INFO, WARNING or ERROR")
     if bool(v["hub.ssl_cert"]) != bool(v["hub.ssl_key"]):
         raise bad("[hub] ssl_cert/ssl_key", "set both (or neither)")
-    from .auth.throttle import parse_networks  # auth imports config
-
     try:
         parse_networks(v["hub.trusted_proxies"])
     except ValueError as e:
@@ -402,8 +402,6 @@ def _validate(cfg: Config, where: str) -> None:
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")
-    from .services import validate as validate_services  # services import config
-
     validate_services(cfg.services, where)
 
 
@@ -417,6 +415,20 @@ def parse_bytes(text: str) -> int | None:
     except ValueError:
         return None
     return int(n * units[unit]) if n > 0 else None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: list[str]) -> list[Network]:
+    """[hub] trusted_proxies as networks; ValueError names a bad entry."""
+    out: list[Network] = []
+    for e in entries:
+        try:
+            out.append(ipaddress.ip_network(e.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{e!r} is not an address or CIDR range") from None
+    return out
 
 
 def find_config(explicit: str | None) -> Path | None:

@@ -6,19 +6,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .auth.base import Authenticator
-    from .auth.identity import Identities, Identity
-    from .auth.throttle import Throttle
-    from .config import Config
-    from .metrics import Metrics
-    from .proxy import Proxy
-    from .servers import Servers
-    from .store import Store
+from .auth.base import Authenticator
+from .auth.identity import Identities, Identity
+from .auth.throttle import Throttle
+from .config import Config
+from .metrics import Metrics
+from .proxy import Proxy
+from .servers import Servers
+from .store import Store
 
 
 @dataclass

@@ -17,7 +17,8 @@ import pytest
 from conftest import needs_root
 from test_config_cli import MINIHUB, free_port, start_hub
 
-from minihub.auth.throttle import address_group, client_address, parse_networks
+from minihub.auth.throttle import address_group, client_address
+from minihub.config import parse_networks
 
 
 # --- a real hub process, shared by the test_attack_login_* modules --------------------------

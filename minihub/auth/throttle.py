@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..config import Config
+from ..config import Config, Network, parse_networks
 from ..errors import TooManyRequests
 
 MAX_KEYS = 100_000  # bound memory under a spray of names/addresses
@@ -27,7 +27,6 @@ MAX_KEYS = 100_000  # bound memory under a spray of names/addresses
 # everyone behind one NAT, whose occasional typos must never add up to a wait.
 PAIR_LEAK_SECONDS = 60.0
 ADDRESS_LEAK_SECONDS = 10.0
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass
@@ -64,17 +63,6 @@ def address_group(ip: str) -> str:
     if isinstance(a, ipaddress.IPv4Address):
         return str(a)
     return str(ipaddress.IPv6Network((a, 64), strict=False))
-
-
-def parse_networks(entries: list[str]) -> list[Network]:
-    """[hub] trusted_proxies as networks; ValueError names a bad entry."""
-    out: list[Network] = []
-    for e in entries:
-        try:
-            out.append(ipaddress.ip_network(e.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{e!r} is not an address or CIDR range") from None
-    return out
 
 
 def client_address(peer: str | None, forwarded_for: list[str], trusted: list[Network]) -> str:
