@@ -281,19 +281,27 @@ async def home_create(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
     name = str((await request.post()).get("server_name", "")).strip()[:64]
+    if not p.cfg.get("hub.allow_named_servers"):  # no form to show the reason in
+        raise BadRequest("Named servers are not enabled on this hub.")
     try:
-        if not p.cfg.get("hub.allow_named_servers"):
-            raise BadRequest("Named servers are not enabled on this hub.")
         check_server_name(name)
         if p.servers.peek(user.id, name) is not None:
             raise BadRequest(f"You already have a server named {name!r}: start it from the "
                              "list.")
-        await p.servers.spawn(user, name, wait=0)
+        await start(p, user, name)
     except HubError as e:  # shown in the form, with what was typed
         resp = home_page(request, user, e.message, e.status, name)
         resp.headers.update(e.headers)
         return resp
     raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}/{name}")
+
+
+async def start(p: Parts, user: User, server_name: str) -> None:
+    """Ask for the server to start; its progress page follows it from here."""
+    srv = p.servers.peek(user.id, server_name)
+    if srv is not None and srv.status == "stopping":  # spawn would leave it stopping
+        raise BadRequest("That server is still stopping: try again in a moment.", 409)
+    await p.servers.spawn(user, server_name, wait=0)
 
 
 def describe(viewer: User, target: User, server_name: str) -> str:
@@ -323,7 +331,7 @@ def pending_page(request: web.Request, user: User, server_name: str,
     nxt = safe_next(request, request.query.get("next")) if request.query.get("next") else own
     if srv is not None and srv.status == "running":
         raise redirect(nxt)
-    if srv is None or (srv.status == "stopped" and not srv.error):
+    if srv is None or srv.status == "stopping" or (srv.status == "stopped" and not srv.error):
         raise redirect(f"{p.cfg.base_url}hub/user/{user.name}/" +
                        (f"{server_name}/" if server_name else ""))
     api = f"{p.cfg.base_url}hub/api/users/{user.name}/" + \
@@ -332,7 +340,7 @@ def pending_page(request: web.Request, user: User, server_name: str,
         "srv": srv, "target": user, "next": nxt, "progress_url": api,
         "spawn_url": spawn_url(p, user, server_name),
         "what": describe(current(request), user, server_name)},
-        status=200 if srv.status == "pending" else 500)
+        status=200 if srv.status == "pending" else srv.error_status)
 
 
 @routes.get("/hub/user/{name}/{tail:.*}")
@@ -373,7 +381,7 @@ async def spawn_post(request: web.Request) -> web.Response:
     form = await request.post()
     own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
     nxt = safe_next(request, str(form.get("next", ""))) if form.get("next") else own
-    await p.servers.spawn(user, server_name, wait=0)
+    await start(p, user, server_name)
     pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + \
         (f"/{server_name}" if server_name else "")
     raise redirect(f"{pending}?next={quote(nxt, safe='')}")
