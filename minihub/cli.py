@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import logging
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -114,30 +112,14 @@ def write_config(path: Path, force: bool) -> int:
 
 
 def run_command(cfg: Config, args: argparse.Namespace) -> int:
-    from . import commands
+    # Imported here so that --help and --generate-config do not load the hub's parts.
+    from .commands import COMMANDS
 
-    table: dict[tuple[str, str | None], Callable[..., Coroutine[Any, Any, int]]] = {
-        ("user", "add"): commands.user_add, ("user", "list"): commands.user_list,
-        ("user", "remove"): commands.user_remove,
-        ("user", "set-password"): commands.user_set_password,
-        ("user", "admin"): commands.user_admin, ("user", "import"): commands.user_import,
-        ("token", None): commands.token,
-    }
-    fn = table.get((args.command, getattr(args, "action", None)))
+    fn = COMMANDS.get((args.command, getattr(args, "action", None)))
     if fn is None:
         build_parser().parse_args([args.command, "--help"])
         return 2
     return asyncio.run(fn(cfg, args))
-
-
-def read_password(prompt: str = "Password: ") -> str:
-    if sys.stdin.isatty():
-        pw = getpass.getpass(prompt)
-        if pw != getpass.getpass("Again: "):
-            raise HubError("The passwords differ.")
-        return pw
-    line = sys.stdin.readline()
-    return line.rstrip("\n")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ They work while the hub runs: SQLite in WAL mode lets both write.
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from . import users
 from .app import make_authenticator
@@ -26,8 +30,6 @@ async def _store(cfg: Config) -> Store:
 
 
 async def user_add(cfg: Config, args: argparse.Namespace) -> int:
-    from .cli import read_password
-
     store = await _store(cfg)
     try:
         auth = make_authenticator(cfg, store)
@@ -93,8 +95,6 @@ async def user_remove(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def user_set_password(cfg: Config, args: argparse.Namespace) -> int:
-    from .cli import read_password
-
     store = await _store(cfg)
     try:
         user = await users.get(store, args.name)
@@ -127,3 +127,23 @@ async def token(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 0
+
+
+def read_password(prompt: str = "Password: ") -> str:
+    """From the terminal, typed twice; from a pipe, its first line."""
+    if sys.stdin.isatty():
+        pw = getpass.getpass(prompt)
+        if pw != getpass.getpass("Again: "):
+            raise HubError("The passwords differ.")
+        return pw
+    line = sys.stdin.readline()
+    return line.rstrip("\n")
+
+
+Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]
+# (command, action) as cli.build_parser names them -> what runs it
+COMMANDS: dict[tuple[str, str | None], Command] = {
+    ("user", "add"): user_add, ("user", "list"): user_list, ("user", "remove"): user_remove,
+    ("user", "set-password"): user_set_password, ("user", "admin"): user_admin,
+    ("user", "import"): user_import, ("token", None): token,
+}
