@@ -69,8 +69,17 @@ async def target(request: web.Request, scope: str = "read:users") -> User:
     return await users.get(parts(request).store, name)
 
 
-def model(p: Parts, user: User) -> dict[str, Any]:
-    return user_model(p.cfg.base_url, user, p.servers.of_user(user.id))
+def model(p: Parts, user: User, request: web.Request | None = None) -> dict[str, Any]:
+    """The user model; stopped named servers only with ?include_stopped_servers, as in
+    JupyterHub (the idle culler reads the default listing and expects active servers)."""
+    servers = p.servers.of_user(user.id)
+    if request is None or not _include_stopped(request):
+        servers = {n: s for n, s in servers.items() if s.status != "stopped"}
+    return user_model(p.cfg.base_url, user, servers)
+
+
+def _include_stopped(request: web.Request) -> bool:
+    return request.query.get("include_stopped_servers", "0").lower() not in ("0", "false")
 
 
 @routes.get("")
@@ -127,7 +136,7 @@ async def list_users(request: web.Request) -> web.Response:
     everyone = [u for u in await p.store.list_users() if _in_state(p, u, state)
                 and (visible is None or u.name in visible)]
     page = everyone[offset: offset + limit]
-    items = [model(p, u) for u in page]
+    items = [model(p, u, request) for u in page]
     if PAGINATION in request.headers.get("Accept", ""):
         nxt = None
         if offset + limit < len(everyone):
@@ -185,7 +194,7 @@ def _new_name(p: Parts, name: str) -> str:
 
 @routes.get("/users/{name}")
 async def get_user(request: web.Request) -> web.Response:
-    return web.json_response(model(parts(request), await target(request)))
+    return web.json_response(model(parts(request), await target(request), request))
 
 
 @routes.post("/users/{name}")
@@ -252,9 +261,10 @@ async def start_server(request: web.Request) -> web.Response:
     name = request.match_info.get("server_name", "")
     options = (await read_body(request)).data  # user_options, as JupyterHub's body
     srv = p.servers.peek(user.id, name)
-    if srv and srv.status == "running":
-        what = f"server {name!r}" if name else "server"
-        raise BadRequest(f"{user.name}'s {what} is already running.")
+    what = f"server {name!r}" if name else "server"
+    if srv and srv.status in ("running", "stopping"):
+        raise BadRequest(f"{user.name}'s {what} is " + (
+            "already running." if srv.status == "running" else "stopping; try again soon."))
     srv = await p.servers.spawn(user, name, user_options=options)
     status = 201 if srv.status == "running" else 202
     return web.json_response(server_model(p.cfg.base_url, user, srv, name), status=status)
@@ -268,12 +278,16 @@ async def stop_server(request: web.Request) -> web.Response:
     p = parts(request)
     name = request.match_info.get("server_name", "")
     remove = (await read_body(request)).allow("remove").boolean("remove", False)
+    if name and not p.cfg.get("hub.allow_named_servers"):
+        raise BadRequest("Named servers are not enabled on this hub ([hub] allow_named_servers).")
+    if remove and not name:
+        raise BadRequest("The default server cannot be removed, only stopped.")
     srv = p.servers.peek(user.id, name)
-    if srv is None or (srv.status == "stopped" and not (remove and name)):
-        if name and srv is None:
-            raise NotFound(f"{user.name} has no server named {name[:64]!r}.")
+    if name and srv is None:
+        raise NotFound(f"{user.name} has no server named {name[:64]!r}.")
+    if srv is None or (srv.status == "stopped" and not remove):
         return web.Response(status=204)
-    work = p.servers.remove(user.id, name) if remove and name else p.servers.stop(user.id, name)
+    work = p.servers.remove(user.id, name) if remove else p.servers.stop(user.id, name)
     task = asyncio.create_task(work)
     done, _ = await asyncio.wait({task}, timeout=10)
     return web.Response(status=204 if done else 202)

@@ -40,9 +40,10 @@ PROBE_INTERVAL = 0.05
 POLL_EVERY = 5.0
 SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
 
-# JupyterHub 6's server names; and names the default server's own pages use, which a named
-# server would hide (/user/alice/tree/ must stay alice's file browser).
-_SERVER_NAME = re.compile(r"^[a-z0-9-]{1,30}$")
+# JupyterHub 6's server names (its "safe slug": a lowercase letter first, a letter or digit
+# last, no "--"); and names the default server's own pages use, which a named server would
+# hide (/user/alice/tree/ must stay alice's file browser).
+_SERVER_NAME = re.compile(r"^(?=.{1,30}$)[a-z](?:-?[a-z0-9])*$")
 RESERVED_NAMES = frozenset({"api", "tree", "notebooks", "edit", "files", "view", "lab",
                             "static", "terminals", "kernelspecs", "nbconvert", "doc",
                             "oauth_callback", "logout", "login", "custom", "nbextensions"})
@@ -50,8 +51,8 @@ RESERVED_NAMES = frozenset({"api", "tree", "notebooks", "edit", "files", "view",
 
 def check_server_name(name: str) -> str:
     if not _SERVER_NAME.match(name):
-        raise BadRequest(f"Invalid server name {name[:40]!r}: use 1 to 30 characters of "
-                         "lowercase letters, digits and '-'.")
+        raise BadRequest(f"Invalid server name {name[:40]!r}: use 1 to 30 lowercase letters, "
+                         "digits and single '-', starting with a letter and not ending in '-'.")
     if name in RESERVED_NAMES:
         raise BadRequest(f"{name!r} cannot name a server: the default server's pages use it.")
     return name
@@ -175,9 +176,11 @@ class Servers:
         return f"{self.cfg.base_url}user/{srv.user}/" + (f"{srv.name}/" if srv.name else "")
 
     # --- start ------------------------------------------------------------------------
-    async def spawn(self, user: User, name: str = "", wait: float = SLOW_SPAWN,
+    async def spawn(self, user: User, name: str = "", wait: float | None = None,
                     user_options: dict[str, Any] | None = None) -> Server:
-        """Start this server of `user` (if not already up); return after `wait` s at most."""
+        """Start this server of `user` (if not already up); return after `wait` s at most
+        (default SLOW_SPAWN, read now so that a test can shorten it)."""
+        wait = SLOW_SPAWN if wait is None else wait
         if name:
             self._check_named(user, name)
         srv = self.get(user, name)
@@ -387,7 +390,8 @@ class Servers:
         srv.status = "stopped"
         why = _exit_text(status)
         if self.spawner.oom_killed(state):
-            why += f"; it ran out of memory (limit {self.sp['mem_limit']})"
+            limit = self.sp["mem_limit"]  # a remote spawner's own limit is not ours to name
+            why += "; it ran out of memory" + (f" (limit {limit})" if limit else "")
         log.warning("server %s died: %s", srv.label, why)
         srv.error = f"Your server stopped ({why})."
         srv.log_tail = await self.spawner.log_tail(state)
