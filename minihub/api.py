@@ -21,7 +21,8 @@ from .body import Fields
 from .body import read as read_body
 from .context import Parts, identity, parts
 from .errors import BadRequest, Forbidden, NotFound
-from .models import parse_iso, server_model, token_model, user_model
+from .isotime import parse_iso
+from .models import server_model, token_model, user_model
 from .store import User
 
 routes = web.RouteTableDef()
@@ -300,6 +301,13 @@ async def progress(request: web.Request) -> web.StreamResponse:
     user = await target(request, "read:servers")
     p = parts(request)
     name = request.match_info.get("server_name", "")
+    srv = p.servers.peek(user.id, name)
+    if name and srv is None:
+        raise NotFound(f"{user.name} has no server named {name[:64]!r}.")
+    if srv is None or (srv.status == "stopped" and not srv.error):
+        # As JupyterHub: nothing is starting, so there is no progress to follow.
+        raise BadRequest(f"{user.name}'s {'server ' + repr(name) if name else 'server'} is "
+                         "not starting.")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)

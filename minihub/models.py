@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .isotime import isoformat
+from .servers import Server
 from .store import Token, User
-
-if TYPE_CHECKING:
-    from .servers import Server
 
 
 def iso(ts: float | None) -> str | None:
@@ -18,21 +16,9 @@ def iso(ts: float | None) -> str | None:
     if not ts:
         return None
     try:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+        return isoformat(ts)
     except (OverflowError, OSError, ValueError):
         return None
-
-
-def parse_iso(text: str) -> float:
-    """Parse an ISO 8601 time (with Z or offset; naive means UTC); ValueError if it is not
-    one, or names a moment outside the years 1-9999 once taken to UTC."""
-    try:
-        t = dt.datetime.fromisoformat(text)
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=dt.UTC)
-        return t.astimezone(dt.UTC).timestamp()
-    except OverflowError:
-        raise ValueError(f"time out of range: {text[:40]!r}") from None
 
 
 def server_model(base_url: str, user: User, srv: Server | None,
@@ -44,6 +30,7 @@ def server_model(base_url: str, user: User, srv: Server | None,
         f"servers/{name}/progress" if name else "server/progress")
     return {
         "name": name,
+        "full_name": f"{user.name}/{name}",  # JupyterHub's, "" name included
         "ready": running,
         "stopped": not active,
         "pending": srv.pending if srv else None,

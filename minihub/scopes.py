@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import BadRequest
+from .store import SERVICE_PREFIX
 
 # scope -> the scopes it implies (JupyterHub's hierarchy, trimmed to what minihub serves)
 SCOPES: dict[str, tuple[str, ...]] = {
@@ -146,8 +147,6 @@ def strings(held: Iterable[Scope]) -> list[str]:
 
 def service_name(user_name: str) -> str | None:
     """The service's name if this identity is a service (see Store.service_token_owner)."""
-    from .store import SERVICE_PREFIX
-
     return user_name[len(SERVICE_PREFIX):] if user_name.startswith(SERVICE_PREFIX) else None
 
 

@@ -28,7 +28,7 @@ import aiohttp
 from .auth import secrets as S
 from .config import Config
 from .errors import BadRequest, SpawnError, TooManyRequests
-from .models import parse_iso
+from .isotime import parse_iso
 from .protocols import ServerProtocol
 from .proxy import Upstream
 from .singleuser import SECRET_HEADER

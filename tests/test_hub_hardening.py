@@ -7,12 +7,11 @@ import time
 
 import aiohttp
 import pytest
-
-from minihub.models import parse_iso
-
 from conftest import login, xsrf_of
 from test_hub_api import auth, hub_with_tokens
 from test_hub_auth import native_hub
+
+from minihub.isotime import parse_iso
 
 
 async def test_tokens_cannot_use_the_page_forms(aiohttp_client, data_dir):

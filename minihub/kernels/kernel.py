@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM, Session
 
+from ..isotime import isoformat
 from .transport import all_bound, endpoint, socket_paths
 from .wire import Parts, msg_type
 
@@ -37,13 +37,6 @@ SOCKET_TYPES = {"shell": zmq.DEALER, "stdin": zmq.DEALER, "control": zmq.DEALER,
 # every reconnect_ivl; short, so clients' sockets rejoin a restarted kernel at once.
 RECONNECT_MS = 10
 BIND_POLL = 0.02
-
-
-def isoformat(ts: float) -> str:
-    """Timestamps as jupyter_server writes them: UTC ISO 8601 with a Z."""
-    from datetime import datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Kernel:

@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import HubError
+from ..isotime import isoformat
 from ..kernels.channels import Bridge
-from ..kernels.kernel import isoformat
 from ..kernels.manager import KernelManager
 from ..kernels.wire import Limits
 from . import PROOF_HEADER, SECRET_HEADER, contents_api, files, kernels_api, pages, sessions

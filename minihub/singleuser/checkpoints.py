@@ -10,7 +10,8 @@ import os
 from typing import Any
 
 from ..errors import BadRequest, NotFound
-from .contents import CHECKPOINT_DIR, ContentsManager, atomic_copy, isoformat
+from ..isotime import isoformat
+from .contents import CHECKPOINT_DIR, ContentsManager, atomic_copy
 
 CHECKPOINT_ID = "checkpoint"
 

@@ -19,10 +19,10 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from ..errors import BadRequest, Conflict, NotFound
+from ..isotime import isoformat
 from .strictjson import JSONInputError, check_value
 
 HIDE_GLOBS = ("__pycache__", "*.pyc", "*.pyo", ".DS_Store", "*~")
@@ -41,10 +41,6 @@ def _umask() -> int:
 
 
 UMASK = _umask()
-
-
-def isoformat(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def atomic_write(os_path: str, data: bytes) -> None:
