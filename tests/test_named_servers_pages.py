@@ -272,12 +272,23 @@ def test_named_server_from_the_home_page_in_chromium(named_hub: Hub) -> None:
             page.wait_for_url(f"**/user/{user.name}/tree/", timeout=90000)
 
             page.goto(hub.url + "/hub/home")
+            page.fill("input[name=server_name]", "tree")  # passes the field's pattern
+            page.locator("#create-server").click()
+            assert "cannot name a server" in page.locator("#new-server-error").inner_text()
+            assert page.locator("input[name=server_name]").input_value() == "tree"
+            shot(page, "named-home-refused")
             page.fill("input[name=server_name]", "work")
             shot(page, "named-home-create")
+            # The pending page follows the named server's own progress stream; held for a
+            # screenshot (the page's 2 s refresh lets it move on in any case).
             progress = f"/hub/api/users/{user.name}/servers/work/progress"
+            held: list[Any] = []
+            page.route(f"**{progress}", lambda route: held.append(route))
             with page.expect_request(lambda r: progress in r.url):
                 page.locator("#create-server").click()
-            shot(page, "named-progress")  # the pending page, unless "work" was quicker
+            shot(page, "named-progress")
+            assert held
+            page.unroute(f"**{progress}")  # lets the held request go on
             page.wait_for_url(f"**/user/{user.name}/work/tree/", timeout=90000)
             page.locator("#file-rows tr").first.wait_for()
             shot(page, "named-tree")
