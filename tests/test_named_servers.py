@@ -261,6 +261,7 @@ async def test_rest_model_progress_log_and_cgroup(hub: Hub, users: dict[str, Sys
         model = await user_model(s, hub, ann)
         one = model["servers"]["one"]
         assert one["name"] == "one" and one["url"] == f"/user/{ann}/one/"
+        assert one["full_name"] == f"{ann}/one"
         assert one["ready"] is True and one["pending"] is None and one["stopped"] is False
         assert one["progress_url"] == progress
         assert one["started"] and one["last_activity"]
@@ -394,6 +395,9 @@ async def test_stop_one_leaves_the_others_and_remove_forgets(
         assert stopped["one"]["stopped"] is True and stopped["one"]["ready"] is False
         assert stopped["one"]["url"] == f"/user/{ann}/one/"
         assert rows(hub)[(ann, "one")]["status"] == "stopped"
+        # JupyterHub: no progress to follow for a stopped server (400) or an unknown one (404)
+        assert (await s.get(f"{hub.api}/users/{ann}/servers/one/progress")).status == 400
+        assert (await s.get(f"{hub.api}/users/{ann}/servers/nope/progress")).status == 404
         # the proxy no longer reaches it
         r = await s.get(f"{hub.base}/user/{ann}/one/api/status")
         assert r.status == 503
@@ -470,11 +474,15 @@ async def test_restart_readopts_named_servers(
     hub = make_hub(tmp_path, [u], NAMED)
     try:
         async with hub.session(u) as s:
-            await asyncio.gather(start(s, hub, u, "one"), start(s, hub, u, ""))
+            await asyncio.gather(
+                start(s, hub, u, "one"), start(s, hub, u, ""), start(s, hub, u, "kept")
+            )
+            assert await stop(s, hub, u, "kept") == 204  # stopped, not removed
             prefix = f"{hub.base}/user/{u}/one/"
             kernel = await new_kernel(s, prefix)
             assert await execute(s, prefix, kernel, "z = 7 * 6") == ""
-        before = rows(hub)
+        before = {k: r for k, r in rows(hub).items() if r["status"] == "running"}
+        assert set(before) == {(u, "one"), (u, "")}
         hub.proc.send_signal(sig)
         assert await asyncio.to_thread(hub.proc.wait, 30) == (0 if sig == signal.SIGTERM else -9)
         assert all(alive(int(r["state"]["pid"])) for r in before.values())
@@ -482,11 +490,16 @@ async def test_restart_readopts_named_servers(
         async with hub.session(u) as s:
             model = await user_model(s, hub, u)
             assert model["servers"]["one"]["ready"] and model["servers"][""]["ready"]
-            assert rows(hub) == before  # same processes, ports and secrets
+            after = rows(hub)
+            assert {k: r for k, r in after.items() if k in before} == before  # same processes
+            assert after[(u, "kept")]["status"] == "stopped"
+            everything = await user_model(s, hub, u, "?include_stopped_servers=1")
+            assert everything["servers"]["kept"]["stopped"] is True
             assert await execute(s, prefix, kernel, "print(z)") == "42"
             assert (await s.get(f"{hub.base}/user/{u}/api/status")).status == 200
             assert await stop(s, hub, u, "one", remove=True) == 204
             assert await stop(s, hub, u, "") == 204
+            assert await stop(s, hub, u, "kept", remove=True) == 204
         assert not any(alive(int(r["state"]["pid"])) for r in before.values())
     finally:
         hub.stop()
@@ -576,3 +589,33 @@ async def test_idle_culler_service_removes_an_idle_named_server(
     assert f"Culling server {u}/idle" in culler_log
     assert f"Culling server {u}/busy" not in culler_log
     assert not hub_log_faults(hub.log)
+
+
+# --- jupyterhub-singleuser as a named server ------------------------------------------------
+
+
+async def test_jupyterhub_singleuser_named_server(tmp_path: Path, make_system_user: Any) -> None:
+    """JupyterHub's own server runs as a named server: it is told its name
+    (JUPYTERHUB_SERVER_NAME) and prefix, accepts its owner's token, and posts its activity
+    for that server."""
+    u = make_system_user("mhns_jh").name
+    toml = NAMED + (
+        '[spawner]\nserver = "jupyterhub-singleuser"\nstart_timeout = 60\n'
+        'environment = {JUPYTERHUB_ACTIVITY_INTERVAL = "1"}\n'
+    )
+    hub = make_hub(tmp_path, [u], toml)
+    try:
+        async with hub.session(u) as s:
+            await start(s, hub, u, "work")
+            prefix = f"{hub.base}/user/{u}/work/"
+            assert (await s.get(f"{prefix}api/status")).status == 200
+            kernel = await new_kernel(s, prefix)
+            code = "import os; print(os.environ['JUPYTERHUB_SERVER_NAME'], os.environ['JUPYTERHUB_SERVICE_PREFIX'])"
+            assert await execute(s, prefix, kernel, code) == f"work /user/{u}/work/"
+            assert await stop(s, hub, u, "work", remove=True) == 204
+    finally:
+        hub.stop()
+    text = hub.log.read_text()
+    assert f"POST /hub/api/users/{u}/activity" in text  # it reported, and the hub took it
+    assert not [line for line in text.splitlines() if "/activity" in line and " 40" in line]
+    assert not hub_log_faults(text)
