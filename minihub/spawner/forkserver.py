@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import SpawnError
+from ..procfs import start_ticks
 from .accounts import drop_to
 from .base import UNKNOWN_EXIT
 from .local import (
@@ -38,7 +39,6 @@ from .local import (
     oom_first,
     open_server_logs,
     server_cgroup,
-    start_ticks,
 )
 from .process import LaunchSpec, Proc
 

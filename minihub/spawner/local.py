@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import Config, parse_bytes
 from ..errors import SpawnError
+from ..procfs import proc_stat, signal_group, start_ticks
 from . import accounts
 from .accounts import apply_disk_quota, drop_to
 from .base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, Started, State
@@ -270,7 +271,7 @@ class LocalSpawner(Spawner):
         if (pid, ticks) in self._exited:
             return self._exited[(pid, ticks)]
         info = proc_stat(pid)
-        if info is None or info[0] == "Z" or info[2] != ticks:
+        if info is None or info.state == "Z" or info.start_ticks != ticks:
             return UNKNOWN_EXIT
         return None
 
@@ -279,12 +280,12 @@ class LocalSpawner(Spawner):
         cgroup (kernels that left the group with setsid are still in it)."""
         alive = self._poll(proc.pid, proc.start_ticks) is None
         if alive:
-            _killpg(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             await self._wait_exit(proc.pid, proc.start_ticks, timeout)
         # Whatever is left of the group (a kernel ignoring SIGTERM) and of the user's
         # cgroup (kernels that left the group with setsid) gets SIGKILL.
         if alive or await asyncio.to_thread(self._group_alive, proc):
-            _killpg(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
         cg = UserCgroup.from_paths(list(proc.extra.get("cgroup", [])))
         await asyncio.to_thread(cg.kill_all)
         await self._wait_exit(proc.pid, proc.start_ticks, _KILL_WAIT)
@@ -483,31 +484,6 @@ def _start_error(spec: LaunchSpec, e: OSError) -> SpawnError:
     return SpawnError(f"Cannot start the server for {name}: {e.strerror or e}")
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, pgrp, start_ticks, uid) of a process from /proc, or None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode(errors="replace")
-        uid = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2 :].split()
-    return fields[0], int(fields[2]), int(fields[19]), uid
-
-
-def start_ticks(pid: int) -> int | None:
-    info = proc_stat(pid)
-    return info[2] if info else None
-
-
 def group_members(pgid: int, since_ticks: int, uid: int | None) -> list[int]:
     """Live processes in process group `pgid` that started no earlier than its leader and
     belong to `uid`: a later process reusing the number cannot match all three."""
@@ -518,10 +494,10 @@ def group_members(pgid: int, since_ticks: int, uid: int | None) -> list[int]:
         info = proc_stat(int(entry))
         if (
             info
-            and info[1] == pgid
-            and info[0] != "Z"
-            and info[2] >= since_ticks
-            and (uid is None or info[3] == uid)
+            and info.pgrp == pgid
+            and info.state != "Z"
+            and info.start_ticks >= since_ticks
+            and (uid is None or info.uid == uid)
         ):
             found.append(int(entry))
     return found
