@@ -18,6 +18,7 @@ from aiohttp import web
 from .auth import secrets as S
 from .config import Config
 from .context import PARTS
+from .procfs import signal_group
 from .protocols import hub_api_url
 from .service_spec import Service, validate
 from .spawner.local import open_log
@@ -92,20 +93,13 @@ class Supervisor:
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
         except TimeoutError:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
         log.info("stopped service %s", self.svc.name)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def service_env(cfg: Config, svc: Service, token: str) -> dict[str, str]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from minihub import procfs
+
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root to create system users")
 
@@ -59,11 +61,7 @@ def make_system_user() -> Iterator[Callable[..., SystemUser]]:
 
 
 def _dead(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return not procfs.alive(pid)
 
 
 async def gone(pid: int) -> bool:

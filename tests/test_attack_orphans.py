@@ -17,10 +17,11 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-
 from conftest import needs_root
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
+
+from minihub import procfs
 
 
 def _rows(data: Path) -> list[tuple[str, int]]:
@@ -33,11 +34,7 @@ def _rows(data: Path) -> list[tuple[str, int]]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return procfs.alive(pid)
 
 
 async def _until(check, seconds: float) -> bool:  # type: ignore[no-untyped-def]

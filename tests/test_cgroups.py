@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import SystemUser, needs_root
 
+from minihub.procfs import proc_stat
 from minihub.spawner.accounts import lookup_account
-from minihub.spawner.process import LaunchSpec
 from minihub.spawner.cgroups import Mode, UserCgroup, _detect, detect
-from minihub.spawner.local import LocalSpawner, proc_stat, tail_log
+from minihub.spawner.local import LocalSpawner, tail_log
+from minihub.spawner.process import LaunchSpec
 
 pytestmark = needs_root
 MB = 1 << 20

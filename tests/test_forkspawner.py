@@ -15,11 +15,12 @@ from conftest import SystemUser, gone, needs_root
 from test_spawner import _start_kernel, make_spec, report, wait_for
 
 from minihub.errors import SpawnError
+from minihub.procfs import proc_stat
 from minihub.spawner.accounts import lookup_account
-from minihub.spawner.process import Account, LaunchSpec, Proc
 from minihub.spawner.cgroups import UserCgroup
 from minihub.spawner.forkserver import ForkSpawner, forkable
-from minihub.spawner.local import LocalSpawner, proc_stat, tail_log
+from minihub.spawner.local import LocalSpawner, tail_log
+from minihub.spawner.process import Account, LaunchSpec, Proc
 
 pytestmark = needs_root
 
@@ -56,8 +57,8 @@ async def spawner() -> AsyncIterator[ForkSpawner]:
 
 def forked(sp: ForkSpawner, proc: Proc) -> bool:
     """The process is a child of the zygote, not an exec'd child of the hub."""
-    info = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sp._zygote is not None and int(info[1]) == sp._zygote.pid
+    info = proc_stat(proc.pid)
+    return sp._zygote is not None and info is not None and info.ppid == sp._zygote.pid
 
 
 async def test_forked_server_runs_as_the_user_with_a_clean_environment(

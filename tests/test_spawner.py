@@ -23,6 +23,7 @@ import pytest
 from conftest import SystemUser, needs_root
 
 from minihub.errors import SpawnError
+from minihub.procfs import proc_stat
 from minihub.spawner.accounts import (
     create_system_user,
     link_shared_dirs,
@@ -30,9 +31,9 @@ from minihub.spawner.accounts import (
     unprivileged_account,
 )
 from minihub.spawner.base import UNKNOWN_EXIT
-from minihub.spawner.process import Account, LaunchSpec, Proc
 from minihub.spawner.cgroups import UserCgroup
-from minihub.spawner.local import LocalSpawner, open_log, proc_stat, tail_log
+from minihub.spawner.local import LocalSpawner, open_log, tail_log
+from minihub.spawner.process import Account, LaunchSpec, Proc
 
 pytestmark = needs_root
 

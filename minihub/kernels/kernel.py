@@ -22,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM, Session
 
 from ..isotime import isoformat
+from ..procfs import oom_kills
 from .transport import all_bound, endpoint, socket_paths
 from .wire import Parts, msg_type
 
@@ -337,16 +338,7 @@ class OomCounter:
         self.last = self._read()
 
     def _read(self) -> int:
-        if self.path is None:
-            return 0
-        try:
-            for line in self.path.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        except (OSError, ValueError):
-            pass
-        return 0
+        return (oom_kills(self.path) if self.path else None) or 0
 
     def refresh(self) -> None:
         self.last = self._read()

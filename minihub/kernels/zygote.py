@@ -21,6 +21,8 @@ import subprocess
 import sys
 from typing import Any
 
+from ..procfs import proc_stat
+
 log = logging.getLogger("minihub.kernels")
 
 # What the zygote imports before it forks: what `import ipykernel.kernelapp` and a kernel's
@@ -335,11 +337,8 @@ class Zygote:
 
     def running(self, pid: int) -> bool:
         """Whether our child pid still runs (not a zombie waiting for the zygote's report)."""
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-        except (OSError, IndexError):
-            return False
-        return fields[0] not in ("Z", "X") and int(fields[1]) == self.pid
+        info = proc_stat(pid)
+        return info is not None and info.state not in ("Z", "X") and info.ppid == self.pid
 
     async def exit_status(self, pid: int) -> int:
         """The status of a child that has exited, once the zygote has reported it."""

@@ -16,6 +16,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..procfs import oom_kills
+
 log = logging.getLogger("minihub.spawner")
 
 ROOT = Path("/sys/fs/cgroup")
@@ -284,13 +286,10 @@ class UserCgroup:
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer has killed in this group, ever."""
         for d in self.dirs:
-            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
-                try:
-                    fields = dict(line.split() for line in _read(d / name).splitlines())
-                except (OSError, ValueError):
-                    continue
-                if key in fields:
-                    return int(fields[key])
+            for name in ("memory.events", "memory.oom_control"):
+                count = oom_kills(d / name)
+                if count is not None:
+                    return count
         return 0
 
     def oom_killed_recently(self, since: int | None = None) -> bool:

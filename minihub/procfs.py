@@ -1,0 +1,66 @@
+"""What minihub reads of processes from the kernel's pseudo files (/proc/PID/stat, a memory
+cgroup's OOM count), and signalling a process group. Hub, spawners and user servers share
+it, so it imports nothing else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+
+class ProcStat(NamedTuple):
+    state: str  # R, S, D, Z (zombie), X (dead), ...
+    pgrp: int
+    start_ticks: int  # field 22: with the pid, tells a reused pid apart
+    uid: int  # the owner of /proc/PID (the real uid)
+    ppid: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """A process's /proc/PID/stat fields (and owner), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode(errors="replace")
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = text[text.rfind(")") + 2 :].split()
+    return ProcStat(fields[0], int(fields[2]), int(fields[19]), uid, int(fields[1]))
+
+
+def start_ticks(pid: int) -> int | None:
+    info = proc_stat(pid)
+    return info.start_ticks if info else None
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    info = proc_stat(pid)
+    return info is not None and info.state not in ("Z", "X")
+
+
+def oom_kills(path: Path) -> int | None:
+    """The OOM killer's count in a memory cgroup's memory.events (v2) or memory.oom_control
+    (v1): both have an `oom_kill N` line. None if the file is unreadable or has none."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal a process group that may be gone already, or (re-adopted) not ours to signal."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
