@@ -27,6 +27,8 @@ from minihub.store import Store
 from minihub.users import login as hub_login
 from minihub.users import new_token
 
+pytestmark = needs_root
+
 NAMED = "[hub]\nallow_named_servers = true\nnamed_server_limit_per_user = 2\n"
 MEM_LIMIT = 1024 * 1024 * 1024  # the user's limit, shared by all their servers
 
@@ -235,9 +237,6 @@ async def tidy(request: pytest.FixtureRequest) -> Any:
             model = await user_model(s, hub, u.name, "?include_stopped_servers=1")
             for name in model["servers"]:
                 await stop(s, hub, u.name, name, remove=bool(name))
-
-
-pytestmark = needs_root
 
 
 async def test_rest_model_progress_log_and_cgroup(hub: Hub, users: dict[str, SystemUser]) -> None:
