@@ -250,9 +250,10 @@ async def test_stop_while_starting_and_a_slow_stop(hub: Hub, fake: FakeSpawner):
 
 
 async def test_a_dying_server_is_noticed_through_on_exit(hub: Hub, fake: FakeSpawner):
-    c, tok = await hub()
+    c, tok = await hub(hub__allow_named_servers=True)
     fake.plan("amy").log = ["Traceback ...", "MemoryError"]
     await up(c, "amy", tok["amy"])
+    await up(c, "amy", tok["amy"], "work")
     await fake.die("amy", 3, oom=True)
 
     async def noticed() -> bool:
@@ -268,6 +269,17 @@ async def test_a_dying_server_is_noticed_through_on_exit(hub: Hub, fake: FakeSpa
     assert (await login(c, "amy", PASSWORD, next="/hub/home")).status == 302
     page = await (await c.get("/hub/home")).text()
     assert why in page and "MemoryError" in page
+    # the named server runs on, and dies on its own
+    assert (await model(c, "amy", tok["amy"]))["servers"]["work"]["ready"] is True
+    await fake.die("amy/work", -9)
+
+    async def work_stopped() -> bool:
+        m = await model(c, "amy", tok["amy"], stopped=True)
+        return bool(m["servers"]["work"]["stopped"])
+
+    await until(work_stopped, "the hub saw amy/work exit")
+    assert (await c.get("/user/amy/work/api/x", headers=h(tok["amy"]))).status == 503
+    assert "killed by signal 9" in await (await c.get("/hub/home")).text()
     await up(c, "amy", tok["amy"])
 
 
