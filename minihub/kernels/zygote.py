@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
+from .. import forkloop
 from ..procfs import proc_stat
 
 log = logging.getLogger("minihub.kernels")
@@ -110,48 +111,30 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
 
 
 def _serve(sock: socket.socket) -> dict[str, Any]:
-    """Answer fork requests and report children's exits until the server goes away."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    """Answer fork requests and report children's exits until the server goes away; returns
+    in a forked child, with its request."""
+    exits = forkloop.ChildExits()
     _send(sock, {"ready": os.getpid()})
     buf = b""
-    import select
 
-    watched: list[Any] = [sock, wake_r]
-    while True:
-        readable = select.select(watched, [], [])[0]
-        if wake_r in readable:
-            os.read(wake_r, 512)
-            _reap(sock)
-        if sock in readable:
-            data = sock.recv(1 << 16)
-            if not data:
-                os._exit(0)  # the server is gone; kernels notice their parent left and exit
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                request = json.loads(line)
-                pid = os.fork()
-                if pid == 0:
-                    signal.set_wakeup_fd(-1)
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    sock.close()
-                    return dict(request)
-                _send(sock, {"id": request["id"], "pid": pid})
+    def on_request() -> dict[str, Any] | None:
+        nonlocal buf
+        data = sock.recv(1 << 16)
+        if not data:
+            os._exit(0)  # the server is gone; kernels notice their parent left and exit
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                exits.close_in_child()
+                sock.close()
+                return dict(request)
+            _send(sock, {"id": request["id"], "pid": pid})
+        return None
 
-
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+    return forkloop.serve(sock, exits, lambda msg: _send(sock, msg), on_request)
 
 
 def _run_child(request: dict[str, Any]) -> None:
