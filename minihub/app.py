@@ -12,10 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import api, oauth2, protocols, services
-from .auth.base import Authenticator
 from .auth.identity import Identities
-from .auth.native import NativeAuthenticator
-from .auth.pam import PAMAuthenticator
 from .auth.secrets import load_or_create_key
 from .auth.throttle import Throttle
 from .config import Config
@@ -24,11 +21,10 @@ from .culler import Culler
 from .errors import Forbidden
 from .metrics import Metrics
 from .middlewares import MIDDLEWARES
+from .plugins import make_authenticator, make_spawner
 from .proxy import Proxy
 from .servers import Servers
 from .spawner.base import Spawner
-from .spawner.forkserver import ForkSpawner
-from .spawner.local import LocalSpawner
 from .store import Store
 from .user_proxy import user_route
 from .web import admin, pages
@@ -39,16 +35,6 @@ log = logging.getLogger("minihub")
 STATIC = Path(__file__).parent / "web" / "static"
 
 
-def make_authenticator(cfg: Config, store: Store) -> Authenticator:
-    if cfg.get("auth.authenticator") == "native":
-        return NativeAuthenticator(cfg, store)
-    if cfg.get("auth.authenticator") == "oauth":
-        from .auth.oauth import OAuthenticator  # authlib and cryptography only when used
-
-        return OAuthenticator(cfg, store)
-    return PAMAuthenticator(cfg)
-
-
 def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         data = cfg.data_dir
@@ -56,8 +42,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         store = await Store.open(data / "minihub.sqlite")
         key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
         metrics = Metrics()
-        sp = spawner or (ForkSpawner(cfg) if cfg.get("spawner.fork_server")
-                         else LocalSpawner(cfg))
+        sp = spawner or make_spawner(cfg)
         servers = Servers(cfg, store, key, sp, protocols.choose(cfg, store),
                           on_spawned=metrics.spawn_duration.observe)
         proxy = Proxy(server_ca_file=str(cfg.get("hub.server_ca_file")))

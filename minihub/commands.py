@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import users
-from .app import make_authenticator
 from .auth.names import normalise
 from .config import Config
 from .errors import HubError, StartupError
+from .plugins import make_authenticator
 from .store import Store
 
 

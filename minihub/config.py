@@ -6,37 +6,32 @@ and the settings test that checks every one is documented.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import logging
 import os
 import tomllib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+from . import plugins
 from .errors import StartupError
 from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 from .service_spec import validate as validate_services
+from .setting import Setting
 
-
-@dataclass(frozen=True)
-class Setting:
-    section: str
-    name: str
-    type: type | tuple[type, ...]
-    default: Any
-    help: str
-    flag: str | None = None  # command-line flag overriding the file, if any
-
-    @property
-    def key(self) -> str:
-        return f"{self.section}.{self.name}"
+log = logging.getLogger("minihub")
 
 
 def _s(section: str, name: str, typ: Any, default: Any, help: str, flag: str | None = None) -> Setting:
     return Setting(section, name, typ, default, help, flag)
 
 
-SETTINGS: list[Setting] = [
+# The hub's own settings. Each spawner's and authenticator's are declared next to its code
+# (its `settings`); SETTINGS below is all of them.
+HUB_SETTINGS: list[Setting] = [
     # [hub]
     _s("hub", "ip", str, "127.0.0.1", "Address the hub listens on.", "--ip"),
     _s("hub", "port", int, 8000, "Port the hub listens on (443 with TLS on a VM).", "--port"),
@@ -81,16 +76,14 @@ SETTINGS: list[Setting] = [
        "throttling. Empty: the connecting address always counts."),
     # [auth]
     _s("auth", "authenticator", str, "pam", '"pam" (system accounts), "native" (minihub '
-       'passwords stored with bcrypt) or "oauth" (an identity provider: [auth.oauth]).'),
-    _s("auth", "pam_service", str, "login", "PAM service name used to check passwords."),
+       'passwords stored with bcrypt), "oauth" (an identity provider: [auth.oauth]) or another '
+       "installed package's (entry points minihub.authenticators)."),
     _s("auth", "admin_users", list, [], "Users who are admins."),
     _s("auth", "allowed_users", list, [],
        "If set (or allowed_groups is), only these users may log in. Empty: any account."),
     _s("auth", "blocked_users", list, [], "Users who may never log in."),
     _s("auth", "allowed_groups", list, [], "Unix groups whose members may log in (PAM)."),
     _s("auth", "admin_groups", list, [], "Unix groups whose members are admins (PAM)."),
-    _s("auth", "open_signup", bool, False, "Native authenticator: anyone may sign up."),
-    _s("auth", "min_password_length", int, 8, "Native authenticator: shortest password accepted."),
     _s("auth", "login_delay_after", int, 3,
        "Failed logins for one name from one address before further attempts from there must "
        "wait (1 s, doubling; one failure is forgiven a minute). Nothing is ever locked."),
@@ -110,43 +103,12 @@ SETTINGS: list[Setting] = [
        "failing; more get 429. An address that has not been failing is never refused."),
     _s("auth", "login_threads", int, 2,
        "Threads that check passwords (PAM, bcrypt), apart from the hub's other blocking work."),
-    # [auth.oauth]: authenticator = "oauth" (see minihub/auth/oauth.py)
-    _s("auth.oauth", "provider", str, "oidc",
-       '"oidc" (any provider with discovery at issuer), "google", "auth0" or "github".'),
-    _s("auth.oauth", "issuer", str, "", "OIDC issuer URL; its /.well-known/openid-configuration "
-       "is read. Set for provider = \"oidc\"."),
-    _s("auth.oauth", "domain", str, "", "Auth0 tenant domain, e.g. example.eu.auth0.com."),
-    _s("auth.oauth", "client_id", str, "", "Client id registered at the provider."),
-    _s("auth.oauth", "client_secret", str, "", "Client secret (or use client_secret_file)."),
-    _s("auth.oauth", "client_secret_file", str, "",
-       "File holding the client secret (mode 0600), instead of client_secret."),
-    _s("auth.oauth", "scopes", list, [], "Scopes to request. Empty: the provider's default "
-       '(["openid", "email", "profile"]; GitHub: ["read:org"] when organisations are checked).'),
-    _s("auth.oauth", "callback_url", str, "", "Redirect URI registered at the provider. "
-       "Empty: <public_url>hub/oauth_callback (or the request's own URL)."),
-    _s("auth.oauth", "username_claim", str, "", "Claim that becomes the username. Empty: "
-       "preferred_username (oidc), email (google, auth0: its local part), login (github)."),
-    _s("auth.oauth", "allow_all", bool, False,
-       "Let anyone the provider authenticates log in when no allow rule is set."),
-    _s("auth.oauth", "allowed_domains", list, [],
-       "Email domains (verified email, or Google hd) that may log in; others are refused."),
-    _s("auth.oauth", "groups_claim", str, "groups", "Claim listing a person's groups."),
-    _s("auth.oauth", "allowed_groups", list, [], "Groups (from groups_claim) that may log in."),
-    _s("auth.oauth", "admin_groups", list, [], "Groups (from groups_claim) that are admins."),
-    _s("auth.oauth", "allowed_organizations", list, [],
-       "GitHub: organisations whose members may log in."),
-    _s("auth.oauth", "authorize_url", str, "", "Override the provider's authorization endpoint."),
-    _s("auth.oauth", "token_url", str, "", "Override the provider's token endpoint."),
-    _s("auth.oauth", "userdata_url", str, "",
-       "Override the user-info endpoint (GitHub: its API's /user; /orgs/... is found beside it)."),
-    _s("auth.oauth", "logout_redirect", bool, False,
-       "On logout, also end the session at the provider (its end_session_endpoint)."),
-    _s("auth.oauth", "end_session_url", str, "", "Override the provider's end-session endpoint."),
-    _s("auth.oauth", "enable_auth_state", bool, False,
-       "Keep the provider's tokens, encrypted with a key derived from the cookie secret."),
-    _s("auth.oauth", "http_timeout", (int, float), 10,
-       "Seconds to wait for the provider's token, key and user-info endpoints."),
     # [spawner]
+    _s("spawner", "class", str, "fork",
+       'What runs users\' servers: "fork" (local processes as the users\' own accounts; '
+       "minihub's own server forked from a process that has imported it), \"local\" (the "
+       "same, each server exec'd) or another installed package's (entry points "
+       "minihub.spawners)."),
     _s("spawner", "server", str, "minihub",
        '"minihub" (minihub\'s own server and notebook app) or "jupyterhub-singleuser" '
        "(JupyterLab and friends, launched and authenticated as JupyterHub does)."),
@@ -156,9 +118,6 @@ SETTINGS: list[Setting] = [
     _s("spawner", "python", str, "",
        "Python interpreter for user servers and kernels. Empty: the one running the hub. "
        "It must be readable and executable by every user."),
-    _s("spawner", "fork_server", bool, True,
-       "Start minihub's own server (empty cmd, the hub's python) by forking a process that has "
-       "imported it already: faster spawns, memory shared between users. false: exec each."),
     _s("spawner", "kernel_fork", bool, True,
        "minihub's own server forks python3 kernels (of its own python) from a process that "
        "has imported ipykernel already: faster kernel starts. false: exec each kernel."),
@@ -169,17 +128,6 @@ SETTINGS: list[Setting] = [
        "Seconds a server may take to answer before its start counts as failed."),
     _s("spawner", "stop_timeout", (int, float), 10,
        "Seconds between SIGTERM and SIGKILL when stopping a server."),
-    _s("spawner", "uid_min", int, 1000, "Lowest uid that may run a server (root never may)."),
-    _s("spawner", "umask", int, 0o077,
-       "umask of user servers and their kernels: 0o077 keeps notebooks, checkpoints, uploads "
-       "and kernels' files private to their owner; 0o022 lets every user read them."),
-    _s("spawner", "max_processes", int, 512,
-       "Processes and threads one user may run at once (server and kernels together), so a "
-       "fork bomb stops there: the pids cgroup, else RLIMIT_NPROC. 0: no limit."),
-    _s("spawner", "log_max_bytes", int, 4 << 20,
-       "Largest a server's log in <data_dir>/logs/ grows; past it, it moves to <name>.log.1 "
-       "(one old copy), while the server runs. Enforced by minihub's own server; a "
-       "[spawner] cmd server's log is rotated only when it starts."),
     _s("spawner", "concurrent_spawn_limit", int, 100,
        "Servers starting at once; past it a start gets 429 and Retry-After."),
     _s("spawner", "active_server_limit", int, 0,
@@ -198,17 +146,6 @@ SETTINGS: list[Setting] = [
        "either protocol; the server parses it, at up to 25 times its size. Bigger: closed (1007)."),
     _s("spawner", "kernel_ws_max_buffers", int, DEFAULT_MAX_BUFFERS,
        "Most binary buffers one kernel message from a browser may carry (widgets send a few)."),
-    # [users]
-    _s("users", "create_system_users", bool, False,
-       "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has none."),
-    _s("users", "home_mode", int, 0o700,
-       "Mode of the home of an account minihub creates (create_system_users). At start-up "
-       "the hub warns about hub users' existing homes that others can read."),
-    _s("users", "disk_quota", str, "",
-       'Disk space per user on their home\'s filesystem, e.g. "2G" (setquota; needs quotas '
-       "enabled there, else the log says why it is not applied). Empty: none."),
-    _s("users", "shared_dirs", list, [],
-       "Directories linked into every user's home at spawn (the link is named after the dir)."),
     # [culler]
     _s("culler", "timeout", int, 0, "Stop servers idle this many seconds (0: never)."),
     _s("culler", "every", int, 60, "How often the culler looks, in seconds."),
@@ -216,9 +153,81 @@ SETTINGS: list[Setting] = [
     _s("culler", "cull_users", bool, False, "Also delete culled users that are not admins."),
 ]
 
-SECTIONS = ["hub", "auth", "auth.oauth", "spawner", "users", "culler"]
 LIST_SECTIONS = {"services"}  # [[services]] arrays of tables, validated by their owner
-BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class _Table:
+    settings: tuple[Setting, ...]
+    by_key: dict[str, Setting]
+    sections: tuple[str, ...]
+
+
+@functools.cache
+def _table() -> _Table:
+    """The hub's settings, then every registered spawner's and authenticator's. Gathered at
+    first use, not import: the plugins' modules import this one, so they load after it."""
+    by_key: dict[str, Setting] = {}
+    for s in [*HUB_SETTINGS, *plugins.settings()]:
+        first = by_key.setdefault(s.key, s)
+        if first != s:
+            log.warning("[%s] %s is declared twice, differently: the first one counts",
+                        s.section, s.name)
+    table = tuple(by_key.values())
+    return _Table(table, by_key, _sections(table))
+
+
+def _sections(table: tuple[Setting, ...]) -> tuple[str, ...]:
+    """In order of first declaration, a nested section ([auth.oauth]) after its parent."""
+    order = list(dict.fromkeys(s.section for s in table))
+
+    def place(section: str) -> tuple[int, int]:
+        top = section.split(".")[0]
+        return (order.index(top) if top in order else order.index(section), order.index(section))
+
+    return tuple(sorted(order, key=place))
+
+
+class _Settings(Sequence[Setting]):
+    """SETTINGS: every setting, the hub's and its plugins' (see _table)."""
+
+    @overload
+    def __getitem__(self, i: int) -> Setting: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Setting]: ...
+    def __getitem__(self, i: int | slice) -> Setting | Sequence[Setting]:
+        return _table().settings[i]
+
+    def __len__(self) -> int:
+        return len(_table().settings)
+
+
+class _ByKey(Mapping[str, Setting]):
+    def __getitem__(self, key: str) -> Setting:
+        return _table().by_key[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_table().by_key)
+
+    def __len__(self) -> int:
+        return len(_table().by_key)
+
+
+class _Sections(Sequence[str]):
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return _table().sections[i]
+
+    def __len__(self) -> int:
+        return len(_table().sections)
+
+
+SETTINGS: Sequence[Setting] = _Settings()
+BY_KEY: Mapping[str, Setting] = _ByKey()
+SECTIONS: Sequence[str] = _Sections()
 
 
 @dataclass
@@ -314,7 +323,7 @@ def _apply(cfg: Config, raw: dict[str, Any], path: Path) -> None:
                 raise StartupError(f"{path}: [[services]] must be an array of tables")
             cfg.services = table
             continue
-        if section not in SECTIONS:
+        if section not in SECTIONS and not any(x.startswith(f"{section}.") for x in SECTIONS):
             raise StartupError(f"{path}: unknown section [{section}] "
                                f"(known: {', '.join(SECTIONS)})")
         if not isinstance(table, dict):
@@ -362,8 +371,11 @@ def _validate(cfg: Config, where: str) -> None:
     def bad(key: str, msg: str) -> StartupError:
         return StartupError(f"{where}: {key}: {msg}")
 
-    if v["auth.authenticator"] not in ("pam", "native", "oauth"):
-        raise bad("[auth] authenticator", f'must be "pam", "native" or "oauth", not {v["auth.authenticator"]!r}')
+    for group in plugins.GROUPS:
+        try:
+            plugins.load(group, v[group.key])
+        except StartupError as e:
+            raise bad(group.label, str(e)) from None
     if not 0 < v["hub.port"] < 65536:
         raise bad("[hub] port", f"must be between 1 and 65535, not {v['hub.port']}")
     if v["spawner.server"] not in ("minihub", "jupyterhub-singleuser"):
@@ -438,7 +450,7 @@ def find_config(explicit: str | None) -> Path | None:
     return here if here.is_file() else None
 
 
-def generate(settings: list[Setting] = SETTINGS) -> str:
+def generate(settings: Sequence[Setting] = SETTINGS) -> str:
     """A commented minihub.toml with every key at its default."""
     lines = ["# minihub configuration. Every key is shown at its default, commented out.",
              "# Command-line flags override these values.", ""]

@@ -1,5 +1,9 @@
 """The authenticator seam and the allow/block/admin rules every authenticator shares.
 
+An authenticator is registered as an entry point of the group `minihub.authenticators`
+(minihub.plugins), made as `cls(cfg, store)` and chosen by `[auth] authenticator`; its own
+settings are its `settings` (they join the settings table).
+
 Contract: `authenticate(username, password)` returns the normalised name of a person whose
 password is right and who is allowed in, or None. It never raises for a wrong password and
 never logs the password. It must not block the event loop: password checks and the NSS
@@ -19,10 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from ..config import Config
 from ..errors import TooManyRequests
+from ..setting import Setting
+
+if TYPE_CHECKING:  # the settings table (config) loads authenticators, so no import back
+    from ..config import Config
+    from ..store import Store
 
 T = TypeVar("T")
 # Whether the login attempt being checked comes from an address that has not been failing
@@ -107,8 +115,10 @@ class Authenticator(abc.ABC):
     kind = "base"
     can_signup = False
     can_change_password = False
+    # Settings of its own (e.g. [auth.oauth]), declared next to its code.
+    settings: ClassVar[list[Setting]] = []
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, store: Store | None = None) -> None:
         a = cfg.section("auth")
         self.pool = CheckPool(int(a["login_threads"]), 4 * int(a["login_threads"]))
         self.admin_users = {n.lower() for n in a["admin_users"]}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import ClassVar
 
 import bcrypt
 
 from ..config import Config
 from ..errors import BadRequest
+from ..setting import Setting
 from ..store import Store
 from .base import Authenticator
 
@@ -53,6 +55,11 @@ def signup_is_safe(cfg: Config) -> bool:
 class NativeAuthenticator(Authenticator):
     kind = "native"
     can_change_password = True
+    settings: ClassVar[list[Setting]] = [
+        Setting("auth", "open_signup", bool, False, "Native authenticator: anyone may sign up."),
+        Setting("auth", "min_password_length", int, 8,
+                "Native authenticator: shortest password accepted."),
+    ]
 
     def __init__(self, cfg: Config, store: Store) -> None:
         super().__init__(cfg)

@@ -15,17 +15,19 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import Config
 from ..errors import HubError, StartupError
+from ..setting import Setting
 from ..store import Store
 from . import names
 from . import secrets as S
 from .base import Authenticator, AuthResult
 from .oauth_client import ClientSettings, LoginRefused, OAuthClient
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = logging.getLogger("minihub.auth")
 
@@ -111,8 +113,100 @@ class Person:
     tokens: dict[str, Any] = field(default_factory=dict)
 
 
+def _setting(name: str, typ: Any, default: Any, help: str) -> Setting:
+    return Setting("auth.oauth", name, typ, default, help)
+
+
 class OAuthenticator(Authenticator):
     kind = "oauth"
+    # [auth.oauth]. The registry reads these whichever authenticator is chosen, so this module
+    # and oauth_client import cryptography, authlib and joserfc only when they are used.
+    settings: ClassVar[list[Setting]] = [
+        _setting(
+            "provider",
+            str,
+            "oidc",
+            '"oidc" (any provider with discovery at issuer), "google", "auth0" or "github".',
+        ),
+        _setting(
+            "issuer",
+            str,
+            "",
+            'OIDC issuer URL; its /.well-known/openid-configuration is read. Set for provider = "oidc".',
+        ),
+        _setting("domain", str, "", "Auth0 tenant domain, e.g. example.eu.auth0.com."),
+        _setting("client_id", str, "", "Client id registered at the provider."),
+        _setting("client_secret", str, "", "Client secret (or use client_secret_file)."),
+        _setting(
+            "client_secret_file",
+            str,
+            "",
+            "File holding the client secret (mode 0600), instead of client_secret.",
+        ),
+        _setting(
+            "scopes",
+            list,
+            [],
+            'Scopes to request. Empty: the provider\'s default (["openid", "email", "profile"]; GitHub: ["read:org"] when organisations are checked).',
+        ),
+        _setting(
+            "callback_url",
+            str,
+            "",
+            "Redirect URI registered at the provider. Empty: <public_url>hub/oauth_callback (or the request's own URL).",
+        ),
+        _setting(
+            "username_claim",
+            str,
+            "",
+            "Claim that becomes the username. Empty: preferred_username (oidc), email (google, auth0: its local part), login (github).",
+        ),
+        _setting(
+            "allow_all",
+            bool,
+            False,
+            "Let anyone the provider authenticates log in when no allow rule is set.",
+        ),
+        _setting(
+            "allowed_domains",
+            list,
+            [],
+            "Email domains (verified email, or Google hd) that may log in; others are refused.",
+        ),
+        _setting("groups_claim", str, "groups", "Claim listing a person's groups."),
+        _setting("allowed_groups", list, [], "Groups (from groups_claim) that may log in."),
+        _setting("admin_groups", list, [], "Groups (from groups_claim) that are admins."),
+        _setting(
+            "allowed_organizations", list, [], "GitHub: organisations whose members may log in."
+        ),
+        _setting("authorize_url", str, "", "Override the provider's authorization endpoint."),
+        _setting("token_url", str, "", "Override the provider's token endpoint."),
+        _setting(
+            "userdata_url",
+            str,
+            "",
+            "Override the user-info endpoint (GitHub: its API's /user; /orgs/... is found beside it).",
+        ),
+        _setting(
+            "logout_redirect",
+            bool,
+            False,
+            "On logout, also end the session at the provider (its end_session_endpoint).",
+        ),
+        _setting("end_session_url", str, "", "Override the provider's end-session endpoint."),
+        _setting(
+            "enable_auth_state",
+            bool,
+            False,
+            "Keep the provider's tokens, encrypted with a key derived from the cookie secret.",
+        ),
+        _setting(
+            "http_timeout",
+            (int, float),
+            10,
+            "Seconds to wait for the provider's token, key and user-info endpoints.",
+        ),
+    ]
 
     def __init__(self, cfg: Config, store: Store) -> None:
         super().__init__(cfg)
@@ -325,6 +419,8 @@ class OAuthenticator(Authenticator):
         blob = await self.store.get_auth_state(user_id)
         if self.vault is None or blob is None:
             return None
+        from cryptography.fernet import InvalidToken
+
         try:
             data: dict[str, Any] = json.loads(self.vault.decrypt(blob))
         except InvalidToken:
@@ -357,6 +453,8 @@ class OAuthenticator(Authenticator):
 
 
 def _vault(cfg: Config) -> Fernet:
+    from cryptography.fernet import Fernet
+
     # A key of its own, derived from the cookie secret: nothing new to keep safe.
     key = S.load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
     raw = bytes.fromhex(S.derive(key, "auth_state", "fernet"))

@@ -11,17 +11,16 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from joserfc import jwt
-from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
-from joserfc.jwk import KeySet
 
 from ..errors import Forbidden, HubError
+
+if TYPE_CHECKING:  # imported where used: the settings table loads this module (~150 ms)
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
 
 log = logging.getLogger("minihub.auth")
 
@@ -133,6 +132,9 @@ class OAuthClient:
 
     # --- the front channel ----------------------------------------------------------------
     async def authorize_url(self, redirect_uri: str, state: str, verifier: str, nonce: str) -> str:
+        from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
         ep = await self.endpoints()
         extra: dict[str, str] = {
             "code_challenge": create_s256_code_challenge(verifier),
@@ -212,6 +214,9 @@ class OAuthClient:
     # --- ID tokens ------------------------------------------------------------------------
     async def verify_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         """Signature (JWKS, refetched once for a new key), iss, aud/azp, exp, iat, nonce."""
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+
         ep = await self.endpoints()
         try:
             token = await self._decode(id_token, ep)
@@ -240,6 +245,9 @@ class OAuthClient:
         return claims
 
     async def _decode(self, id_token: str, ep: Endpoints) -> jwt.Token:
+        from joserfc import jwt
+        from joserfc.errors import BadSignatureError, InvalidKeyIdError
+
         keys = self._keys or await self._fetch_keys(ep)
         try:
             return jwt.decode(id_token, keys, algorithms=list(ep.algs))
@@ -249,6 +257,9 @@ class OAuthClient:
             return jwt.decode(id_token, fresh, algorithms=list(ep.algs))
 
     async def _fetch_keys(self, ep: Endpoints) -> KeySet:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         doc = await self._get_json(ep.jwks, "key set (JWKS)")
         try:
             keys = KeySet.import_key_set(doc)  # type: ignore[arg-type]

@@ -14,12 +14,16 @@ import logging
 import os
 import pwd
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pam as _pam
 
 from ..config import Config
+from ..setting import Setting
 from .base import Authenticator
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 log = logging.getLogger("minihub.auth")
 PAM_FAIL_DELAY = 10  # pam_set_item: the application's delay function (Linux-PAM _pam_types.h)
@@ -58,8 +62,11 @@ def _without_pam_delay(p: Any) -> None:
 
 class PAMAuthenticator(Authenticator):
     kind = "pam"
+    settings: ClassVar[list[Setting]] = [
+        Setting("auth", "pam_service", str, "login", "PAM service name used to check passwords."),
+    ]
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, store: Store | None = None) -> None:
         super().__init__(cfg)
         self.service = cfg.get("auth.pam_service")
 

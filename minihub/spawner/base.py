@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..config import Setting
+from ..setting import Setting
 
 UNKNOWN_EXIT = -1000
 State = dict[str, Any]
