@@ -16,7 +16,6 @@ import logging
 import os
 import resource
 import runpy
-import select
 import signal
 import socket
 import subprocess
@@ -24,10 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .. import forkloop
 from ..config import Config
 from ..errors import SpawnError
-from ..setting import Setting
 from ..procfs import start_ticks
+from ..setting import Setting
 from .accounts import drop_to
 from .base import UNKNOWN_EXIT
 from .local import (
@@ -315,59 +315,34 @@ def zygote(fd: int) -> None:
         kernel_zygote.preload()
 
     sock = socket.socket(fileno=fd)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    exits = forkloop.ChildExits()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     gc.freeze()  # the children's collections then leave the shared pages alone
-    while True:
-        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        if wake_r in ready:
-            _drain(wake_r)
-            _reap(sock)
-        if sock.fileno() in ready:
-            msg, fds, _, _ = socket.recv_fds(sock, _MSG_MAX, 5)
-            if not msg:
-                return
-            try:
-                reply = _fork_one(json.loads(msg), fds, sock, wake_r, wake_w)
-            finally:
-                for f in fds:
-                    os.close(f)
-            sock.send(json.dumps(reply).encode())
 
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _reap(sock: socket.socket) -> None:
-    while True:
+    def on_request() -> bool | None:
+        msg, fds, _, _ = socket.recv_fds(sock, _MSG_MAX, 5)
+        if not msg:
+            return True  # the hub is gone: stop serving (the servers forked keep running)
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        sock.send(json.dumps({"exit": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+            reply = _fork_one(json.loads(msg), fds, sock, exits)
+        finally:
+            for f in fds:
+                os.close(f)
+        sock.send(json.dumps(reply).encode())
+        return None
+
+    forkloop.serve(sock, exits, lambda msg: sock.send(json.dumps(msg).encode()), on_request)
 
 
 def _fork_one(
-    req: dict[str, Any], fds: list[int], sock: socket.socket, *pipe: int
+    req: dict[str, Any], fds: list[int], sock: socket.socket, exits: forkloop.ChildExits
 ) -> dict[str, Any]:
     err_r, err_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
         sock.close()
-        for p in pipe:
-            os.close(p)
+        exits.close_in_child()
         _child(req, fds, err_w)  # never returns
     os.close(err_w)
     with os.fdopen(err_r, "rb") as f:
@@ -409,8 +384,6 @@ def _become_user(req: dict[str, Any], fds: list[int], err_w: int) -> None:
     """Same steps and order as LocalSpawner's Popen: session, cgroup, fds, umask, limits,
     groups, gid, uid, cwd, environment; the first failure goes back to the hub as an OSError."""
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
         oom_first("self")
         for d in req["cgroup"]:
