@@ -65,7 +65,11 @@ def registered(group: Group) -> dict[str, EntryPoint]:
         if first.value != ep.value:
             log.warning(
                 "%s %r is registered twice (%s and %s): %s counts",
-                group.kind, ep.name, first.value, ep.value, first.value,
+                group.kind,
+                ep.name,
+                first.value,
+                ep.value,
+                first.value,
             )
     if not any(_builtin(ep) for ep in found.values()):
         raise StartupError(
@@ -144,5 +148,7 @@ def make_spawner(cfg: Config) -> Spawner:
 def make_authenticator(cfg: Config, store: Store) -> Authenticator:
     name = str(cfg.get("auth.authenticator"))
     cls: type[Authenticator] = load(AUTHENTICATORS, name)
-    log.debug("logins go to the %r authenticator (%s)", name, registered(AUTHENTICATORS)[name].value)
+    log.debug(
+        "logins go to the %r authenticator (%s)", name, registered(AUTHENTICATORS)[name].value
+    )
     return cls(cfg, store)

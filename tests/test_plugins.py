@@ -52,16 +52,24 @@ def demo_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def minihub(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MINIHUB, *args], capture_output=True, text=True, timeout=60, check=False,
-                          input="ann-password-1\n")
+    return subprocess.run(
+        [*MINIHUB, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        input="ann-password-1\n",
+    )
 
 
 # --- minihub's own, through the entry points -----------------------------------------------
 
+
 def test_builtins_are_entry_points_of_the_installed_minihub():
-    for group, expected in ((plugins.SPAWNERS, {"fork": ForkSpawner, "local": LocalSpawner}),
-                            (plugins.AUTHENTICATORS, {"native": NativeAuthenticator,
-                                                      "oauth": OAuthenticator})):
+    for group, expected in (
+        (plugins.SPAWNERS, {"fork": ForkSpawner, "local": LocalSpawner}),
+        (plugins.AUTHENTICATORS, {"native": NativeAuthenticator, "oauth": OAuthenticator}),
+    ):
         eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=group.entry_points)}
         for name, cls in expected.items():
             assert eps[name].dist is not None and eps[name].dist.name == "minihub"
@@ -83,11 +91,14 @@ def test_plugin_settings_join_the_table_from_their_classes():
 
 
 def test_reading_the_settings_does_not_import_the_oauth_libraries():
-    code = ("import sys, minihub.config as c; n = len(c.SETTINGS); "
-            "print(n, sorted(m for m in ('authlib', 'joserfc', 'cryptography') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split(maxsplit=1)
+    code = (
+        "import sys, minihub.config as c; n = len(c.SETTINGS); "
+        "print(n, sorted(m for m in ('authlib', 'joserfc', 'cryptography') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=1)
     assert int(out[0]) == len(config.SETTINGS) and out[1].strip() == "[]"
 
 
@@ -102,8 +113,10 @@ def test_class_and_fork_server_choose_the_spawner(tmp_path):
 
 
 def test_unknown_names_stop_start_up_in_one_line(tmp_path, demo_site):
-    for section, key, value, names in (("spawner", "class", "kube", "fork, local, demo"),
-                                       ("auth", "authenticator", "ldap", "native, oauth, pam")):
+    for section, key, value, names in (
+        ("spawner", "class", "kube", "fork, local, demo"),
+        ("auth", "authenticator", "ldap", "native, oauth, pam"),
+    ):
         toml = tmp_path / f"{key}.toml"
         toml.write_text(f'[{section}]\n{key} = "{value}"\n')
         r = minihub("-f", str(toml), "--data-dir", str(tmp_path / "d"))
@@ -115,8 +128,11 @@ def test_unknown_names_stop_start_up_in_one_line(tmp_path, demo_site):
 
 
 def test_a_broken_plugin_matters_only_when_chosen(tmp_path, demo_site):
-    install_metadata(demo_site, "[minihub.spawners]\nbroken = demo_minihub_plugin:Missing\n",
-                     dist="broken_minihub_plugin")
+    install_metadata(
+        demo_site,
+        "[minihub.spawners]\nbroken = demo_minihub_plugin:Missing\n",
+        dist="broken_minihub_plugin",
+    )
     ok = minihub("--generate-config", str(tmp_path / "g.toml"))
     assert ok.returncode == 0 and "'broken'" in ok.stderr  # a warning, not a failure
     assert "[demo]" in (tmp_path / "g.toml").read_text()
@@ -130,6 +146,7 @@ def test_a_broken_plugin_matters_only_when_chosen(tmp_path, demo_site):
 
 # --- a third-party spawner ---------------------------------------------------------------
 
+
 def test_generate_config_has_the_plugins_section_only_when_installed(tmp_path, monkeypatch):
     without = tmp_path / "without.toml"
     assert minihub("--generate-config", str(without)).returncode == 0
@@ -140,7 +157,7 @@ def test_generate_config_has_the_plugins_section_only_when_installed(tmp_path, m
     with_demo = tmp_path / "with.toml"
     assert minihub("--generate-config", str(with_demo)).returncode == 0
     text = with_demo.read_text()
-    demo = text[text.index("[demo]\n"):]
+    demo = text[text.index("[demo]\n") :]
     assert '# run_as = "nobody"' in demo and '# root_dir = "/tmp"' in demo
     assert "Unix account every server of the demo spawner runs as" in demo
     # what it wrote is a configuration the hub accepts, [demo] included
@@ -151,16 +168,19 @@ def test_generate_config_has_the_plugins_section_only_when_installed(tmp_path, m
 
 
 @needs_root
-async def test_hub_spawns_with_a_spawner_from_another_package(tmp_path, demo_site,
-                                                              make_system_user):
+async def test_hub_spawns_with_a_spawner_from_another_package(
+    tmp_path, demo_site, make_system_user
+):
     runner = make_system_user("mhpl-run")
     root = Path(runner.home) / "work"
     root.mkdir()
     (root / "hello-from-demo.txt").write_text("hi\n")
     shutil.chown(root, runner.name, runner.name)
     toml = tmp_path / "demo.toml"
-    toml.write_text('[auth]\nauthenticator = "native"\n[spawner]\nclass = "demo"\n'
-                    f'[demo]\nrun_as = "{runner.name}"\nroot_dir = "{root}"\n')
+    toml.write_text(
+        '[auth]\nauthenticator = "native"\n[spawner]\nclass = "demo"\n'
+        f'[demo]\nrun_as = "{runner.name}"\nroot_dir = "{root}"\n'
+    )
     data, port = tmp_path / "data", free_port()
     cli = ["-f", str(toml), "--data-dir", str(data)]
     assert minihub(*cli, "user", "add", "ann", "--admin").returncode == 0  # no Unix account

@@ -27,8 +27,13 @@ from minihub.spawner.base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, Starte
 class DemoSpawner(Spawner):
     name = "demo"
     settings: ClassVar[list[Setting]] = [
-        Setting("demo", "run_as", str, "nobody",
-                "Unix account every server of the demo spawner runs as (a root hub only)."),
+        Setting(
+            "demo",
+            "run_as",
+            str,
+            "nobody",
+            "Unix account every server of the demo spawner runs as (a root hub only).",
+        ),
         Setting("demo", "root_dir", str, "/tmp", "Directory every demo server opens in."),
     ]
 
@@ -48,20 +53,27 @@ class DemoSpawner(Spawner):
         self._procs[proc.pid] = proc
         return Started(Endpoint("127.0.0.1", port), {"pid": proc.pid, "log": str(log)})
 
-    def _popen(self, launch: Launch, config: dict[str, Any]
-               ) -> tuple[subprocess.Popen[bytes], Path]:
+    def _popen(
+        self, launch: Launch, config: dict[str, Any]
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         as_user: dict[str, Any] = {}
         if os.geteuid() == 0:
             pw = pwd.getpwnam(self.run_as)
             as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         self.log_dir.mkdir(exist_ok=True)
         log = self.log_dir / (launch.key.replace("/", ".") + ".log")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.root_dir,
-               **launch.env}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.root_dir, **launch.env}
         with open(log, "ab") as out:
-            proc = subprocess.Popen(launch.cmd, stdin=subprocess.PIPE, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=self.root_dir, env=env,
-                                    start_new_session=True, **as_user)
+            proc = subprocess.Popen(
+                launch.cmd,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root_dir,
+                env=env,
+                start_new_session=True,
+                **as_user,
+            )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(config).encode() + b"\n")
         proc.stdin.close()
