@@ -22,7 +22,7 @@ from urllib.parse import quote
 from .auth import secrets as S
 from .auth.identity import HUB_COOKIES, SESSION_COOKIE
 from .config import Config
-from .singleuser import PROOF_HEADER
+from .singleuser import PROOF_HEADER, ServerConfig
 from .store import Store, User
 
 log = logging.getLogger("minihub.servers")
@@ -67,16 +67,14 @@ class ServerProtocol:
     async def prepare(self, user: User, server_name: str, prefix: str, secret: str,
                       proof: str) -> Prepared:
         sp = self.cfg.section("spawner")
-        config: dict[str, object] = {
-            "secret": secret, "proof": proof, "base_url": prefix, "user": user.name,
-            "server_name": server_name,
-            "kernel_idle_timeout": int(sp["kernel_idle_timeout"]),
-            "kernel_zygote": bool(sp["kernel_fork"]),
-            **{f"ws_{k}": sp[f"kernel_ws_{k}"] for k in ("max_message", "max_json",
-                                                         "max_buffers")},
-        }
+        config = ServerConfig(
+            secret=secret, proof=proof, base_url=prefix, user=user.name,
+            server_name=server_name, kernel_idle_timeout=int(sp["kernel_idle_timeout"]),
+            kernel_zygote=bool(sp["kernel_fork"]), ws_max_message=int(sp["kernel_ws_max_message"]),
+            ws_max_json=int(sp["kernel_ws_max_json"]),
+            ws_max_buffers=int(sp["kernel_ws_max_buffers"]))
         env = {**base_env(self.cfg), "MINIHUB_USER": user.name, "MINIHUB_BASE_URL": prefix}
-        return Prepared({**env, **sp["environment"]}, config)
+        return Prepared({**env, **sp["environment"]}, config.to_dict())
 
     async def forget(self, user: User, server_name: str) -> None:
         """The server stopped: revoke what prepare() handed out."""

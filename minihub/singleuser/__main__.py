@@ -6,7 +6,6 @@ See minihub/singleuser/__init__.py for the contract with the hub.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -17,9 +16,8 @@ from aiohttp import web
 
 from ..kernels import zygote
 from ..spawner.logpump import LogPump
-from . import contents
+from . import ServerConfig, contents
 from .app import make_app
-from .http import ServerConfig
 
 log = logging.getLogger("minihub.singleuser")
 
@@ -83,7 +81,7 @@ def main() -> int:
         return 2
     _stdin_to_devnull()  # kernels need nothing of the launch pipe
     if pump is not None:
-        pump.cap(json.loads(line).get("log"))
+        pump.cap(cfg.log)
     cfg.notebook_dir = os.path.abspath(cfg.notebook_dir or ".")
     if not cfg.kernel_zygote:
         zygote.discard_early()

@@ -23,7 +23,16 @@ from ..isotime import isoformat
 from ..kernels.channels import Bridge
 from ..kernels.manager import KernelManager
 from ..kernels.wire import Limits
-from . import PROOF_HEADER, SECRET_HEADER, contents_api, files, kernels_api, pages, sessions
+from . import (
+    PROOF_HEADER,
+    SECRET_HEADER,
+    ServerConfig,
+    contents_api,
+    files,
+    kernels_api,
+    pages,
+    sessions,
+)
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
 from .http import (
@@ -34,7 +43,6 @@ from .http import (
     CONTENTS,
     KERNELS,
     Activity,
-    ServerConfig,
     reply,
 )
 

@@ -7,7 +7,6 @@ shape, {"message": ..., "reason": ...}.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,45 +18,9 @@ from aiohttp import web
 from ..errors import BadRequest
 from ..kernels.channels import Bridge
 from ..kernels.manager import KernelManager
-from ..kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
-from . import strictjson
+from . import ServerConfig, strictjson
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
-
-
-@dataclass
-class ServerConfig:
-    """What the hub hands the server on stdin (see minihub.singleuser's launch contract)."""
-
-    secret: str
-    proof: str = ""  # answered back to the hub on every response (see minihub.proxy)
-    base_url: str = "/"
-    notebook_dir: str = "."
-    user: str = ""
-    listen_fd: int | None = None
-    port: int = 0
-    kernel_idle_timeout: int = 0
-    mem_limit: int = 0
-    shared_dirs: list[str] = field(default_factory=list)
-    kernel_zygote: bool = True
-    ws_max_message: int = DEFAULT_MAX_MESSAGE  # [spawner] kernel_ws_max_message
-    ws_max_json: int = DEFAULT_MAX_JSON  # [spawner] kernel_ws_max_json
-    ws_max_buffers: int = DEFAULT_MAX_BUFFERS  # [spawner] kernel_ws_max_buffers
-
-    @classmethod
-    def from_json(cls, line: str) -> ServerConfig:
-        raw = json.loads(line)
-        if not isinstance(raw, dict) or not isinstance(raw.get("secret"), str) or not raw["secret"]:
-            raise ValueError("the launch config must be a JSON object with a non-empty secret")
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        cfg = cls(**known)
-        cfg.base_url = "/" + cfg.base_url.strip("/") + "/" if cfg.base_url.strip("/") else "/"
-        cfg.kernel_idle_timeout = int(cfg.kernel_idle_timeout or 0)
-        cfg.mem_limit = int(cfg.mem_limit or 0)
-        cfg.ws_max_message = int(cfg.ws_max_message)
-        cfg.ws_max_json = int(cfg.ws_max_json)
-        cfg.ws_max_buffers = int(cfg.ws_max_buffers)
-        return cfg
 
 
 @dataclass
