@@ -403,14 +403,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise bad("[spawner] kernel_ws_max_json", "must be between 1024 and 1073741824")
     if not 0 <= v["spawner.kernel_ws_max_buffers"] <= 4096:
         raise bad("[spawner] kernel_ws_max_buffers", "must be between 0 and 4096")
-    if v["users.disk_quota"] and parse_bytes(v["users.disk_quota"]) is None:
-        raise bad("[users] disk_quota", f"{v['users.disk_quota']!r} is not a size like 2G")
-    for key, low, high in (("spawner.umask", 0, 0o777), ("users.home_mode", 0, 0o777),
-                           ("spawner.max_processes", 0, 1 << 22),
-                           ("spawner.log_max_bytes", 1 << 16, 1 << 40)):
-        if not low <= v[key] <= high:
-            section, name = key.split(".")
-            raise bad(f"[{section}] {name}", f"must be between {low} and {high}, not {v[key]}")
+    for s in SETTINGS:  # the checks a setting declares (a plugin's too)
+        problem = s.check(v[s.key]) if s.check else None
+        if problem:
+            raise bad(f"[{s.section}] {s.name}", problem)
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")

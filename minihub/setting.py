@@ -7,8 +7,11 @@ minihub's, so the seams can use it without importing the loader.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+Check = Callable[[Any], "str | None"]  # a value of the right type -> what is wrong with it
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,15 @@ class Setting:
     default: Any
     help: str
     flag: str | None = None  # command-line flag overriding the file, if any
+    check: Check | None = None  # run at start-up on the value, after its type
 
     @property
     def key(self) -> str:
         return f"{self.section}.{self.name}"
+
+
+def between(low: int, high: int) -> Check:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}, not {value}"
+
+    return check

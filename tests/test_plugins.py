@@ -12,6 +12,7 @@ import asyncio
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from test_hub_spawn import h
 from minihub import config, plugins
 from minihub.auth.native import NativeAuthenticator
 from minihub.auth.oauth import OAuthenticator
+from minihub.errors import StartupError
 from minihub.spawner.forkserver import ForkSpawner
 from minihub.spawner.local import LocalSpawner
 
@@ -247,3 +249,15 @@ def server_pids(uid: int) -> list[int]:
         if b"minihub.singleuser" in cmdline:
             out.append(int(pid))
     return out
+
+
+def test_a_plugins_own_checks_run_at_start_up(tmp_path):
+    """The checks LocalSpawner declares with its settings, not ones config.py knows of."""
+    for text, expect in (
+        ("[users]\nhome_mode = 4096\n", "[users] home_mode: must be between"),
+        ('[users]\ndisk_quota = "lots"\n', "[users] disk_quota: 'lots' is not"),
+    ):
+        toml = tmp_path / "c.toml"
+        toml.write_text(text)
+        with pytest.raises(StartupError, match=re.escape(f"{toml}: {expect}")):
+            config.load(toml)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from ..config import Config, parse_bytes
 from ..errors import SpawnError
 from ..procfs import proc_stat, signal_group, start_ticks
-from ..setting import Setting
+from ..setting import Setting, between
 from . import accounts
 from .accounts import apply_disk_quota, drop_to
 from .base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, Started, State
@@ -61,23 +61,28 @@ class LocalSpawner(Spawner):
         Setting("spawner", "umask", int, 0o077,
                 "umask of user servers and their kernels: 0o077 keeps notebooks, checkpoints, "
                 "uploads and kernels' files private to their owner; 0o022 lets every user read "
-                "them."),
+                "them.", check=between(0, 0o777)),
         Setting("spawner", "max_processes", int, 512,
                 "Processes and threads one user may run at once (server and kernels together), "
-                "so a fork bomb stops there: the pids cgroup, else RLIMIT_NPROC. 0: no limit."),
+                "so a fork bomb stops there: the pids cgroup, else RLIMIT_NPROC. 0: no limit.",
+                check=between(0, 1 << 22)),
         Setting("spawner", "log_max_bytes", int, 4 << 20,
                 "Largest a server's log in <data_dir>/logs/ grows; past it, it moves to "
                 "<name>.log.1 (one old copy), while the server runs. Enforced by minihub's own "
-                "server; a [spawner] cmd server's log is rotated only when it starts."),
+                "server; a [spawner] cmd server's log is rotated only when it starts.",
+                check=between(1 << 16, 1 << 40)),
         Setting("users", "create_system_users", bool, False,
                 "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has "
                 "none."),
         Setting("users", "home_mode", int, 0o700,
                 "Mode of the home of an account minihub creates (create_system_users). At "
-                "start-up the hub warns about hub users' existing homes that others can read."),
+                "start-up the hub warns about hub users' existing homes that others can read.",
+                check=between(0, 0o777)),
         Setting("users", "disk_quota", str, "",
                 'Disk space per user on their home\'s filesystem, e.g. "2G" (setquota; needs '
-                "quotas enabled there, else the log says why it is not applied). Empty: none."),
+                "quotas enabled there, else the log says why it is not applied). Empty: none.",
+                check=lambda v: (f"{v!r} is not a size like 2G"
+                                 if v and parse_bytes(v) is None else None)),
         Setting("users", "shared_dirs", list, [],
                 "Directories linked into every user's home at spawn (the link is named after "
                 "the dir)."),
