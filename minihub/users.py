@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import time
 
 from .auth import names
@@ -59,7 +58,7 @@ async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -
     taken = Conflict(f"The name {name} is taken. Choose another.")
     if await store.get_user(name):
         raise taken
-    if await auth.pool.run(_unix_account_exists, name):
+    if await auth.pool.run(accounts.account_exists, name):
         raise taken
     hashed = await auth.hash_new_password(password)
     if os.geteuid() == 0:
@@ -69,14 +68,6 @@ async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -
             log.warning("sign-up of %s refused: %s", name, e.message)
             raise taken from None
     return await store.add_user(name, False, hashed)
-
-
-def _unix_account_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 async def set_password(store: Store, auth: Authenticator, user: User, password: str) -> None:

@@ -5,12 +5,10 @@ The provider proves who someone is; the hub's rules ([auth] and [auth.oauth]) de
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import os
-import pwd
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -18,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import Config
-from ..errors import HubError, StartupError
+from ..errors import HubError, SpawnError, StartupError
 from ..setting import Setting
+from ..spawner import accounts
 from ..store import Store
 from . import names
 from . import secrets as S
@@ -381,19 +380,11 @@ class OAuthenticator(Authenticator):
         if os.geteuid() != 0:
             return
         try:
-            await asyncio.to_thread(pwd.getpwnam, name)
-            return
-        except KeyError:
-            pass
-        if not self.cfg.get("users.create_system_users"):
-            raise LoginRefused(
-                f"There is no account named {name!r} on this hub's machine yet. An admin can "
-                f"create it (useradd -m {name}) or set [users] create_system_users = true."
-            )
-        from ..spawner import accounts
-
-        await accounts.create_system_user(name)
-        log.info("created the Unix account %s at first sign-in", name)
+            await accounts.ensure_account(
+                name, create=bool(self.cfg.get("users.create_system_users")),
+                home_mode=int(self.cfg.get("users.home_mode")))
+        except SpawnError as e:
+            raise LoginRefused(e.message) from None
 
     # --- auth state -----------------------------------------------------------------------
     async def save_auth_state(self, user_id: int, person: Person) -> None:

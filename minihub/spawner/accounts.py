@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SpawnError
@@ -64,6 +65,31 @@ def group_names(account: Account) -> list[str]:
         except KeyError:
             names.append(str(gid))
     return names
+
+
+async def ensure_account(
+    name: str, *, create: bool, home_mode: int, creating: Callable[[], object] = lambda: None
+) -> None:
+    """A Unix account `name` exists afterwards, or SpawnError (400) says what the admin can do.
+    `create` is [users] create_system_users; `creating` is called just before it does."""
+    if await asyncio.to_thread(account_exists, name):
+        return
+    if not create:
+        raise SpawnError(
+            f"There is no Unix account named {name!r} on this hub's machine yet. An admin can "
+            f"create it (useradd -m {name}) or set [users] create_system_users = true.",
+            status=400,
+        )
+    creating()
+    await create_system_user(name, home_mode=home_mode)
+
+
+def account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 async def create_system_user(

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import pwd
 import resource
 import signal
 import socket
@@ -180,16 +179,10 @@ class LocalSpawner(Spawner):
         name = launch.user
         if os.geteuid() != 0:
             return await asyncio.to_thread(accounts.unprivileged_account, cfg.data_dir, name)
-        try:
-            await asyncio.to_thread(pwd.getpwnam, name)
-        except KeyError:
-            if not cfg.get("users.create_system_users"):
-                raise SpawnError(
-                    f"There is no system account named {name!r}. An admin can create it "
-                    "(useradd -m) or set [users] create_system_users = true.", status=400
-                ) from None
-            self._say(launch, "Creating the Unix account")
-            await accounts.create_system_user(name, home_mode=int(cfg.get("users.home_mode")))
+        await accounts.ensure_account(
+            name, create=bool(cfg.get("users.create_system_users")),
+            home_mode=int(cfg.get("users.home_mode")),
+            creating=lambda: self._say(launch, "Creating the Unix account"))
         return await asyncio.to_thread(
             accounts.lookup_account, name, uid_min=int(cfg.get("spawner.uid_min")))
 
