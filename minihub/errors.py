@@ -27,10 +27,6 @@ class BadRequest(HubError):
     status = 400
 
 
-class Unauthorized(HubError):
-    status = 401
-
-
 class Forbidden(HubError):
     status = 403
 

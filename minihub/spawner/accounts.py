@@ -7,7 +7,6 @@ loop use the async functions or wrap `lookup_account` in `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
-import grp
 import json
 import logging
 import os
@@ -54,17 +53,6 @@ def _account(pw: pwd.struct_passwd) -> Account:
     # The groups initgroups() would give a login session: primary plus supplementary.
     groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, pw.pw_shell or "/bin/sh")
-
-
-def group_names(account: Account) -> list[str]:
-    """Names of the account's groups (for display and allowed_groups checks)."""
-    names = []
-    for gid in account.groups:
-        try:
-            names.append(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            names.append(str(gid))
-    return names
 
 
 async def ensure_account(
