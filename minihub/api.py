@@ -47,16 +47,23 @@ def held(request: web.Request) -> frozenset[scopes.Scope]:
     user = me(request)
     ident = identity(request)
     tok = ident.token if ident else None
-    return scopes.held_by(user.name, user.admin, tok.scopes if tok else None,
-                          bool(parts(request).cfg.get("hub.admin_access")))
+    return scopes.held_by(
+        user.name,
+        user.admin,
+        tok.scopes if tok else None,
+        bool(parts(request).cfg.get("hub.admin_access")),
+    )
 
 
 def admin(request: web.Request, scope: str = "admin:users") -> User:
     """The caller, if they hold `scope` on every user (admins do)."""
     user = me(request)
     if not scopes.allows(held(request), scope):
-        raise Forbidden("Only admins may do this." if scopes.service_name(user.name) is None
-                        else f"This service lacks the scope {scope!r}.")
+        raise Forbidden(
+            "Only admins may do this."
+            if scopes.service_name(user.name) is None
+            else f"This service lacks the scope {scope!r}."
+        )
     return user
 
 
@@ -93,13 +100,15 @@ async def version(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     admin(request, "read:hub")
     p = parts(request)
-    return web.json_response({
-        "version": __version__,
-        "python": platform.python_version(),
-        "sys_executable": sys.executable,
-        "authenticator": {"class": type(p.authenticator).__name__, "version": __version__},
-        "spawner": {"class": type(p.servers.spawner).__name__, "version": __version__},
-    })
+    return web.json_response(
+        {
+            "version": __version__,
+            "python": platform.python_version(),
+            "sys_executable": sys.executable,
+            "authenticator": {"class": type(p.authenticator).__name__, "version": __version__},
+            "spawner": {"class": type(p.servers.spawner).__name__, "version": __version__},
+        }
+    )
 
 
 @routes.get("/user")
@@ -109,16 +118,29 @@ async def whoami(request: web.Request) -> web.Response:
     have = held(request)
     service = scopes.service_name(user.name)
     if service is not None:
-        return web.json_response({"kind": "service", "name": service, "admin": False,
-                                  "roles": [], "groups": [], "session_id": None,
-                                  "scopes": scopes.strings(have)})
+        return web.json_response(
+            {
+                "kind": "service",
+                "name": service,
+                "admin": False,
+                "roles": [],
+                "groups": [],
+                "session_id": None,
+                "scopes": scopes.strings(have),
+            }
+        )
     m = model(parts(request), user)
     m["session_id"] = None
     m["scopes"] = scopes.strings(have)
     if scopes.allows(have, "access:servers", user.name, ""):
         # jupyterhub-singleuser asks for the server filter by name; say it explicitly.
-        m["scopes"] = sorted({*m["scopes"], f"access:servers!server={user.name}/",
-                              f"access:servers!user={user.name}"})
+        m["scopes"] = sorted(
+            {
+                *m["scopes"],
+                f"access:servers!server={user.name}/",
+                f"access:servers!user={user.name}",
+            }
+        )
     return web.json_response(m)
 
 
@@ -134,25 +156,41 @@ async def list_users(request: web.Request) -> web.Response:
         raise BadRequest("state must be active, inactive or ready")
     offset = _int(request, "offset", 0)
     limit = min(_int(request, "limit", MAX_LIMIT, low=1), MAX_LIMIT)
-    everyone = [u for u in await p.store.list_users() if _in_state(p, u, state)
-                and (visible is None or u.name in visible)]
-    page = everyone[offset: offset + limit]
+    everyone = [
+        u
+        for u in await p.store.list_users()
+        if _in_state(p, u, state) and (visible is None or u.name in visible)
+    ]
+    page = everyone[offset : offset + limit]
     items = [model(p, u, request) for u in page]
     if PAGINATION in request.headers.get("Accept", ""):
         nxt = None
         if offset + limit < len(everyone):
-            nxt = {"offset": offset + limit, "limit": limit,
-                   "url": f"{request.url.with_query(offset=offset + limit, limit=limit)}"}
-        return web.json_response({"items": items, "_pagination": {
-            "offset": offset, "limit": limit, "total": len(everyone), "next": nxt}})
+            nxt = {
+                "offset": offset + limit,
+                "limit": limit,
+                "url": f"{request.url.with_query(offset=offset + limit, limit=limit)}",
+            }
+        return web.json_response(
+            {
+                "items": items,
+                "_pagination": {
+                    "offset": offset,
+                    "limit": limit,
+                    "total": len(everyone),
+                    "next": nxt,
+                },
+            }
+        )
     return web.json_response(items)
 
 
 def _in_state(p: Parts, user: User, state: str) -> bool:
     statuses = {s.status for s in p.servers.of_user(user.id).values()}
     active = bool(statuses - {"stopped"})
-    return {"": True, "active": active, "inactive": not active,
-            "ready": "running" in statuses}[state]
+    return {"": True, "active": active, "inactive": not active, "ready": "running" in statuses}[
+        state
+    ]
 
 
 def _int(request: web.Request, key: str, default: int, low: int = 0) -> int:
@@ -171,7 +209,7 @@ async def create_users(request: web.Request) -> web.Response:
     f = (await read_body(request)).allow("usernames", "admin")
     given = f.strings("usernames", max_items=MAX_NEW_USERS, max_len=64)
     if not given:
-        raise BadRequest("Send {\"usernames\": [\"name\", ...], \"admin\": false}")
+        raise BadRequest('Send {"usernames": ["name", ...], "admin": false}')
     make_admin = f.boolean("admin", False)
     # Every name is checked before any is created: a refused request stores nothing.
     wanted = list(dict.fromkeys(_new_name(p, n) for n in given))
@@ -203,8 +241,9 @@ async def create_user(request: web.Request) -> web.Response:
     admin(request)
     p = parts(request)
     f = (await read_body(request)).allow("admin")
-    user = await users.create(p.store, p.authenticator, request.match_info["name"],
-                              f.boolean("admin", False))
+    user = await users.create(
+        p.store, p.authenticator, request.match_info["name"], f.boolean("admin", False)
+    )
     return web.json_response(model(p, user), status=201)
 
 
@@ -264,8 +303,10 @@ async def start_server(request: web.Request) -> web.Response:
     srv = p.servers.peek(user.id, name)
     what = f"server {name!r}" if name else "server"
     if srv and srv.status in ("running", "stopping"):
-        raise BadRequest(f"{user.name}'s {what} is " + (
-            "already running." if srv.status == "running" else "stopping; try again soon."))
+        raise BadRequest(
+            f"{user.name}'s {what} is "
+            + ("already running." if srv.status == "running" else "stopping; try again soon.")
+        )
     srv = await p.servers.spawn(user, name, user_options=options)
     status = 201 if srv.status == "running" else 202
     return web.json_response(server_model(p.cfg.base_url, user, srv, name), status=status)
@@ -306,10 +347,12 @@ async def progress(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"{user.name} has no server named {name[:64]!r}.")
     if srv is None or (srv.status == "stopped" and not srv.error):
         # As JupyterHub: nothing is starting, so there is no progress to follow.
-        raise BadRequest(f"{user.name}'s {'server ' + repr(name) if name else 'server'} is "
-                         "not starting.")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                       "Cache-Control": "no-cache"})
+        raise BadRequest(
+            f"{user.name}'s {'server ' + repr(name) if name else 'server'} is not starting."
+        )
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await resp.prepare(request)
     sent = 0
     for _ in range(int(float(p.cfg.get("spawner.start_timeout")) * 10) + 20):
@@ -323,8 +366,15 @@ async def progress(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0.1)
     srv = p.servers.peek(user.id, name)
     if srv and srv.status == "running":
-        await _event(resp, {"progress": 100, "ready": True, "message": "Server ready",
-                            "url": p.servers.prefix(srv)})
+        await _event(
+            resp,
+            {
+                "progress": 100,
+                "ready": True,
+                "message": "Server ready",
+                "url": p.servers.prefix(srv),
+            },
+        )
     elif srv and srv.error:
         await _event(resp, {"progress": 100, "failed": True, "message": srv.error})
     return resp
@@ -338,8 +388,9 @@ async def _event(resp: web.StreamResponse, data: dict[str, Any]) -> None:
 async def list_tokens(request: web.Request) -> web.Response:
     user = await target(request, "read:tokens")
     toks = await parts(request).store.list_tokens(user.id)
-    return web.json_response({"api_tokens": [token_model(user, t) for t in toks],
-                              "oauth_tokens": []})
+    return web.json_response(
+        {"api_tokens": [token_model(user, t) for t in toks], "oauth_tokens": []}
+    )
 
 
 @routes.post("/users/{name}/tokens")
@@ -402,11 +453,14 @@ async def activity(request: web.Request) -> web.Response:
     user = await target(request, "users:activity")
     p = parts(request)
     f = (await read_body(request)).allow("last_activity", "servers")
-    stamps = [t for t in [_stamp(f)] + [_stamp(_one_server(p, user, name, s))
-                                        for name, s in f.objects("servers").items()]
-              if t is not None]
+    stamps = [
+        t
+        for t in [_stamp(f)]
+        + [_stamp(_one_server(p, user, name, s)) for name, s in f.objects("servers").items()]
+        if t is not None
+    ]
     if not stamps:
-        raise BadRequest("Send {\"last_activity\": \"<ISO 8601 time>\"}")
+        raise BadRequest('Send {"last_activity": "<ISO 8601 time>"}')
     stamps = [min(t, time.time()) for t in stamps]  # the future would keep the culler away
     await p.store.touch_user(user.id, max(stamps))
     touched = [""] if f.objects("servers") == {} else list(f.objects("servers"))
@@ -430,8 +484,10 @@ def _stamp(f: Fields) -> float | None:
     try:
         return parse_iso(text)
     except ValueError:
-        raise BadRequest(f"{f.where + '.' if f.where else ''}last_activity must be an ISO 8601 "
-                         f"time, not {text[:40]!r}.") from None
+        raise BadRequest(
+            f"{f.where + '.' if f.where else ''}last_activity must be an ISO 8601 "
+            f"time, not {text[:40]!r}."
+        ) from None
 
 
 def setup(app: web.Application, base_url: str) -> None:

@@ -43,11 +43,26 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
         metrics = Metrics()
         sp = spawner or make_spawner(cfg)
-        servers = Servers(cfg, store, key, sp, protocols.choose(cfg, store),
-                          on_spawned=metrics.spawn_duration.observe)
+        servers = Servers(
+            cfg,
+            store,
+            key,
+            sp,
+            protocols.choose(cfg, store),
+            on_spawned=metrics.spawn_duration.observe,
+        )
         proxy = Proxy(server_ca_file=str(cfg.get("hub.server_ca_file")))
-        p = Parts(cfg, store, key, Identities(store, key), make_authenticator(cfg, store),
-                  Throttle(cfg), servers, proxy, metrics)
+        p = Parts(
+            cfg,
+            store,
+            key,
+            Identities(store, key),
+            make_authenticator(cfg, store),
+            Throttle(cfg),
+            servers,
+            proxy,
+            metrics,
+        )
         _gauges(p)
         app[PARTS] = p
         await servers.open()
@@ -67,12 +82,9 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
 def _gauges(p: Parts) -> None:
     m = p.metrics
     m.gauge("minihub_users", "Users known to the hub.", lambda: m.users)
-    m.gauge("minihub_active_servers", "Running user servers.",
-            lambda: p.servers.count("running"))
-    m.gauge("minihub_pending_servers", "User servers starting.",
-            lambda: p.servers.count("pending"))
-    m.gauge("minihub_websocket_connections", "Open proxied websockets.",
-            lambda: m.websockets)
+    m.gauge("minihub_active_servers", "Running user servers.", lambda: p.servers.count("running"))
+    m.gauge("minihub_pending_servers", "User servers starting.", lambda: p.servers.count("pending"))
+    m.gauge("minihub_websocket_connections", "Open proxied websockets.", lambda: m.websockets)
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -94,9 +106,12 @@ async def metrics(request: web.Request) -> web.Response:
         raise Forbidden("Metrics need an admin's token: Authorization: token <token>.")
     p = parts(request)
     p.metrics.users = await p.store.count_users()
-    return web.Response(text=parts(request).metrics.render(),
-                        content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": "no-store"})
+    return web.Response(
+        text=parts(request).metrics.render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def make_app(cfg: Config, spawner: Spawner | None = None) -> web.Application:

@@ -77,8 +77,9 @@ def _check_text(value: object) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise BadRequest("Request body has a string that is not valid Unicode "
-                             "(a lone surrogate escape).") from None
+            raise BadRequest(
+                "Request body has a string that is not valid Unicode (a lone surrogate escape)."
+            ) from None
     elif isinstance(value, list):
         for item in value:
             _check_text(item)
@@ -95,8 +96,9 @@ def parse(raw: bytes) -> Any:
     if _depth(raw) > MAX_DEPTH:
         raise BadRequest(f"Request body nests deeper than {MAX_DEPTH} levels.")
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_int=_int,
-                           parse_float=_float)
+        value = json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constant, parse_int=_int, parse_float=_float
+        )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadRequest("Request body is not valid JSON (UTF-8).") from None
     _check_text(value)
@@ -134,8 +136,10 @@ async def read_form(request: web.Request) -> dict[str, str]:
     try:
         form = await request.post()
     except (ValueError, LookupError, RuntimeError, HttpProcessingError):
-        raise BadRequest("Request body is not a valid form "
-                         f"({request.content_type}, charset {request.charset or 'utf-8'}).") from None
+        raise BadRequest(
+            "Request body is not a valid form "
+            f"({request.content_type}, charset {request.charset or 'utf-8'})."
+        ) from None
     fields = {}
     for key, value in form.items():
         if not isinstance(value, str):
@@ -166,8 +170,10 @@ class Fields:
         if unknown:
             shown = ", ".join(repr(k[:40]) for k in unknown[:5])
             known = ", ".join(keys) if keys else "none"
-            raise BadRequest(f"Unknown field(s) {shown}{' in ' + self.where if self.where else ''}"
-                             f" (known: {known}).")
+            raise BadRequest(
+                f"Unknown field(s) {shown}{' in ' + self.where if self.where else ''}"
+                f" (known: {known})."
+            )
         return self
 
     def _get(self, key: str, types: tuple[type, ...], what: str) -> Any:
@@ -207,11 +213,11 @@ class Fields:
             raise BadRequest(f"{self._name(key)} may have at most {max_items} items.")
         for item in value:
             if not isinstance(item, str):
-                raise BadRequest(f"{self._name(key)} must be a list of strings, not one with "
-                                 f"{kind(item)}.")
+                raise BadRequest(
+                    f"{self._name(key)} must be a list of strings, not one with {kind(item)}."
+                )
             if len(item) > max_len:
-                raise BadRequest(f"{self._name(key)} items must be at most {max_len} "
-                                 "characters.")
+                raise BadRequest(f"{self._name(key)} items must be at most {max_len} characters.")
         return value
 
     def object(self, key: str) -> Fields | None:

@@ -29,24 +29,46 @@ first steps:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="minihub", description="A multi-user Jupyter notebook hub in one process.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="minihub",
+        description="A multi-user Jupyter notebook hub in one process.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--version", action="version", version=f"minihub {__version__}")
-    ap.add_argument("-f", "--config", metavar="PATH",
-                    help="TOML config file (default: ./minihub.toml if present)")
+    ap.add_argument(
+        "-f",
+        "--config",
+        metavar="PATH",
+        help="TOML config file (default: ./minihub.toml if present)",
+    )
     for s in SETTINGS:
         if s.flag:
             typ = int if s.type is int else str
-            ap.add_argument(s.flag, dest=s.key, type=typ, default=None, metavar=s.name.upper(),
-                            help=f"{s.help} [{s.section}] {s.name}")
-    ap.add_argument("--no-ssl", action="store_true", help="serve plain HTTP even if the "
-                    "config names a certificate")
-    ap.add_argument("--generate-config", nargs="?", const="minihub.toml", metavar="PATH",
-                    help="write a commented config with every key and its default, then exit")
+            ap.add_argument(
+                s.flag,
+                dest=s.key,
+                type=typ,
+                default=None,
+                metavar=s.name.upper(),
+                help=f"{s.help} [{s.section}] {s.name}",
+            )
+    ap.add_argument(
+        "--no-ssl",
+        action="store_true",
+        help="serve plain HTTP even if the config names a certificate",
+    )
+    ap.add_argument(
+        "--generate-config",
+        nargs="?",
+        const="minihub.toml",
+        metavar="PATH",
+        help="write a commented config with every key and its default, then exit",
+    )
     ap.add_argument("--force", action="store_true", help="with --generate-config: overwrite")
     sub = ap.add_subparsers(dest="command", metavar="command")
-    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action",
-                                                                     metavar="action")
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="action", metavar="action"
+    )
     add = user.add_parser("add", help="add a user (native: password read from stdin)")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
@@ -83,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.generate_config:
             return write_config(Path(args.generate_config), args.force)
         cfg = config_from(args)
-        logging.basicConfig(level=cfg.get("hub.log_level").upper(),
-                            format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+        logging.basicConfig(
+            level=cfg.get("hub.log_level").upper(),
+            format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
+        )
         if args.command is None:
             from .serve import serve
 

@@ -72,8 +72,11 @@ async def user_list(cfg: Config, args: argparse.Namespace) -> int:
         running = {row.user_id for row in await store.list_servers()}
         for u in await store.list_users():
             flags = [f for f, on in (("admin", u.admin), ("running", u.id in running)) if on]
-            last = time.strftime("%Y-%m-%d %H:%M", time.gmtime(u.last_activity)) \
-                if u.last_activity else "never"
+            last = (
+                time.strftime("%Y-%m-%d %H:%M", time.gmtime(u.last_activity))
+                if u.last_activity
+                else "never"
+            )
             print(f"{u.name:24} {','.join(flags):16} last active {last}")
     finally:
         await store.close()
@@ -85,8 +88,10 @@ async def user_remove(cfg: Config, args: argparse.Namespace) -> int:
     try:
         user = await users.get(store, args.name)
         if any(r.user_id == user.id for r in await store.list_servers()):
-            raise HubError(f"{user.name}'s server is running: stop it first "
-                           "(admin page or DELETE /hub/api/users/{name}/server).")
+            raise HubError(
+                f"{user.name}'s server is running: stop it first "
+                "(admin page or DELETE /hub/api/users/{name}/server)."
+            )
         await store.delete_user(user.id)
         print(f"removed {user.name}")
     finally:
@@ -143,7 +148,11 @@ def read_password(prompt: str = "Password: ") -> str:
 Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]
 # (command, action) as cli.build_parser names them -> what runs it
 COMMANDS: dict[tuple[str, str | None], Command] = {
-    ("user", "add"): user_add, ("user", "list"): user_list, ("user", "remove"): user_remove,
-    ("user", "set-password"): user_set_password, ("user", "admin"): user_admin,
-    ("user", "import"): user_import, ("token", None): token,
+    ("user", "add"): user_add,
+    ("user", "list"): user_list,
+    ("user", "remove"): user_remove,
+    ("user", "set-password"): user_set_password,
+    ("user", "admin"): user_admin,
+    ("user", "import"): user_import,
+    ("token", None): token,
 }

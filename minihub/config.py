@@ -25,7 +25,9 @@ from .setting import Setting
 log = logging.getLogger("minihub")
 
 
-def _s(section: str, name: str, typ: Any, default: Any, help: str, flag: str | None = None) -> Setting:
+def _s(
+    section: str, name: str, typ: Any, default: Any, help: str, flag: str | None = None
+) -> Setting:
     return Setting(section, name, typ, default, help, flag)
 
 
@@ -35,117 +37,311 @@ HUB_SETTINGS: list[Setting] = [
     # [hub]
     _s("hub", "ip", str, "127.0.0.1", "Address the hub listens on.", "--ip"),
     _s("hub", "port", int, 8000, "Port the hub listens on (443 with TLS on a VM).", "--port"),
-    _s("hub", "base_url", str, "/", "URL prefix everything is served under, e.g. /jupyter/.",
-       "--base-url"),
-    _s("hub", "data_dir", str, "",
-       "Where the SQLite database, cookie secret, logs and sockets live. Empty: "
-       "/var/lib/minihub as root, ~/.local/share/minihub otherwise.", "--data-dir"),
-    _s("hub", "ssl_cert", str, "", "PEM certificate chain: serve HTTPS when set with ssl_key.",
-       "--ssl-cert"),
+    _s(
+        "hub",
+        "base_url",
+        str,
+        "/",
+        "URL prefix everything is served under, e.g. /jupyter/.",
+        "--base-url",
+    ),
+    _s(
+        "hub",
+        "data_dir",
+        str,
+        "",
+        "Where the SQLite database, cookie secret, logs and sockets live. Empty: "
+        "/var/lib/minihub as root, ~/.local/share/minihub otherwise.",
+        "--data-dir",
+    ),
+    _s(
+        "hub",
+        "ssl_cert",
+        str,
+        "",
+        "PEM certificate chain: serve HTTPS when set with ssl_key.",
+        "--ssl-cert",
+    ),
     _s("hub", "ssl_key", str, "", "PEM private key for ssl_cert.", "--ssl-key"),
-    _s("hub", "redirect_port", int, 0,
-       "If non-zero, a plain-HTTP listener on this port that only redirects to HTTPS.",
-       "--redirect-port"),
-    _s("hub", "public_url", str, "",
-       "The URL people use to reach the hub, e.g. https://hub.example.org/ (used in links)."),
-    _s("hub", "cookie_secret_file", str, "",
-       "File holding the secret that signs XSRF tokens and derives server secrets. "
-       "Empty: <data_dir>/cookie_secret. Created with mode 0600 if missing."),
+    _s(
+        "hub",
+        "redirect_port",
+        int,
+        0,
+        "If non-zero, a plain-HTTP listener on this port that only redirects to HTTPS.",
+        "--redirect-port",
+    ),
+    _s(
+        "hub",
+        "public_url",
+        str,
+        "",
+        "The URL people use to reach the hub, e.g. https://hub.example.org/ (used in links).",
+    ),
+    _s(
+        "hub",
+        "cookie_secret_file",
+        str,
+        "",
+        "File holding the secret that signs XSRF tokens and derives server secrets. "
+        "Empty: <data_dir>/cookie_secret. Created with mode 0600 if missing.",
+    ),
     _s("hub", "session_max_age_days", (int, float), 14, "How long a login session lasts."),
-    _s("hub", "connect_url", str, "",
-       "How users' servers reach the hub's API, e.g. http://10.0.0.5:8000 for servers on "
-       "other machines. Empty: the hub's own address (127.0.0.1 when it listens on all)."),
-    _s("hub", "server_ca_file", str, "",
-       "CA certificates (PEM) that verify users' servers reached over https. Empty: the "
-       "system's CAs."),
-    _s("hub", "allow_named_servers", bool, False,
-       "Users may run several servers of their own, each with a name (as JupyterHub's "
-       "allow_named_servers): /user/<name>/<server>/."),
-    _s("hub", "named_server_limit_per_user", int, 0,
-       "How many named servers a user may have (0: no limit)."),
-    _s("hub", "admin_access", bool, False,
-       "Admins may open other users' servers (as in JupyterHub's admin_access)."),
-    _s("hub", "cleanup_servers", bool, False,
-       "Stop every user's server when the hub shuts down (default: leave them running)."),
-    _s("hub", "shutdown_grace_seconds", (int, float), 10,
-       "On SIGTERM, how long in-flight requests get to finish."),
+    _s(
+        "hub",
+        "connect_url",
+        str,
+        "",
+        "How users' servers reach the hub's API, e.g. http://10.0.0.5:8000 for servers on "
+        "other machines. Empty: the hub's own address (127.0.0.1 when it listens on all).",
+    ),
+    _s(
+        "hub",
+        "server_ca_file",
+        str,
+        "",
+        "CA certificates (PEM) that verify users' servers reached over https. Empty: the "
+        "system's CAs.",
+    ),
+    _s(
+        "hub",
+        "allow_named_servers",
+        bool,
+        False,
+        "Users may run several servers of their own, each with a name (as JupyterHub's "
+        "allow_named_servers): /user/<name>/<server>/.",
+    ),
+    _s(
+        "hub",
+        "named_server_limit_per_user",
+        int,
+        0,
+        "How many named servers a user may have (0: no limit).",
+    ),
+    _s(
+        "hub",
+        "admin_access",
+        bool,
+        False,
+        "Admins may open other users' servers (as in JupyterHub's admin_access).",
+    ),
+    _s(
+        "hub",
+        "cleanup_servers",
+        bool,
+        False,
+        "Stop every user's server when the hub shuts down (default: leave them running).",
+    ),
+    _s(
+        "hub",
+        "shutdown_grace_seconds",
+        (int, float),
+        10,
+        "On SIGTERM, how long in-flight requests get to finish.",
+    ),
     _s("hub", "log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR.", "--log-level"),
-    _s("hub", "trusted_proxies", list, [],
-       'Addresses or CIDR ranges of reverse proxies in front of the hub (e.g. ["127.0.0.1"] '
-       "for nginx on this machine) whose X-Forwarded-For names the client for login "
-       "throttling. Empty: the connecting address always counts."),
+    _s(
+        "hub",
+        "trusted_proxies",
+        list,
+        [],
+        'Addresses or CIDR ranges of reverse proxies in front of the hub (e.g. ["127.0.0.1"] '
+        "for nginx on this machine) whose X-Forwarded-For names the client for login "
+        "throttling. Empty: the connecting address always counts.",
+    ),
     # [auth]
-    _s("auth", "authenticator", str, "pam", '"pam" (system accounts), "native" (minihub '
-       'passwords stored with bcrypt), "oauth" (an identity provider: [auth.oauth]) or another '
-       "installed package's (entry points minihub.authenticators)."),
+    _s(
+        "auth",
+        "authenticator",
+        str,
+        "pam",
+        '"pam" (system accounts), "native" (minihub '
+        'passwords stored with bcrypt), "oauth" (an identity provider: [auth.oauth]) or another '
+        "installed package's (entry points minihub.authenticators).",
+    ),
     _s("auth", "admin_users", list, [], "Users who are admins."),
-    _s("auth", "allowed_users", list, [],
-       "If set (or allowed_groups is), only these users may log in. Empty: any account."),
+    _s(
+        "auth",
+        "allowed_users",
+        list,
+        [],
+        "If set (or allowed_groups is), only these users may log in. Empty: any account.",
+    ),
     _s("auth", "blocked_users", list, [], "Users who may never log in."),
     _s("auth", "allowed_groups", list, [], "Unix groups whose members may log in (PAM)."),
     _s("auth", "admin_groups", list, [], "Unix groups whose members are admins (PAM)."),
-    _s("auth", "login_delay_after", int, 3,
-       "Failed logins for one name from one address before further attempts from there must "
-       "wait (1 s, doubling; one failure is forgiven a minute). Nothing is ever locked."),
-    _s("auth", "login_address_delay_after", int, 20,
-       "Failed logins from one address, over all names, before that address must wait "
-       "between attempts (doubling; one failure is forgiven every 10 s)."),
-    _s("auth", "login_max_backoff_seconds", (int, float), 300,
-       "Longest wait the login backoff imposes on a name from an address, or on an address."),
-    _s("auth", "login_failure_delay_seconds", (int, float), 3.0,
-       "Every failed login is answered after this long, whether or not the name exists "
-       "(it replaces PAM's own randomised delay, 3 s in Debian's pam_faildelay)."),
-    _s("auth", "login_concurrent_per_address", int, 8,
-       "Login attempts in progress at once from one address (a failed one counts until it "
-       "is answered); more get 429 with Retry-After."),
-    _s("auth", "login_concurrent_per_name", int, 2,
-       "Login attempts in progress at once for one name from addresses that have been "
-       "failing; more get 429. An address that has not been failing is never refused."),
-    _s("auth", "login_threads", int, 2,
-       "Threads that check passwords (PAM, bcrypt), apart from the hub's other blocking work."),
+    _s(
+        "auth",
+        "login_delay_after",
+        int,
+        3,
+        "Failed logins for one name from one address before further attempts from there must "
+        "wait (1 s, doubling; one failure is forgiven a minute). Nothing is ever locked.",
+    ),
+    _s(
+        "auth",
+        "login_address_delay_after",
+        int,
+        20,
+        "Failed logins from one address, over all names, before that address must wait "
+        "between attempts (doubling; one failure is forgiven every 10 s).",
+    ),
+    _s(
+        "auth",
+        "login_max_backoff_seconds",
+        (int, float),
+        300,
+        "Longest wait the login backoff imposes on a name from an address, or on an address.",
+    ),
+    _s(
+        "auth",
+        "login_failure_delay_seconds",
+        (int, float),
+        3.0,
+        "Every failed login is answered after this long, whether or not the name exists "
+        "(it replaces PAM's own randomised delay, 3 s in Debian's pam_faildelay).",
+    ),
+    _s(
+        "auth",
+        "login_concurrent_per_address",
+        int,
+        8,
+        "Login attempts in progress at once from one address (a failed one counts until it "
+        "is answered); more get 429 with Retry-After.",
+    ),
+    _s(
+        "auth",
+        "login_concurrent_per_name",
+        int,
+        2,
+        "Login attempts in progress at once for one name from addresses that have been "
+        "failing; more get 429. An address that has not been failing is never refused.",
+    ),
+    _s(
+        "auth",
+        "login_threads",
+        int,
+        2,
+        "Threads that check passwords (PAM, bcrypt), apart from the hub's other blocking work.",
+    ),
     # [spawner]
-    _s("spawner", "class", str, "fork",
-       'What runs users\' servers: "fork" (local processes as the users\' own accounts; '
-       "minihub's own server forked from a process that has imported it), \"local\" (the "
-       "same, each server exec'd) or another installed package's (entry points "
-       "minihub.spawners)."),
-    _s("spawner", "server", str, "minihub",
-       '"minihub" (minihub\'s own server and notebook app) or "jupyterhub-singleuser" '
-       "(JupyterLab and friends, launched and authenticated as JupyterHub does)."),
-    _s("spawner", "cmd", list, [],
-       "Command that runs a user's server. Empty: the default for [spawner] server "
-       '(<python> -m minihub.singleuser, or jupyterhub-singleuser).'),
-    _s("spawner", "python", str, "",
-       "Python interpreter for user servers and kernels. Empty: the one running the hub. "
-       "It must be readable and executable by every user."),
-    _s("spawner", "kernel_fork", bool, True,
-       "minihub's own server forks python3 kernels (of its own python) from a process that "
-       "has imported ipykernel already: faster kernel starts. false: exec each kernel."),
-    _s("spawner", "notebook_dir", str, "", "Directory a user's server opens in; {username} "
-       "is replaced. Empty: the user's home."),
+    _s(
+        "spawner",
+        "class",
+        str,
+        "fork",
+        "What runs users' servers: \"fork\" (local processes as the users' own accounts; "
+        'minihub\'s own server forked from a process that has imported it), "local" (the '
+        "same, each server exec'd) or another installed package's (entry points "
+        "minihub.spawners).",
+    ),
+    _s(
+        "spawner",
+        "server",
+        str,
+        "minihub",
+        '"minihub" (minihub\'s own server and notebook app) or "jupyterhub-singleuser" '
+        "(JupyterLab and friends, launched and authenticated as JupyterHub does).",
+    ),
+    _s(
+        "spawner",
+        "cmd",
+        list,
+        [],
+        "Command that runs a user's server. Empty: the default for [spawner] server "
+        "(<python> -m minihub.singleuser, or jupyterhub-singleuser).",
+    ),
+    _s(
+        "spawner",
+        "python",
+        str,
+        "",
+        "Python interpreter for user servers and kernels. Empty: the one running the hub. "
+        "It must be readable and executable by every user.",
+    ),
+    _s(
+        "spawner",
+        "kernel_fork",
+        bool,
+        True,
+        "minihub's own server forks python3 kernels (of its own python) from a process that "
+        "has imported ipykernel already: faster kernel starts. false: exec each kernel.",
+    ),
+    _s(
+        "spawner",
+        "notebook_dir",
+        str,
+        "",
+        "Directory a user's server opens in; {username} is replaced. Empty: the user's home.",
+    ),
     _s("spawner", "default_url", str, "/tree/", "Path under /user/<name> a browser lands on."),
-    _s("spawner", "start_timeout", (int, float), 60,
-       "Seconds a server may take to answer before its start counts as failed."),
-    _s("spawner", "stop_timeout", (int, float), 10,
-       "Seconds between SIGTERM and SIGKILL when stopping a server."),
-    _s("spawner", "concurrent_spawn_limit", int, 100,
-       "Servers starting at once; past it a start gets 429 and Retry-After."),
-    _s("spawner", "active_server_limit", int, 0,
-       "Servers running at once (0: no limit); past it a start gets 429."),
-    _s("spawner", "mem_limit", str, "", 'Memory per user, e.g. "512M" or "2G" (cgroups). '
-       "Empty: no limit."),
+    _s(
+        "spawner",
+        "start_timeout",
+        (int, float),
+        60,
+        "Seconds a server may take to answer before its start counts as failed.",
+    ),
+    _s(
+        "spawner",
+        "stop_timeout",
+        (int, float),
+        10,
+        "Seconds between SIGTERM and SIGKILL when stopping a server.",
+    ),
+    _s(
+        "spawner",
+        "concurrent_spawn_limit",
+        int,
+        100,
+        "Servers starting at once; past it a start gets 429 and Retry-After.",
+    ),
+    _s(
+        "spawner",
+        "active_server_limit",
+        int,
+        0,
+        "Servers running at once (0: no limit); past it a start gets 429.",
+    ),
+    _s(
+        "spawner",
+        "mem_limit",
+        str,
+        "",
+        'Memory per user, e.g. "512M" or "2G" (cgroups). Empty: no limit.',
+    ),
     _s("spawner", "cpu_limit", (int, float), 0, "CPUs per user, e.g. 1.5 (cgroups). 0: no limit."),
     _s("spawner", "environment", dict, {}, "Extra environment variables for user servers."),
-    _s("spawner", "kernel_idle_timeout", int, 0,
-       "Seconds after which an idle kernel inside a server is shut down (0: never)."),
-    _s("spawner", "kernel_ws_max_message", int, DEFAULT_MAX_MESSAGE,
-       "Largest websocket message (bytes) a browser may send to a kernel in minihub's own "
-       "server; a bigger one closes the socket (1009). The hub's proxy also stops at 64 MiB."),
-    _s("spawner", "kernel_ws_max_json", int, DEFAULT_MAX_JSON,
-       "Largest JSON (header, metadata, content) in one kernel message from a browser, "
-       "either protocol; the server parses it, at up to 25 times its size. Bigger: closed (1007)."),
-    _s("spawner", "kernel_ws_max_buffers", int, DEFAULT_MAX_BUFFERS,
-       "Most binary buffers one kernel message from a browser may carry (widgets send a few)."),
+    _s(
+        "spawner",
+        "kernel_idle_timeout",
+        int,
+        0,
+        "Seconds after which an idle kernel inside a server is shut down (0: never).",
+    ),
+    _s(
+        "spawner",
+        "kernel_ws_max_message",
+        int,
+        DEFAULT_MAX_MESSAGE,
+        "Largest websocket message (bytes) a browser may send to a kernel in minihub's own "
+        "server; a bigger one closes the socket (1009). The hub's proxy also stops at 64 MiB.",
+    ),
+    _s(
+        "spawner",
+        "kernel_ws_max_json",
+        int,
+        DEFAULT_MAX_JSON,
+        "Largest JSON (header, metadata, content) in one kernel message from a browser, "
+        "either protocol; the server parses it, at up to 25 times its size. Bigger: closed (1007).",
+    ),
+    _s(
+        "spawner",
+        "kernel_ws_max_buffers",
+        int,
+        DEFAULT_MAX_BUFFERS,
+        "Most binary buffers one kernel message from a browser may carry (widgets send a few).",
+    ),
     # [culler]
     _s("culler", "timeout", int, 0, "Stop servers idle this many seconds (0: never)."),
     _s("culler", "every", int, 60, "How often the culler looks, in seconds."),
@@ -171,8 +367,9 @@ def _table() -> _Table:
     for s in [*HUB_SETTINGS, *plugins.settings()]:
         first = by_key.setdefault(s.key, s)
         if first != s:
-            log.warning("[%s] %s is declared twice, differently: the first one counts",
-                        s.section, s.name)
+            log.warning(
+                "[%s] %s is declared twice, differently: the first one counts", s.section, s.name
+            )
     table = tuple(by_key.values())
     return _Table(table, by_key, _sections(table))
 
@@ -247,7 +444,7 @@ class Config:
         self.values[key] = value
 
     def section(self, name: str) -> dict[str, Any]:
-        return {k[len(name) + 1:]: v for k, v in self.values.items() if k.startswith(name + ".")}
+        return {k[len(name) + 1 :]: v for k, v in self.values.items() if k.startswith(name + ".")}
 
     @property
     def data_dir(self) -> Path:
@@ -285,8 +482,14 @@ def _type_ok(setting: Setting, value: Any) -> bool:
 
 def _type_name(setting: Setting) -> str:
     types = setting.type if isinstance(setting.type, tuple) else (setting.type,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list of strings", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list of strings",
+        dict: "a table",
+    }
     return " or ".join(names[t] for t in types)
 
 
@@ -324,8 +527,9 @@ def _apply(cfg: Config, raw: dict[str, Any], path: Path) -> None:
             cfg.services = table
             continue
         if section not in SECTIONS and not any(x.startswith(f"{section}.") for x in SECTIONS):
-            raise StartupError(f"{path}: unknown section [{section}] "
-                               f"(known: {', '.join(SECTIONS)})")
+            raise StartupError(
+                f"{path}: unknown section [{section}] (known: {', '.join(SECTIONS)})"
+            )
         if not isinstance(table, dict):
             raise StartupError(f"{path}: '{section}' must be a [section]")
         _apply_table(cfg, section, table, path)
@@ -341,8 +545,9 @@ def _apply_table(cfg: Config, section: str, table: dict[str, Any], path: Path) -
         if setting is None:
             raise StartupError(f"{path}: unknown key '{name}' in [{section}]")
         if not _type_ok(setting, value):
-            raise StartupError(f"{path}: [{section}] {name} must be {_type_name(setting)}, "
-                               f"not {value!r}"[:300])
+            raise StartupError(
+                f"{path}: [{section}] {name} must be {_type_name(setting)}, not {value!r}"[:300]
+            )
         cfg.values[key] = value
 
 
@@ -379,8 +584,10 @@ def _validate(cfg: Config, where: str) -> None:
     if not 0 < v["hub.port"] < 65536:
         raise bad("[hub] port", f"must be between 1 and 65535, not {v['hub.port']}")
     if v["spawner.server"] not in ("minihub", "jupyterhub-singleuser"):
-        raise bad("[spawner] server",
-                  f'must be "minihub" or "jupyterhub-singleuser", not {v["spawner.server"]!r}')
+        raise bad(
+            "[spawner] server",
+            f'must be "minihub" or "jupyterhub-singleuser", not {v["spawner.server"]!r}',
+        )
     if v["hub.named_server_limit_per_user"] < 0:
         raise bad("[hub] named_server_limit_per_user", "must be 0 (no limit) or more")
     if v["hub.log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -391,12 +598,17 @@ def _validate(cfg: Config, where: str) -> None:
         parse_networks(v["hub.trusted_proxies"])
     except ValueError as e:
         raise bad("[hub] trusted_proxies", str(e)) from None
-    for key in ("auth.login_threads", "auth.login_concurrent_per_address",
-                "auth.login_concurrent_per_name"):
+    for key in (
+        "auth.login_threads",
+        "auth.login_concurrent_per_address",
+        "auth.login_concurrent_per_name",
+    ):
         if v[key] < 1:
             raise bad(f"[auth] {key.split('.')[1]}", f"must be at least 1, not {v[key]}")
     if v["spawner.mem_limit"] and parse_bytes(v["spawner.mem_limit"]) is None:
-        raise bad("[spawner] mem_limit", f"{v['spawner.mem_limit']!r} is not a size like 512M or 2G")
+        raise bad(
+            "[spawner] mem_limit", f"{v['spawner.mem_limit']!r} is not a size like 512M or 2G"
+        )
     if not 1 << 10 <= v["spawner.kernel_ws_max_message"] <= 1 << 30:
         raise bad("[spawner] kernel_ws_max_message", "must be between 1024 and 1073741824 bytes")
     if not 1 << 10 <= v["spawner.kernel_ws_max_json"] <= 1 << 30:
@@ -448,8 +660,11 @@ def find_config(explicit: str | None) -> Path | None:
 
 def generate(settings: Sequence[Setting] = SETTINGS) -> str:
     """A commented minihub.toml with every key at its default."""
-    lines = ["# minihub configuration. Every key is shown at its default, commented out.",
-             "# Command-line flags override these values.", ""]
+    lines = [
+        "# minihub configuration. Every key is shown at its default, commented out.",
+        "# Command-line flags override these values.",
+        "",
+    ]
     for section in SECTIONS:
         lines.append(f"[{section}]")
         for s in (x for x in settings if x.section == section):
@@ -489,5 +704,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{}" if not v else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return (
+            "{}"
+            if not v
+            else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        )
     return str(v)

@@ -33,8 +33,12 @@ class Culler:
     def start(self) -> None:
         if self.enabled:
             self._task = asyncio.create_task(self._loop(), name="minihub-culler")
-            log.info("culling servers idle for %ss or older than %ss, every %ss",
-                     self.timeout or "∞", self.max_age or "∞", self.every)
+            log.info(
+                "culling servers idle for %ss or older than %ss, every %ss",
+                self.timeout or "∞",
+                self.max_age or "∞",
+                self.every,
+            )
 
     async def stop(self) -> None:
         if self._task:

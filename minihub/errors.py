@@ -14,8 +14,9 @@ class StartupError(Exception):
 class HubError(Exception):
     status = 400
 
-    def __init__(self, message: str, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:

@@ -49,8 +49,12 @@ class ChildExits:
         os.close(self.w)
 
 
-def serve(sock: socket.socket, exits: ChildExits, report: Callable[[dict[str, Any]], object],
-          on_request: Callable[[], T | None]) -> T:
+def serve(
+    sock: socket.socket,
+    exits: ChildExits,
+    report: Callable[[dict[str, Any]], object],
+    on_request: Callable[[], T | None],
+) -> T:
     """Reap and report children, and call `on_request` whenever `sock` is readable, until it
     returns something other than None (in a forked child: what to run; or: stop serving)."""
     while True:

@@ -48,8 +48,17 @@ async def log_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         ident = request.get(IDENTITY)
         user = ident.name if ident is not None else "-"
         level = logging.WARNING if 500 <= status < CLIENT_GONE else logging.INFO
-        access.log(level, "%d %s %s %.1fms user=%s rid=%s", status, request.method[:10],
-                   clean(request.path), ms, clean(str(user)), rid, extra={"status": status})
+        access.log(
+            level,
+            "%d %s %s %.1fms user=%s rid=%s",
+            status,
+            request.method[:10],
+            clean(request.path),
+            ms,
+            clean(str(user)),
+            rid,
+            extra={"status": status},
+        )
 
 
 @web.middleware
@@ -63,8 +72,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if e.status < 400:
             raise
         keep = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
-        return error_response(request, e.status, e.text if e.text and e.text != f"{e.status}: "
-                              f"{e.reason}" else e.reason or "Error", keep)
+        return error_response(
+            request,
+            e.status,
+            e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason or "Error",
+            keep,
+        )
     except Exception as e:
         if isinstance(e, ConnectionError) and client_gone(request):
             # Re-raising would make aiohttp log "Error handling request" with a traceback;
@@ -92,8 +105,11 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
 async def form_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Hub forms are parsed here, once, so a broken one is a 400 wherever it is read (the
     XSRF check, pages, the OAuth token endpoint). Proxied bodies stream on untouched."""
-    if (request.method not in SAFE_METHODS and request.content_type in body.FORM_TYPES
-            and not request.path.startswith(request.config_dict[BASE_URL] + "user/")):
+    if (
+        request.method not in SAFE_METHODS
+        and request.content_type in body.FORM_TYPES
+        and not request.path.startswith(request.config_dict[BASE_URL] + "user/")
+    ):
         await body.read_form(request)
     return await handler(request)
 
@@ -106,14 +122,21 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     ident = await p.identities.resolve(request)
     request[IDENTITY] = ident
-    request[PAGE_CONTEXT] = {"user": ident.user if ident else None,
-                             "xsrf": p.identities.xsrf_for(ident),
-                             "kind": p.authenticator.kind}
+    request[PAGE_CONTEXT] = {
+        "user": ident.user if ident else None,
+        "xsrf": p.identities.xsrf_for(ident),
+        "kind": p.authenticator.kind,
+    }
     proxied = request.path.startswith(base + "user/")
     if not request.path.startswith(tuple(base + x for x in NO_XSRF_PATHS + _own_xsrf(p))):
         await p.identities.check_xsrf(request, ident, form=not proxied)
-    if (ident is not None and ident.via != "cookie" and request.method not in SAFE_METHODS
-            and not proxied and not request.path.startswith(base + "hub/api")):
+    if (
+        ident is not None
+        and ident.via != "cookie"
+        and request.method not in SAFE_METHODS
+        and not proxied
+        and not request.path.startswith(base + "hub/api")
+    ):
         # Pages are for browsers: a token (perhaps a narrowly scoped one) must not reach
         # the admin and token forms, which check no scopes; the REST API does.
         raise Forbidden("Use the REST API under /hub/api with a token; pages need a login.")
@@ -127,5 +150,10 @@ def _own_xsrf(p: Parts) -> tuple[str, ...]:
     return ("hub/api/oauth2/token",) + (("user/",) if p.servers.protocol.checks_own_xsrf else ())
 
 
-MIDDLEWARES: tuple[Middleware, ...] = (log_middleware, errors_middleware, security_middleware,
-                                       form_middleware, identity_middleware)
+MIDDLEWARES: tuple[Middleware, ...] = (
+    log_middleware,
+    errors_middleware,
+    security_middleware,
+    form_middleware,
+    identity_middleware,
+)

@@ -21,13 +21,13 @@ def iso(ts: float | None) -> str | None:
         return None
 
 
-def server_model(base_url: str, user: User, srv: Server | None,
-                 name: str = "") -> dict[str, Any]:
+def server_model(base_url: str, user: User, srv: Server | None, name: str = "") -> dict[str, Any]:
     running = srv is not None and srv.status == "running"
     active = srv is not None and srv.status != "stopped"
     prefix = f"{base_url}user/{user.name}/" + (f"{name}/" if name else "")
     progress = f"{base_url}hub/api/users/{user.name}/" + (
-        f"servers/{name}/progress" if name else "server/progress")
+        f"servers/{name}/progress" if name else "server/progress"
+    )
     return {
         "name": name,
         "full_name": f"{user.name}/{name}",  # JupyterHub's, "" name included
@@ -48,13 +48,13 @@ def _public_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if isinstance(v, (str, int, float, bool))}
 
 
-def user_model(base_url: str, user: User, servers: dict[str, Server],
-               with_servers: bool = True) -> dict[str, Any]:
+def user_model(
+    base_url: str, user: User, servers: dict[str, Server], with_servers: bool = True
+) -> dict[str, Any]:
     """`servers`: the user's servers by name (Servers.of_user)."""
     default = servers.get("")
     active = [s for s in servers.values() if s.status != "stopped"]
-    last = max(filter(None, [user.last_activity, *(s.last_activity for s in active)]),
-               default=None)
+    last = max(filter(None, [user.last_activity, *(s.last_activity for s in active)]), default=None)
     model: dict[str, Any] = {
         "kind": "user",
         "name": user.name,
@@ -62,7 +62,8 @@ def user_model(base_url: str, user: User, servers: dict[str, Server],
         "roles": ["admin", "user"] if user.admin else ["user"],
         "groups": [],
         "server": f"{base_url}user/{user.name}/"
-        if default and default.status == "running" else None,
+        if default and default.status == "running"
+        else None,
         "pending": default.pending if default else None,
         "created": iso(user.created),
         "last_activity": iso(last),

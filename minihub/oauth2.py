@@ -36,12 +36,19 @@ class OAuthError(Exception):
 
     def response(self) -> web.Response:
         # Both shapes: OAuth clients read error/error_description, ours read message.
-        return web.json_response({"error": self.error, "error_description": self.description,
-                                  "status": self.status, "message": self.description},
-                                 status=self.status)
+        return web.json_response(
+            {
+                "error": self.error,
+                "error_description": self.description,
+                "status": self.status,
+                "message": self.description,
+            },
+            status=self.status,
+        )
 
 
 # --- the provider ----------------------------------------------------------------------------
+
 
 @routes.get("/oauth2/authorize")
 async def authorize(request: web.Request) -> web.StreamResponse:
@@ -62,8 +69,15 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         return e.response()
     code = S.new_token()
     granted = _granted(client, q.get("scope", ""))
-    await p.store.add_oauth_code(S.hash_token(code), client.id, ident.user.id, redirect_uri,
-                                 granted, challenge, time.time() + CODE_SECONDS)
+    await p.store.add_oauth_code(
+        S.hash_token(code),
+        client.id,
+        ident.user.id,
+        redirect_uri,
+        granted,
+        challenge,
+        time.time() + CODE_SECONDS,
+    )
     args = {"code": code, **({"state": q["state"]} if "state" in q else {})}
     sep = "&" if "?" in redirect_uri else "?"
     raise web.HTTPFound(f"{redirect_uri}{sep}{urlencode(args)}")
@@ -118,17 +132,31 @@ async def token(request: web.Request) -> web.Response:
         return e.response()
     secret = S.new_token()
     max_age = float(p.cfg.get("hub.session_max_age_days")) * 86400
-    await p.store.add_kind_token(user.id, S.hash_token(secret), secret[:S.PREFIX_LEN],
-                                 f"OAuth {client.id}", scoped, "oauth", client.id,
-                                 time.time() + max_age)
+    await p.store.add_kind_token(
+        user.id,
+        S.hash_token(secret),
+        secret[: S.PREFIX_LEN],
+        f"OAuth {client.id}",
+        scoped,
+        "oauth",
+        client.id,
+        time.time() + max_age,
+    )
     log.info("issued an OAuth token to %s for %s", user.name, client.id)
-    return web.json_response({"access_token": secret, "token_type": "Bearer",
-                              "expires_in": int(max_age), "scope": " ".join(scoped)},
-                             headers={"Cache-Control": "no-store"})
+    return web.json_response(
+        {
+            "access_token": secret,
+            "token_type": "Bearer",
+            "expires_in": int(max_age),
+            "scope": " ".join(scoped),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
-async def _exchange(store: Store, args: dict[str, str],
-                    headers: Any) -> tuple[User, list[str], OAuthClient]:
+async def _exchange(
+    store: Store, args: dict[str, str], headers: Any
+) -> tuple[User, list[str], OAuthClient]:
     if args.get("grant_type") != "authorization_code":
         raise OAuthError("unsupported_grant_type", "Only grant_type=authorization_code works.")
     client_id, secret = _client_credentials(args, headers)

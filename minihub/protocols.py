@@ -64,15 +64,22 @@ class ServerProtocol:
         """Where under the server's prefix the hub sends a browser."""
         return str(self.cfg.get("spawner.default_url"))
 
-    async def prepare(self, user: User, server_name: str, prefix: str, secret: str,
-                      proof: str) -> Prepared:
+    async def prepare(
+        self, user: User, server_name: str, prefix: str, secret: str, proof: str
+    ) -> Prepared:
         sp = self.cfg.section("spawner")
         config = ServerConfig(
-            secret=secret, proof=proof, base_url=prefix, user=user.name,
-            server_name=server_name, kernel_idle_timeout=int(sp["kernel_idle_timeout"]),
-            kernel_zygote=bool(sp["kernel_fork"]), ws_max_message=int(sp["kernel_ws_max_message"]),
+            secret=secret,
+            proof=proof,
+            base_url=prefix,
+            user=user.name,
+            server_name=server_name,
+            kernel_idle_timeout=int(sp["kernel_idle_timeout"]),
+            kernel_zygote=bool(sp["kernel_fork"]),
+            ws_max_message=int(sp["kernel_ws_max_message"]),
             ws_max_json=int(sp["kernel_ws_max_json"]),
-            ws_max_buffers=int(sp["kernel_ws_max_buffers"]))
+            ws_max_buffers=int(sp["kernel_ws_max_buffers"]),
+        )
         env = {**base_env(self.cfg), "MINIHUB_USER": user.name, "MINIHUB_BASE_URL": prefix}
         return Prepared({**env, **sp["environment"]}, config.to_dict())
 
@@ -102,15 +109,17 @@ class JupyterhubSingleuser(ServerProtocol):
     def landing_path(self) -> str:
         return jupyterhub_landing(self.cfg)
 
-    async def prepare(self, user: User, server_name: str, prefix: str, secret: str,
-                      proof: str) -> Prepared:
+    async def prepare(
+        self, user: User, server_name: str, prefix: str, secret: str, proof: str
+    ) -> Prepared:
         client = await register_server(self.store, user, server_name, prefix)
         env = server_env(self.cfg, user, server_name, prefix, client)
         return Prepared({**base_env(self.cfg), **env, **self.cfg.get("spawner.environment")}, {})
 
     async def forget(self, user: User, server_name: str) -> None:
-        await self.store.delete_server_tokens(user.id, client_id(user.name, server_name),
-                                              not server_name)
+        await self.store.delete_server_tokens(
+            user.id, client_id(user.name, server_name), not server_name
+        )
 
 
 PROTOCOLS: dict[str, type[ServerProtocol]] = {
@@ -123,8 +132,10 @@ def choose(cfg: Config, store: Store) -> ServerProtocol:
     cmd runs jupyterhub-singleuser, keeps working (and the log says what to set)."""
     name = name_of(cfg)
     if name != cfg.get("spawner.server"):
-        log.warning('[spawner] cmd runs jupyterhub-singleuser: launching it as [spawner] '
-                    'server = "jupyterhub-singleuser" (set that to silence this line)')
+        log.warning(
+            "[spawner] cmd runs jupyterhub-singleuser: launching it as [spawner] "
+            'server = "jupyterhub-singleuser" (set that to silence this line)'
+        )
     return PROTOCOLS[name](cfg, store)
 
 
@@ -137,8 +148,9 @@ def name_of(cfg: Config) -> str:
 
 
 def _runs_jupyterhub_singleuser(cmd: list[str]) -> bool:
-    return any(os.path.basename(a) == "jupyterhub-singleuser" or a == "jupyterhub.singleuser"
-               for a in cmd)
+    return any(
+        os.path.basename(a) == "jupyterhub-singleuser" or a == "jupyterhub.singleuser" for a in cmd
+    )
 
 
 def jupyterhub_landing(cfg: Config) -> str:
@@ -154,11 +166,14 @@ def server_python(cfg: Config) -> str:
 
 def base_env(cfg: Config) -> dict[str, str]:
     python = server_python(cfg)
-    return {"PATH": f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin",
-            "LANG": os.environ.get("LANG", "C.UTF-8")}
+    return {
+        "PATH": f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
 
 
 # --- jupyterhub-singleuser's launch: its OAuth client, API token and environment ------------
+
 
 @dataclass(frozen=True)
 class ServerClient:
@@ -179,8 +194,7 @@ def access_scopes(user: str, server_name: str) -> list[str]:
     return [f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"]
 
 
-async def register_server(store: Store, user: User, server_name: str,
-                          prefix: str) -> ServerClient:
+async def register_server(store: Store, user: User, server_name: str, prefix: str) -> ServerClient:
     """A fresh API token for this server of `user` (only its hash is kept) and its OAuth
     client. The token may post activity and reach the server, like JupyterHub's "server"
     role; it is also the client secret for the code exchange."""
@@ -188,12 +202,24 @@ async def register_server(store: Store, user: User, server_name: str,
     cid = client_id(user.name, server_name)
     await store.delete_server_tokens(user.id, cid, not server_name)
     scopes = access_scopes(user.name, server_name)
-    await store.add_kind_token(user.id, S.hash_token(token), token[:S.PREFIX_LEN],
-                               f"Server at {prefix}",
-                               [f"users:activity!user={user.name}", *scopes], "server", cid)
+    await store.add_kind_token(
+        user.id,
+        S.hash_token(token),
+        token[: S.PREFIX_LEN],
+        f"Server at {prefix}",
+        [f"users:activity!user={user.name}", *scopes],
+        "server",
+        cid,
+    )
     client = ServerClient(cid, token, prefix + "oauth_callback", scopes)
-    await store.save_oauth_client(cid, S.hash_token(token), client.redirect_uri,
-                                  f"Server at {prefix}", user.id, ["identify", *scopes])
+    await store.save_oauth_client(
+        cid,
+        S.hash_token(token),
+        client.redirect_uri,
+        f"Server at {prefix}",
+        user.id,
+        ["identify", *scopes],
+    )
     return client
 
 
@@ -212,8 +238,9 @@ def hub_api_url(cfg: Config) -> str:
     return f"{scheme}://{host}:{cfg.get('hub.port')}{cfg.base_url}hub/api"
 
 
-def server_env(cfg: Config, user: User, server_name: str, prefix: str,
-               client: ServerClient) -> dict[str, str]:
+def server_env(
+    cfg: Config, user: User, server_name: str, prefix: str, client: ServerClient
+) -> dict[str, str]:
     """The environment JupyterHub's Spawner.get_env gives jupyterhub-singleuser (the
     spawner adds JUPYTERHUB_SERVICE_URL once it knows where the server listens)."""
     api = hub_api_url(cfg)

@@ -280,7 +280,12 @@ class Proxy:
         body = request.content if has_body else None
         try:
             up = await self._pool.request(
-                upstream.host, upstream.port, request.method, head, body, length,
+                upstream.host,
+                upstream.port,
+                request.method,
+                head,
+                body,
+                length,
                 self._tls if upstream.scheme == "https" else None,
             )
         except pc.UpstreamError as e:
@@ -352,11 +357,17 @@ class Proxy:
         server's replay buffer instead of being relayed to a client that is leaving.
         """
         pairs = list(self._websockets.items())
-        await asyncio.gather(*(up.close(code=aiohttp.WSCloseCode.GOING_AWAY)
-                               for _, up in pairs), return_exceptions=True)
-        await asyncio.gather(*(c.close(code=aiohttp.WSCloseCode.GOING_AWAY,
-                                       message=b"hub restarting")
-                               for c, _ in pairs), return_exceptions=True)
+        await asyncio.gather(
+            *(up.close(code=aiohttp.WSCloseCode.GOING_AWAY) for _, up in pairs),
+            return_exceptions=True,
+        )
+        await asyncio.gather(
+            *(
+                c.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"hub restarting")
+                for c, _ in pairs
+            ),
+            return_exceptions=True,
+        )
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -379,11 +390,13 @@ def _check_ws_handshake(request: web.Request) -> None:
 def _check_proof(values: Collection[str], upstream: Upstream) -> None:
     if not upstream.proof:
         return
-    if len(values) == 1 and hmac.compare_digest(next(iter(values)).encode(),
-                                                 upstream.proof.encode()):
+    if len(values) == 1 and hmac.compare_digest(
+        next(iter(values)).encode(), upstream.proof.encode()
+    ):
         return
-    log.warning("answer from %s without the server's proof: another process holds its port",
-                upstream)
+    log.warning(
+        "answer from %s without the server's proof: another process holds its port", upstream
+    )
     raise UpstreamNotGenuine("The server's port is held by another process: it has stopped.")
 
 
@@ -410,8 +423,9 @@ class _CookiePolicy:
 
 def _within(path: str, prefix: str) -> bool:
     """`path` is `prefix` (with or without its final slash) or below it."""
-    return path == prefix.rstrip("/") or path.startswith(prefix if prefix.endswith("/")
-                                                         else prefix + "/")
+    return path == prefix.rstrip("/") or path.startswith(
+        prefix if prefix.endswith("/") else prefix + "/"
+    )
 
 
 def _request_headers(
@@ -478,8 +492,13 @@ def _request_head(
             f"X-Forwarded-Proto: {request.scheme}\r\n"
             f"X-Forwarded-Host: {host}\r\n"
             f"{SECRET_HEADER}: {upstream.secret}\r\n"
-            + ("Transfer-Encoding: chunked\r\n\r\n" if chunked
-               else f"Content-Length: {length}\r\n\r\n" if length is not None else "\r\n")
+            + (
+                "Transfer-Encoding: chunked\r\n\r\n"
+                if chunked
+                else f"Content-Length: {length}\r\n\r\n"
+                if length is not None
+                else "\r\n"
+            )
         ).encode("utf-8", "surrogateescape")
     )
     if chunked:
@@ -520,8 +539,12 @@ def _response_headers(
         if low == "location" and value.startswith(upstream.origin):
             value = value[len(upstream.origin) :] or "/"
         elif low == "set-cookie" and not policy.allows(value):
-            log.warning("dropped a Set-Cookie outside %s from %s: %.40s", policy.path, upstream,
-                        value.split("=", 1)[0].encode("unicode_escape").decode())
+            log.warning(
+                "dropped a Set-Cookie outside %s from %s: %.40s",
+                policy.path,
+                upstream,
+                value.split("=", 1)[0].encode("unicode_escape").decode(),
+            )
             continue
         out.append((name, value))
     _check_proof(proofs, upstream)

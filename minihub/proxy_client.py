@@ -307,8 +307,9 @@ class Response:
             return
         self._released = True
         sending, conn = self._sending, self._conn
-        sent = sending is None or (sending.done() and not sending.cancelled()
-                                   and sending.exception() is None)
+        sent = sending is None or (
+            sending.done() and not sending.cancelled() and sending.exception() is None
+        )
         if sending is not None and not sending.done():
             sending.cancel()  # the server answered without reading all of the body
         reusable = self.done and self._keep_alive and sent and not conn.buf
@@ -365,8 +366,9 @@ class Pool:
     arrived; the caller reads the body and must call `release()` (or `close()`).
     """
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float,
-                 keepalive_timeout: float = 15.0) -> None:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, keepalive_timeout: float = 15.0
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -374,9 +376,16 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    async def request(self, host: str, port: int, method: str, head: bytes,
-                      body: StreamReader | None = None, length: int | None = None,
-                      tls: ssl.SSLContext | None = None) -> Response:
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        head: bytes,
+        body: StreamReader | None = None,
+        length: int | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> Response:
         """Send `head` (the complete request head) then the body from `body`: `length`
         bytes, or chunked when `length` is None. A request without body that failed on a
         reused connection before any answer is sent again once on a new connection (the
@@ -392,8 +401,9 @@ class Pool:
         conn, _ = await self._acquire(key, fresh=True)
         return await self._exchange(conn, method, head, None, None)
 
-    async def _exchange(self, conn: _Conn, method: str, head: bytes,
-                        body: StreamReader | None, length: int | None) -> Response:
+    async def _exchange(
+        self, conn: _Conn, method: str, head: bytes, body: StreamReader | None, length: int | None
+    ) -> Response:
         sending = None
         try:
             conn.write(head)
@@ -428,7 +438,8 @@ class Pool:
             async with asyncio.timeout(self.connect_timeout):
                 host, port, tls = key
                 transport, conn = await loop.create_connection(
-                    factory, host, port, ssl=tls, server_hostname=host if tls else None)
+                    factory, host, port, ssl=tls, server_hostname=host if tls else None
+                )
         except TimeoutError:
             raise Timeout("connecting timed out") from None
         except OSError as e:

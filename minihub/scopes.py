@@ -34,9 +34,21 @@ SCOPES: dict[str, tuple[str, ...]] = {
     "identify": (),
 }
 # Scopes a filter can narrow to a user (and so to that user's servers).
-_USER_SCOPES = ("users", "read:users", "users:activity", "read:users:name", "read:users:groups",
-                "read:users:activity", "servers", "read:servers", "delete:servers",
-                "access:servers", "tokens", "read:tokens", "list:users")
+_USER_SCOPES = (
+    "users",
+    "read:users",
+    "users:activity",
+    "read:users:name",
+    "read:users:groups",
+    "read:users:activity",
+    "servers",
+    "read:servers",
+    "delete:servers",
+    "access:servers",
+    "tokens",
+    "read:tokens",
+    "list:users",
+)
 ADMIN_SCOPES = ("admin:users", "admin:servers", "read:hub")
 SPECIAL = ("inherit", "self", "identify")
 
@@ -147,11 +159,12 @@ def strings(held: Iterable[Scope]) -> list[str]:
 
 def service_name(user_name: str) -> str | None:
     """The service's name if this identity is a service (see Store.service_token_owner)."""
-    return user_name[len(SERVICE_PREFIX):] if user_name.startswith(SERVICE_PREFIX) else None
+    return user_name[len(SERVICE_PREFIX) :] if user_name.startswith(SERVICE_PREFIX) else None
 
 
-def held_by(user_name: str, admin: bool, token_scopes: list[str] | None,
-            admin_access: bool) -> frozenset[Scope]:
+def held_by(
+    user_name: str, admin: bool, token_scopes: list[str] | None, admin_access: bool
+) -> frozenset[Scope]:
     """What a caller may do: a user's (or service's) own scopes, narrowed to what a token
     with explicit scopes asked for. A token without scopes (or "inherit") has its owner's."""
     service = service_name(user_name)

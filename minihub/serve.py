@@ -33,8 +33,7 @@ log = logging.getLogger("minihub")
 
 def check_python_readable(python: str) -> None:
     """User servers run this interpreter as their users: every path to it must be open."""
-    paths = {Path(python), Path(os.path.realpath(python)),
-             Path(os.path.realpath(__file__)).parent}
+    paths = {Path(python), Path(os.path.realpath(python)), Path(os.path.realpath(__file__)).parent}
     for target in paths:
         for p in [target, *target.parents]:
             try:
@@ -47,7 +46,8 @@ def check_python_readable(python: str) -> None:
                     f"{p} is not readable by other users, so user servers running {python} "
                     "would fail with PermissionError. Install minihub in a world-readable venv "
                     "made from /usr/bin/python3 (bash scripts/install puts it in /opt/minihub), "
-                    "or set [spawner] python to such an interpreter.")
+                    "or set [spawner] python to such an interpreter."
+                )
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
@@ -61,8 +61,10 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     except BlockingIOError:
         f.seek(0)
         pid = f.read().strip() or "?"
-        raise StartupError(f"another minihub (pid {pid}) is already running with data dir "
-                           f"{data_dir}; stop it first or use another --data-dir") from None
+        raise StartupError(
+            f"another minihub (pid {pid}) is already running with data dir "
+            f"{data_dir}; stop it first or use another --data-dir"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
@@ -157,8 +159,9 @@ async def _redirect_listener(cfg: Config) -> web.AppRunner | None:
         return None
     from . import tls
 
-    app = tls.redirect_app(int(cfg.get("hub.port")), cfg.base_url,
-                           acme_webroot=cfg.data_dir / "acme")  # certbot --webroot renewals
+    app = tls.redirect_app(
+        int(cfg.get("hub.port")), cfg.base_url, acme_webroot=cfg.data_dir / "acme"
+    )  # certbot --webroot renewals
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, cfg.get("hub.ip"), rport, reuse_address=True).start()
@@ -180,27 +183,41 @@ async def _warn_open_homes(app: web.Application) -> None:
     found = await asyncio.to_thread(accounts.open_homes, names)
     if found:
         _, home, mode = found[0]
-        log.warning("%d hub user home(s) can be read by other users, e.g. %s (mode %04o): "
-                    "chmod 700 them; accounts minihub creates get [users] home_mode "
-                    "(default 0o700)", len(found), home, mode)
+        log.warning(
+            "%d hub user home(s) can be read by other users, e.g. %s (mode %04o): "
+            "chmod 700 them; accounts minihub creates get [users] home_mode "
+            "(default 0o700)",
+            len(found),
+            home,
+            mode,
+        )
 
 
 def _announce(cfg: Config) -> None:
     scheme = "https" if cfg.tls else "http"
     host = cfg.get("hub.ip")
     shown = f"[{host}]" if ":" in host else host
-    log.info("minihub is listening on %s://%s:%s%s", scheme, shown, cfg.get("hub.port"),
-             cfg.base_url)
+    log.info(
+        "minihub is listening on %s://%s:%s%s", scheme, shown, cfg.get("hub.port"), cfg.base_url
+    )
     log.info("data dir %s; authenticator %s", cfg.data_dir, cfg.get("auth.authenticator"))
     if cfg.get("hub.admin_access") and protocols.name_of(cfg) == "jupyterhub-singleuser":
-        log.warning("[hub] admin_access with jupyterhub-singleuser: users' own servers share "
-                    "the hub's origin, so a page a user serves can act as an admin who opens it")
-    me = sys.argv[0] if os.path.basename(sys.argv[0]) == "minihub" else \
-        f"{sys.executable} -m minihub"
+        log.warning(
+            "[hub] admin_access with jupyterhub-singleuser: users' own servers share "
+            "the hub's origin, so a page a user serves can act as an admin who opens it"
+        )
+    me = (
+        sys.argv[0]
+        if os.path.basename(sys.argv[0]) == "minihub"
+        else f"{sys.executable} -m minihub"
+    )
     flags = f"-f {cfg.path} " if cfg.path else ""
     if cfg.get("auth.authenticator") == "native":
-        log.info("first admin: %s %suser add NAME --admin  (password read from stdin)",
-                 me, flags)
+        log.info("first admin: %s %suser add NAME --admin  (password read from stdin)", me, flags)
     else:
-        log.info("first admin: %s %suser add NAME --admin  (NAME: an existing system "
-                 "account; it logs in with its system password)", me, flags)
+        log.info(
+            "first admin: %s %suser add NAME --admin  (NAME: an existing system "
+            "account; it logs in with its system password)",
+            me,
+            flags,
+        )

@@ -44,15 +44,35 @@ SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
 # last, no "--"); and names the default server's own pages use, which a named server would
 # hide (/user/alice/tree/ must stay alice's file browser).
 _SERVER_NAME = re.compile(r"^(?=.{1,30}$)[a-z](?:-?[a-z0-9])*$")
-RESERVED_NAMES = frozenset({"api", "tree", "notebooks", "edit", "files", "view", "lab",
-                            "static", "terminals", "kernelspecs", "nbconvert", "doc",
-                            "oauth_callback", "logout", "login", "custom", "nbextensions"})
+RESERVED_NAMES = frozenset(
+    {
+        "api",
+        "tree",
+        "notebooks",
+        "edit",
+        "files",
+        "view",
+        "lab",
+        "static",
+        "terminals",
+        "kernelspecs",
+        "nbconvert",
+        "doc",
+        "oauth_callback",
+        "logout",
+        "login",
+        "custom",
+        "nbextensions",
+    }
+)
 
 
 def check_server_name(name: str) -> str:
     if not _SERVER_NAME.match(name):
-        raise BadRequest(f"Invalid server name {name[:40]!r}: use 1 to 30 lowercase letters, "
-                         "digits and single '-', starting with a letter and not ending in '-'.")
+        raise BadRequest(
+            f"Invalid server name {name[:40]!r}: use 1 to 30 lowercase letters, "
+            "digits and single '-', starting with a letter and not ending in '-'."
+        )
     if name in RESERVED_NAMES:
         raise BadRequest(f"{name!r} cannot name a server: the default server's pages use it.")
     return name
@@ -104,9 +124,15 @@ class Server:
 
 
 class Servers:
-    def __init__(self, cfg: Config, store: Store, key: bytes, spawner: Spawner,
-                 protocol: ServerProtocol,
-                 on_spawned: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        key: bytes,
+        spawner: Spawner,
+        protocol: ServerProtocol,
+        on_spawned: Callable[[float], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.sp = cfg.section("spawner")
         self.store = store
@@ -136,8 +162,10 @@ class Servers:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if stop_all:
-            await asyncio.gather(*(self.stop(s.user_id, s.name) for s in self.all()
-                                   if s.status == "running"), return_exceptions=True)
+            await asyncio.gather(
+                *(self.stop(s.user_id, s.name) for s in self.all() if s.status == "running"),
+                return_exceptions=True,
+            )
         else:
             await self.flush_activity()
         if self._http:
@@ -158,8 +186,11 @@ class Servers:
     def of_user(self, user_id: int) -> dict[str, Server]:
         """The user's servers by name: the default one while it is not stopped, and every
         named one (stopped named servers stay until removed, as in JupyterHub)."""
-        return {n: s for (uid, n), s in self._servers.items()
-                if uid == user_id and (n or s.status != "stopped")}
+        return {
+            n: s
+            for (uid, n), s in self._servers.items()
+            if uid == user_id and (n or s.status != "stopped")
+        }
 
     def count(self, status: str) -> int:
         return sum(1 for s in self._servers.values() if s.status == status)
@@ -176,8 +207,13 @@ class Servers:
         return f"{self.cfg.base_url}user/{srv.user}/" + (f"{srv.name}/" if srv.name else "")
 
     # --- start ------------------------------------------------------------------------
-    async def spawn(self, user: User, name: str = "", wait: float | None = None,
-                    user_options: dict[str, Any] | None = None) -> Server:
+    async def spawn(
+        self,
+        user: User,
+        name: str = "",
+        wait: float | None = None,
+        user_options: dict[str, Any] | None = None,
+    ) -> Server:
         """Start this server of `user` (if not already up); return after `wait` s at most
         (default SLOW_SPAWN, read now so that a test can shorten it)."""
         wait = SLOW_SPAWN if wait is None else wait
@@ -200,14 +236,17 @@ class Servers:
 
     def _check_named(self, user: User, name: str) -> None:
         if not self.cfg.get("hub.allow_named_servers"):
-            raise BadRequest("Named servers are not enabled on this hub ([hub] "
-                             "allow_named_servers).")
+            raise BadRequest(
+                "Named servers are not enabled on this hub ([hub] allow_named_servers)."
+            )
         check_server_name(name)
         limit = int(self.cfg.get("hub.named_server_limit_per_user"))
         named = [n for n in self.of_user(user.id) if n]
         if limit and name not in named and len(named) >= limit:
-            raise BadRequest(f"{user.name} already has {len(named)} named servers, the limit "
-                             f"of [hub] named_server_limit_per_user; remove one first.")
+            raise BadRequest(
+                f"{user.name} already has {len(named)} named servers, the limit "
+                f"of [hub] named_server_limit_per_user; remove one first."
+            )
 
     def _check_limits(self) -> None:
         pending = self.count("pending")
@@ -215,12 +254,16 @@ class Servers:
         if limit and pending >= limit:
             raise TooManyRequests(
                 f"Too many servers are starting ({pending}); try again in a few seconds. "
-                "The admin can raise [spawner] concurrent_spawn_limit.", 5)
+                "The admin can raise [spawner] concurrent_spawn_limit.",
+                5,
+            )
         active = int(self.sp["active_server_limit"])
         if active and pending + self.count("running") >= active:
             raise TooManyRequests(
                 f"The hub is full: {active} servers are running. Try again later; the admin "
-                "can raise [spawner] active_server_limit.", 30)
+                "can raise [spawner] active_server_limit.",
+                30,
+            )
 
     async def _start(self, user: User, srv: Server) -> None:
         t0 = time.monotonic()
@@ -256,6 +299,7 @@ class Servers:
 
     async def _run_start(self, launch: Launch, srv: Server) -> Any:
         """spawner.start, with its progress messages copied to the server as they come."""
+
         async def follow() -> None:
             async for message in self.spawner.progress(launch):
                 srv.progress.append(str(message)[:500])
@@ -281,16 +325,22 @@ class Servers:
         self._derive(srv)
         prefix = self.prefix(srv)
         prepared = await self.protocol.prepare(user, srv.name, prefix, srv.secret, srv.proof)
-        return Launch(user=user.name, server_name=srv.name, protocol=self.protocol.name,
-                      cmd=self.protocol.cmd(), env=prepared.env, config=prepared.config,
-                      prefix=prefix, user_options=dict(srv.user_options))
+        return Launch(
+            user=user.name,
+            server_name=srv.name,
+            protocol=self.protocol.name,
+            cmd=self.protocol.cmd(),
+            env=prepared.env,
+            config=prepared.config,
+            prefix=prefix,
+            user_options=dict(srv.user_options),
+        )
 
     def _derive(self, srv: Server) -> None:
         """The secret and proof from the nonce (named servers: from user/server)."""
         who = f"{srv.user}/{srv.name}" if srv.name else srv.user
         srv.secret = S.server_secret(self.key, who, srv.nonce)
-        srv.proof = S.server_proof(self.key, who, srv.nonce) if self.protocol.answers_back \
-            else ""
+        srv.proof = S.server_proof(self.key, who, srv.nonce) if self.protocol.answers_back else ""
 
     async def _wait_ready(self, srv: Server) -> None:
         assert srv.endpoint is not None
@@ -299,30 +349,45 @@ class Servers:
         while time.monotonic() < deadline:
             status = await self.spawner.poll(srv.state)
             if status is not None:
-                raise SpawnError(f"Server exited during start ({_exit_text(status)}).",
-                                 await self.spawner.log_tail(srv.state))
+                raise SpawnError(
+                    f"Server exited during start ({_exit_text(status)}).",
+                    await self.spawner.log_tail(srv.state),
+                )
             if await self._answers(url, srv):
                 return
             await asyncio.sleep(PROBE_INTERVAL)
         raise SpawnError(
             f"Server did not answer within {self.sp['start_timeout']} seconds. The admin can "
-            "raise [spawner] start_timeout.", await self.spawner.log_tail(srv.state))
+            "raise [spawner] start_timeout.",
+            await self.spawner.log_tail(srv.state),
+        )
 
     async def _answers(self, url: str, srv: Server) -> bool:
         assert self._http is not None
         try:
-            async with self._http.get(url, headers={SECRET_HEADER: srv.secret},
-                                      timeout=aiohttp.ClientTimeout(total=2)) as r:
+            async with self._http.get(
+                url, headers={SECRET_HEADER: srv.secret}, timeout=aiohttp.ClientTimeout(total=2)
+            ) as r:
                 return self.protocol.ready(r.status, r.headers, srv.proof)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
     def _row(self, srv: Server, state: str) -> ServerRow:
         e = srv.endpoint
-        return ServerRow(srv.user_id, srv.name, state, srv.state, e.scheme if e else "",
-                         e.host if e else "", e.port if e else 0, srv.nonce,
-                         S.hash_token(srv.secret) if srv.secret else "", srv.started,
-                         srv.last_activity, srv.user_options)
+        return ServerRow(
+            srv.user_id,
+            srv.name,
+            state,
+            srv.state,
+            e.scheme if e else "",
+            e.host if e else "",
+            e.port if e else 0,
+            srv.nonce,
+            S.hash_token(srv.secret) if srv.secret else "",
+            srv.started,
+            srv.last_activity,
+            srv.user_options,
+        )
 
     # --- stop and poll ----------------------------------------------------------------
     async def stop(self, user_id: int, name: str = "") -> None:
@@ -373,8 +438,7 @@ class Servers:
     def _exited(self, reported: State) -> None:
         """The spawner saw a server exit: mark it stopped and clean up what it left now."""
         for srv in self.all():
-            if srv.status == "running" and all(srv.state.get(k) == v
-                                               for k, v in reported.items()):
+            if srv.status == "running" and all(srv.state.get(k) == v for k, v in reported.items()):
                 task = asyncio.create_task(self.check(srv), name=f"exited-{srv.label}")
                 self._checks.add(task)
                 task.add_done_callback(self._checks.discard)
@@ -402,8 +466,12 @@ class Servers:
 
     async def refresh_activity(self, srv: Server) -> None:
         """Fold the server's own view of activity (kernel executions, API use) into ours."""
-        if (srv.status != "running" or srv.endpoint is None or self._http is None
-                or not self.protocol.reports_activity):
+        if (
+            srv.status != "running"
+            or srv.endpoint is None
+            or self._http is None
+            or not self.protocol.reports_activity
+        ):
             return
         url = f"{srv.endpoint.origin}{self.prefix(srv)}api/"
         hdr = {SECRET_HEADER: srv.secret}
@@ -458,8 +526,11 @@ class Servers:
             if row.status != "running" or await self.spawner.poll(row.state) is not None:
                 await self.spawner.stop(row.state, 0)  # a no-op for a server that is gone
                 await self._forget_run(srv)
-                log.info("forgot %s server %s", "unfinished" if row.status != "running"
-                         else "dead", srv.label)
+                log.info(
+                    "forgot %s server %s",
+                    "unfinished" if row.status != "running" else "dead",
+                    srv.label,
+                )
                 continue
             srv.endpoint = Endpoint(row.host, row.port, row.scheme or "http")
             srv.state, srv.nonce, srv.started = row.state, row.nonce, row.started

@@ -13,8 +13,14 @@ from . import scopes
 from .errors import HubError, StartupError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-KEYS = {"name": str, "api_token": str, "scopes": list, "command": list, "environment": dict,
-        "cwd": str}
+KEYS = {
+    "name": str,
+    "api_token": str,
+    "scopes": list,
+    "command": list,
+    "environment": dict,
+    "cwd": str,
+}
 MIN_TOKEN = 16
 
 
@@ -65,5 +71,6 @@ def _one(entry: dict[str, Any], label: str) -> Service:
         wanted = scopes.validate(entry.get("scopes", []))
     except HubError as e:
         raise StartupError(f"{label}: scopes: {e.message}") from None
-    return Service(name, wanted, token, list(entry.get("command", [])), dict(env),
-                   entry.get("cwd", ""))
+    return Service(
+        name, wanted, token, list(entry.get("command", [])), dict(env), entry.get("cwd", "")
+    )

@@ -39,13 +39,18 @@ async def register(store: Store, services: list[Service]) -> dict[str, str]:
     for svc in services:
         sid = await store.sync_service(svc.name, svc.scopes)
         token = svc.api_token or S.new_token()
-        await store.set_service_token(sid, S.hash_token(token), token[:S.PREFIX_LEN],
-                                      "config" if svc.api_token else "generated")
+        await store.set_service_token(
+            sid,
+            S.hash_token(token),
+            token[: S.PREFIX_LEN],
+            "config" if svc.api_token else "generated",
+        )
         tokens[svc.name] = token
     return tokens
 
 
 # --- supervision -------------------------------------------------------------------------------
+
 
 class Supervisor:
     """Keeps one service's command running: restart with backoff, SIGTERM then SIGKILL."""
@@ -67,8 +72,7 @@ class Supervisor:
             status = await self._run_once()
             if loop.time() - began > RESTART_MAX:
                 delay = RESTART_MIN  # it ran a good while: not a crash loop
-            log.warning("service %s exited (%s); restarting in %.0fs", self.svc.name, status,
-                        delay)
+            log.warning("service %s exited (%s); restarting in %.0fs", self.svc.name, status, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX)
 
@@ -76,8 +80,14 @@ class Supervisor:
         fd = await asyncio.to_thread(open_log, self.log_path, os.geteuid(), os.getegid())
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.svc.command, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=fd,
-                stderr=fd, cwd=self.svc.cwd or None, start_new_session=True)
+                *self.svc.command,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                cwd=self.svc.cwd or None,
+                start_new_session=True,
+            )
         except OSError as e:
             return f"cannot start {self.svc.command[0]}: {e.strerror or e}"
         finally:
@@ -104,15 +114,17 @@ class Supervisor:
 
 def service_env(cfg: Config, svc: Service, token: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in ENV_KEEP if k in os.environ}
-    env.update({
-        "JUPYTERHUB_SERVICE_NAME": svc.name,
-        "JUPYTERHUB_API_TOKEN": token,
-        "JUPYTERHUB_API_URL": hub_api_url(cfg),
-        "JUPYTERHUB_BASE_URL": cfg.base_url,
-        "JUPYTERHUB_CLIENT_ID": f"service-{svc.name}",
-        "JUPYTERHUB_OAUTH_SCOPES": "[]",
-        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": "[]",
-    })
+    env.update(
+        {
+            "JUPYTERHUB_SERVICE_NAME": svc.name,
+            "JUPYTERHUB_API_TOKEN": token,
+            "JUPYTERHUB_API_URL": hub_api_url(cfg),
+            "JUPYTERHUB_BASE_URL": cfg.base_url,
+            "JUPYTERHUB_CLIENT_ID": f"service-{svc.name}",
+            "JUPYTERHUB_OAUTH_SCOPES": "[]",
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES": "[]",
+        }
+    )
     env.update(svc.environment)
     return env
 
@@ -127,8 +139,11 @@ def services_ctx(cfg: Config) -> Callable[[web.Application], AsyncIterator[None]
         services = validate(cfg.services, str(cfg.path or "config"))
         tokens = await register(app[PARTS].store, services)
         logs = cfg.data_dir / "logs"
-        sups = [Supervisor(s, service_env(cfg, s, tokens[s.name]), logs / f"service-{s.name}.log")
-                for s in services if s.command]
+        sups = [
+            Supervisor(s, service_env(cfg, s, tokens[s.name]), logs / f"service-{s.name}.log")
+            for s in services
+            if s.command
+        ]
         app[SUPERVISORS] = sups
         for sup in sups:
             sup.start()

@@ -213,7 +213,9 @@ class Store:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
         for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self.db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={i}; COMMIT;")
+            await self.db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={i}; COMMIT;"
+            )
 
     async def _one(self, sql: str, *args: Any) -> Any:
         async with self.db.execute(sql, args) as cur:
@@ -225,7 +227,11 @@ class Store:
 
     async def _write(self, sql: str, *args: Any) -> int:
         cur = await self.db.execute(sql, args)
-        n = cur.rowcount if cur.lastrowid is None or sql.lstrip()[:6].upper() != "INSERT" else cur.lastrowid
+        n = (
+            cur.rowcount
+            if cur.lastrowid is None or sql.lstrip()[:6].upper() != "INSERT"
+            else cur.lastrowid
+        )
         await cur.close()
         return int(n or 0)
 
@@ -240,18 +246,24 @@ class Store:
 
     async def list_users(self, offset: int = 0, limit: int = -1) -> list[User]:
         rows = await self._all(
-            f"SELECT {_USER_COLS} FROM users ORDER BY name LIMIT ? OFFSET ?", limit, offset)
+            f"SELECT {_USER_COLS} FROM users ORDER BY name LIMIT ? OFFSET ?", limit, offset
+        )
         return [_user(r) for r in rows]
 
     async def count_users(self) -> int:
         row = await self._one("SELECT count(*) FROM users")
         return int(row[0])
 
-    async def add_user(self, name: str, admin: bool = False,
-                       password_hash: str | None = None) -> User:
+    async def add_user(
+        self, name: str, admin: bool = False, password_hash: str | None = None
+    ) -> User:
         uid = await self._write(
             "INSERT INTO users (name, admin, password_hash, created) VALUES (?, ?, ?, ?)",
-            name, int(admin), password_hash, time.time())
+            name,
+            int(admin),
+            password_hash,
+            time.time(),
+        )
         user = await self.get_user_by_id(uid)
         assert user is not None
         return user
@@ -263,13 +275,14 @@ class Store:
         await self._write("UPDATE users SET name = ? WHERE id = ?", name, user_id)
 
     async def set_password_hash(self, user_id: int, password_hash: str | None) -> None:
-        await self._write("UPDATE users SET password_hash = ? WHERE id = ?",
-                          password_hash, user_id)
+        await self._write("UPDATE users SET password_hash = ? WHERE id = ?", password_hash, user_id)
 
     async def touch_user(self, user_id: int, when: float | None = None) -> None:
         await self._write(
             "UPDATE users SET last_activity = max(coalesce(last_activity, 0), ?) WHERE id = ?",
-            when or time.time(), user_id)
+            when or time.time(),
+            user_id,
+        )
 
     async def delete_user(self, user_id: int) -> None:
         await self._write("DELETE FROM users WHERE id = ?", user_id)
@@ -277,14 +290,21 @@ class Store:
     # sessions
     async def add_session(self, id_hash: str, user_id: int, max_age: float) -> None:
         now = time.time()
-        await self._write("INSERT INTO sessions (id_hash, user_id, created, expires) "
-                          "VALUES (?, ?, ?, ?)", id_hash, user_id, now, now + max_age)
+        await self._write(
+            "INSERT INTO sessions (id_hash, user_id, created, expires) VALUES (?, ?, ?, ?)",
+            id_hash,
+            user_id,
+            now,
+            now + max_age,
+        )
 
     async def session_user(self, id_hash: str) -> User | None:
         row = await self._one(
             f"SELECT {', '.join('u.' + c for c in _USER_COLS.split(', '))} FROM sessions s "
             "JOIN users u ON u.id = s.user_id WHERE s.id_hash = ? AND s.expires > ?",
-            id_hash, time.time())
+            id_hash,
+            time.time(),
+        )
         return _user(row) if row else None
 
     async def delete_session(self, id_hash: str) -> None:
@@ -299,8 +319,15 @@ class Store:
         await self._write("DELETE FROM tokens WHERE expires IS NOT NULL AND expires <= ?", now)
 
     # tokens
-    async def add_token(self, user_id: int, token_hash: str, prefix: str, note: str,
-                        scopes: list[str], expires: float | None) -> Token:
+    async def add_token(
+        self,
+        user_id: int,
+        token_hash: str,
+        prefix: str,
+        note: str,
+        scopes: list[str],
+        expires: float | None,
+    ) -> Token:
         if expires is not None and not 0 < expires < MAX_TIME:
             # NaN would be stored as NULL (a token that never expires), inf or 1e20 as a time
             # no listing can show: callers bound expires_in, this is the last line.
@@ -308,7 +335,14 @@ class Store:
         tid = await self._write(
             "INSERT INTO tokens (user_id, hash, prefix, note, scopes, created, expires) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            user_id, token_hash, prefix, note, json.dumps(scopes), time.time(), expires)
+            user_id,
+            token_hash,
+            prefix,
+            note,
+            json.dumps(scopes),
+            time.time(),
+            expires,
+        )
         tok = await self.get_token(tid)
         assert tok is not None
         return tok
@@ -318,8 +352,11 @@ class Store:
         return _token(row) if row else None
 
     async def token_owner(self, token_hash: str) -> tuple[User, Token] | None:
-        row = await self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE hash = ? AND "
-                              "(expires IS NULL OR expires > ?)", token_hash, time.time())
+        row = await self._one(
+            f"SELECT {_TOKEN_COLS} FROM tokens WHERE hash = ? AND (expires IS NULL OR expires > ?)",
+            token_hash,
+            time.time(),
+        )
         if not row:
             return await self.service_token_owner(token_hash)
         tok = _token(row)
@@ -327,20 +364,24 @@ class Store:
         return (user, tok) if user else None
 
     async def list_tokens(self, user_id: int) -> list[Token]:
-        rows = await self._all(f"SELECT {_TOKEN_COLS} FROM tokens WHERE user_id = ? ORDER BY id",
-                               user_id)
+        rows = await self._all(
+            f"SELECT {_TOKEN_COLS} FROM tokens WHERE user_id = ? ORDER BY id", user_id
+        )
         return [_token(r) for r in rows]
 
     async def touch_token(self, token_id: int) -> None:
         if token_id < 0:  # a service's token (see service_token_owner)
-            await self._write("UPDATE service_tokens SET last_activity = ? WHERE id = ?",
-                              time.time(), -token_id)
+            await self._write(
+                "UPDATE service_tokens SET last_activity = ? WHERE id = ?", time.time(), -token_id
+            )
             return
         await self._write("UPDATE tokens SET last_activity = ? WHERE id = ?", time.time(), token_id)
 
     async def delete_token(self, user_id: int, token_id: int) -> bool:
-        return await self._write("DELETE FROM tokens WHERE id = ? AND user_id = ?",
-                                 token_id, user_id) > 0
+        return (
+            await self._write("DELETE FROM tokens WHERE id = ? AND user_id = ?", token_id, user_id)
+            > 0
+        )
 
     # servers
     async def save_server(self, row: ServerRow) -> None:
@@ -348,29 +389,65 @@ class Store:
             "INSERT OR REPLACE INTO servers (user_id, name, status, state, scheme, host, port, "
             "nonce, secret_hash, started, last_activity, user_options) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            row.user_id, row.name, row.status, json.dumps(row.state), row.scheme, row.host,
-            row.port, row.nonce, row.secret_hash, row.started, row.last_activity,
-            json.dumps(row.user_options))
+            row.user_id,
+            row.name,
+            row.status,
+            json.dumps(row.state),
+            row.scheme,
+            row.host,
+            row.port,
+            row.nonce,
+            row.secret_hash,
+            row.started,
+            row.last_activity,
+            json.dumps(row.user_options),
+        )
 
     async def list_servers(self) -> list[ServerRow]:
         rows = await self._all(
             "SELECT user_id, name, status, state, scheme, host, port, nonce, secret_hash, "
-            "started, last_activity, user_options FROM servers")
-        return [ServerRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8],
-                          r[9] or 0.0, r[10], json.loads(r[11])) for r in rows]
+            "started, last_activity, user_options FROM servers"
+        )
+        return [
+            ServerRow(
+                r[0],
+                r[1],
+                r[2],
+                json.loads(r[3]),
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9] or 0.0,
+                r[10],
+                json.loads(r[11]),
+            )
+            for r in rows
+        ]
 
     async def touch_server(self, user_id: int, name: str, when: float) -> None:
-        await self._write("UPDATE servers SET last_activity = max(coalesce(last_activity, 0), ?)"
-                          " WHERE user_id = ? AND name = ?", when, user_id, name)
+        await self._write(
+            "UPDATE servers SET last_activity = max(coalesce(last_activity, 0), ?)"
+            " WHERE user_id = ? AND name = ?",
+            when,
+            user_id,
+            name,
+        )
 
     async def delete_server(self, user_id: int, name: str = "") -> None:
         await self._write("DELETE FROM servers WHERE user_id = ? AND name = ?", user_id, name)
 
     # auth state: opaque (already encrypted) bytes from the authenticator
     async def set_auth_state(self, user_id: int, data: bytes) -> None:
-        await self._write("INSERT INTO auth_state (user_id, data, updated) VALUES (?, ?, ?) "
-                          "ON CONFLICT(user_id) DO UPDATE SET data = excluded.data, "
-                          "updated = excluded.updated", user_id, data, time.time())
+        await self._write(
+            "INSERT INTO auth_state (user_id, data, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(user_id) DO UPDATE SET data = excluded.data, "
+            "updated = excluded.updated",
+            user_id,
+            data,
+            time.time(),
+        )
 
     async def get_auth_state(self, user_id: int) -> bytes | None:
         row = await self._one("SELECT data FROM auth_state WHERE user_id = ?", user_id)
@@ -384,7 +461,9 @@ class Store:
             "SELECT t.id, t.service_id, t.prefix, t.note, t.scopes, t.created, t.expires, "
             "t.last_activity, s.name, s.scopes FROM service_tokens t JOIN services s "
             "ON s.id = t.service_id WHERE t.hash = ? AND (t.expires IS NULL OR t.expires > ?)",
-            token_hash, time.time())
+            token_hash,
+            time.time(),
+        )
         if not row:
             return None
         scopes = json.loads(row[4]) or json.loads(row[9])
@@ -393,8 +472,12 @@ class Store:
         return user, tok
 
     async def sync_service(self, name: str, scopes: list[str]) -> int:
-        await self._write("INSERT INTO services (name, scopes) VALUES (?, ?) ON CONFLICT(name) "
-                          "DO UPDATE SET scopes = excluded.scopes", name, json.dumps(scopes))
+        await self._write(
+            "INSERT INTO services (name, scopes) VALUES (?, ?) ON CONFLICT(name) "
+            "DO UPDATE SET scopes = excluded.scopes",
+            name,
+            json.dumps(scopes),
+        )
         row = await self._one("SELECT id FROM services WHERE name = ?", name)
         return int(row[0])
 
@@ -402,63 +485,114 @@ class Store:
         marks = ",".join("?" * len(names))
         await self._write(f"DELETE FROM services WHERE name NOT IN ({marks})", *names)
 
-    async def set_service_token(self, service_id: int, token_hash: str, prefix: str,
-                                note: str) -> None:
+    async def set_service_token(
+        self, service_id: int, token_hash: str, prefix: str, note: str
+    ) -> None:
         """The service's one token from now on (its configured or a generated one)."""
         await self._write("DELETE FROM service_tokens WHERE service_id = ?", service_id)
-        await self._write("INSERT INTO service_tokens (service_id, hash, prefix, note, created) "
-                          "VALUES (?, ?, ?, ?, ?)", service_id, token_hash, prefix, note,
-                          time.time())
+        await self._write(
+            "INSERT INTO service_tokens (service_id, hash, prefix, note, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            service_id,
+            token_hash,
+            prefix,
+            note,
+            time.time(),
+        )
 
     # tokens the hub makes for a purpose: a server's API token, OAuth access tokens
-    async def add_kind_token(self, user_id: int, token_hash: str, prefix: str, note: str,
-                             scopes: list[str], kind: str, client_id: str | None,
-                             expires: float | None = None) -> Token:
+    async def add_kind_token(
+        self,
+        user_id: int,
+        token_hash: str,
+        prefix: str,
+        note: str,
+        scopes: list[str],
+        kind: str,
+        client_id: str | None,
+        expires: float | None = None,
+    ) -> Token:
         tok = await self.add_token(user_id, token_hash, prefix, note, scopes, expires)
-        await self._write("UPDATE tokens SET kind = ?, client_id = ? WHERE id = ?",
-                          kind, client_id, tok.id)
+        await self._write(
+            "UPDATE tokens SET kind = ?, client_id = ? WHERE id = ?", kind, client_id, tok.id
+        )
         return tok
 
     async def delete_kind_tokens(self, user_id: int, kind: str) -> None:
         await self._write("DELETE FROM tokens WHERE user_id = ? AND kind = ?", user_id, kind)
 
-    async def delete_server_tokens(self, user_id: int, client_id: str,
-                                   default: bool) -> None:
+    async def delete_server_tokens(self, user_id: int, client_id: str, default: bool) -> None:
         """The API tokens of one of the user's servers; for the default server also those
         from before servers had names, which carry no client."""
-        await self._write("DELETE FROM tokens WHERE user_id = ? AND kind = 'server' AND "
-                          "(client_id = ? OR (? AND client_id IS NULL))",
-                          user_id, client_id, int(default))
+        await self._write(
+            "DELETE FROM tokens WHERE user_id = ? AND kind = 'server' AND "
+            "(client_id = ? OR (? AND client_id IS NULL))",
+            user_id,
+            client_id,
+            int(default),
+        )
 
     # OAuth clients and codes
-    async def save_oauth_client(self, client_id: str, secret_hash: str, redirect_uri: str,
-                                description: str, user_id: int | None,
-                                allowed_scopes: list[str]) -> None:
+    async def save_oauth_client(
+        self,
+        client_id: str,
+        secret_hash: str,
+        redirect_uri: str,
+        description: str,
+        user_id: int | None,
+        allowed_scopes: list[str],
+    ) -> None:
         await self._write(
             "INSERT OR REPLACE INTO oauth_clients (id, secret_hash, redirect_uri, description, "
-            "user_id, allowed_scopes) VALUES (?, ?, ?, ?, ?, ?)", client_id, secret_hash,
-            redirect_uri, description, user_id, json.dumps(allowed_scopes))
+            "user_id, allowed_scopes) VALUES (?, ?, ?, ?, ?, ?)",
+            client_id,
+            secret_hash,
+            redirect_uri,
+            description,
+            user_id,
+            json.dumps(allowed_scopes),
+        )
 
     async def get_oauth_client(self, client_id: str) -> OAuthClient | None:
-        row = await self._one("SELECT id, secret_hash, redirect_uri, description, user_id, "
-                              "allowed_scopes FROM oauth_clients WHERE id = ?", client_id)
+        row = await self._one(
+            "SELECT id, secret_hash, redirect_uri, description, user_id, "
+            "allowed_scopes FROM oauth_clients WHERE id = ?",
+            client_id,
+        )
         if not row:
             return None
         return OAuthClient(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
 
-    async def add_oauth_code(self, code_hash: str, client_id: str, user_id: int,
-                             redirect_uri: str, scopes: list[str], challenge: str,
-                             expires: float) -> None:
+    async def add_oauth_code(
+        self,
+        code_hash: str,
+        client_id: str,
+        user_id: int,
+        redirect_uri: str,
+        scopes: list[str],
+        challenge: str,
+        expires: float,
+    ) -> None:
         await self._write(
             "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, "
-            "code_challenge, expires) VALUES (?, ?, ?, ?, ?, ?, ?)", code_hash, client_id,
-            user_id, redirect_uri, json.dumps(scopes), challenge, expires)
+            "code_challenge, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            code_hash,
+            client_id,
+            user_id,
+            redirect_uri,
+            json.dumps(scopes),
+            challenge,
+            expires,
+        )
 
     async def take_oauth_code(self, code_hash: str) -> OAuthCode | None:
         """The code, deleted so it is used once; None if unknown or expired."""
         # One statement, so two exchanges racing for the same code cannot both get it.
-        row = await self._one("DELETE FROM oauth_codes WHERE hash = ? RETURNING client_id, "
-                              "user_id, redirect_uri, scopes, code_challenge, expires", code_hash)
+        row = await self._one(
+            "DELETE FROM oauth_codes WHERE hash = ? RETURNING client_id, "
+            "user_id, redirect_uri, scopes, code_challenge, expires",
+            code_hash,
+        )
         await self._write("DELETE FROM oauth_codes WHERE expires <= ?", time.time())
         if not row or row[5] <= time.time():
             return None

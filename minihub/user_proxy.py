@@ -28,7 +28,7 @@ async def user_route(request: web.Request) -> web.StreamResponse:
     p = parts(request)
     path = normalise_path(request.raw_path.split("?", 1)[0])
     base = p.cfg.base_url
-    rest = path[len(base + "user/"):] if path.startswith(base + "user/") else ""
+    rest = path[len(base + "user/") :] if path.startswith(base + "user/") else ""
     name, _, tail = rest.partition("/")
     if not name:
         raise web.HTTPNotFound()
@@ -63,8 +63,9 @@ def _token_may_access(p: Parts, ident: Identity, name: str, server: str) -> bool
     """A token with explicit scopes reaches a server only with access:servers for it."""
     if ident.token is None:
         return True
-    held = scopes.held_by(ident.user.name, ident.user.admin, ident.token.scopes,
-                          bool(p.cfg.get("hub.admin_access")))
+    held = scopes.held_by(
+        ident.user.name, ident.user.admin, ident.token.scopes, bool(p.cfg.get("hub.admin_access"))
+    )
     return scopes.allows(held, "access:servers", name, server)
 
 
@@ -91,8 +92,9 @@ def _not_running(request: web.Request, base: str, name: str, tail: str) -> web.S
     raise web.HTTPFound(f"{base}hub/user/{name}/{quote(tail)}{qs}")
 
 
-async def _forward(request: web.Request, p: Parts, srv: Server, upstream: Upstream,
-                   path: str, prefix: str) -> web.StreamResponse:
+async def _forward(
+    request: web.Request, p: Parts, srv: Server, upstream: Upstream, path: str, prefix: str
+) -> web.StreamResponse:
     start = time.perf_counter()
     p.metrics.proxied.inc()
     ws = _is_websocket(request)
@@ -107,11 +109,15 @@ async def _forward(request: web.Request, p: Parts, srv: Server, upstream: Upstre
     ident = identity(request)
     own_token = ident is not None and ident.via == "token" and ident.user.id == srv.user_id
     try:
-        return await p.proxy.forward(request, upstream, path=path,
-                                     strip_cookies=protocol.strip_cookies,
-                                     on_activity=lambda: p.servers.touch(srv.user_id, srv.name),
-                                     keep_authorization=protocol.forwards_owner_token
-                                     and own_token, cookie_path=prefix)
+        return await p.proxy.forward(
+            request,
+            upstream,
+            path=path,
+            strip_cookies=protocol.strip_cookies,
+            on_activity=lambda: p.servers.touch(srv.user_id, srv.name),
+            keep_authorization=protocol.forwards_owner_token and own_token,
+            cookie_path=prefix,
+        )
     except ProxyError as e:
         if await _server_died(p, srv, dying=not isinstance(e, UpstreamTimeout)):
             raise ServiceUnavailable("The server stopped: reload to see why and restart it.")

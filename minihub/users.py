@@ -24,8 +24,9 @@ async def get(store: Store, name: str) -> User:
     return user
 
 
-async def create(store: Store, auth: Authenticator, name: str, admin: bool = False,
-                 password: str | None = None) -> User:
+async def create(
+    store: Store, auth: Authenticator, name: str, admin: bool = False, password: str | None = None
+) -> User:
     name = names.validate(name)
     if name in auth.blocked_users:
         raise BadRequest(f"{name} is blocked ([auth] blocked_users)")
@@ -34,8 +35,10 @@ async def create(store: Store, auth: Authenticator, name: str, admin: bool = Fal
     hashed = None
     if password is not None:
         if not isinstance(auth, NativeAuthenticator):
-            raise BadRequest("Passwords are set only with the native authenticator; "
-                             "PAM users log in with their system password.")
+            raise BadRequest(
+                "Passwords are set only with the native authenticator; "
+                "PAM users log in with their system password."
+            )
         hashed = await auth.hash_new_password(password)
     return await store.add_user(name, admin, hashed)
 
@@ -72,8 +75,10 @@ async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -
 
 async def set_password(store: Store, auth: Authenticator, user: User, password: str) -> None:
     if not isinstance(auth, NativeAuthenticator):
-        raise BadRequest("Passwords are set only with the native authenticator "
-                         "([auth] authenticator = \"native\"); PAM users use passwd.")
+        raise BadRequest(
+            "Passwords are set only with the native authenticator "
+            '([auth] authenticator = "native"); PAM users use passwd.'
+        )
     await store.set_password_hash(user.id, await auth.hash_new_password(password))
     await store.delete_user_sessions(user.id)
 
@@ -90,12 +95,18 @@ async def login(store: Store, name: str, admin: bool | None) -> User:
     return user
 
 
-async def new_token(store: Store, user: User, note: str = "", scopes: list[str] | None = None,
-                    expires_in: float | None = None) -> tuple[str, Token]:
+async def new_token(
+    store: Store,
+    user: User,
+    note: str = "",
+    scopes: list[str] | None = None,
+    expires_in: float | None = None,
+) -> tuple[str, Token]:
     secret = S.new_token()
     expires = time.time() + expires_in if expires_in else None
-    tok = await store.add_token(user.id, S.hash_token(secret), secret[: S.PREFIX_LEN],
-                                note, scopes or [], expires)
+    tok = await store.add_token(
+        user.id, S.hash_token(secret), secret[: S.PREFIX_LEN], note, scopes or [], expires
+    )
     return secret, tok
 
 

@@ -59,8 +59,12 @@ def serve_upstream(port: int) -> None:
     from aiohttp import web
 
     body = json.dumps(
-        {"started": "2024-01-01T00:00:00Z", "last_activity": "2024-01-01T00:00:00Z",
-         "connections": 0, "kernels": 0}
+        {
+            "started": "2024-01-01T00:00:00Z",
+            "last_activity": "2024-01-01T00:00:00Z",
+            "connections": 0,
+            "kernels": 0,
+        }
     ).encode()
 
     @web.middleware
@@ -100,7 +104,10 @@ def serve_minihub_proxy(port: int, upstream_port: int) -> None:
     async def route(request: web.Request) -> web.StreamResponse:
         path = normalise_path(request.raw_path)
         return await request.app[key].forward(
-            request, upstream, path=path, strip_cookies=("minihub-session",),
+            request,
+            upstream,
+            path=path,
+            strip_cookies=("minihub-session",),
             on_activity=lambda: None,
         )
 
@@ -149,8 +156,9 @@ def checkout_env(**extra: str) -> dict[str, str]:
 
 
 def spawn(args: list[str], port: int, **kw: Any) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True,
-                            env=checkout_env(), **kw)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, start_new_session=True, env=checkout_env(), **kw
+    )
     wait_port(port, proc)
     return proc
 
@@ -172,25 +180,53 @@ def find_chp(workdir: Path) -> str | None:
         return None
     print(f"installing {CHP_VERSION} with npm into {workdir} ...", file=sys.stderr)
     res = subprocess.run(
-        ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(workdir),
-         CHP_VERSION],
-        check=False, capture_output=True, text=True, timeout=300,
+        [
+            "npm",
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(workdir),
+            CHP_VERSION,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     binary = workdir / "node_modules" / ".bin" / "configurable-http-proxy"
     if res.returncode != 0 or not binary.exists():
-        print(f"npm install failed, skipping configurable-http-proxy:\n{res.stderr[-2000:]}",
-              file=sys.stderr)
+        print(
+            f"npm install failed, skipping configurable-http-proxy:\n{res.stderr[-2000:]}",
+            file=sys.stderr,
+        )
         return None
     return str(binary)
 
 
 def start_chp(chp: str, target: str, secret: str) -> tuple[subprocess.Popen[bytes], int]:
     port, api_port = free_port(), free_port()
-    proc = spawn([
-        chp, "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
-        "--api-port", str(api_port), "--default-target", target,
-        "--custom-header", f"X-Minihub-Secret:{secret}", "--log-level", "error",
-    ], port)
+    proc = spawn(
+        [
+            chp,
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api-ip",
+            "127.0.0.1",
+            "--api-port",
+            str(api_port),
+            "--default-target",
+            target,
+            "--custom-header",
+            f"X-Minihub-Secret:{secret}",
+            "--log-level",
+            "error",
+        ],
+        port,
+    )
     return proc, port
 
 
@@ -211,8 +247,12 @@ class Target:
     server_pid: int | None = None  # the user server (or mock upstream) behind it
 
     def request(self) -> bytes:
-        lines = [f"GET {self.path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
-                 "Accept: application/json", *(f"{k}: {v}" for k, v in self.headers.items())]
+        lines = [
+            f"GET {self.path} HTTP/1.1",
+            f"Host: 127.0.0.1:{self.port}",
+            "Accept: application/json",
+            *(f"{k}: {v}" for k, v in self.headers.items()),
+        ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -289,9 +329,12 @@ async def ws_echo(target: Target, count: int, max_seconds: float) -> Result:
     latencies: list[float] = []
     msg = json.dumps({"header": {"msg_type": "kernel_info_request"}, "content": {}})
     deadline = time.perf_counter() + max_seconds
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"http://127.0.0.1:{target.port}{WS_PATH}", compress=0, headers=target.headers
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"http://127.0.0.1:{target.port}{WS_PATH}", compress=0, headers=target.headers
+        ) as ws,
+    ):
         start = time.perf_counter()
         for _ in range(count):
             if time.perf_counter() > deadline:
@@ -303,35 +346,52 @@ async def ws_echo(target: Target, count: int, max_seconds: float) -> Result:
         return Result(len(latencies), 0, time.perf_counter() - start, latencies)
 
 
-def kernel_ws(prefix: str, kernel_id: str) -> Callable[[Target, int, float],
-                                                        Coroutine[Any, Any, Result]]:
+def kernel_ws(
+    prefix: str, kernel_id: str
+) -> Callable[[Target, int, float], Coroutine[Any, Any, Result]]:
     """Sequential kernel_info round trips over a real kernel's channels websocket: the
     request, the kernel's busy/idle status messages and the reply all pass the proxy."""
 
     async def rounds(target: Target, count: int, max_seconds: float) -> Result:
         import aiohttp
 
-        url = (f"http://127.0.0.1:{target.port}{prefix}api/kernels/{kernel_id}/channels"
-               f"?session_id={uuid.uuid4().hex}")
+        url = (
+            f"http://127.0.0.1:{target.port}{prefix}api/kernels/{kernel_id}/channels"
+            f"?session_id={uuid.uuid4().hex}"
+        )
         latencies: list[float] = []
         deadline = time.perf_counter() + max_seconds
         count = min(count, 500)  # each round trip wakes the kernel
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-            url, compress=0, headers=target.headers
-        ) as ws:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(url, compress=0, headers=target.headers) as ws,
+        ):
             start = time.perf_counter()
             for _ in range(count):
                 if time.perf_counter() > deadline:
                     break
                 msg_id = uuid.uuid4().hex
                 t0 = time.perf_counter()
-                await ws.send_str(json.dumps({
-                    "header": {"msg_id": msg_id, "msg_type": f"{KERNEL_MSG}_request",
-                               "username": "bench", "session": "bench", "version": "5.3",
-                               "date": ""},
-                    "parent_header": {}, "metadata": {}, "channel": "shell",
-                    "content": {"code": "1+1", "silent": False} if KERNEL_MSG == "execute"
-                    else {}}))
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "header": {
+                                "msg_id": msg_id,
+                                "msg_type": f"{KERNEL_MSG}_request",
+                                "username": "bench",
+                                "session": "bench",
+                                "version": "5.3",
+                                "date": "",
+                            },
+                            "parent_header": {},
+                            "metadata": {},
+                            "channel": "shell",
+                            "content": {"code": "1+1", "silent": False}
+                            if KERNEL_MSG == "execute"
+                            else {},
+                        }
+                    )
+                )
                 seen: set[str] = set()
                 async with asyncio.timeout(30):
                     while True:  # the reply and, for execute, the kernel back to idle
@@ -340,11 +400,12 @@ def kernel_ws(prefix: str, kernel_id: str) -> Callable[[Target, int, float],
                             continue
                         kind = reply.get("msg_type", "")
                         if kind == f"{KERNEL_MSG}_reply" or (
-                                kind == "status"
-                                and reply["content"].get("execution_state") == "idle"):
+                            kind == "status" and reply["content"].get("execution_state") == "idle"
+                        ):
                             seen.add(kind)
                         if f"{KERNEL_MSG}_reply" in seen and (
-                                KERNEL_MSG != "execute" or "status" in seen):
+                            KERNEL_MSG != "execute" or "status" in seen
+                        ):
                             break
                 latencies.append(time.perf_counter() - t0)
             return Result(len(latencies), 0, time.perf_counter() - start, latencies)
@@ -388,15 +449,18 @@ def setup_mock(s: Setup, chp: str | None) -> None:
     s.procs.append(spawn(self_cmd("--serve-proxy", str(hub_port), str(up_port)), hub_port))
     # the direct target needs the secret; the proxies replace it with their own
     hdr, up_pid = {"X-Minihub-Secret": SECRET}, s.procs[0].pid
-    s.targets += [Target("direct to upstream", "mock", up_port, None, STATUS_PATH, hdr, ws_echo,
-                         up_pid),
-                  Target("minihub Proxy", "mock", hub_port, s.procs[-1].pid, STATUS_PATH, hdr,
-                         ws_echo, up_pid)]
+    s.targets += [
+        Target("direct to upstream", "mock", up_port, None, STATUS_PATH, hdr, ws_echo, up_pid),
+        Target(
+            "minihub Proxy", "mock", hub_port, s.procs[-1].pid, STATUS_PATH, hdr, ws_echo, up_pid
+        ),
+    ]
     if chp:
         proc, port = start_chp(chp, f"http://127.0.0.1:{up_port}", SECRET)
         s.procs.append(proc)
-        s.targets.append(Target(CHP_NAME, "mock", port, proc.pid, STATUS_PATH, hdr, ws_echo,
-                                up_pid))
+        s.targets.append(
+            Target(CHP_NAME, "mock", port, proc.pid, STATUS_PATH, hdr, ws_echo, up_pid)
+        )
 
 
 REAL_TOML = """[hub]
@@ -420,14 +484,24 @@ def setup_real(s: Setup, chp: str | None, work: Path) -> None:
     toml = work / "minihub.toml"
     toml.write_text(REAL_TOML.format(port=port, work=work))
     hub_cmd = [PY, "-m", "minihub", "-f", str(toml)]
-    run: dict[str, Any] = {"cwd": work, "capture_output": True, "text": True, "timeout": 60,
-                           "env": checkout_env()}
-    subprocess.run([*hub_cmd, "user", "add", name], input="bench-password-1\n", check=True,
-                   **run)
+    run: dict[str, Any] = {
+        "cwd": work,
+        "capture_output": True,
+        "text": True,
+        "timeout": 60,
+        "env": checkout_env(),
+    }
+    subprocess.run([*hub_cmd, "user", "add", name], input="bench-password-1\n", check=True, **run)
     token = subprocess.run([*hub_cmd, "token", name], check=True, **run).stdout.split()[-1]
     with open(work / "hub.log", "wb") as logf:
-        hub = subprocess.Popen(hub_cmd, cwd=work, stdout=logf, stderr=subprocess.STDOUT,
-                               start_new_session=True, env=checkout_env())
+        hub = subprocess.Popen(
+            hub_cmd,
+            cwd=work,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=checkout_env(),
+        )
     s.procs.append(hub)
     wait_port(port, hub, 60)
     auth = {"Authorization": f"token {token}"}
@@ -436,9 +510,19 @@ def setup_real(s: Setup, chp: str | None, work: Path) -> None:
     prefix = f"/user/{name}/"
     ws = kernel_ws(prefix, kernel_id)
     path = prefix + "api/status"
-    s.targets += [Target("direct to user server", "real", up_port, None, path,
-                         {"X-Minihub-Secret": secret}, ws, up_pid),
-                  Target("minihub hub", "real", port, hub.pid, path, auth, ws, up_pid)]
+    s.targets += [
+        Target(
+            "direct to user server",
+            "real",
+            up_port,
+            None,
+            path,
+            {"X-Minihub-Secret": secret},
+            ws,
+            up_pid,
+        ),
+        Target("minihub hub", "real", port, hub.pid, path, auth, ws, up_pid),
+    ]
     if chp:
         proc, cport = start_chp(chp, f"http://{host}:{up_port}", secret)
         s.procs.append(proc)
@@ -472,7 +556,8 @@ def server_address(work: Path, name: str) -> tuple[str, int, str, int]:
         host, port, nonce, pid = db.execute(
             "SELECT s.host, s.port, s.nonce, json_extract(s.state, '$.pid') FROM servers s "
             "JOIN users u ON u.id = s.user_id WHERE u.name = ? AND s.name = ''",
-            (name,)).fetchone()
+            (name,),
+        ).fetchone()
     finally:
         db.close()
     key = load_or_create_key(work / "data" / "cookie_secret")
@@ -512,8 +597,9 @@ def run(args: argparse.Namespace) -> None:
             setup_mock(s, chp)
         if args.mode in ("real", "both"):
             if os.geteuid() != 0:
-                print("not root: skipping the real hub (it spawns as a system user)",
-                      file=sys.stderr)
+                print(
+                    "not root: skipping the real hub (it spawns as a system user)", file=sys.stderr
+                )
             else:
                 real = workdir / "real"
                 real.mkdir()
@@ -524,9 +610,11 @@ def run(args: argparse.Namespace) -> None:
                 print(f"run {i + 1}/{args.runs}: {t.group} {t.name} ...", file=sys.stderr)
                 r = loop_run(measure(t, args, warm=i == 0))
                 results.setdefault(f"{t.group}\0{t.name}", []).append(r)
-                print(f"  {r[0].rps:,.0f} req/s, p99 {r[0].pct(99):.2f} ms, "
-                      f"{r[0].cpu_per_req:.0f} µs CPU/req, ws p50 {r[1].pct(50):.3f} ms",
-                      file=sys.stderr)
+                print(
+                    f"  {r[0].rps:,.0f} req/s, p99 {r[0].pct(99):.2f} ms, "
+                    f"{r[0].cpu_per_req:.0f} µs CPU/req, ws p50 {r[1].pct(50):.3f} ms",
+                    file=sys.stderr,
+                )
         print_tables(s.targets, results, args)
     finally:
         for p in s.procs:
@@ -556,26 +644,37 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def print_tables(targets: list[Target], results: dict[str, list[tuple[Result, Result]]],
-                 args: argparse.Namespace) -> None:
-    print(f"\nGET <server>/api/status: {args.requests} requests, {args.concurrency} keep-alive "
-          f"connections per run; websocket: sequential round trips (mock: echo of a small "
-          f"message, real: kernel_info to the kernel). Medians of {args.runs} runs; "
-          f"{os.cpu_count()} CPUs, loopback; CPU/req is the proxy process's (for the hub: "
-          f"authentication + proxying + access log), server CPU/req the user server's.\n")
+def print_tables(
+    targets: list[Target], results: dict[str, list[tuple[Result, Result]]], args: argparse.Namespace
+) -> None:
+    print(
+        f"\nGET <server>/api/status: {args.requests} requests, {args.concurrency} keep-alive "
+        f"connections per run; websocket: sequential round trips (mock: echo of a small "
+        f"message, real: kernel_info to the kernel). Medians of {args.runs} runs; "
+        f"{os.cpu_count()} CPUs, loopback; CPU/req is the proxy process's (for the hub: "
+        f"authentication + proxying + access log), server CPU/req the user server's.\n"
+    )
     for group in dict.fromkeys(t.group for t in targets):
         rows = {t.name: results[f"{group}\0{t.name}"] for t in targets if t.group == group}
         print(f"**{group}**\n")
-        print("| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | server CPU µs/req |"
-              " ws p50 ms | ws p99 ms | req/s vs CHP | p99 vs CHP | CPU/req vs CHP |")
+        print(
+            "| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | server CPU µs/req |"
+            " ws p50 ms | ws p99 ms | req/s vs CHP | p99 vs CHP | CPU/req vs CHP |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        stats = {name: {
-            "rps": med([h.rps for h, _ in runs]), "p50": med([h.pct(50) for h, _ in runs]),
-            "p99": med([h.pct(99) for h, _ in runs]), "err": sum(h.errors for h, _ in runs),
-            "cpu": med([h.cpu_per_req for h, _ in runs]),
-            "scpu": med([h.server_cpu_per_req for h, _ in runs]),
-            "ws50": med([w.pct(50) for _, w in runs]), "ws99": med([w.pct(99) for _, w in runs]),
-        } for name, runs in rows.items()}
+        stats = {
+            name: {
+                "rps": med([h.rps for h, _ in runs]),
+                "p50": med([h.pct(50) for h, _ in runs]),
+                "p99": med([h.pct(99) for h, _ in runs]),
+                "err": sum(h.errors for h, _ in runs),
+                "cpu": med([h.cpu_per_req for h, _ in runs]),
+                "scpu": med([h.server_cpu_per_req for h, _ in runs]),
+                "ws50": med([w.pct(50) for _, w in runs]),
+                "ws99": med([w.pct(99) for _, w in runs]),
+            }
+            for name, runs in rows.items()
+        }
         chp = stats.get(CHP_NAME)
         for name, st in stats.items():
             vs = "- | - | -"
@@ -583,9 +682,11 @@ def print_tables(targets: list[Target], results: dict[str, list[tuple[Result, Re
                 cpu = f"{st['cpu'] / chp['cpu']:.2f}x" if not math.isnan(st["cpu"]) else "-"
                 vs = f"{st['rps'] / chp['rps']:.2f}x | {st['p99'] / chp['p99']:.2f}x | {cpu}"
             cpu_text = f"{st['cpu']:.0f}" if not math.isnan(st["cpu"]) else "-"
-            print(f"| {name} | {st['rps']:,.0f} | {st['p50']:.2f} | {st['p99']:.2f} | "
-                  f"{st['err']} | {cpu_text} | {st['scpu']:.0f} | {st['ws50']:.3f} | "
-                  f"{st['ws99']:.3f} | {vs} |")
+            print(
+                f"| {name} | {st['rps']:,.0f} | {st['p50']:.2f} | {st['p99']:.2f} | "
+                f"{st['err']} | {cpu_text} | {st['scpu']:.0f} | {st['ws50']:.3f} | "
+                f"{st['ws99']:.3f} | {vs} |"
+            )
         print()
 
 
@@ -593,13 +694,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000, help="GETs per target and run")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
-    parser.add_argument("--ws-messages", type=int, default=3000,
-                        help="websocket round trips (at most 500 to a real kernel)")
-    parser.add_argument("--max-seconds", type=float, default=30.0,
-                        help="stop each measurement after this long")
+    parser.add_argument(
+        "--ws-messages",
+        type=int,
+        default=3000,
+        help="websocket round trips (at most 500 to a real kernel)",
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=30.0, help="stop each measurement after this long"
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs of every target; medians")
-    parser.add_argument("--mode", choices=("mock", "real", "both"), default="both",
-                        help="mock upstream, the real hub and user server (root), or both")
+    parser.add_argument(
+        "--mode",
+        choices=("mock", "real", "both"),
+        default="both",
+        help="mock upstream, the real hub and user server (root), or both",
+    )
     parser.add_argument("--no-chp", action="store_true", help="skip configurable-http-proxy")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-proxy", type=int, nargs=2, help=argparse.SUPPRESS)

@@ -33,8 +33,9 @@ def _create_user(name: str, password: str, groups: list[str] | None = None) -> S
     if groups:
         cmd += ["-G", ",".join(groups)]
     subprocess.run(cmd + [name], check=True, capture_output=True)
-    subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True
+    )
     pw = pwd.getpwnam(name)
     return SystemUser(name, password, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
@@ -84,25 +85,26 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 # --- an in-process hub ---------------------------------------------------------------------
-from typing import Any  # noqa: E402
+from typing import Any
 
-from minihub import config as _config  # noqa: E402
+from minihub import config as _config
 
 
 def hub_config(data_dir: str, **settings: Any) -> _config.Config:
     """A validated Config; settings as {"auth.authenticator": "native", ...}."""
-    overrides: dict[str, Any] = {"hub.data_dir": data_dir,
-                                 "auth.login_failure_delay_seconds": 0.0}
+    overrides: dict[str, Any] = {"hub.data_dir": data_dir, "auth.login_failure_delay_seconds": 0.0}
     overrides.update({k.replace("__", "."): v for k, v in settings.items()})
     return _config.load(None, overrides)
 
 
-async def login(client: Any, name: str, password: str, next: str = "",
-                headers: dict[str, str] | None = None) -> Any:
+async def login(
+    client: Any, name: str, password: str, next: str = "", headers: dict[str, str] | None = None
+) -> Any:
     """Log in through the form; return the response (redirects not followed)."""
     url = "/hub/login" + (f"?next={next}" if next else "")
-    return await client.post(url, data={"username": name, "password": password},
-                             allow_redirects=False, headers=headers)
+    return await client.post(
+        url, data={"username": name, "password": password}, allow_redirects=False, headers=headers
+    )
 
 
 def xsrf_of(client: Any) -> str:
@@ -133,8 +135,11 @@ def is_hub_fault(record: logging.LogRecord) -> bool:
     status = getattr(record, "status", None)
     if record.name == "minihub.access" and isinstance(status, int):
         return 500 <= status < 600 and status not in UPSTREAM_STATUSES
-    return (record.levelno >= logging.ERROR and record.exc_info is not None
-            and record.name.startswith(_FAULT_LOGGERS))
+    return (
+        record.levelno >= logging.ERROR
+        and record.exc_info is not None
+        and record.name.startswith(_FAULT_LOGGERS)
+    )
 
 
 class _FaultCollector(logging.Handler):
@@ -170,8 +175,10 @@ def no_hub_500(request: pytest.FixtureRequest) -> Iterator[None]:
 
 # A hub subprocess's log (its stderr): an access line with a 5xx status other than
 # 502/503/504, minihub's "unhandled error", aiohttp's "Error handling request", a traceback.
-_LOG_FAULT = re.compile(r"minihub\.access\] (?!50[234] )5\d\d |unhandled error in |"
-                        r"Error handling request|Traceback \(most recent call last\)")
+_LOG_FAULT = re.compile(
+    r"minihub\.access\] (?!50[234] )5\d\d |unhandled error in |"
+    r"Error handling request|Traceback \(most recent call last\)"
+)
 
 
 def hub_log_faults(log: str | Path) -> list[str]:
@@ -190,7 +197,6 @@ HUB_LOGS: list[Path] = []
 @pytest.fixture(scope="session", autouse=True)
 def no_500_in_hub_process_logs() -> Iterator[None]:
     yield
-    faults = [f"{log}: {line}" for log in HUB_LOGS if log.exists()
-              for line in hub_log_faults(log)]
+    faults = [f"{log}: {line}" for log in HUB_LOGS if log.exists() for line in hub_log_faults(log)]
     if faults:
         pytest.fail("a hub process answered 500 or logged a traceback:\n" + "\n".join(faults))

@@ -29,8 +29,13 @@ class Hub:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*MINIHUB, "-f", str(self.toml), "--data-dir", str(self.data),
-                               *args], check=False, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*MINIHUB, "-f", str(self.toml), "--data-dir", str(self.data), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def token(self, name: str) -> str:
         """Add `name` (an existing system account) to the hub; an API token for it."""
@@ -42,9 +47,11 @@ class Hub:
     def server_row(self, name: str) -> tuple[int, str]:
         """(pid, nonce) of the user's server, from the hub's database."""
         with contextlib.closing(sqlite3.connect(self.data / "minihub.sqlite")) as db:
-            row = db.execute("SELECT json_extract(s.state, '$.pid'), s.nonce FROM servers s "
-                             "JOIN users u ON u.id = s.user_id WHERE u.name = ? AND s.name = ''",
-                             (name,)).fetchone()
+            row = db.execute(
+                "SELECT json_extract(s.state, '$.pid'), s.nonce FROM servers s "
+                "JOIN users u ON u.id = s.user_id WHERE u.name = ? AND s.name = ''",
+                (name,),
+            ).fetchone()
         assert row is not None, f"no server row for {name}"
         return int(row[0]), str(row[1])
 
@@ -98,18 +105,31 @@ async def new_kernel(s: aiohttp.ClientSession, hub: Hub, name: str) -> str:
     return str((await r.json())["id"])
 
 
-async def execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str, code: str,
-                  timeout: float = 60) -> str:
+async def execute(
+    s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str, code: str, timeout: float = 60
+) -> str:
     """Run `code` in the kernel; its stdout, stderr and error text, once it is idle again."""
     session = uuid.uuid4().hex
     msg_id = uuid.uuid4().hex
     url = f"{hub.base}/user/{name}/api/kernels/{kernel}/channels?session_id={session}"
     out: list[str] = []
     async with s.ws_connect(url, max_msg_size=0) as ws:
-        await ws.send_json({"header": {"msg_id": msg_id, "msg_type": "execute_request",
-                                       "username": "", "session": session, "version": "5.3",
-                                       "date": ""}, "parent_header": {}, "metadata": {},
-                            "channel": "shell", "content": {"code": code, "silent": False}})
+        await ws.send_json(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "",
+                    "session": session,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {"code": code, "silent": False},
+            }
+        )
         async with asyncio.timeout(timeout):
             async for m in ws:
                 msg: dict[str, Any] = json.loads(m.data)

@@ -50,8 +50,21 @@ def hub(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     toml.write_text("[hub]\ncleanup_servers = true\n")
     log = tmp / "hub.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "minihub", "-f", str(toml), "--data-dir",
-                                 str(tmp / "data"), "--port", str(port)], stdout=f, stderr=f)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minihub",
+                "-f",
+                str(toml),
+                "--data-dir",
+                str(tmp / "data"),
+                "--port",
+                str(port),
+            ],
+            stdout=f,
+            stderr=f,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -104,8 +117,12 @@ def shot(page: Any, name: str) -> None:
 
 
 def cell(kind: str, source: Any, **more: Any) -> dict[str, Any]:
-    c: dict[str, Any] = {"id": f"c{abs(hash((kind, str(source)))) % 10**8}", "cell_type": kind,
-                         "metadata": {}, "source": source}
+    c: dict[str, Any] = {
+        "id": f"c{abs(hash((kind, str(source)))) % 10**8}",
+        "cell_type": kind,
+        "metadata": {},
+        "source": source,
+    }
     if kind == "code":
         c.update(execution_count=None, outputs=[])
     c.update(more)
@@ -161,8 +178,7 @@ class Opened:
         return sum(1 for method, kind in self.writes if kind == "save")
 
 
-def open_nb(ctx: Any, hub: Hub, name: str, autosave: float | None = None,
-            init: str = "") -> Opened:
+def open_nb(ctx: Any, hub: Hub, name: str, autosave: float | None = None, init: str = "") -> Opened:
     page = ctx.new_page()
     if autosave:
         page.add_init_script(f"window.minihubSettings = {{autosaveSeconds: {autosave}}}")
@@ -219,7 +235,8 @@ def test_bad_link_then_autosave_keeps_all_four_cells(context: Any, hub: Hub) -> 
     page.wait_for_function("() => !window.minihubNotebook.dirty", timeout=30000)  # autosave
     on_disk = disk_cells(path)
     assert [c["source"] for c in on_disk] == ["a = 1  # edited"] + [
-        c["source"] for c in THE_ATTACK[1:]]
+        c["source"] for c in THE_ATTACK[1:]
+    ]
     # A checkpoint of the file as it was was made before the first save, and only then.
     assert nb.writes[:2] == [("POST", "checkpoint"), ("PUT", "save")]
     assert json.loads(checkpoint_file(path).read_bytes()) == json.loads(original)
@@ -238,33 +255,122 @@ def test_bad_link_then_autosave_keeps_all_four_cells(context: Any, hub: Hub) -> 
 BAD_CELLS: list[tuple[str, Any, bool, str]] = [
     ("bad-image-escape", cell("markdown", "![pic](%zz.png) and [ok](a%20b.txt)"), True, "and ok"),
     ("bad-utf8-escape", cell("markdown", "[bytes](%ED%A0%80.txt)"), True, "bytes"),
-    ("broken-katex", cell("markdown", "$\\frac{1}{$ and $$" + "{" * 3000 + "x$$ and $x^2$"),
-     True, "and"),
+    (
+        "broken-katex",
+        cell("markdown", "$\\frac{1}{$ and $$" + "{" * 3000 + "x$$ and $x^2$"),
+        True,
+        "and",
+    ),
     ("placeholder-text", cell("markdown", "MHMATH7X stays and $y$"), True, "MHMATH7X stays"),
-    ("stream-name-with-space", cell("code", "print(1)", outputs=[
-        {"output_type": "stream", "name": "std out", "text": "streamed text"}]), True,
-     "streamed text"),
-    ("vendor-json-output", cell("code", "x", outputs=[
-        {"output_type": "display_data", "metadata": {},
-         "data": {"application/vnd.mhas+json": {"answer": 42}}}]), True, '"answer": 42'),
-    ("markdown-output-bad-link", cell("code", "x", outputs=[
-        {"output_type": "display_data", "metadata": {},
-         "data": {"text/markdown": "out [y](%zz)"}}]), True, "out y"),
-    ("huge-output", cell("code", "x", outputs=[
-        {"output_type": "stream", "name": "stdout", "text": "0123456789\n" * 3_000_000}]),
-     True, "not shown"),
-    ("many-outputs", cell("code", "x", outputs=[
-        {"output_type": "stream", "name": "stderr" if i % 2 else "stdout", "text": f"o{i}\n"}
-        for i in range(5000)]), True, "not shown"),
-    ("weird-metadata", cell("markdown", "meta", metadata={
-        "__proto__": {"polluted": True}, "constructor": "x", "toString": 5, "scrolled": "auto",
-        "vendor": {"deep": [[[[1]]]]}}), True, "meta"),
-    ("png-not-text", cell("code", "x", outputs=[
-        {"output_type": "display_data", "metadata": {}, "data": {"image/png": 123}}]),
-     False, "could not be shown"),
-    ("traceback-not-list", cell("code", "x", outputs=[
-        {"output_type": "error", "ename": "E", "evalue": "v", "traceback": "not a list"}]),
-     False, "could not be shown"),
+    (
+        "stream-name-with-space",
+        cell(
+            "code",
+            "print(1)",
+            outputs=[{"output_type": "stream", "name": "std out", "text": "streamed text"}],
+        ),
+        True,
+        "streamed text",
+    ),
+    (
+        "vendor-json-output",
+        cell(
+            "code",
+            "x",
+            outputs=[
+                {
+                    "output_type": "display_data",
+                    "metadata": {},
+                    "data": {"application/vnd.mhas+json": {"answer": 42}},
+                }
+            ],
+        ),
+        True,
+        '"answer": 42',
+    ),
+    (
+        "markdown-output-bad-link",
+        cell(
+            "code",
+            "x",
+            outputs=[
+                {
+                    "output_type": "display_data",
+                    "metadata": {},
+                    "data": {"text/markdown": "out [y](%zz)"},
+                }
+            ],
+        ),
+        True,
+        "out y",
+    ),
+    (
+        "huge-output",
+        cell(
+            "code",
+            "x",
+            outputs=[
+                {"output_type": "stream", "name": "stdout", "text": "0123456789\n" * 3_000_000}
+            ],
+        ),
+        True,
+        "not shown",
+    ),
+    (
+        "many-outputs",
+        cell(
+            "code",
+            "x",
+            outputs=[
+                {
+                    "output_type": "stream",
+                    "name": "stderr" if i % 2 else "stdout",
+                    "text": f"o{i}\n",
+                }
+                for i in range(5000)
+            ],
+        ),
+        True,
+        "not shown",
+    ),
+    (
+        "weird-metadata",
+        cell(
+            "markdown",
+            "meta",
+            metadata={
+                "__proto__": {"polluted": True},
+                "constructor": "x",
+                "toString": 5,
+                "scrolled": "auto",
+                "vendor": {"deep": [[[[1]]]]},
+            },
+        ),
+        True,
+        "meta",
+    ),
+    (
+        "png-not-text",
+        cell(
+            "code",
+            "x",
+            outputs=[{"output_type": "display_data", "metadata": {}, "data": {"image/png": 123}}],
+        ),
+        False,
+        "could not be shown",
+    ),
+    (
+        "traceback-not-list",
+        cell(
+            "code",
+            "x",
+            outputs=[
+                {"output_type": "error", "ename": "E", "evalue": "v", "traceback": "not a list"}
+            ],
+        ),
+        False,
+        "could not be shown",
+    ),
     ("source-a-number", cell("code", 42), False, "source is not text"),
     ("source-an-object", cell("markdown", {"text": "hi"}), False, "source is not text"),
     ("unknown-cell-type", cell("widget", "what am I"), False, "unknown cell type"),
@@ -281,7 +387,8 @@ UNREADABLE_CELLS = {
 
 @pytest.mark.parametrize("name, bad, valid, shown", BAD_CELLS, ids=[b[0] for b in BAD_CELLS])
 def test_one_bad_cell_never_stops_the_others_nor_the_save(
-        context: Any, hub: Hub, name: str, bad: Any, valid: bool, shown: str) -> None:
+    context: Any, hub: Hub, name: str, bad: Any, valid: bool, shown: str
+) -> None:
     cells = [cell("markdown", f"**before** {name}"), bad, cell("code", f"after = '{name}'")]
     path = write_nb(hub, f"mhas_{name}.ipynb", notebook(cells))
     original = path.read_bytes()
@@ -314,10 +421,16 @@ def test_one_bad_cell_never_stops_the_others_nor_the_save(
 def test_weird_notebook_metadata_opens_and_saves(context: Any, hub: Hub) -> None:
     cells = [cell("markdown", "one"), cell("code", "two"), cell("raw", "three")]
     # A kernel that is not installed, a prototype-named key, deep vendor data: all valid.
-    path = write_nb(hub, "mhas_nbmeta.ipynb", notebook(
-        cells, kernelspec={"name": "mhas-no-such-kernel", "display_name": "Nope", "language": 7},
-        language_info={"name": "python", "__proto__": {"polluted": True}},
-        widgets={"deep": [[[[{"x": 1}]]]]}))
+    path = write_nb(
+        hub,
+        "mhas_nbmeta.ipynb",
+        notebook(
+            cells,
+            kernelspec={"name": "mhas-no-such-kernel", "display_name": "Nope", "language": 7},
+            language_info={"name": "python", "__proto__": {"polluted": True}},
+            widgets={"deep": [[[[{"x": 1}]]]]},
+        ),
+    )
     before = json.loads(path.read_bytes())
     nb = open_nb(context, hub, path.name)
     assert cell_count(nb.page) == 3
@@ -335,18 +448,29 @@ def test_weird_notebook_metadata_opens_and_saves(context: Any, hub: Hub) -> None
 
 LOAD_FAILURES = [
     ("unreadable-json", b'{"cells": [{"cell_type": "code", "source": "x"', ""),
-    ("cells-not-a-list", json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {},
-                                     "cells": {"a": cell("code", "x")}}).encode(), ""),
+    (
+        "cells-not-a-list",
+        json.dumps(
+            {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": {"a": cell("code", "x")}}
+        ).encode(),
+        "",
+    ),
     # Any exception while the page builds itself, after every cell was inserted.
-    ("exception-during-load", json.dumps(notebook(copy.deepcopy(THE_ATTACK))).encode(),
-     "Element.prototype.scrollIntoView = function () { throw new Error('injected'); };"),
-] + [(name, json.dumps(notebook([cell("markdown", "before"), bad])).encode(), "")
-     for name, bad in UNREADABLE_CELLS.items()]
+    (
+        "exception-during-load",
+        json.dumps(notebook(copy.deepcopy(THE_ATTACK))).encode(),
+        "Element.prototype.scrollIntoView = function () { throw new Error('injected'); };",
+    ),
+] + [
+    (name, json.dumps(notebook([cell("markdown", "before"), bad])).encode(), "")
+    for name, bad in UNREADABLE_CELLS.items()
+]
 
 
 @pytest.mark.parametrize("name, data, init", LOAD_FAILURES, ids=[f[0] for f in LOAD_FAILURES])
 def test_a_notebook_that_failed_to_load_is_never_written(
-        context: Any, hub: Hub, name: str, data: bytes, init: str) -> None:
+    context: Any, hub: Hub, name: str, data: bytes, init: str
+) -> None:
     path = write_file(hub, f"mhas_fail_{name}.ipynb", data)
     nb = open_nb(context, hub, path.name, autosave=0.5, init=init)
     page = nb.page
@@ -369,8 +493,9 @@ def test_a_save_that_drops_loaded_cells_is_refused(context: Any, hub: Hub) -> No
     nb = open_nb(context, hub, path.name)
     page = nb.page
     # A cell leaves the page's model without a person deleting it (what the bad link did).
-    page.evaluate("() => { const nb = window.minihubNotebook; nb.cells.splice(1, 2);"
-                  " nb.changed(); }")
+    page.evaluate(
+        "() => { const nb = window.minihubNotebook; nb.cells.splice(1, 2); nb.changed(); }"
+    )
     autosave_now(page)
     page.locator("#notice.error", has_text="2 cells").wait_for()
     page.keyboard.press("Control+s")
@@ -390,7 +515,10 @@ def test_a_save_that_drops_loaded_cells_is_refused(context: Any, hub: Hub) -> No
     page.keyboard.press("Control+s")
     page.locator("#save-state:not(.dirty)").wait_for()
     assert [c["source"] for c in disk_cells(path)] == [
-        THE_ATTACK[0]["source"], THE_ATTACK[2]["source"], THE_ATTACK[3]["source"]]
+        THE_ATTACK[0]["source"],
+        THE_ATTACK[2]["source"],
+        THE_ATTACK[3]["source"],
+    ]
     page.close()
 
 

@@ -27,8 +27,9 @@ async def test_no_other_users_secret_in_a_forked_server(tmp_path, make_system_us
         for u in (a, b):
             pid[u.name], nonce = hub.server_row(u.name)
             secret[u.name] = server_secret(key, u.name, nonce).encode()
-        forkservers = [p for p in children(hub.proc.pid)
-                       if "minihub.spawner.forkserver" in cmdline(p)]
+        forkservers = [
+            p for p in children(hub.proc.pid) if "minihub.spawner.forkserver" in cmdline(p)
+        ]
         assert len(forkservers) == 1, "the servers were not forked (fork_server is the default)"
         assert pid[a.name] in children(forkservers[0])
 

@@ -50,14 +50,23 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(port: int, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Answer:
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
-        return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read(),
-                      [v.split(";", 1)[0] for k, v in r.getheaders() if k.lower() == "set-cookie"])
+        return Answer(
+            r.status,
+            {k.lower(): v for k, v in r.getheaders()},
+            r.read(),
+            [v.split(";", 1)[0] for k, v in r.getheaders() if k.lower() == "set-cookie"],
+        )
     finally:
         conn.close()
 
@@ -86,10 +95,10 @@ class RealHub:
     admin: str
     user: Any = None
 
-    def api(self, method: str, path: str, body: bytes | None = None,
-            token: str | None = None) -> Answer:
-        return call(self.port, method, "/hub/api" + path, body,
-                    tok(token or self.admin_token))
+    def api(
+        self, method: str, path: str, body: bytes | None = None, token: str | None = None
+    ) -> Answer:
+        return call(self.port, method, "/hub/api" + path, body, tok(token or self.admin_token))
 
 
 @pytest.fixture
@@ -100,11 +109,17 @@ def real_hub(tmp_path: Path, make_system_user: Any) -> Iterator[RealHub]:
     toml.write_text("[auth]\nlogin_failure_delay_seconds = 1.0\n")
     cli = [*MINIHUB, "-f", str(toml), "--data-dir", str(data)]
     for name, extra in ((boss.name, ["--admin"]), (amy.name, [])):
-        r = subprocess.run([*cli, "user", "add", name, *extra], capture_output=True, text=True,
-                           timeout=60, check=False)
+        r = subprocess.run(
+            [*cli, "user", "add", name, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert r.returncode == 0, r.stderr
-    r = subprocess.run([*cli, "token", boss.name], capture_output=True, text=True, timeout=60,
-                       check=False)
+    r = subprocess.run(
+        [*cli, "token", boss.name], capture_output=True, text=True, timeout=60, check=False
+    )
     assert r.returncode == 0, r.stderr
     token = r.stdout.strip().splitlines()[-1]
     proc = start_hub([*cli, "--port", str(port), "--log-level", "DEBUG"], port, log)
@@ -129,8 +144,18 @@ def test_the_attack_inputs_are_4xx_and_store_nothing(real_hub: RealHub) -> None:
     for path in ("/users", f"/users/{boss}/tokens", f"/users/{boss}/activity"):
         a = h.api("POST", path, deep)
         assert a.status == 400 and "deeper" in a.json()["message"], a.body[:200]
-    for value in ("1e20", "Infinity", "-Infinity", "NaN", "-1", "0", "1e400", "true", '"60"',
-                  "1" * 5000):
+    for value in (
+        "1e20",
+        "Infinity",
+        "-Infinity",
+        "NaN",
+        "-1",
+        "0",
+        "1e400",
+        "true",
+        '"60"',
+        "1" * 5000,
+    ):
         a = h.api("POST", f"/users/{boss}/tokens", b'{"expires_in": %s}' % value.encode())
         assert a.status == 400, (value, a.body[:200])
         assert_refusal_shape(a)
@@ -138,14 +163,17 @@ def test_the_attack_inputs_are_4xx_and_store_nothing(real_hub: RealHub) -> None:
     a = h.api("GET", f"/users/{boss}/tokens")
     assert a.status == 200 and len(a.json()["api_tokens"]) == len(before)
     # strict booleans: a string is not a bool, and the user is not created at all
-    for path, body in (("/users/mhhi_eve", b'{"admin": "false"}'),
-                       ("/users", b'{"usernames": ["mhhi_eve"], "admin": "false"}'),
-                       ("/users", b'{"usernames": ["mhhi_eve"], "admin": 0}'),
-                       (f"/users/{h.user.name}", b'{"admin": "true"}')):
+    for path, body in (
+        ("/users/mhhi_eve", b'{"admin": "false"}'),
+        ("/users", b'{"usernames": ["mhhi_eve"], "admin": "false"}'),
+        ("/users", b'{"usernames": ["mhhi_eve"], "admin": 0}'),
+        (f"/users/{h.user.name}", b'{"admin": "true"}'),
+    ):
         a = h.api("PATCH" if h.user.name in path else "POST", path, body)
         assert a.status == 400 and "admin must be true or false" in a.json()["message"], a.body
-    assert rows(h.db, "SELECT name, admin FROM users WHERE name IN ('mhhi_eve', 'mhhi_amy')") \
-        == [("mhhi_amy", 0)]
+    assert rows(h.db, "SELECT name, admin FROM users WHERE name IN ('mhhi_eve', 'mhhi_amy')") == [
+        ("mhhi_amy", 0)
+    ]
 
 
 @needs_root
@@ -155,9 +183,11 @@ def test_a_stored_unshowable_expiry_does_not_break_the_token_list(real_hub: Real
     uid = rows(h.db, f"SELECT id FROM users WHERE name = '{h.admin}'")[0][0]
     with sqlite3.connect(h.db) as c:
         for i, expires in enumerate((1e20 + time.time(), float("inf"))):
-            c.execute("INSERT INTO tokens (user_id, hash, prefix, note, scopes, created, expires)"
-                      " VALUES (?, ?, 'x', 'old', '[]', ?, ?)", (uid, f"h{i}", time.time(),
-                                                                 expires))
+            c.execute(
+                "INSERT INTO tokens (user_id, hash, prefix, note, scopes, created, expires)"
+                " VALUES (?, ?, 'x', 'old', '[]', ?, ?)",
+                (uid, f"h{i}", time.time(), expires),
+            )
     a = h.api("GET", f"/users/{h.admin}/tokens")
     assert a.status == 200, a.body[:300]
     old = [t for t in a.json()["api_tokens"] if t["note"] == "old"]
@@ -184,8 +214,10 @@ def _send_and_leave(port: int, head: bytes, body: bytes, wait: float) -> None:
 def test_a_client_leaving_mid_login_is_one_quiet_line(real_hub: RealHub) -> None:
     h = real_hub
     form = urlencode({"username": h.user.name, "password": "wrong"}).encode()
-    head = (b"POST /hub/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/x-www-form-urlencoded\r\n")
+    head = (
+        b"POST /hub/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+    )
     start = len(h.log.read_text(errors="replace").splitlines())
     for _ in range(3):
         # the body never arrives in full; then one that leaves while PAM and the delay run
@@ -256,14 +288,17 @@ def thread_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadHub]:
     cfg = hub_config(str(data), auth__authenticator="native")
     tokens = asyncio.run(_seed(cfg))
     port, ready, box = free_port(), threading.Event(), {}
-    t = threading.Thread(target=_serve, args=(make_app(cfg), port, ready, box),
-                         daemon=True)
+    t = threading.Thread(target=_serve, args=(make_app(cfg), port, ready, box), daemon=True)
     t.start()
     assert ready.wait(30)
     hub = ThreadHub(port, data / "minihub.sqlite", tokens)
-    r = call(port, "POST", "/hub/login", urlencode({"username": "boss",
-                                                    "password": "boss-password"}).encode(),
-             {"Content-Type": "application/x-www-form-urlencoded"})
+    r = call(
+        port,
+        "POST",
+        "/hub/login",
+        urlencode({"username": "boss", "password": "boss-password"}).encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status == 302, r.body
     hub.cookie = "; ".join(r.cookies)
     try:
@@ -288,15 +323,37 @@ def snapshot(db: Path) -> list[list[tuple[Any, ...]]]:
     return [rows(db, q) for q in _SNAPSHOT]
 
 
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-                | st.floats(allow_nan=True, allow_infinity=True)
-                | st.text(st.characters(codec=None), max_size=40)
-                | st.sampled_from(["false", "true", "0", "", "1e20", "read:users", "self",
-                                   "2024-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00",
-                                   "mhhi_x", "boss", "\ud800", "Infinity"]))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=5)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=5),
-                           max_leaves=12)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(codec=None), max_size=40)
+    | st.sampled_from(
+        [
+            "false",
+            "true",
+            "0",
+            "",
+            "1e20",
+            "read:users",
+            "self",
+            "2024-01-01T00:00:00Z",
+            "9999-12-31T23:59:59-14:00",
+            "mhhi_x",
+            "boss",
+            "\ud800",
+            "Infinity",
+        ]
+    )
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
 
 # endpoint -> (method, path template, the fields it knows)
 ENDPOINTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -328,19 +385,22 @@ def requests(draw: st.DrawFn) -> tuple[str, str, str, bytes]:
         value = {"options": 1}  # an empty body would really spawn: that is not input handling
     raw = json.dumps(value, allow_nan=True).encode()
     if draw(st.booleans()):
-        raw = json.dumps(value, allow_nan=True, ensure_ascii=False).encode("utf-8",
-                                                                             "surrogatepass")
+        raw = json.dumps(value, allow_nan=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
     new = draw(st.text(st.characters(codec="ascii"), min_size=1, max_size=40))
     return method, path.replace("{new}", quote(new, safe="")), who, raw
 
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
-def check(hub: ThreadHub, method: str, path: str, headers: dict[str, str],
-          body: bytes | None) -> Answer:
+def check(
+    hub: ThreadHub, method: str, path: str, headers: dict[str, str], body: bytes | None
+) -> Answer:
     """Send; a 5xx fails; a 4xx must have the error shape and leave the store as it was."""
     before = snapshot(hub.db)
     a = call(hub.port, method, path, body, headers)
@@ -355,7 +415,8 @@ def check(hub: ThreadHub, method: str, path: str, headers: dict[str, str],
 @FUZZ
 @given(req=requests())
 def test_random_json_bodies_are_never_5xx_and_refusals_store_nothing(
-        thread_hub: ThreadHub, req: tuple[str, str, str, bytes]) -> None:
+    thread_hub: ThreadHub, req: tuple[str, str, str, bytes]
+) -> None:
     method, path, who, raw = req
     hub = thread_hub
     path = path.replace("{me}", who).replace("{victim}", hub.victim[0])
@@ -365,30 +426,61 @@ def test_random_json_bodies_are_never_5xx_and_refusals_store_nothing(
 
 
 @FUZZ
-@given(raw=st.binary(max_size=300) | st.sampled_from([
-    b"[" * 40 + b"]" * 40, b'{"a":' * 40 + b"1" + b"}" * 40, b"\xff\xfe{}", b'{"a": 1e999}',
-    b'{"note": "\\ud800"}', b"{" * 10_000, b'"' + b"\\" * 1000, b"1" * 5000, b"-0",
-]), path=st.sampled_from(["/hub/api/users", "/hub/api/users/boss/tokens",
-                          "/hub/api/users/boss/activity", "/hub/api/users/vic",
-                          "/hub/api/users/boss/server"]),
-    method=st.sampled_from(["POST", "PATCH", "DELETE"]))
-def test_random_bytes_as_bodies(thread_hub: ThreadHub, raw: bytes, path: str,
-                                method: str) -> None:
+@given(
+    raw=st.binary(max_size=300)
+    | st.sampled_from(
+        [
+            b"[" * 40 + b"]" * 40,
+            b'{"a":' * 40 + b"1" + b"}" * 40,
+            b"\xff\xfe{}",
+            b'{"a": 1e999}',
+            b'{"note": "\\ud800"}',
+            b"{" * 10_000,
+            b'"' + b"\\" * 1000,
+            b"1" * 5000,
+            b"-0",
+        ]
+    ),
+    path=st.sampled_from(
+        [
+            "/hub/api/users",
+            "/hub/api/users/boss/tokens",
+            "/hub/api/users/boss/activity",
+            "/hub/api/users/vic",
+            "/hub/api/users/boss/server",
+        ]
+    ),
+    method=st.sampled_from(["POST", "PATCH", "DELETE"]),
+)
+def test_random_bytes_as_bodies(thread_hub: ThreadHub, raw: bytes, path: str, method: str) -> None:
     if path.endswith("/server") and method == "POST" and raw.strip() in (b"", b"{}", b"null"):
-        raw = b"{\"x\": 1}"
+        raw = b'{"x": 1}'
     path = path.replace("/vic", "/" + thread_hub.victim[0])
     a = check(thread_hub, method, path, tok(thread_hub.tokens["boss"]), raw)
     if method == "PATCH" and a.status == 200:
         thread_hub.victim[0] = a.json()["name"]
 
 
-queries = st.dictionaries(st.sampled_from(["offset", "limit", "state", "client_id",
-                                           "redirect_uri", "response_type", "code_challenge",
-                                           "code_challenge_method", "scope", "state"])
-                          | st.text(max_size=8),
-                          st.text(st.characters(codec=None), max_size=30)
-                          | st.sampled_from(["-1", "0", "1" * 30, "١٢", "ready", "S256"]),
-                          max_size=5)
+queries = st.dictionaries(
+    st.sampled_from(
+        [
+            "offset",
+            "limit",
+            "state",
+            "client_id",
+            "redirect_uri",
+            "response_type",
+            "code_challenge",
+            "code_challenge_method",
+            "scope",
+            "state",
+        ]
+    )
+    | st.text(max_size=8),
+    st.text(st.characters(codec=None), max_size=30)
+    | st.sampled_from(["-1", "0", "1" * 30, "١٢", "ready", "S256"]),
+    max_size=5,
+)
 
 
 def _qs(q: dict[str, str]) -> str:
@@ -396,10 +488,14 @@ def _qs(q: dict[str, str]) -> str:
 
 
 @FUZZ
-@given(q=queries, path=st.sampled_from(["/hub/api/users", "/hub/api/oauth2/authorize"]),
-       cookie=st.booleans())
-def test_random_query_parameters(thread_hub: ThreadHub, q: dict[str, str], path: str,
-                                 cookie: bool) -> None:
+@given(
+    q=queries,
+    path=st.sampled_from(["/hub/api/users", "/hub/api/oauth2/authorize"]),
+    cookie=st.booleans(),
+)
+def test_random_query_parameters(
+    thread_hub: ThreadHub, q: dict[str, str], path: str, cookie: bool
+) -> None:
     headers = {"Cookie": thread_hub.cookie} if cookie else tok(thread_hub.tokens["boss"])
     check(thread_hub, "GET", f"{path}?{_qs(q)}", headers, None)
 
@@ -408,11 +504,15 @@ names_in_paths = st.text(st.characters(codec=None), min_size=1, max_size=80)
 
 
 @FUZZ
-@given(name=names_in_paths, tid=st.text(max_size=30),
-       tail=st.sampled_from(["", "/tokens", "/tokens/{tid}", "/server", "/server/progress"]),
-       method=st.sampled_from(["GET", "DELETE"]))
-def test_random_names_and_ids_in_paths(thread_hub: ThreadHub, name: str, tid: str,
-                                       tail: str, method: str) -> None:
+@given(
+    name=names_in_paths,
+    tid=st.text(max_size=30),
+    tail=st.sampled_from(["", "/tokens", "/tokens/{tid}", "/server", "/server/progress"]),
+    method=st.sampled_from(["GET", "DELETE"]),
+)
+def test_random_names_and_ids_in_paths(
+    thread_hub: ThreadHub, name: str, tid: str, tail: str, method: str
+) -> None:
     if name.lower().strip() in ("boss", thread_hub.victim[0]) and method == "DELETE":
         return  # deleting a real user or its server is a success, not input handling
     enc = quote(name.encode("utf-8", "surrogatepass"), safe="")
@@ -420,27 +520,49 @@ def test_random_names_and_ids_in_paths(thread_hub: ThreadHub, name: str, tid: st
     check(thread_hub, method, path, tok(thread_hub.tokens["boss"]), None)
 
 
-forms = st.dictionaries(st.sampled_from(["grant_type", "code", "client_id", "client_secret",
-                                         "redirect_uri", "code_verifier"]) | st.text(max_size=8),
-                        st.text(st.characters(codec=None), max_size=40)
-                        | st.just("authorization_code"), max_size=6)
+forms = st.dictionaries(
+    st.sampled_from(
+        ["grant_type", "code", "client_id", "client_secret", "redirect_uri", "code_verifier"]
+    )
+    | st.text(max_size=8),
+    st.text(st.characters(codec=None), max_size=40) | st.just("authorization_code"),
+    max_size=6,
+)
 
 
 @FUZZ
-@given(form=forms, ctype=st.sampled_from([
-    "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=bogus",
-    "application/x-www-form-urlencoded; charset=utf-16", "multipart/form-data; boundary=zz",
-    "multipart/form-data", "application/json", "text/plain"]),
-       auth=st.none() | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e),
-                                max_size=40).map(lambda t: "Basic " + t)
-       | st.binary(max_size=40).map(lambda b: "Basic " + base64.b64encode(b).decode()))
-def test_random_oauth_token_requests(thread_hub: ThreadHub, form: dict[str, str], ctype: str,
-                                     auth: str | None) -> None:
+@given(
+    form=forms,
+    ctype=st.sampled_from(
+        [
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=bogus",
+            "application/x-www-form-urlencoded; charset=utf-16",
+            "multipart/form-data; boundary=zz",
+            "multipart/form-data",
+            "application/json",
+            "text/plain",
+        ]
+    ),
+    auth=st.none()
+    | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+        lambda t: "Basic " + t
+    )
+    | st.binary(max_size=40).map(lambda b: "Basic " + base64.b64encode(b).decode()),
+)
+def test_random_oauth_token_requests(
+    thread_hub: ThreadHub, form: dict[str, str], ctype: str, auth: str | None
+) -> None:
     headers = {"Content-Type": ctype, **({"Authorization": auth} if auth else {})}
     if ctype.startswith("multipart") and "boundary" in ctype:
-        raw = b"".join(b'--zz\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
-            k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass"))
-            for k, v in form.items()) + b"--zz--\r\n"
+        raw = (
+            b"".join(
+                b'--zz\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+                % (k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass"))
+                for k, v in form.items()
+            )
+            + b"--zz--\r\n"
+        )
     else:
         raw = _qs(form).encode()
     a = check(thread_hub, "POST", "/hub/api/oauth2/token", headers, raw)

@@ -72,7 +72,8 @@ async def test_fork_bomb_stops_at_the_limit_and_others_carry_on(tmp_path, make_s
                 return out, r.status
 
             bomb, (out, status) = await asyncio.gather(
-                execute(s_b, hub, bomber.name, k_b, FORK_BOMB), others_meanwhile())
+                execute(s_b, hub, bomber.name, k_b, FORK_BOMB), others_meanwhile()
+            )
             words = bomb.split()
             assert words[0] == "forked" and words[-1] == "BlockingIOError", bomb
             assert 0 < int(words[1]) < 64
@@ -88,7 +89,8 @@ async def test_fork_bomb_stops_at_the_limit_and_others_carry_on(tmp_path, make_s
 
 @needs_root
 async def test_kernel_output_cannot_grow_the_log_past_the_cap_even_with_the_hub_down(
-        tmp_path, make_system_user):
+    tmp_path, make_system_user
+):
     u = make_system_user("mhli_flood")
     cap = 256 << 10
     toml = f"[spawner]\nlog_max_bytes = {cap}\n"

@@ -31,8 +31,21 @@ def real_hub(tmp_path: Path, toml: str, hub: str = "") -> Iterator[tuple[str, Pa
     cfg = tmp_path / "hub.toml"
     cfg.write_text(f"[hub]\ncleanup_servers = true\n{hub}\n{toml}")
     log = tmp_path / "hub.log"
-    proc = start_hub([*MINIHUB, "-f", str(cfg), "--data-dir", str(tmp_path / "data"),
-                      "--port", str(port), "--log-level", "DEBUG"], port, log)
+    proc = start_hub(
+        [
+            *MINIHUB,
+            "-f",
+            str(cfg),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(port),
+            "--log-level",
+            "DEBUG",
+        ],
+        port,
+        log,
+    )
     try:
         yield f"http://127.0.0.1:{port}", log
     finally:
@@ -46,17 +59,24 @@ def real_hub(tmp_path: Path, toml: str, hub: str = "") -> Iterator[tuple[str, Pa
 
 def client(source: str = "127.0.0.1") -> aiohttp.ClientSession:
     """A browser-like client connecting from `source` (any 127.x address works on Linux)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)),
-                                 cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                 timeout=aiohttp.ClientTimeout(total=60))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(source, 0)),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        timeout=aiohttp.ClientTimeout(total=60),
+    )
 
 
-async def post_login(s: aiohttp.ClientSession, base: str, name: str, password: str,
-                     via: str | None = None) -> tuple[int, dict[str, str], str]:
+async def post_login(
+    s: aiohttp.ClientSession, base: str, name: str, password: str, via: str | None = None
+) -> tuple[int, dict[str, str], str]:
     """One login form post; `via`: the client address a trusted proxy would forward."""
     headers = {"X-Forwarded-For": via} if via else {}
-    async with s.post(f"{base}/hub/login", data={"username": name, "password": password},
-                      headers=headers, allow_redirects=False) as r:
+    async with s.post(
+        f"{base}/hub/login",
+        data={"username": name, "password": password},
+        headers=headers,
+        allow_redirects=False,
+    ) as r:
         return r.status, dict(r.headers), await r.text()
 
 
@@ -71,17 +91,28 @@ uid_min = 0
 
 
 # --- how addresses are counted ----------------------------------------------------------------
-@pytest.mark.parametrize("a, b", [
-    ("127.0.0.1", "127.4.5.6"), ("127.0.0.1", "::1"), ("127.0.0.9", "::ffff:127.0.0.1"),
-    ("2001:db8::1", "2001:db8::ffff:1"), ("192.0.2.7", "::ffff:192.0.2.7"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("127.0.0.1", "127.4.5.6"),
+        ("127.0.0.1", "::1"),
+        ("127.0.0.9", "::ffff:127.0.0.1"),
+        ("2001:db8::1", "2001:db8::ffff:1"),
+        ("192.0.2.7", "::ffff:192.0.2.7"),
+    ],
+)
 def test_same_group(a: str, b: str) -> None:
     assert address_group(a) == address_group(b)
 
 
-@pytest.mark.parametrize("a, b", [
-    ("192.0.2.7", "192.0.2.8"), ("2001:db8::1", "2001:db8:0:1::1"), ("127.0.0.1", "10.0.0.1"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("192.0.2.7", "192.0.2.8"),
+        ("2001:db8::1", "2001:db8:0:1::1"),
+        ("127.0.0.1", "10.0.0.1"),
+    ],
+)
 def test_different_group(a: str, b: str) -> None:
     assert address_group(a) != address_group(b)
 
@@ -109,15 +140,17 @@ async def test_failures_elsewhere_never_lock_out_the_right_password(tmp_path, ma
         async with client() as s:
             seen = set()
             for i in range(15):  # the old hub locked the name for 300 s after 10 of these
-                status, headers, text = await post_login(s, base, victim.name, f"guess-{i}",
-                                                         via="203.0.113.66")
+                status, headers, text = await post_login(
+                    s, base, victim.name, f"guess-{i}", via="203.0.113.66"
+                )
                 seen.add(status)
                 if status == 429:
                     assert int(headers["Retry-After"]) >= 1 and "Try again in" in text
             assert seen == {403, 429}  # the guessing address was made to wait
             # the owner, from her own address, gets straight in
-            status, _, _ = await post_login(s, base, victim.name, victim.password,
-                                            via="198.51.100.23")
+            status, _, _ = await post_login(
+                s, base, victim.name, victim.password, via="198.51.100.23"
+            )
             assert status == 302
 
 
@@ -128,8 +161,10 @@ async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(tmp_path, ma
     # no trusted proxy: a forged X-Forwarded-For per request must not make fresh addresses
     with real_hub(tmp_path, PAM_HUB) as (base, _):
         async with client() as s:
-            statuses = [(await post_login(s, base, victim.name, f"guess-{i}",
-                                          via=f"198.51.100.{i}"))[0] for i in range(6)]
+            statuses = [
+                (await post_login(s, base, victim.name, f"guess-{i}", via=f"198.51.100.{i}"))[0]
+                for i in range(6)
+            ]
             assert statuses[:3] == [403] * 3 and 429 in statuses[3:]
             # backing off is per (name, address): another name from here still gets in
             assert (await post_login(s, base, other.name, other.password))[0] == 302
@@ -151,8 +186,7 @@ async def test_every_loopback_address_is_one_address(tmp_path, make_system_user)
 
 
 @needs_root
-async def test_behind_a_nat_one_guesser_does_not_shut_out_the_others(tmp_path,
-                                                                      make_system_user):
+async def test_behind_a_nat_one_guesser_does_not_shut_out_the_others(tmp_path, make_system_user):
     victim = make_system_user("mhlk_nat1")
     neighbour = make_system_user("mhlk_nat2")
     with real_hub(tmp_path, PAM_HUB, TRUST_LOOPBACK_PROXY) as (base, _):
@@ -160,5 +194,6 @@ async def test_behind_a_nat_one_guesser_does_not_shut_out_the_others(tmp_path,
             nat = "192.0.2.200"
             for i in range(8):  # under the per-address allowance, over the per-pair one
                 await post_login(s, base, victim.name, f"guess-{i}", via=nat)
-            assert (await post_login(s, base, neighbour.name, neighbour.password,
-                                     via=nat))[0] == 302
+            assert (await post_login(s, base, neighbour.name, neighbour.password, via=nat))[
+                0
+            ] == 302

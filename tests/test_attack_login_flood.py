@@ -26,8 +26,9 @@ WORKERS = 24
 MAX_PER_WORKER = 400  # bounds the flood even if the stop signal never came
 
 
-async def flood_worker(i: int, base: str, name: str, stop: asyncio.Event,
-                       seen: Counter[str]) -> None:
+async def flood_worker(
+    i: int, base: str, name: str, stop: asyncio.Event, seen: Counter[str]
+) -> None:
     via = f"203.0.113.{i}" if i % 2 else None  # half through the proxy, half direct
     async with client(f"127.0.{1 + i // 200}.{1 + i % 200}") as s:
         for n in range(MAX_PER_WORKER):
@@ -58,20 +59,24 @@ async def test_flood_is_turned_away_and_everyone_else_carries_on(tmp_path, make_
     other = make_system_user("mhfl_other")
     with real_hub(tmp_path, FLOOD_HUB, 'trusted_proxies = ["127.0.0.1"]') as (base, log):
         stop, seen = asyncio.Event(), Counter[str]()
-        flood = [asyncio.create_task(flood_worker(i, base, victim.name, stop, seen))
-                 for i in range(WORKERS)]
+        flood = [
+            asyncio.create_task(flood_worker(i, base, victim.name, stop, seen))
+            for i in range(WORKERS)
+        ]
         try:
             assert await wait_for(seen, "429", 20) and await wait_for(seen, "403", 5)
             async with client() as s:
                 # another user logs in (from their own address), uses the API, spawns
-                status, _, _ = await post_login(s, base, other.name, other.password,
-                                                via="198.51.100.7")
+                status, _, _ = await post_login(
+                    s, base, other.name, other.password, via="198.51.100.7"
+                )
                 assert status == 302
                 async with s.get(f"{base}/hub/api/user") as r:
                     assert r.status == 200 and (await r.json())["name"] == other.name
                 xsrf = next(c.value for c in s.cookie_jar if c.key == "_xsrf")
-                async with s.post(f"{base}/hub/api/users/{other.name}/server",
-                                  headers={"X-XSRFToken": xsrf}) as r:
+                async with s.post(
+                    f"{base}/hub/api/users/{other.name}/server", headers={"X-XSRFToken": xsrf}
+                ) as r:
                     assert r.status in (201, 202), await r.text()
                 ready = False
                 for _ in range(150):
@@ -84,8 +89,9 @@ async def test_flood_is_turned_away_and_everyone_else_carries_on(tmp_path, make_
                 async with s.get(f"{base}/user/{other.name}/api/status") as r:
                     assert r.status == 200  # through the proxy
             async with client() as s:  # the flooded name's owner is not locked out
-                status, _, _ = await post_login(s, base, victim.name, victim.password,
-                                                via="198.51.100.8")
+                status, _, _ = await post_login(
+                    s, base, victim.name, victim.password, via="198.51.100.8"
+                )
                 assert status == 302
             assert not all(t.done() for t in flood)  # all of that happened during the flood
         finally:

@@ -22,8 +22,10 @@ DELAY = 3.0  # long beside a correct login (tens of ms), so the order of answers
 
 
 def hub_toml(kind: str) -> str:
-    return (f'[auth]\nauthenticator = "{kind}"\nlogin_failure_delay_seconds = {DELAY}\n'
-            "[spawner]\nuid_min = 0\n")
+    return (
+        f'[auth]\nauthenticator = "{kind}"\nlogin_failure_delay_seconds = {DELAY}\n'
+        "[spawner]\nuid_min = 0\n"
+    )
 
 
 async def logged(log: Path, needles: list[str]) -> bool:
@@ -39,9 +41,25 @@ async def logged(log: Path, needles: list[str]) -> bool:
 def native_user(tmp_path: Path, name: str, password: str) -> None:
     cfg = tmp_path / "hub.toml"
     cfg.write_text(hub_toml("native"))
-    subprocess.run([sys.executable, "-m", "minihub", "-f", str(cfg), "--data-dir",
-                    str(tmp_path / "data"), "user", "add", name], input=password + "\n",
-                   text=True, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minihub",
+            "-f",
+            str(cfg),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "user",
+            "add",
+            name,
+        ],
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @needs_root
@@ -57,14 +75,16 @@ async def test_unknown_name_and_wrong_password_answer_alike(tmp_path, make_syste
             unknown = asyncio.create_task(post_login(s1, base, "mhtm_nosuch", "wrong-pass-1"))
             wrong = asyncio.create_task(post_login(s2, base, known.name, "wrong-pass-1"))
             # both checks are over (the hub logs a failure before it waits to answer) ...
-            assert await logged(log, ["failed login for mhtm_nosuch",
-                                      f"failed login for {known.name}"])
+            assert await logged(
+                log, ["failed login for mhtm_nosuch", f"failed login for {known.name}"]
+            )
             # ... yet neither is answered, while a correct login started later is
             status, _, _ = await post_login(s3, base, other.name, other.password)
             assert status == 302
             assert not unknown.done() and not wrong.done()
-            (s_unknown, _, body_unknown), (s_wrong, _, body_wrong) = \
-                await asyncio.gather(unknown, wrong)
+            (s_unknown, _, body_unknown), (s_wrong, _, body_wrong) = await asyncio.gather(
+                unknown, wrong
+            )
         assert s_unknown == s_wrong == 403
         assert body_unknown.replace("mhtm_nosuch", known.name) == body_wrong
         text = log.read_text()

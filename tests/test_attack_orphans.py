@@ -27,8 +27,10 @@ from minihub import procfs
 def _rows(data: Path) -> list[tuple[str, int]]:
     db = sqlite3.connect(f"file:{data / 'minihub.sqlite'}?mode=ro", uri=True)
     try:
-        return [(str(r[0]), int(json.loads(r[1])["pid"]))
-                for r in db.execute("SELECT status, state FROM servers")]
+        return [
+            (str(r[0]), int(json.loads(r[1])["pid"]))
+            for r in db.execute("SELECT status, state FROM servers")
+        ]
     finally:
         db.close()
 
@@ -52,11 +54,22 @@ async def _kernel_pid(s: aiohttp.ClientSession, base: str, user: str) -> int:
     msg_id = uuid.uuid4().hex
     out = ""
     async with s.ws_connect(url) as ws:
-        await ws.send_json({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "",
-                       "session": session, "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": "import os; print(os.getpid())", "silent": False}})
+        await ws.send_json(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "",
+                    "session": session,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {"code": "import os; print(os.getpid())", "silent": False},
+            }
+        )
         async with asyncio.timeout(60):
             async for m in ws:
                 msg = json.loads(m.data)
@@ -72,10 +85,15 @@ async def _kernel_pid(s: aiohttp.ClientSession, base: str, user: str) -> int:
 def _hub(tmp_path: Path, name: str, *extra: str) -> tuple[list[str], int, Path, str]:
     data, port = tmp_path / "data", free_port()
     cmd = [*MINIHUB, "--data-dir", str(data), "--port", str(port), *extra]
-    assert subprocess.run([*MINIHUB, "--data-dir", str(data), "user", "add", name],
-                          capture_output=True).returncode == 0
-    token = subprocess.run([*MINIHUB, "--data-dir", str(data), "token", name],
-                           capture_output=True, text=True).stdout.strip()
+    assert (
+        subprocess.run(
+            [*MINIHUB, "--data-dir", str(data), "user", "add", name], capture_output=True
+        ).returncode
+        == 0
+    )
+    token = subprocess.run(
+        [*MINIHUB, "--data-dir", str(data), "token", name], capture_output=True, text=True
+    ).stdout.strip()
     return cmd, port, data, token
 
 
@@ -102,8 +120,7 @@ async def test_a_dead_servers_kernels_go_with_it(tmp_path, make_system_user):
             [(state, server)] = _rows(data)
             assert state == "running" and _alive(kernel) and _alive(server)
             # The user kills her own server (the OOM killer would do the same).
-            subprocess.run(["runuser", "-u", u.name, "--", "kill", "-9", str(server)],
-                           check=True)
+            subprocess.run(["runuser", "-u", u.name, "--", "kill", "-9", str(server)], check=True)
             assert await _until(lambda: not _alive(kernel), 15), "the kernel outlived its server"
             model = await (await s.get(f"{base}/hub/api/users/{u.name}")).json()
             assert model["server"] is None and _rows(data) == []
@@ -117,21 +134,19 @@ async def test_a_dead_servers_kernels_go_with_it(tmp_path, make_system_user):
     assert "Traceback" not in log.read_text()
 
 
-SLOW_SERVER = (
-    "import time; time.sleep(60)"  # a server that takes its time to become ready
-)
+SLOW_SERVER = "import time; time.sleep(60)"  # a server that takes its time to become ready
 
 
 @needs_root
-async def test_a_hub_killed_mid_spawn_stops_that_server_when_it_returns(
-        tmp_path, make_system_user):
+async def test_a_hub_killed_mid_spawn_stops_that_server_when_it_returns(tmp_path, make_system_user):
     u = make_system_user("mhor_dup")
     cmd, port, data, token = _hub(tmp_path, u.name)
     python = cmd[0]
     cfg = tmp_path / "minihub.toml"
-    cfg.write_text(f"[spawner]\ncmd = {json.dumps([python, '-c', SLOW_SERVER])}\n"
-                   "start_timeout = 120\n")
-    cmd = [*MINIHUB, "-f", str(cfg), *cmd[len(MINIHUB):]]
+    cfg.write_text(
+        f"[spawner]\ncmd = {json.dumps([python, '-c', SLOW_SERVER])}\nstart_timeout = 120\n"
+    )
+    cmd = [*MINIHUB, "-f", str(cfg), *cmd[len(MINIHUB) :]]
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     base = f"http://127.0.0.1:{port}"

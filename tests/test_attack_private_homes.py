@@ -19,9 +19,16 @@ from conftest import needs_root
 from spawn_attack import execute, h, new_kernel, running_hub, start_server, stop_server
 
 NEW = "mhph_new"  # made by the hub itself (create_system_users)
-NOTEBOOK = {"type": "notebook", "format": "json", "content": {
-    "nbformat": 4, "nbformat_minor": 5, "metadata": {},
-    "cells": [{"cell_type": "markdown", "id": "a1", "metadata": {}, "source": "exam answers"}]}}
+NOTEBOOK = {
+    "type": "notebook",
+    "format": "json",
+    "content": {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [{"cell_type": "markdown", "id": "a1", "metadata": {}, "source": "exam answers"}],
+    },
+}
 
 
 @pytest.fixture
@@ -40,14 +47,16 @@ async def save_work(s: aiohttp.ClientSession, base: str, name: str) -> None:
     api = f"{base}/user/{name}/api/contents"
     assert (await s.put(f"{api}/answers.ipynb", json=NOTEBOOK)).status in (200, 201)
     assert (await s.post(f"{api}/answers.ipynb/checkpoints")).status == 201
-    upload = {"type": "file", "format": "base64",
-              "content": base64.b64encode(b"secret data").decode()}
+    upload = {
+        "type": "file",
+        "format": "base64",
+        "content": base64.b64encode(b"secret data").decode(),
+    }
     assert (await s.put(f"{api}/upload.csv", json=upload)).status in (200, 201)
 
 
 @needs_root
-async def test_students_cannot_read_each_others_notebooks(tmp_path, make_system_user,
-                                                          new_account):
+async def test_students_cannot_read_each_others_notebooks(tmp_path, make_system_user, new_account):
     old = make_system_user("mhph_old")  # useradd -m on Debian: home 0755
     assert mode(old.home) == 0o755
     toml = "[users]\ncreate_system_users = true\n"
@@ -62,27 +71,49 @@ async def test_students_cannot_read_each_others_notebooks(tmp_path, make_system_
             await save_work(s_old, hub.base, old.name)
             await save_work(s_new, hub.base, NEW)
             k_old = await new_kernel(s_old, hub, old.name)
-            out = await execute(s_old, hub, old.name, k_old,
-                                "open('from_kernel.txt', 'w').write('x'); import os; "
-                                "os.mkdir('folder'); print('wrote')")
+            out = await execute(
+                s_old,
+                hub,
+                old.name,
+                k_old,
+                "open('from_kernel.txt', 'w').write('x'); import os; "
+                "os.mkdir('folder'); print('wrote')",
+            )
             assert "wrote" in out
-            for f in ("answers.ipynb", ".ipynb_checkpoints/answers-checkpoint.ipynb",
-                      "upload.csv", "from_kernel.txt"):
+            for f in (
+                "answers.ipynb",
+                ".ipynb_checkpoints/answers-checkpoint.ipynb",
+                "upload.csv",
+                "from_kernel.txt",
+            ):
                 assert mode(os.path.join(old.home, f)) == 0o600, f
             assert mode(os.path.join(old.home, "folder")) == 0o700
 
             # The other student's kernel tries both homes: the open one and the private one.
             k_new = await new_kernel(s_new, hub, NEW)
-            probe = ("import os\nfor p in {paths!r}:\n    try:\n        open(p).read()\n"
-                     "        print('READ', p)\n    except OSError as e:\n"
-                     "        print('DENIED', type(e).__name__)\n")
-            paths = [os.path.join(old.home, f) for f in
-                     ("answers.ipynb", ".ipynb_checkpoints/answers-checkpoint.ipynb",
-                      "upload.csv", "from_kernel.txt")]
+            probe = (
+                "import os\nfor p in {paths!r}:\n    try:\n        open(p).read()\n"
+                "        print('READ', p)\n    except OSError as e:\n"
+                "        print('DENIED', type(e).__name__)\n"
+            )
+            paths = [
+                os.path.join(old.home, f)
+                for f in (
+                    "answers.ipynb",
+                    ".ipynb_checkpoints/answers-checkpoint.ipynb",
+                    "upload.csv",
+                    "from_kernel.txt",
+                )
+            ]
             out = await execute(s_new, hub, NEW, k_new, probe.format(paths=paths))
             assert "READ" not in out and out.count("DENIED PermissionError") == 4, out
-            out = await execute(s_old, hub, old.name, k_old,
-                                probe.format(paths=[os.path.join(new_home, "answers.ipynb")]))
+            out = await execute(
+                s_old,
+                hub,
+                old.name,
+                k_old,
+                probe.format(paths=[os.path.join(new_home, "answers.ipynb")]),
+            )
             assert "READ" not in out and "DENIED PermissionError" in out, out
             for name, s in ((old.name, s_old), (NEW, s_new)):
                 await stop_server(s, hub, name)

@@ -29,10 +29,14 @@ uid_min = 0
 """
 
 
-async def sign_up(s: aiohttp.ClientSession, base: str, name: str,
-                  password: str = "stranger-pass-1") -> tuple[int, str]:
-    async with s.post(f"{base}/hub/signup", allow_redirects=False, data={
-            "username": name, "password": password, "password2": password}) as r:
+async def sign_up(
+    s: aiohttp.ClientSession, base: str, name: str, password: str = "stranger-pass-1"
+) -> tuple[int, str]:
+    async with s.post(
+        f"{base}/hub/signup",
+        allow_redirects=False,
+        data={"username": name, "password": password, "password2": password},
+    ) as r:
         return r.status, await r.text()
 
 
@@ -108,8 +112,9 @@ async def test_a_new_name_gets_its_own_new_account_and_server(tmp_path):
                 assert (await sign_up(s, base, name))[0] == 409  # and only once
                 assert (await post_login(s, base, name, "stranger-pass-1"))[0] == 302
                 xsrf = next(c.value for c in s.cookie_jar if c.key == "_xsrf")
-                async with s.post(f"{base}/hub/api/users/{name}/server",
-                                  headers={"X-XSRFToken": xsrf}) as r:
+                async with s.post(
+                    f"{base}/hub/api/users/{name}/server", headers={"X-XSRFToken": xsrf}
+                ) as r:
                     assert r.status in (201, 202), await r.text()
                 ready = False
                 for _ in range(150):
@@ -126,8 +131,7 @@ async def test_a_new_name_gets_its_own_new_account_and_server(tmp_path):
 
 
 @needs_root
-async def test_root_hub_without_create_system_users_offers_no_signup(tmp_path,
-                                                                    make_system_user):
+async def test_root_hub_without_create_system_users_offers_no_signup(tmp_path, make_system_user):
     """Without it a signed-up name would wait for an account of its name to appear, and get
     whoever's that turned out to be: sign-up stays closed and the log says why."""
     toml = SIGNUP_HUB.replace("create_system_users = true", "create_system_users = false")

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
 from conftest import needs_root
-from minihub.errors import HubError
-from minihub.proxy import Proxy, Upstream, normalise_path
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
+
+from minihub.errors import HubError
+from minihub.proxy import Proxy, Upstream, normalise_path
 
 SECRET = "the-secret"
 PROOF = "the-proof"
@@ -65,10 +64,17 @@ def genuine_app() -> web.Application:
     async def cookies(request: web.Request) -> web.Response:
         assert request.headers.get("X-Minihub-Secret") == SECRET
         resp = web.Response(text="ok", headers={"X-Minihub-Proof": PROOF})
-        for value in ("own=1; Path=/user/x/", "bare=1", "exact=1; Path=/user/x",
-                      "root=1; Path=/", "hub=1; Path=/hub/", "sibling=1; Path=/user/xy/",
-                      "wide=1; Domain=example.org; Path=/user/x/", "minihub-session=evil",
-                      "PATHLESS=1; path=/user/x/lab"):
+        for value in (
+            "own=1; Path=/user/x/",
+            "bare=1",
+            "exact=1; Path=/user/x",
+            "root=1; Path=/",
+            "hub=1; Path=/hub/",
+            "sibling=1; Path=/user/xy/",
+            "wide=1; Domain=example.org; Path=/user/x/",
+            "minihub-session=evil",
+            "PATHLESS=1; path=/user/x/lab",
+        ):
             resp.headers.add("Set-Cookie", value)
         return resp
 
@@ -89,8 +95,12 @@ def hub_app(upstream: Upstream) -> web.Application:
 
     async def route(request: web.Request) -> web.StreamResponse:
         return await request.app[proxy_key].forward(
-            request, upstream, path=normalise_path(request.raw_path),
-            strip_cookies={"minihub-session"}, cookie_path="/user/x/")
+            request,
+            upstream,
+            path=normalise_path(request.raw_path),
+            strip_cookies={"minihub-session"},
+            cookie_path="/user/x/",
+        )
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[proxy_key] = Proxy(connect_timeout=5, read_timeout=10)
@@ -104,8 +114,9 @@ def hub_app(upstream: Upstream) -> web.Application:
 
 
 async def test_answers_without_the_proof_are_refused(
-        aiohttp_server: Callable[..., Awaitable[TestServer]],
-        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
     seen: list[str] = []
     squatter = await aiohttp_server(squatter_app(seen), host="127.0.0.1")
     assert squatter.port is not None
@@ -118,15 +129,22 @@ async def test_answers_without_the_proof_are_refused(
         assert "stopped" in (await r.json())["message"]
     assert seen and all(s == SECRET for s in seen)  # it learnt the secret, and it did not help
     key = base64.b64encode(os.urandom(16)).decode()
-    r = await hub.get("/user/x/api/kernels/k/channels", headers={
-        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": key})
+    r = await hub.get(
+        "/user/x/api/kernels/k/channels",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": key,
+        },
+    )
     assert r.status == 502 and MARKER not in await r.text()
 
 
 async def test_a_server_sets_cookies_only_for_its_own_path(
-        aiohttp_server: Callable[..., Awaitable[TestServer]],
-        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
     server = await aiohttp_server(genuine_app(), host="127.0.0.1")
     assert server.port is not None
     hub = await aiohttp_client(hub_app(Upstream("127.0.0.1", server.port, SECRET, PROOF)))
@@ -138,15 +156,19 @@ async def test_a_server_sets_cookies_only_for_its_own_path(
 
 
 async def test_websocket_handshake_without_a_key_is_the_clients_fault(
-        aiohttp_server: Callable[..., Awaitable[TestServer]],
-        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
     server = await aiohttp_server(genuine_app(), host="127.0.0.1")
     assert server.port is not None
     hub = await aiohttp_client(hub_app(Upstream("127.0.0.1", server.port, SECRET, PROOF)))
     base = {"Upgrade": "websocket", "Connection": "Upgrade"}
-    for extra in ({}, {"Sec-WebSocket-Version": "13"},
-                  {"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"},
-                  {"Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": "A" * 22 + "=="}):
+    for extra in (
+        {},
+        {"Sec-WebSocket-Version": "13"},
+        {"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"},
+        {"Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": "A" * 22 + "=="},
+    ):
         r = await hub.get("/user/x/ws", headers={**base, **extra})
         assert r.status == 400, extra
         assert "websocket" in (await r.json())["message"].lower()
@@ -211,10 +233,15 @@ async def test_killing_the_server_and_taking_its_port_gets_nothing(tmp_path, mak
     u = make_system_user("mhsq_eve")
     data, port = tmp_path / "data", free_port()
     cmd = [*MINIHUB, "--data-dir", str(data), "--port", str(port)]
-    assert subprocess.run([*MINIHUB, "--data-dir", str(data), "user", "add", u.name],
-                          capture_output=True).returncode == 0
-    token = subprocess.run([*MINIHUB, "--data-dir", str(data), "token", u.name],
-                           capture_output=True, text=True).stdout.strip()
+    assert (
+        subprocess.run(
+            [*MINIHUB, "--data-dir", str(data), "user", "add", u.name], capture_output=True
+        ).returncode
+        == 0
+    )
+    token = subprocess.run(
+        [*MINIHUB, "--data-dir", str(data), "token", u.name], capture_output=True, text=True
+    ).stdout.strip()
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     base = f"http://127.0.0.1:{port}"
@@ -232,8 +259,21 @@ async def test_killing_the_server_and_taking_its_port_gets_nothing(tmp_path, mak
             pid, server_port = _server_row(data)
             # Eve, as herself: kill her own server and bind its port at once.
             squat = subprocess.Popen(
-                ["runuser", "-u", u.name, "--", "/usr/bin/python3", "-c", SQUAT, str(pid),
-                 str(server_port)], stdout=subprocess.PIPE, text=True, cwd="/")
+                [
+                    "runuser",
+                    "-u",
+                    u.name,
+                    "--",
+                    "/usr/bin/python3",
+                    "-c",
+                    SQUAT,
+                    str(pid),
+                    str(server_port),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd="/",
+            )
             assert squat.stdout is not None
             line = await asyncio.wait_for(asyncio.to_thread(squat.stdout.readline), 10)
             assert line.strip() == "bound"

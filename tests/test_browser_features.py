@@ -31,11 +31,19 @@ def server(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def put_notebook(server: Server, path: str, sources: list[str]) -> None:
-    cells = [{"id": f"c{i}", "cell_type": "code", "execution_count": None, "metadata": {},
-              "source": src, "outputs": []} for i, src in enumerate(sources)]
+    cells = [
+        {
+            "id": f"c{i}",
+            "cell_type": "code",
+            "execution_count": None,
+            "metadata": {},
+            "source": src,
+            "outputs": [],
+        }
+        for i, src in enumerate(sources)
+    ]
     nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}
-    server.api("PUT", "api/contents/" + path, {"type": "notebook", "format": "json",
-                                                "content": nb})
+    server.api("PUT", "api/contents/" + path, {"type": "notebook", "format": "json", "content": nb})
 
 
 def open_new(context: Any, server: Server, path: str, sources: list[str] | None = None) -> Any:
@@ -66,8 +74,9 @@ def test_tab_completion_and_shift_tab_inspection(context: Any, server: Server) -
     type_in_cell(page, 1, "mhfx_uni")
     page.keyboard.press("Tab")
     # The kernel's first completion loads jedi: seconds on a busy machine.
-    page.wait_for_function("() => window.minihubNotebook.cells[1].source === 'mhfx_unique_name'",
-                           timeout=60000)
+    page.wait_for_function(
+        "() => window.minihubNotebook.cells[1].source === 'mhfx_unique_name'", timeout=60000
+    )
 
     # Several matches: a list to pick from; Tab (or Enter) takes the highlighted one.
     page.keyboard.type("\nmhfx_pair_")
@@ -79,8 +88,9 @@ def test_tab_completion_and_shift_tab_inspection(context: Any, server: Server) -
     page.keyboard.press("ArrowDown")
     chosen = page.locator(".cm-tooltip-autocomplete li[aria-selected=true]").inner_text()
     page.keyboard.press("Enter")
-    page.wait_for_function("s => window.minihubNotebook.cells[1].source.endsWith('\\n' + s)",
-                           arg=chosen)
+    page.wait_for_function(
+        "s => window.minihubNotebook.cells[1].source.endsWith('\\n' + s)", arg=chosen
+    )
     assert page.locator(".cm-tooltip-autocomplete").count() == 0
 
     # Tab at the start of a line still indents.
@@ -104,7 +114,8 @@ def outputs_of(page: Any, index: int) -> list[dict[str, Any]]:
 
 def watch_output_count(page: Any, index: int) -> None:
     """Record the fewest and most outputs cell `index` shows once it has shown one."""
-    page.evaluate("""i => {
+    page.evaluate(
+        """i => {
         const el = window.minihubNotebook.cells[i].outputsEl;
         window.mhfxCounts = {min: Infinity, max: 0};
         new MutationObserver(() => {
@@ -112,7 +123,9 @@ def watch_output_count(page: Any, index: int) -> None:
             if (n) window.mhfxCounts.max = Math.max(window.mhfxCounts.max, n);
             if (window.mhfxCounts.max) window.mhfxCounts.min = Math.min(window.mhfxCounts.min, n);
         }).observe(el, {childList: true});
-    }""", index)
+    }""",
+        index,
+    )
 
 
 def test_clear_output_wait_and_update_display(context: Any, server: Server) -> None:
@@ -120,19 +133,26 @@ def test_clear_output_wait_and_update_display(context: Any, server: Server) -> N
 
     # clear_output(wait=True): each step replaces the last, the area never blinks empty.
     watch_output_count(page, 0)
-    run_cell(page, 0, "import time\nfrom IPython.display import clear_output\n"
-                      "for i in range(15):\n    clear_output(wait=True)\n"
-                      "    print(f'step {i}')\n    time.sleep(0.02)")
+    run_cell(
+        page,
+        0,
+        "import time\nfrom IPython.display import clear_output\n"
+        "for i in range(15):\n    clear_output(wait=True)\n"
+        "    print(f'step {i}')\n    time.sleep(0.02)",
+    )
     assert page.evaluate("window.mhfxCounts") == {"min": 1, "max": 1}
-    assert outputs_of(page, 0) == [{"output_type": "stream", "name": "stdout",
-                                    "text": "step 14\n"}]
+    assert outputs_of(page, 0) == [{"output_type": "stream", "name": "stdout", "text": "step 14\n"}]
 
     # A display handle updated in place, then a print after it.
     watch_output_count(page, 1)
-    run_cell(page, 1, "from IPython.display import display\n"
-                      "h = display('progress 0', display_id=True)\n"
-                      "for i in range(1, 11):\n    time.sleep(0.02)\n"
-                      "    h.update(f'progress {i}')\nprint('done')")
+    run_cell(
+        page,
+        1,
+        "from IPython.display import display\n"
+        "h = display('progress 0', display_id=True)\n"
+        "for i in range(1, 11):\n    time.sleep(0.02)\n"
+        "    h.update(f'progress {i}')\nprint('done')",
+    )
     assert page.evaluate("window.mhfxCounts") == {"min": 1, "max": 2}
     cell = page.locator(".cell").nth(1)
     assert cell.locator(".output").nth(0).inner_text().strip() == "'progress 10'"
@@ -145,9 +165,13 @@ def test_clear_output_wait_and_update_display(context: Any, server: Server) -> N
     assert outputs_of(page, 1)[0]["data"] == {"text/plain": "'updated from cell 3'"}
 
     # A progress bar drawn with "\r" in many chunks keeps one line, not every frame.
-    run_cell(page, 2, "import sys\nfor i in range(200):\n"
-                      "    sys.stdout.write(f'\\r{i:3d}%'); sys.stdout.flush()\n"
-                      "    time.sleep(0.002)\nprint(' finished')")
+    run_cell(
+        page,
+        2,
+        "import sys\nfor i in range(200):\n"
+        "    sys.stdout.write(f'\\r{i:3d}%'); sys.stdout.flush()\n"
+        "    time.sleep(0.002)\nprint(' finished')",
+    )
     stream = outputs_of(page, 2)
     assert stream == [{"output_type": "stream", "name": "stdout", "text": "199% finished\n"}]
     held = page.evaluate("window.minihubNotebook.cells[2].outputs[0].text")
@@ -228,9 +252,16 @@ def install_kernelspec(server: Server, name: str, display_name: str) -> None:
     """A second Python kernelspec in the user's own Jupyter data dir, marked by its env."""
     folder = Path(server.home) / ".local/share/jupyter/kernels" / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": display_name, "language": "python", "env": {"MHFX_KERNEL": name}}))
+    (folder / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": display_name,
+                "language": "python",
+                "env": {"MHFX_KERNEL": name},
+            }
+        )
+    )
     owner = os.stat(server.home)
     for p in [folder, *folder.parents]:
         if p == Path(server.home):
@@ -282,7 +313,8 @@ def test_autosave_when_dirty(context: Any, server: Server) -> None:
     assert disk_sources(server, path) == ["saved without asking"]
     # The session's first save checkpoints the file as it was opened (issue 12 item 3).
     assert [c["id"] for c in server.api("GET", f"api/contents/{path}/checkpoints")] == [
-        "checkpoint"]
+        "checkpoint"
+    ]
     assert page.locator("#save-state").inner_text().startswith("Saved")
 
     # Changed behind its back: autosave stops, says so once, and keeps the other version.

@@ -44,8 +44,21 @@ def hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[Hub]:
     toml.write_text(f'[hub]\ncleanup_servers = true\n[auth]\nadmin_users = ["{user.name}"]\n')
     log = tmp_path / "hub.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "minihub", "-f", str(toml), "--data-dir",
-                                 data_dir, "--port", str(port)], stdout=f, stderr=f)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minihub",
+                "-f",
+                str(toml),
+                "--data-dir",
+                data_dir,
+                "--port",
+                str(port),
+            ],
+            stdout=f,
+            stderr=f,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -87,8 +100,12 @@ def upload_through_proxy(page: Any, hub: Hub, tmp_path: Path) -> None:
     upload = tmp_path / "fx_hub_upload.bin"
     upload.write_bytes(os.urandom(3 * MIB + MIB // 2))
     puts: list[int] = []
-    page.on("response", lambda r: puts.append(r.status)
-            if r.request.method == "PUT" and upload.name in r.url else None)
+    page.on(
+        "response",
+        lambda r: (
+            puts.append(r.status) if r.request.method == "PUT" and upload.name in r.url else None
+        ),
+    )
     page.locator("#upload-input").set_input_files(str(upload))
     page.locator(f"tr[data-path='{upload.name}']").wait_for()
     assert len(puts) == 4 and all(status in (200, 201) for status in puts), puts
@@ -115,8 +132,9 @@ def run_through_proxied_websocket(nb: Any, hub: Hub) -> None:
     out.wait_for()
     assert out.inner_text().strip() == f"uid {hub.user.uid}"
     host = hub.url.removeprefix("http://")
-    assert urls and all(u.startswith(f"ws://{host}/user/{hub.user.name}/api/kernels/")
-                        for u in urls), urls
+    assert urls and all(
+        u.startswith(f"ws://{host}/user/{hub.user.name}/api/kernels/") for u in urls
+    ), urls
     assert any(f"uid {hub.user.uid}" in f for f in frames)
 
 

@@ -31,19 +31,32 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _png(width: int, height: int) -> bytes:
     """A red RGB PNG, made here rather than shipped."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
     rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 PNG_B64 = base64.b64encode(_png(40, 20)).decode()
@@ -59,9 +72,11 @@ class Server:
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         req = urllib.request.Request(
-            self.url + path, method=method, headers={"X-Minihub-Secret": self.secret,
-                                                     "Content-Type": "application/json"},
-            data=None if body is None else json.dumps(body).encode())
+            self.url + path,
+            method=method,
+            headers={"X-Minihub-Secret": self.secret, "Content-Type": "application/json"},
+            data=None if body is None else json.dumps(body).encode(),
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             text = resp.read()
         return json.loads(text) if text else None
@@ -69,8 +84,13 @@ class Server:
 
 def _installed_bundle() -> Path:
     """The bundle of the installed minihub, the copy user servers run (not this checkout)."""
-    out = subprocess.run([sys.executable, "-c", "import minihub; print(minihub.__file__)"],
-                         cwd="/", capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import minihub; print(minihub.__file__)"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return Path(out.strip()).parent / "web" / "static" / "nb" / "manifest.json"
 
 
@@ -109,15 +129,35 @@ def user_server(user: Any, log: Path) -> Iterator[Server]:
     port = sock.getsockname()[1]
     base_url = f"/user/{user.name}/"
     secret = secrets.token_urlsafe(24)
-    config = {"secret": secret, "base_url": base_url, "notebook_dir": user.home,
-              "user": user.name, "listen_fd": sock.fileno(), "kernel_idle_timeout": 0,
-              "mem_limit": ""}
-    env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, "SHELL": "/bin/bash",
-           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    config = {
+        "secret": secret,
+        "base_url": base_url,
+        "notebook_dir": user.home,
+        "user": user.name,
+        "listen_fd": sock.fileno(),
+        "kernel_idle_timeout": 0,
+        "mem_limit": "",
+    }
+    env = {
+        "HOME": user.home,
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "SHELL": "/bin/bash",
+        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
     with open(log, "wb") as errlog:
-        proc = subprocess.Popen([sys.executable, "-m", "minihub.singleuser"], user=user.uid,
-                                group=user.gid, extra_groups=[], cwd=user.home, env=env,
-                                stdin=subprocess.PIPE, stderr=errlog, pass_fds=[sock.fileno()])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minihub.singleuser"],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            cwd=user.home,
+            env=env,
+            stdin=subprocess.PIPE,
+            stderr=errlog,
+            pass_fds=[sock.fileno()],
+        )
     assert proc.stdin is not None
     proc.stdin.write((json.dumps(config) + "\n").encode())
     proc.stdin.close()
@@ -157,13 +197,18 @@ def browser(server: Server) -> Iterator[Any]:
 
 @pytest.fixture
 def context(browser: Any, server: Server) -> Iterator[Any]:
-    ctx = browser.new_context(extra_http_headers={"X-Minihub-Secret": server.secret},
-                              viewport={"width": 1280, "height": 900})
+    ctx = browser.new_context(
+        extra_http_headers={"X-Minihub-Secret": server.secret},
+        viewport={"width": 1280, "height": 900},
+    )
     ctx.set_default_timeout(30000)
     # Stands in for the hub's cookies: output frames must never be able to read them.
-    ctx.add_cookies([{"name": "_xsrf", "value": "xsrf-cookie-value", "url": server.url},
-                     {"name": "minihub-session", "value": "session-cookie-value",
-                      "url": server.url}])
+    ctx.add_cookies(
+        [
+            {"name": "_xsrf", "value": "xsrf-cookie-value", "url": server.url},
+            {"name": "minihub-session", "value": "session-cookie-value", "url": server.url},
+        ]
+    )
     try:
         yield ctx
     finally:
@@ -188,16 +233,20 @@ def wait_idle(page: Any) -> None:
 
 def run_cell(page: Any, index: int, code: str) -> Any:
     """Put code in cell `index` (adding cells as needed), run it, return its locator."""
-    page.evaluate("""([i, code]) => {
+    page.evaluate(
+        """([i, code]) => {
         const nb = window.minihubNotebook;
         while (nb.cells.length <= i) nb.insertCell(nb.cells.length, {cell_type: "code", source: ""});
         nb.cells[i].setSource(code);
         nb.select(nb.cells[i], false);
-    }""", [index, code])
+    }""",
+        [index, code],
+    )
     page.keyboard.press("Shift+Enter")
     cell = page.locator(".cell").nth(index)
-    page.wait_for_function("i => !window.minihubNotebook.cells[i].running", arg=index,
-                           timeout=60000)
+    page.wait_for_function(
+        "i => !window.minihubNotebook.cells[i].running", arg=index, timeout=60000
+    )
     return cell
 
 
@@ -222,8 +271,12 @@ def test_notebook_lifecycle(context: Any, server: Server) -> None:
     assert "hello 42" in first.locator(".output.stream").inner_text()
     assert "[1]" in first.locator(".input-prompt").inner_text()
 
-    png = run_cell(nb, 1, "from IPython.display import Image\nimport base64\n"
-                          f"Image(data=base64.b64decode('{PNG_B64}'))")
+    png = run_cell(
+        nb,
+        1,
+        "from IPython.display import Image\nimport base64\n"
+        f"Image(data=base64.b64decode('{PNG_B64}'))",
+    )
     assert png.locator(".output img").get_attribute("src").startswith("data:image/png;base64,")
     html = run_cell(nb, 2, "from IPython.display import HTML\nHTML('<b id=\"bold\">bold</b> text')")
     frame = html.locator("iframe.output-frame")
@@ -284,9 +337,11 @@ def test_notebook_lifecycle(context: Any, server: Server) -> None:
 
 
 def run_cell_async(page: Any, index: int, code: str) -> Any:
-    page.evaluate("""([i, code]) => { const nb = window.minihubNotebook;
+    page.evaluate(
+        """([i, code]) => { const nb = window.minihubNotebook;
         nb.insertCell(i, {cell_type: "code", source: code}); nb.select(nb.cells[i], false); }""",
-                  [index, code])
+        [index, code],
+    )
     page.keyboard.press("Control+Enter")
     return page.locator(".cell").nth(index)
 
@@ -298,8 +353,14 @@ def upload_big_file(page: Any, server: Server, upload: Path) -> None:
     """Upload 3.5 MiB from the file browser: four 1 MiB chunks, with a progress bar."""
     upload.write_bytes(os.urandom(3 * MIB + MIB // 2))
     bodies: list[int] = []
-    page.on("request", lambda r: bodies.append(len(r.post_data_buffer or b""))
-            if r.method == "PUT" and upload.name in r.url else None)
+    page.on(
+        "request",
+        lambda r: (
+            bodies.append(len(r.post_data_buffer or b""))
+            if r.method == "PUT" and upload.name in r.url
+            else None
+        ),
+    )
     page.evaluate("""() => { window.mhfxProgress = [];
         new MutationObserver((records) => { for (const r of records)
             if (r.target.tagName === "PROGRESS") window.mhfxProgress.push(r.target.value); })
@@ -316,8 +377,9 @@ def upload_big_file(page: Any, server: Server, upload: Path) -> None:
 
 
 def test_file_browser(context: Any, server: Server, tmp_path: Path) -> None:
-    server.api("PUT", "api/contents/fe_notes.txt",
-               {"type": "file", "format": "text", "content": "notes"})
+    server.api(
+        "PUT", "api/contents/fe_notes.txt", {"type": "file", "format": "text", "content": "notes"}
+    )
     page = context.new_page()
     page.goto(server.url + "tree/")
     row = page.locator("tr[data-path='fe_notes.txt']")
@@ -362,24 +424,44 @@ MALICIOUS = """
 
 def _svg_payload(base: str) -> str:
     script = MALICIOUS.split("<script>")[1].split("</script>")[0].replace("BASE", base)
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="80">'
-            '<circle id="dot" cx="30" cy="30" r="20" fill="red"/>'
-            '<text id="result" x="60" y="35">pending</text>'
-            f"<script><![CDATA[{script}]]></script></svg>")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="80">'
+        '<circle id="dot" cx="30" cy="30" r="20" fill="red"/>'
+        '<text id="result" x="60" y="35">pending</text>'
+        f"<script><![CDATA[{script}]]></script></svg>"
+    )
 
 
 @pytest.mark.parametrize("mime", ["text/html", "image/svg+xml"])
 def test_malicious_output_is_sandboxed(context: Any, server: Server, mime: str) -> None:
     base = json.dumps(server.url)
     payload = MALICIOUS.replace("BASE", base) if mime == "text/html" else _svg_payload(base)
-    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{
-        "id": "evil", "cell_type": "code", "execution_count": 1, "metadata": {},
-        "source": "display(...)", "outputs": [{"output_type": "display_data", "metadata": {},
-                                               "data": {mime: payload, "text/plain": "x"}}]}]}
+    notebook = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [
+            {
+                "id": "evil",
+                "cell_type": "code",
+                "execution_count": 1,
+                "metadata": {},
+                "source": "display(...)",
+                "outputs": [
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {mime: payload, "text/plain": "x"},
+                    }
+                ],
+            }
+        ],
+    }
     path = f"fx_evil_{mime.split('/')[1].split('+')[0]}.ipynb"
-    server.api("PUT", "api/contents/" + path,
-               {"type": "notebook", "format": "json", "content": notebook})
+    server.api(
+        "PUT", "api/contents/" + path, {"type": "notebook", "format": "json", "content": notebook}
+    )
     page = open_notebook(context, server, path)
     assert "xsrf-cookie-value" in page.evaluate("document.cookie")
     frame = page.locator(f".output[data-mime='{mime}'] iframe.output-frame")
@@ -387,20 +469,28 @@ def test_malicious_output_is_sandboxed(context: Any, server: Server, mime: str) 
     result = page.frame_locator("iframe.output-frame").locator("#result")
     result.filter(has_not_text="pending").wait_for()
     found = json.loads(result.text_content() or "")
-    assert found == {"cookie": "blocked", "parentCookie": "blocked", "storage": "blocked",
-                     "api": "blocked"}
+    assert found == {
+        "cookie": "blocked",
+        "parentCookie": "blocked",
+        "storage": "blocked",
+        "api": "blocked",
+    }
     if mime == "image/svg+xml":
         # Drawn inside the frame, which grows to the picture's height.
         assert page.frame_locator("iframe.output-frame").locator("#dot").count() == 1
-        page.wait_for_function("f => f.getBoundingClientRect().height >= 80",
-                               arg=frame.element_handle())
+        page.wait_for_function(
+            "f => f.getBoundingClientRect().height >= 80", arg=frame.element_handle()
+        )
     shot(page, "sandbox-" + mime.split("/")[1].split("+")[0])
 
 
 def test_reconnect_replays_missed_output(context: Any, server: Server) -> None:
     empty = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}
-    server.api("PUT", "api/contents/fe_reconnect.ipynb",
-               {"type": "notebook", "format": "json", "content": empty})
+    server.api(
+        "PUT",
+        "api/contents/fe_reconnect.ipynb",
+        {"type": "notebook", "format": "json", "content": empty},
+    )
     page = open_notebook(context, server, "fe_reconnect.ipynb")
     run_cell_async(page, 0, "import time\ntime.sleep(2)\nprint('after the drop')")
     page.wait_for_selector("#kernel-status[data-status=busy]")
@@ -412,8 +502,9 @@ def test_reconnect_replays_missed_output(context: Any, server: Server) -> None:
 
 
 def test_text_editor_saves(context: Any, server: Server) -> None:
-    server.api("PUT", "api/contents/fe_script.py",
-               {"type": "file", "format": "text", "content": "x = 1\n"})
+    server.api(
+        "PUT", "api/contents/fe_script.py", {"type": "file", "format": "text", "content": "x = 1\n"}
+    )
     page = context.new_page()
     page.goto(server.url + "edit/fe_script.py")
     page.locator(".cm-content").click()
@@ -436,8 +527,11 @@ def test_file_browser_copy_download_and_sort(context: Any, server: Server) -> No
     server.api("PUT", "api/contents/fx_sort", {"type": "directory"})
     server.api("PUT", "api/contents/fx_sort/zdir", {"type": "directory"})
     for name, mtime in files.items():
-        server.api("PUT", f"api/contents/fx_sort/{name}",
-                   {"type": "file", "format": "text", "content": f"this is {name}\n"})
+        server.api(
+            "PUT",
+            f"api/contents/fx_sort/{name}",
+            {"type": "file", "format": "text", "content": f"this is {name}\n"},
+        )
         os.utime(Path(server.home) / "fx_sort" / name, (mtime, mtime))
     page = context.new_page()
     page.goto(server.url + "tree/fx_sort")

@@ -37,8 +37,9 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_notebook_survives_hub_restart(data_dir: str, tmp_path: Path, make_system_user: Any,
-                                       sig: signal.Signals) -> None:
+def test_notebook_survives_hub_restart(
+    data_dir: str, tmp_path: Path, make_system_user: Any, sig: signal.Signals
+) -> None:
     from playwright.sync_api import sync_playwright
 
     needs_browser()

@@ -14,16 +14,22 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from conftest import HUB_LOGS
+
 from minihub.config import SETTINGS, load
 
 MINIHUB = [sys.executable, "-m", "minihub"]
 
 
 def run(*args: str, stdin: str = "", cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MINIHUB, *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, cwd=cwd or os.getcwd())
+    return subprocess.run(
+        [*MINIHUB, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd or os.getcwd(),
+    )
 
 
 def free_port() -> int:
@@ -32,15 +38,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("text, expect", [
-    ("[hub]\nprot = 80\n", r"unknown key 'prot' in \[hub\]"),
-    ("[hub]\nport = \"eighty\"\n", r"\[hub\] port must be an integer"),
-    ("[hubb]\nport = 80\n", r"unknown section \[hubb\]"),
-    ("[hub\nport = 80\n", r"not valid TOML"),
-    ("[auth]\nadmin_users = \"alice\"\n", r"\[auth\] admin_users must be a list of strings"),
-    ("[auth]\nauthenticator = \"ldap\"\n", r"authenticator"),
-    ("[spawner]\nmem_limit = \"lots\"\n", r"mem_limit"),
-])
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("[hub]\nprot = 80\n", r"unknown key 'prot' in \[hub\]"),
+        ('[hub]\nport = "eighty"\n', r"\[hub\] port must be an integer"),
+        ("[hubb]\nport = 80\n", r"unknown section \[hubb\]"),
+        ("[hub\nport = 80\n", r"not valid TOML"),
+        ('[auth]\nadmin_users = "alice"\n', r"\[auth\] admin_users must be a list of strings"),
+        ('[auth]\nauthenticator = "ldap"\n', r"authenticator"),
+        ('[spawner]\nmem_limit = "lots"\n', r"mem_limit"),
+    ],
+)
 def test_bad_config_is_one_clear_line(tmp_path, text, expect):
     cfg = tmp_path / "minihub.toml"
     cfg.write_text(text)
@@ -63,11 +72,11 @@ def test_generate_config_documents_every_key_and_round_trips(tmp_path):
     assert r.returncode == 0 and path.exists()
     text = path.read_text()
     for s in SETTINGS:
-        assert re.search(rf"^# {s.name} = ", text, re.M), f"{s.key} missing"
+        assert re.search(rf"^# {s.name} = ", text, re.MULTILINE), f"{s.key} missing"
     assert run("--generate-config", str(path)).returncode == 2  # no overwrite
     assert run("--generate-config", str(path), "--force").returncode == 0
     # every commented default, uncommented, is itself a valid config giving the defaults
-    live = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
+    live = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE)
     (tmp_path / "live.toml").write_text(live)
     cfg = load(tmp_path / "live.toml")
     assert cfg.get("hub.port") == 8000 and cfg.get("spawner.umask") == 0o077
@@ -77,7 +86,9 @@ def test_generate_config_documents_every_key_and_round_trips(tmp_path):
 def test_config_in_working_dir_and_flags_override(tmp_path):
     (tmp_path / "minihub.toml").write_text('[hub]\nport = 1234\n[auth]\nauthenticator = "native"\n')
     data = tmp_path / "data"
-    r = run("--data-dir", str(data), "user", "add", "zed", stdin="zed-password\n", cwd=str(tmp_path))
+    r = run(
+        "--data-dir", str(data), "user", "add", "zed", stdin="zed-password\n", cwd=str(tmp_path)
+    )
     assert r.returncode == 0, r.stderr
     assert (data / "minihub.sqlite").exists()
 
@@ -96,8 +107,17 @@ def native_toml(tmp_path: Path) -> Path:
 @pytest.fixture
 def hub_proc(tmp_path: Path, native_toml: Path) -> Iterator[tuple[list[str], int, Path]]:
     data, port = tmp_path / "data", free_port()
-    cmd = [*MINIHUB, "-f", str(native_toml), "--data-dir", str(data), "--port", str(port),
-           "--log-level", "DEBUG"]
+    cmd = [
+        *MINIHUB,
+        "-f",
+        str(native_toml),
+        "--data-dir",
+        str(data),
+        "--port",
+        str(port),
+        "--log-level",
+        "DEBUG",
+    ]
     yield cmd, port, data
 
 
@@ -126,20 +146,24 @@ async def test_sigkill_loses_nothing_and_logs_hold_no_secrets(hub_proc, tmp_path
     secrets: list[str] = ["ops-password-1"]
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
-            r = await s.post(f"{url}/hub/login", data={"username": "ops",
-                                                       "password": "ops-password-1"},
-                             allow_redirects=False)
+            r = await s.post(
+                f"{url}/hub/login",
+                data={"username": "ops", "password": "ops-password-1"},
+                allow_redirects=False,
+            )
             sid = r.cookies["minihub-session"].value
             xsrf = r.cookies["_xsrf"].value
-            r = await s.post(f"{url}/hub/api/users/ops/tokens", json={"note": "x"},
-                             headers={"X-XSRFToken": xsrf})
+            r = await s.post(
+                f"{url}/hub/api/users/ops/tokens", json={"note": "x"}, headers={"X-XSRFToken": xsrf}
+            )
             token = (await r.json())["token"]
             r = await s.post(f"{url}/hub/api/users/newbie", headers={"X-XSRFToken": xsrf})
             assert r.status == 201
             secrets += [sid, token, xsrf]
             # a second hub on the same data dir refuses to start
-            second = subprocess.run(cmd[:-4] + ["--port", str(free_port())], capture_output=True,
-                                    text=True, timeout=30)
+            second = subprocess.run(
+                cmd[:-4] + ["--port", str(free_port())], capture_output=True, text=True, timeout=30
+            )
             assert second.returncode == 2 and "already running" in second.stderr
             await s.get(f"{url}/hub/home?token={token}")  # a token in a URL is not logged
     finally:
@@ -153,8 +177,9 @@ async def test_sigkill_loses_nothing_and_logs_hold_no_secrets(hub_proc, tmp_path
             r = await s.get(f"{url}/hub/api/user")
             assert r.status == 200 and (await r.json())["name"] == "ops"
             for t in (token, cli_token):
-                r = await s.get(f"{url}/hub/api/users/newbie", headers={
-                    "Authorization": f"token {t}"})
+                r = await s.get(
+                    f"{url}/hub/api/users/newbie", headers={"Authorization": f"token {t}"}
+                )
                 assert r.status == 200
     finally:
         hub.send_signal(signal.SIGTERM)
@@ -177,7 +202,7 @@ def test_cli_user_commands(tmp_path, native_toml):
     assert run(*cli, "user", "set-password", "amy", stdin="amy-password-2\n").returncode == 0
     assert run(*cli, "user", "admin", "amy").returncode == 0
     listing = run(*cli, "user", "list").stdout
-    assert re.search(r"^amy\s+admin", listing, re.M)
+    assert re.search(r"^amy\s+admin", listing, re.MULTILINE)
     token = run(*cli, "token", "amy").stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{64}", token)
     assert run(*cli, "token", "nobody").returncode == 1

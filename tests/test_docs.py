@@ -16,8 +16,11 @@ ROOT = Path(__file__).parent.parent
 def test_every_route_is_documented(tmp_path):
     doc = (ROOT / "docs" / "routes.md").read_text()
     app = make_app(hub_config(str(tmp_path)))
-    missing = [r.canonical for r in app.router.resources()
-               if f"`{r.canonical}`" not in doc and r.canonical != "/"]
+    missing = [
+        r.canonical
+        for r in app.router.resources()
+        if f"`{r.canonical}`" not in doc and r.canonical != "/"
+    ]
     assert not missing, f"add these routes to docs/routes.md: {missing}"
 
 
@@ -33,4 +36,5 @@ def test_example_config_is_generated_from_the_settings_table():
     committed = (ROOT / "minihub.toml").read_text()
     assert committed == generate(), (
         "minihub.toml is out of date with the settings in minihub/config.py: "
-        "run `bash scripts/gen-config` and commit minihub.toml")
+        "run `bash scripts/gen-config` and commit minihub.toml"
+    )

@@ -198,8 +198,13 @@ async def test_a_burst_of_starts_bigger_than_the_socket_buffer(
     # requests must wait for it to drain instead of failing with EAGAIN.
     env = {"MINIHUB_BULK": "x" * 100_000}
     cmd = [sys.executable, "-c", "import time; time.sleep(60)"]
-    procs = await asyncio.gather(*(
-        spawner.start_process(make_spec(fred, log_dir, cmd=cmd, env=env, username=f"mhfk_fred{i}"))
-        for i in range(12)))
+    procs = await asyncio.gather(
+        *(
+            spawner.start_process(
+                make_spec(fred, log_dir, cmd=cmd, env=env, username=f"mhfk_fred{i}")
+            )
+            for i in range(12)
+        )
+    )
     assert len({p.pid for p in procs}) == 12
     assert all([await spawner.poll_process(p) is None for p in procs])

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from conftest import hub_config
 
 from minihub.app import make_app
 from minihub.store import Store
 from minihub.users import create, new_token
 
-from conftest import hub_config
 
-
-async def hub_with_tokens(aiohttp_client: Any, data_dir: str,
-                          names: dict[str, bool]) -> tuple[TestClient, dict[str, str]]:
+async def hub_with_tokens(
+    aiohttp_client: Any, data_dir: str, names: dict[str, bool]
+) -> tuple[TestClient, dict[str, str]]:
     cfg = hub_config(data_dir, auth__authenticator="native")
     store = await Store.open(cfg.data_dir / "minihub.sqlite")
     from minihub.auth.native import NativeAuthenticator
@@ -47,8 +47,9 @@ async def test_version_and_error_shape(aiohttp_client, data_dir):
 
 
 async def test_users_see_and_change_only_themselves(aiohttp_client, data_dir):
-    c, tok = await hub_with_tokens(aiohttp_client, data_dir,
-                                   {"boss": True, "amy": False, "ben": False})
+    c, tok = await hub_with_tokens(
+        aiohttp_client, data_dir, {"boss": True, "amy": False, "ben": False}
+    )
     r = await c.get("/hub/api/user", headers=auth(tok["amy"]))
     me = await r.json()
     assert me["name"] == "amy" and me["kind"] == "user" and me["admin"] is False
@@ -83,8 +84,10 @@ async def test_admin_manages_users(aiohttp_client, data_dir):
     assert [u["name"] for u in await r.json()] == ["s1"]
     r = await c.get("/hub/api/users?state=active", headers=h)
     assert await r.json() == []
-    r = await c.get("/hub/api/users?state=inactive&limit=2", headers={
-        **h, "Accept": "application/jupyterhub-pagination+json"})
+    r = await c.get(
+        "/hub/api/users?state=inactive&limit=2",
+        headers={**h, "Accept": "application/jupyterhub-pagination+json"},
+    )
     page = await r.json()
     assert len(page["items"]) == 2 and page["_pagination"]["next"]["offset"] == 2
     r = await c.get("/hub/api/users?state=bogus", headers=h)
@@ -97,8 +100,9 @@ async def test_admin_manages_users(aiohttp_client, data_dir):
 async def test_tokens_create_list_revoke(aiohttp_client, data_dir):
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"amy": False})
     h = auth(tok["amy"])
-    r = await c.post("/hub/api/users/amy/tokens", headers=h,
-                     json={"note": "laptop", "expires_in": 3600})
+    r = await c.post(
+        "/hub/api/users/amy/tokens", headers=h, json={"note": "laptop", "expires_in": 3600}
+    )
     assert r.status == 201
     new = await r.json()
     assert new["token"] and new["note"] == "laptop" and new["expires_at"]
@@ -117,8 +121,11 @@ async def test_tokens_create_list_revoke(aiohttp_client, data_dir):
 async def test_activity(aiohttp_client, data_dir):
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"amy": False})
     h = auth(tok["amy"])
-    r = await c.post("/hub/api/users/amy/activity", headers=h,
-                     json={"servers": {"": {"last_activity": "2026-01-02T03:04:05Z"}}})
+    r = await c.post(
+        "/hub/api/users/amy/activity",
+        headers=h,
+        json={"servers": {"": {"last_activity": "2026-01-02T03:04:05Z"}}},
+    )
     assert r.status == 204
     r = await c.get("/hub/api/users/amy", headers=h)
     assert (await r.json())["last_activity"].startswith("2026-01-02T03:04:05")
@@ -135,5 +142,8 @@ async def test_health_and_metrics(aiohttp_client, data_dir):
     from prometheus_client.parser import text_string_to_metric_families
 
     names = {f.name for f in text_string_to_metric_families(text)}
-    assert {"minihub_active_servers", "minihub_login_failures",
-            "minihub_spawn_duration_seconds"} <= names
+    assert {
+        "minihub_active_servers",
+        "minihub_login_failures",
+        "minihub_spawn_duration_seconds",
+    } <= names

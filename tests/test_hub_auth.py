@@ -8,18 +8,18 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
+from conftest import hub_config, login, needs_root, xsrf_of
 
 from minihub.app import make_app
 from minihub.auth.identity import SESSION_COOKIE
+from minihub.auth.native import NativeAuthenticator
 from minihub.store import Store
 from minihub.users import create
-from minihub.auth.native import NativeAuthenticator
-
-from conftest import hub_config, login, needs_root, xsrf_of
 
 
-async def native_hub(aiohttp_client: Any, data_dir: str, users: dict[str, str] | None = None,
-                     **settings: Any) -> TestClient:
+async def native_hub(
+    aiohttp_client: Any, data_dir: str, users: dict[str, str] | None = None, **settings: Any
+) -> TestClient:
     cfg = hub_config(data_dir, auth__authenticator="native", **settings)
     store = await Store.open(cfg.data_dir / "minihub.sqlite")
     auth = NativeAuthenticator(hub_config(data_dir, auth__authenticator="native"), store)
@@ -58,8 +58,13 @@ async def test_wrong_password_and_unknown_user_are_refused_alike(aiohttp_client,
 
 async def test_throttle_backs_off_the_failing_address_not_the_name(aiohttp_client, data_dir):
     # Was: the name locked out against its right password (issue 12 item 5, the unsafe part).
-    c = await native_hub(aiohttp_client, data_dir, {"carol": "carol-password"},
-                         auth__login_delay_after=2, hub__trusted_proxies=["127.0.0.1"])
+    c = await native_hub(
+        aiohttp_client,
+        data_dir,
+        {"carol": "carol-password"},
+        auth__login_delay_after=2,
+        hub__trusted_proxies=["127.0.0.1"],
+    )
     attacker = {"X-Forwarded-For": "203.0.113.9"}
     for _ in range(3):
         assert (await login(c, "carol", "nope-nope", headers=attacker)).status == 403
@@ -72,32 +77,48 @@ async def test_throttle_backs_off_the_failing_address_not_the_name(aiohttp_clien
 
 
 async def test_success_resets_name_failures(aiohttp_client, data_dir):
-    c = await native_hub(aiohttp_client, data_dir, {"dan": "dan-password"},
-                         auth__login_delay_after=1)
+    c = await native_hub(
+        aiohttp_client, data_dir, {"dan": "dan-password"}, auth__login_delay_after=1
+    )
     assert (await login(c, "dan", "bad-pass-1")).status == 403
     assert (await login(c, "dan", "dan-password")).status == 302
 
 
 async def test_blocked_and_unlisted_users(aiohttp_client, data_dir):
-    c = await native_hub(aiohttp_client, data_dir,
-                         {"erin": "erin-password", "frank": "frank-password",
-                          "gina": "gina-password"},
-                         auth__allowed_users=["erin", "gina"], auth__blocked_users=["gina"])
+    c = await native_hub(
+        aiohttp_client,
+        data_dir,
+        {"erin": "erin-password", "frank": "frank-password", "gina": "gina-password"},
+        auth__allowed_users=["erin", "gina"],
+        auth__blocked_users=["gina"],
+    )
     assert (await login(c, "erin", "erin-password")).status == 302
     assert (await login(c, "frank", "frank-password")).status == 403
     assert (await login(c, "gina", "gina-password")).status == 403
 
 
-@pytest.mark.parametrize("evil", [
-    "//evil.example", "///evil.example", "/\\evil.example", "https://evil.example",
-    "https://127.0.0.1//evil.example", "https://127.0.0.1@evil.example", "/%0a/evil",
-    "\t//evil.example", "javascript:alert(1)",
-])
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "//evil.example",
+        "///evil.example",
+        "/\\evil.example",
+        "https://evil.example",
+        "https://127.0.0.1//evil.example",
+        "https://127.0.0.1@evil.example",
+        "/%0a/evil",
+        "\t//evil.example",
+        "javascript:alert(1)",
+    ],
+)
 async def test_login_next_never_leaves_the_origin(aiohttp_client, data_dir, evil):
     c = await native_hub(aiohttp_client, data_dir, {"hana": "hana-password"})
-    r = await c.post("/hub/login", params={"next": evil},
-                     data={"username": "hana", "password": "hana-password"},
-                     allow_redirects=False)
+    r = await c.post(
+        "/hub/login",
+        params={"next": evil},
+        data={"username": "hana", "password": "hana-password"},
+        allow_redirects=False,
+    )
     loc = r.headers["Location"]
     assert loc.startswith("/") and not loc.startswith("//") and "\\" not in loc
     parts = urlsplit(loc)
@@ -105,14 +126,24 @@ async def test_login_next_never_leaves_the_origin(aiohttp_client, data_dir, evil
     assert not parts.path.startswith("//") and "evil.example" not in parts.path
 
 
-@pytest.mark.parametrize("headers", [{}, {"Sec-Fetch-Mode": "no-cors"},
-                                     {"Sec-Fetch-Site": "cross-site"},
-                                     {"Sec-Fetch-Site": "same-origin"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Sec-Fetch-Mode": "no-cors"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-origin"},
+    ],
+)
 async def test_csrf_cookie_post_without_token_is_refused(aiohttp_client, data_dir, headers):
     c = await native_hub(aiohttp_client, data_dir, {"admin1": "admin-password"})
     await login(c, "admin1", "admin-password")
-    r = await c.post("/hub/admin/users", data={"usernames": "victim", "password": "x" * 10},
-                     headers=headers, allow_redirects=False)
+    r = await c.post(
+        "/hub/admin/users",
+        data={"usernames": "victim", "password": "x" * 10},
+        headers=headers,
+        allow_redirects=False,
+    )
     assert r.status == 403
     r = await c.post("/hub/api/users/victim", headers=headers)
     assert r.status == 403
@@ -126,8 +157,9 @@ async def test_csrf_cookie_post_without_token_is_refused(aiohttp_client, data_di
 async def test_token_auth_is_exempt_from_xsrf(aiohttp_client, data_dir):
     c = await native_hub(aiohttp_client, data_dir, {"admin2": "admin-password"})
     await login(c, "admin2", "admin-password")
-    r = await c.post("/hub/api/users/admin2/tokens", headers={"X-XSRFToken": xsrf_of(c)},
-                     json={"note": "ci"})
+    r = await c.post(
+        "/hub/api/users/admin2/tokens", headers={"X-XSRFToken": xsrf_of(c)}, json={"note": "ci"}
+    )
     token = (await r.json())["token"]
     c.session.cookie_jar.clear()
     r = await c.post("/hub/api/users/ivan", headers={"Authorization": f"token {token}"})
@@ -138,9 +170,16 @@ async def test_native_signup_off_by_default_and_password_change(aiohttp_client, 
     c = await native_hub(aiohttp_client, data_dir, {"jack": "jack-password"})
     assert (await c.get("/hub/signup")).status == 404
     await login(c, "jack", "jack-password")
-    r = await c.post("/hub/change-password", allow_redirects=False, data={
-        "_xsrf": xsrf_of(c), "old": "jack-password", "new": "jack-new-pass",
-        "new2": "jack-new-pass"})
+    r = await c.post(
+        "/hub/change-password",
+        allow_redirects=False,
+        data={
+            "_xsrf": xsrf_of(c),
+            "old": "jack-password",
+            "new": "jack-new-pass",
+            "new2": "jack-new-pass",
+        },
+    )
     assert r.status == 302
     c.session.cookie_jar.clear()
     assert (await login(c, "jack", "jack-password")).status == 403
@@ -150,15 +189,20 @@ async def test_native_signup_off_by_default_and_password_change(aiohttp_client, 
 async def test_open_signup(aiohttp_client, data_dir):
     # As root, sign-up needs create_system_users (it makes the account; issue 12 item 1).
     subprocess.run(["userdel", "-r", "-f", "mhau_kim"], capture_output=True)
-    c = await native_hub(aiohttp_client, data_dir, auth__open_signup=True,
-                         users__create_system_users=True)
-    r = await c.post("/hub/signup", allow_redirects=False, data={
-        "username": "Mhau_Kim", "password": "kim-password", "password2": "kim-password"})
+    c = await native_hub(
+        aiohttp_client, data_dir, auth__open_signup=True, users__create_system_users=True
+    )
+    r = await c.post(
+        "/hub/signup",
+        allow_redirects=False,
+        data={"username": "Mhau_Kim", "password": "kim-password", "password2": "kim-password"},
+    )
     subprocess.run(["userdel", "-r", "-f", "mhau_kim"], capture_output=True)
     assert r.status == 302
     assert (await login(c, "mhau_kim", "kim-password")).status == 302
-    r = await c.post("/hub/signup", data={"username": "../etc", "password": "p" * 10,
-                                          "password2": "p" * 10})
+    r = await c.post(
+        "/hub/signup", data={"username": "../etc", "password": "p" * 10, "password2": "p" * 10}
+    )
     assert r.status == 400
 
 

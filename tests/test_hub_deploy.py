@@ -10,12 +10,11 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
-
-from minihub.app import make_app
-
-from conftest import hub_config, login, needs_root, xsrf_of
+from conftest import hub_config, needs_root, xsrf_of
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h, make_tokens, start
+
+from minihub.app import make_app
 
 
 @needs_root
@@ -25,8 +24,11 @@ async def test_everything_under_base_url(aiohttp_client, data_dir, make_system_u
     c = await aiohttp_client(make_app(cfg))
     r = await c.get("/jupyter/", allow_redirects=False)
     assert r.status == 302 and r.headers["Location"] == "/jupyter/hub/login"
-    r = await c.post("/jupyter/hub/login", data={"username": u.name, "password": u.password},
-                     allow_redirects=False)
+    r = await c.post(
+        "/jupyter/hub/login",
+        data={"username": u.name, "password": u.password},
+        allow_redirects=False,
+    )
     assert r.status == 302 and r.headers["Location"].startswith("/jupyter/hub/spawn-pending/")
     assert r.cookies["minihub-session"]["path"] == "/jupyter/"
     for _ in range(100):
@@ -42,8 +44,7 @@ async def test_everything_under_base_url(aiohttp_client, data_dir, make_system_u
     assert r.status == 200 and f"/jupyter/user/{u.name}/static/" in await r.text()
     r = await c.get("/hub/login")
     assert r.status == 404  # nothing outside the prefix
-    await c.delete(f"/jupyter/hub/api/users/{u.name}/server",
-                   headers={"X-XSRFToken": xsrf_of(c)})
+    await c.delete(f"/jupyter/hub/api/users/{u.name}/server", headers={"X-XSRFToken": xsrf_of(c)})
 
 
 @needs_root
@@ -63,8 +64,12 @@ async def test_new_user_gets_skel_link_and_shared_dirs(aiohttp_client, data_dir,
         if skel_link.is_symlink():
             skel_link.unlink()
         skel_link.symlink_to(shared)
-        cfg = hub_config(data_dir, auth__authenticator="native", users__create_system_users=True,
-                         users__shared_dirs=[str(extra)])
+        cfg = hub_config(
+            data_dir,
+            auth__authenticator="native",
+            users__create_system_users=True,
+            users__shared_dirs=[str(extra)],
+        )
         tok = await make_tokens(cfg, [name])
         c = await aiohttp_client(make_app(cfg))
         await start(c, name, tok[name])
@@ -73,8 +78,7 @@ async def test_new_user_gets_skel_link_and_shared_dirs(aiohttp_client, data_dir,
         r = await c.get(f"/user/{name}/api/contents", headers=h(tok[name]))
         listing = {x["name"] for x in (await r.json())["content"]}
         assert {"mhdp-shared", "mhdp-extra"} <= listing
-        r = await c.get(f"/user/{name}/api/contents/mhdp-shared/syllabus.txt",
-                        headers=h(tok[name]))
+        r = await c.get(f"/user/{name}/api/contents/mhdp-shared/syllabus.txt", headers=h(tok[name]))
         assert r.status == 200 and (await r.json())["content"] == "week 1\n"
         await c.delete(f"/hub/api/users/{name}/server", headers=h(tok[name]))
         # spawning again is idempotent with the links already there
@@ -99,16 +103,22 @@ async def test_hub_runs_unprivileged(tmp_path, make_system_user):
     toml.write_text('[auth]\nauthenticator = "native"\n')
     os.chown(toml, owner.uid, owner.gid)
     env_cmd = [*as_owner, *MINIHUB, "-f", str(toml), "--data-dir", str(data)]
-    r = subprocess.run([*env_cmd, "user", "add", "stu"], input="stu-password\n", text=True,
-                       capture_output=True, cwd="/")
+    r = subprocess.run(
+        [*env_cmd, "user", "add", "stu"],
+        input="stu-password\n",
+        text=True,
+        capture_output=True,
+        cwd="/",
+    )
     assert r.returncode == 0, r.stderr
     log = tmp_path / "hub.log"
     hub = start_hub([*env_cmd, "--port", str(port)], port, log)
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
             base = f"http://127.0.0.1:{port}"
-            r = await s.post(f"{base}/hub/login", data={"username": "stu",
-                                                        "password": "stu-password"})
+            r = await s.post(
+                f"{base}/hub/login", data={"username": "stu", "password": "stu-password"}
+            )
             for _ in range(100):
                 r = await s.get(f"{base}/user/stu/api/status")
                 if r.status == 200:

@@ -26,21 +26,26 @@ async def test_tokens_cannot_use_the_page_forms(aiohttp_client, data_dir):
 
 async def test_a_scoped_token_makes_no_stronger_token(aiohttp_client, data_dir):
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"amy": False})
-    r = await c.post("/hub/api/users/amy/tokens", headers=auth(tok["amy"]),
-                     json={"scopes": ["tokens!user=amy", "read:users!user=amy"]})
+    r = await c.post(
+        "/hub/api/users/amy/tokens",
+        headers=auth(tok["amy"]),
+        json={"scopes": ["tokens!user=amy", "read:users!user=amy"]},
+    )
     narrow = (await r.json())["token"]
     r = await c.post("/hub/api/users/amy/tokens", headers=auth(narrow), json={})
     assert r.status == 201
     assert set((await r.json())["scopes"]) == {"tokens!user=amy", "read:users!user=amy"}
-    r = await c.post("/hub/api/users/amy/tokens", headers=auth(narrow),
-                     json={"scopes": ["servers!user=amy"]})
+    r = await c.post(
+        "/hub/api/users/amy/tokens", headers=auth(narrow), json={"scopes": ["servers!user=amy"]}
+    )
     assert r.status == 403
 
 
 async def test_admin_token_narrowed_to_users_cannot_grant_admin(aiohttp_client, data_dir):
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"boss": True, "amy": False})
-    r = await c.post("/hub/api/users/boss/tokens", headers=auth(tok["boss"]),
-                     json={"scopes": ["users"]})
+    r = await c.post(
+        "/hub/api/users/boss/tokens", headers=auth(tok["boss"]), json={"scopes": ["users"]}
+    )
     narrow = (await r.json())["token"]
     r = await c.patch("/hub/api/users/amy", headers=auth(narrow), json={"admin": True})
     assert r.status == 403
@@ -48,8 +53,14 @@ async def test_admin_token_narrowed_to_users_cannot_grant_admin(aiohttp_client, 
     assert r.status == 200
 
 
-@pytest.mark.parametrize("path", ["/hub/api/users?offset=\u00b2", "/hub/api/users?limit=" + "9" * 40,
-                                  "/hub/api/users/boss/tokens/\u00b2"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/hub/api/users?offset=\u00b2",
+        "/hub/api/users?limit=" + "9" * 40,
+        "/hub/api/users/boss/tokens/\u00b2",
+    ],
+)
 async def test_odd_numbers_are_4xx(aiohttp_client, data_dir, path):
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"boss": True})
     r = await c.get(path, headers=auth(tok["boss"]))
@@ -58,11 +69,17 @@ async def test_odd_numbers_are_4xx(aiohttp_client, data_dir, path):
 
 async def test_activity_shape_and_future_times(aiohttp_client, data_dir):
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"amy": False})
-    r = await c.post("/hub/api/users/amy/activity", headers=auth(tok["amy"]),
-                     json={"last_activity": "2024-01-01T00:00:00Z", "servers": [1]})
+    r = await c.post(
+        "/hub/api/users/amy/activity",
+        headers=auth(tok["amy"]),
+        json={"last_activity": "2024-01-01T00:00:00Z", "servers": [1]},
+    )
     assert r.status == 400
-    r = await c.post("/hub/api/users/amy/activity", headers=auth(tok["amy"]),
-                     json={"last_activity": "2999-01-01T00:00:00Z"})
+    r = await c.post(
+        "/hub/api/users/amy/activity",
+        headers=auth(tok["amy"]),
+        json={"last_activity": "2999-01-01T00:00:00Z"},
+    )
     assert r.status == 204
     m = await (await c.get("/hub/api/users/amy", headers=auth(tok["amy"]))).json()
     assert parse_iso(m["last_activity"]) <= time.time() + 1
@@ -77,13 +94,15 @@ async def test_page_form_numbers(aiohttp_client, data_dir):
     assert r.status == 404
 
 
-async def test_cookie_websocket_from_another_origin_and_form_xsrf_on_proxy(aiohttp_client,
-                                                                            data_dir):
+async def test_cookie_websocket_from_another_origin_and_form_xsrf_on_proxy(
+    aiohttp_client, data_dir
+):
     c = await native_hub(aiohttp_client, data_dir, {"amy": "amy-password"})
     await login(c, "amy", "amy-password")
     with pytest.raises(aiohttp.WSServerHandshakeError) as e:
-        await c.ws_connect("/user/amy/api/kernels/k/channels",
-                           headers={"Origin": "http://evil.example"})
+        await c.ws_connect(
+            "/user/amy/api/kernels/k/channels", headers={"Origin": "http://evil.example"}
+        )
     assert e.value.status == 403
     # on proxied paths only the header counts: the body streams on untouched
     r = await c.post("/user/amy/api/contents", data={"_xsrf": xsrf_of(c)})

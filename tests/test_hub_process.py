@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
-
 from conftest import needs_root
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
@@ -33,11 +32,13 @@ def peer_cert(port: int, ca: trustme.CA) -> bytes:
     ca.configure_trust(ctx)
     import socket
 
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-            der = s.getpeercert(binary_form=True)
-            assert der is not None
-            return der
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        der = s.getpeercert(binary_form=True)
+        assert der is not None
+        return der
 
 
 async def test_tls_hsts_secure_cookie_sighup_and_redirect(tmp_path):
@@ -45,23 +46,38 @@ async def test_tls_hsts_secure_cookie_sighup_and_redirect(tmp_path):
     cert, key = make_cert(tmp_path, ca, "one")
     port, rport = free_port(), free_port()
     toml = tmp_path / "m.toml"
-    toml.write_text(f'[hub]\nssl_cert = "{cert}"\nssl_key = "{key}"\nredirect_port = {rport}\n'
-                    '[auth]\nauthenticator = "native"\n')
+    toml.write_text(
+        f'[hub]\nssl_cert = "{cert}"\nssl_key = "{key}"\nredirect_port = {rport}\n'
+        '[auth]\nauthenticator = "native"\n'
+    )
     data = tmp_path / "data"
-    assert subprocess.run([*MINIHUB, "-f", str(toml), "--data-dir", str(data), "user", "add",
-                           "tess"], input="tess-password\n", text=True).returncode == 0
-    hub = start_hub([*MINIHUB, "-f", str(toml), "--data-dir", str(data), "--port", str(port)],
-                    port, tmp_path / "hub.log")
+    assert (
+        subprocess.run(
+            [*MINIHUB, "-f", str(toml), "--data-dir", str(data), "user", "add", "tess"],
+            input="tess-password\n",
+            text=True,
+        ).returncode
+        == 0
+    )
+    hub = start_hub(
+        [*MINIHUB, "-f", str(toml), "--data-dir", str(data), "--port", str(port)],
+        port,
+        tmp_path / "hub.log",
+    )
     try:
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
         jar = aiohttp.CookieJar(unsafe=True)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx),
-                                         cookie_jar=jar) as s:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=jar
+        ) as s:
             r = await s.get(f"https://127.0.0.1:{port}/hub/login")
             assert r.status == 200 and "max-age" in r.headers["Strict-Transport-Security"]
-            r = await s.post(f"https://127.0.0.1:{port}/hub/login", allow_redirects=False,
-                             data={"username": "tess", "password": "tess-password"})
+            r = await s.post(
+                f"https://127.0.0.1:{port}/hub/login",
+                allow_redirects=False,
+                data={"username": "tess", "password": "tess-password"},
+            )
             assert r.status == 302 and r.cookies["minihub-session"]["secure"]
             # an old connection stays up across the reload
             first = peer_cert(port, ca)
@@ -96,9 +112,22 @@ async def test_tls_hsts_secure_cookie_sighup_and_redirect(tmp_path):
 def test_bad_certificate_is_one_line(tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate")
-    r = subprocess.run([*MINIHUB, "--data-dir", str(tmp_path / "d"), "--ssl-cert", str(bad),
-                        "--ssl-key", str(bad), "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            *MINIHUB,
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--ssl-cert",
+            str(bad),
+            "--ssl-key",
+            str(bad),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "bad.pem" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -106,10 +135,22 @@ def test_bad_certificate_is_one_line(tmp_path):
 async def _execute(s: aiohttp.ClientSession, url: str, code: str, session_id: str) -> str:
     msg_id = uuid.uuid4().hex
     async with s.ws_connect(url + f"?session_id={session_id}") as ws:
-        await ws.send_json({"header": {"msg_id": msg_id, "msg_type": "execute_request",
-                                       "username": "", "session": session_id, "version": "5.3",
-                                       "date": ""}, "parent_header": {}, "metadata": {},
-                            "channel": "shell", "content": {"code": code, "silent": False}})
+        await ws.send_json(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "",
+                    "session": session_id,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {"code": code, "silent": False},
+            }
+        )
         await asyncio.sleep(0.5)  # the execution has started; now the hub goes away
         return msg_id
 
@@ -120,10 +161,17 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
     u = make_system_user(f"mhpr_{sig.name.lower()}")
     data, port = tmp_path / "data", free_port()
     cmd = [*MINIHUB, "--data-dir", str(data), "--port", str(port)]
-    token = subprocess.run([*MINIHUB, "--data-dir", str(data), "user", "add", u.name],
-                           capture_output=True, text=True).returncode == 0 and subprocess.run(
-        [*MINIHUB, "--data-dir", str(data), "token", u.name], capture_output=True,
-        text=True).stdout.strip()
+    token = (
+        subprocess.run(
+            [*MINIHUB, "--data-dir", str(data), "user", "add", u.name],
+            capture_output=True,
+            text=True,
+        ).returncode
+        == 0
+        and subprocess.run(
+            [*MINIHUB, "--data-dir", str(data), "token", u.name], capture_output=True, text=True
+        ).stdout.strip()
+    )
     assert token
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
@@ -141,12 +189,25 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
             session_id = uuid.uuid4().hex
             ws = await s.ws_connect(url + f"?session_id={session_id}")
             msg_id = uuid.uuid4().hex
-            await ws.send_json({"header": {"msg_id": msg_id, "msg_type": "execute_request",
-                                           "username": "", "session": session_id,
-                                           "version": "5.3", "date": ""},
-                                "parent_header": {}, "metadata": {}, "channel": "shell",
-                                "content": {"code": "import time; time.sleep(2); print('done')",
-                                            "silent": False}})
+            await ws.send_json(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "",
+                        "session": session_id,
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": "import time; time.sleep(2); print('done')",
+                        "silent": False,
+                    },
+                }
+            )
             await asyncio.sleep(0.5)
             hub.send_signal(sig)
             code = await asyncio.to_thread(hub.wait, 20)  # the client keeps answering meanwhile
@@ -155,8 +216,12 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
                 closed = await ws.receive()
                 while closed.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     closed = await ws.receive()
-            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                   aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR)
+            assert closed.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.ERROR,
+            )
             if sig == signal.SIGTERM:
                 assert closed.data == aiohttp.WSCloseCode.GOING_AWAY
             await ws.close()
@@ -176,8 +241,9 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
                         if msg["msg_type"] == "stream":
                             texts.append(msg["content"]["text"])
                         if msg["msg_type"] == "execute_reply" or (
-                                msg["msg_type"] == "status"
-                                and msg["content"]["execution_state"] == "idle"):
+                            msg["msg_type"] == "status"
+                            and msg["content"]["execution_state"] == "idle"
+                        ):
                             seen.add(msg["msg_type"])
                         if seen == {"execute_reply", "status"}:
                             break

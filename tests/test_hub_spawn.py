@@ -11,14 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import gone, hub_config, login, needs_root
 
 from minihub.app import make_app
 from minihub.config import Config
 from minihub.store import Store
 from minihub.users import login as hub_login
 from minihub.users import new_token
-
-from conftest import gone, hub_config, login, needs_root
 
 pytestmark = needs_root
 
@@ -54,12 +53,28 @@ async def run_code(c: TestClient, name: str, token: str, kernel_id: str, code: s
     out = []
     async with c.ws_connect(url, headers=h(token)) as ws:
         msg_id = uuid.uuid4().hex
-        await ws.send_json({"header": {"msg_id": msg_id, "msg_type": "execute_request",
-                                       "username": name, "session": "s", "version": "5.3",
-                                       "date": ""},
-                            "parent_header": {}, "metadata": {}, "channel": "shell",
-                            "content": {"code": code, "silent": False, "store_history": False,
-                                        "user_expressions": {}, "allow_stdin": False}})
+        await ws.send_json(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": name,
+                    "session": "s",
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+            }
+        )
         async with asyncio.timeout(30):
             async for m in ws:
                 msg = json.loads(m.data)
@@ -74,8 +89,9 @@ async def run_code(c: TestClient, name: str, token: str, kernel_id: str, code: s
     return "".join(out)
 
 
-async def test_spawn_privilege_drop_isolation_and_readoption(aiohttp_client, data_dir,
-                                                            make_system_user):
+async def test_spawn_privilege_drop_isolation_and_readoption(
+    aiohttp_client, data_dir, make_system_user
+):
     a = make_system_user("mhhs_alice")
     b = make_system_user("mhhs_bob")
     cfg = hub_config(data_dir, hub__admin_access=False)
@@ -88,10 +104,13 @@ async def test_spawn_privilege_drop_isolation_and_readoption(aiohttp_client, dat
 
     r = await c.post(f"/user/{a.name}/api/kernels", headers=h(tok[a.name]), json={})
     kernel = await r.json()
-    code = ("import os, json; print(json.dumps([os.getuid(), os.getgid(), os.getgroups(), "
-            "os.environ.get('HOME'), os.environ.get('USER'), dict(os.environ)]))")
+    code = (
+        "import os, json; print(json.dumps([os.getuid(), os.getgid(), os.getgroups(), "
+        "os.environ.get('HOME'), os.environ.get('USER'), dict(os.environ)]))"
+    )
     uid, gid, groups, home, user, env = json.loads(
-        await run_code(c, a.name, tok[a.name], kernel["id"], code))
+        await run_code(c, a.name, tok[a.name], kernel["id"], code)
+    )
     assert (uid, gid, home, user) == (a.uid, a.gid, a.home, a.name)
     assert 0 not in groups
     blob = json.dumps(env)
@@ -102,8 +121,9 @@ async def test_spawn_privilege_drop_isolation_and_readoption(aiohttp_client, dat
     r = await c.get(f"/user/{a.name}/api/contents", headers=h(tok[b.name]))
     assert r.status == 403
     with pytest.raises(aiohttp.WSServerHandshakeError) as e:
-        await c.ws_connect(f"/user/{a.name}/api/kernels/{kernel['id']}/channels",
-                           headers=h(tok[b.name]))
+        await c.ws_connect(
+            f"/user/{a.name}/api/kernels/{kernel['id']}/channels", headers=h(tok[b.name])
+        )
     assert e.value.status == 403
     r = await c.get(f"/user/{b.name}/../{a.name}/api/contents", headers=h(tok[b.name]))
     assert r.status in (403, 404, 503)
@@ -137,15 +157,16 @@ async def test_spawn_privilege_drop_isolation_and_readoption(aiohttp_client, dat
         await c2.close()
 
 
-async def test_browser_login_spawns_and_lands_on_server(aiohttp_client, data_dir,
-                                                        make_system_user):
+async def test_browser_login_spawns_and_lands_on_server(aiohttp_client, data_dir, make_system_user):
     u = make_system_user("mhhs_carol")
     c = await aiohttp_client(make_app(hub_config(data_dir)))
     r = await login(c, u.name, u.password)
     assert r.status == 302 and "/hub/spawn-pending/" in r.headers["Location"]
     for _ in range(200):
-        r = await c.get(r.headers["Location"] if r.status == 302 else
-                        f"/hub/spawn-pending/{u.name}", allow_redirects=False)
+        r = await c.get(
+            r.headers["Location"] if r.status == 302 else f"/hub/spawn-pending/{u.name}",
+            allow_redirects=False,
+        )
         if r.status == 302 and r.headers["Location"].startswith(f"/user/{u.name}/"):
             break
         await asyncio.sleep(0.1)
@@ -156,8 +177,11 @@ async def test_browser_login_spawns_and_lands_on_server(aiohttp_client, data_dir
     assert r.status == 403  # cookie-authenticated POST without the XSRF header
     from conftest import xsrf_of
 
-    r = await c.post(f"/user/{u.name}/api/contents", json={"type": "notebook"},
-                     headers={"X-XSRFToken": xsrf_of(c)})
+    r = await c.post(
+        f"/user/{u.name}/api/contents",
+        json={"type": "notebook"},
+        headers={"X-XSRFToken": xsrf_of(c)},
+    )
     assert r.status == 201
 
 
@@ -175,8 +199,12 @@ async def test_spawn_failure_shows_log_tail(aiohttp_client, data_dir, make_syste
 async def test_concurrent_spawn_limit_gives_429(aiohttp_client, data_dir, make_system_user):
     a = make_system_user("mhhs_erin")
     b = make_system_user("mhhs_fred")
-    cfg = hub_config(data_dir, spawner__concurrent_spawn_limit=1,
-                     spawner__cmd=["/bin/sh", "-c", "sleep 30"], spawner__start_timeout=20)
+    cfg = hub_config(
+        data_dir,
+        spawner__concurrent_spawn_limit=1,
+        spawner__cmd=["/bin/sh", "-c", "sleep 30"],
+        spawner__start_timeout=20,
+    )
     tok = await make_tokens(cfg, [a.name, b.name])
     c = await aiohttp_client(make_app(cfg))
     first = asyncio.create_task(c.post(f"/hub/api/users/{a.name}/server", headers=h(tok[a.name])))
@@ -207,8 +235,11 @@ async def test_users_cannot_reach_each_others_files(aiohttp_client, data_dir, ma
     c = await aiohttp_client(make_app(cfg))
     await start(c, a.name, tok[a.name])
     # through the contents API of her own server: no way out of her notebook dir
-    for path in (f"../{b.name}/secret.txt", f"..%2F{b.name}%2Fsecret.txt",
-                 f"/home/{b.name}/secret.txt"):
+    for path in (
+        f"../{b.name}/secret.txt",
+        f"..%2F{b.name}%2Fsecret.txt",
+        f"/home/{b.name}/secret.txt",
+    ):
         r = await c.get(f"/user/{a.name}/api/contents/{path}", headers=h(tok[a.name]))
         assert r.status in (400, 403, 404), path
         assert "answers" not in await r.text()
@@ -218,9 +249,9 @@ async def test_users_cannot_reach_each_others_files(aiohttp_client, data_dir, ma
     r = await c.get(f"/user/{a.name}/files/peek.txt", headers=h(tok[a.name]))
     assert r.status in (403, 404) and "answers" not in await r.text()
     # and her code runs as her: Unix permissions stop it
-    kernel = await (await c.post(f"/user/{a.name}/api/kernels", headers=h(tok[a.name]),
-                                 json={})).json()
-    out = await run_code(c, a.name, tok[a.name], kernel["id"],
-                         f"open({secret!r}).read()")
+    kernel = await (
+        await c.post(f"/user/{a.name}/api/kernels", headers=h(tok[a.name]), json={})
+    ).json()
+    out = await run_code(c, a.name, tok[a.name], kernel["id"], f"open({secret!r}).read()")
     assert "ERROR PermissionError" in out
     await c.delete(f"/hub/api/users/{a.name}/server", headers=h(tok[a.name]))

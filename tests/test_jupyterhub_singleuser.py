@@ -28,8 +28,9 @@ from minihub.store import Store
 from minihub.users import login as hub_login
 from minihub.users import new_token
 
-SINGLEUSER = shutil.which("jupyterhub-singleuser",
-                          path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+SINGLEUSER = shutil.which(
+    "jupyterhub-singleuser", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+)
 
 
 def free_port() -> int:
@@ -53,8 +54,9 @@ async def wait_ready(c: TestClient, name: str) -> dict[str, Any]:
 
 
 def page_config(html: str) -> dict[str, Any]:
-    m = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
-                  html, re.DOTALL)
+    m = re.search(
+        r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', html, re.DOTALL
+    )
     assert m, html[:500]
     return dict(json.loads(m.group(1)))
 
@@ -65,12 +67,28 @@ async def execute(c: TestClient, name: str, kernel_id: str, code: str) -> str:
     msg_id = uuid.uuid4().hex
     out = []
     async with c.ws_connect(url) as ws:
-        await ws.send_json({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": name,
-                       "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False}})
+        await ws.send_json(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": name,
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+            }
+        )
         async with asyncio.timeout(30):
             async for m in ws:
                 msg = json.loads(m.data)
@@ -90,9 +108,13 @@ async def execute(c: TestClient, name: str, kernel_id: str, code: str) -> str:
 async def test_jupyterlab_oauth_kernel_and_activity(aiohttp_client, data_dir, make_system_user):
     alice = make_system_user("mhjh_alice")
     port = free_port()
-    cfg = hub_config(data_dir, hub__port=port, spawner__cmd=[SINGLEUSER],
-                     spawner__start_timeout=60,
-                     spawner__environment={"JUPYTERHUB_ACTIVITY_INTERVAL": "1"})
+    cfg = hub_config(
+        data_dir,
+        hub__port=port,
+        spawner__cmd=[SINGLEUSER],
+        spawner__start_timeout=60,
+        spawner__environment={"JUPYTERHUB_ACTIVITY_INTERVAL": "1"},
+    )
     c = await aiohttp_client(make_app(cfg), server_kwargs={"port": port})
     r = await login(c, alice.name, alice.password)
     assert r.status == 302, await r.text()
@@ -142,6 +164,7 @@ async def test_jupyterlab_oauth_kernel_and_activity(aiohttp_client, data_dir, ma
 
 # --- the OAuth2 provider on its own (no server process) --------------------------------------
 
+
 async def _setup(cfg: Any, name: str, password: str) -> tuple[str, str]:
     """A native user, and an OAuth client for their server: (client id, client secret)."""
     from minihub import protocols, users
@@ -170,28 +193,34 @@ async def test_oauth_provider_pkce_and_plain(aiohttp_client, data_dir):
     r = await login(c, "mhjh_bea", "pw-long-enough-1")
     assert r.status == 302
 
-    r = await c.get("/hub/api/oauth2/authorize", params={"client_id": "nope"},
-                    allow_redirects=False)
+    r = await c.get(
+        "/hub/api/oauth2/authorize", params={"client_id": "nope"}, allow_redirects=False
+    )
     assert r.status == 400 and (await r.json())["error"] == "invalid_client"
 
     # PKCE S256: the right verifier gets a token, a wrong one does not
     verifier = "v" * 50
-    challenge = base64.urlsafe_b64encode(
-        hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-    code = await _authorize(c, client_id, code_challenge=challenge,
-                            code_challenge_method="S256")
-    form = {"grant_type": "authorization_code", "client_id": client_id,
-            "client_secret": secret, "code": code}
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    )
+    code = await _authorize(c, client_id, code_challenge=challenge, code_challenge_method="S256")
+    form = {
+        "grant_type": "authorization_code",
+        "client_id": client_id,
+        "client_secret": secret,
+        "code": code,
+    }
     r = await c.post("/hub/api/oauth2/token", data={**form, "code_verifier": "w" * 50})
     assert r.status == 400 and (await r.json())["error"] == "invalid_grant"
-    code = await _authorize(c, client_id, code_challenge=challenge,
-                            code_challenge_method="S256")
-    r = await c.post("/hub/api/oauth2/token", data={**form, "code": code,
-                                                     "code_verifier": verifier})
+    code = await _authorize(c, client_id, code_challenge=challenge, code_challenge_method="S256")
+    r = await c.post(
+        "/hub/api/oauth2/token", data={**form, "code": code, "code_verifier": verifier}
+    )
     assert r.status == 200, await r.text()
     access = (await r.json())["access_token"]
-    r = await c.post("/hub/api/oauth2/token", data={**form, "code": code,
-                                                     "code_verifier": verifier})
+    r = await c.post(
+        "/hub/api/oauth2/token", data={**form, "code": code, "code_verifier": verifier}
+    )
     assert r.status == 400  # a code is used once
 
     # without PKCE, and a wrong client secret
@@ -218,8 +247,7 @@ async def test_scoped_tokens_and_logged_out_authorize(aiohttp_client, data_dir):
     limited, _ = await new_token(store, u, "t", ["read:users!user=mhjh_cy"])
     await store.close()
     c = await aiohttp_client(make_app(cfg))
-    r = await c.get("/hub/api/oauth2/authorize", params={"client_id": "x"},
-                    allow_redirects=False)
+    r = await c.get("/hub/api/oauth2/authorize", params={"client_id": "x"}, allow_redirects=False)
     assert r.status == 302 and "/hub/login?next=" in r.headers["Location"]
     h = {"Authorization": f"token {limited}"}
     assert (await c.get("/hub/api/users/mhjh_cy", headers=h)).status == 200
@@ -228,9 +256,14 @@ async def test_scoped_tokens_and_logged_out_authorize(aiohttp_client, data_dir):
     r = await c.get("/user/mhjh_cy/api/status", headers=h)
     assert r.status == 403  # no access:servers in this token
     me = await (await c.get("/hub/api/user", headers=h)).json()
-    assert me["scopes"] == sorted(["read:users!user=mhjh_cy", "read:users:name!user=mhjh_cy",
-                                   "read:users:groups!user=mhjh_cy",
-                                   "read:users:activity!user=mhjh_cy"])
+    assert me["scopes"] == sorted(
+        [
+            "read:users!user=mhjh_cy",
+            "read:users:name!user=mhjh_cy",
+            "read:users:groups!user=mhjh_cy",
+            "read:users:activity!user=mhjh_cy",
+        ]
+    )
     h = {"Authorization": f"token {full}"}
     r = await c.post("/hub/api/users/mhjh_cy/tokens", headers=h, json={"scopes": ["bogus"]})
     assert r.status == 400
@@ -239,8 +272,10 @@ async def test_scoped_tokens_and_logged_out_authorize(aiohttp_client, data_dir):
 
 # --- the proxy: whose Authorization reaches a jupyterhub-singleuser server ---------------------
 
-async def test_authorization_reaches_only_owners_jupyterhub_server(aiohttp_client, aiohttp_server,
-                                                                  tmp_path):
+
+async def test_authorization_reaches_only_owners_jupyterhub_server(
+    aiohttp_client, aiohttp_server, tmp_path
+):
     """jupyterhub-singleuser authenticates API clients by their hub token, so the hub forwards
     the owner's Authorization to it; never an admin's, never to minihub's own server."""
     from aiohttp import web

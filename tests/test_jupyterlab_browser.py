@@ -30,8 +30,10 @@ from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, account
 VENV_BIN = os.path.dirname(sys.executable)
 SINGLEUSER = shutil.which("jupyterhub-singleuser", path=VENV_BIN)
 pytestmark = [
-    pytest.mark.skipif(SINGLEUSER is None or shutil.which("jupyter-lab", path=VENV_BIN) is None,
-                       reason="jupyterhub-singleuser and JupyterLab are not installed"),
+    pytest.mark.skipif(
+        SINGLEUSER is None or shutil.which("jupyter-lab", path=VENV_BIN) is None,
+        reason="jupyterhub-singleuser and JupyterLab are not installed",
+    ),
     pytest.mark.timeout(90),
 ]
 # JupyterLab's first load in Chromium takes ~15 s on an idle 2-core machine; the bound is
@@ -89,19 +91,36 @@ class Hub:
 
 
 @pytest.fixture
-def lab_hub(request: pytest.FixtureRequest, data_dir: str, tmp_path: Path,
-            make_system_user: Any) -> Iterator[tuple[Hub, Any]]:
+def lab_hub(
+    request: pytest.FixtureRequest, data_dir: str, tmp_path: Path, make_system_user: Any
+) -> Iterator[tuple[Hub, Any]]:
     """A hub on a free loopback port, under the base URL given as the fixture's param."""
     base_url = getattr(request, "param", "/")
     user = make_system_user(account("mhjl"))
     port = _free_port()
     toml = tmp_path / "minihub.toml"
     # The operator's line: the command by name, found on the servers' PATH (the hub's venv).
-    toml.write_text(f'[hub]\nbase_url = "{base_url}"\n'
-                    '[spawner]\ncmd = ["jupyterhub-singleuser"]\nstart_timeout = 60\n'
-                    'environment = {JUPYTERHUB_ACTIVITY_INTERVAL = "1"}\n')
-    hub = Hub([sys.executable, "-m", "minihub", "-f", str(toml), "--data-dir", data_dir,
-               "--port", str(port)], port, tmp_path / "hub.log", base_url)
+    toml.write_text(
+        f'[hub]\nbase_url = "{base_url}"\n'
+        '[spawner]\ncmd = ["jupyterhub-singleuser"]\nstart_timeout = 60\n'
+        'environment = {JUPYTERHUB_ACTIVITY_INTERVAL = "1"}\n'
+    )
+    hub = Hub(
+        [
+            sys.executable,
+            "-m",
+            "minihub",
+            "-f",
+            str(toml),
+            "--data-dir",
+            data_dir,
+            "--port",
+            str(port),
+        ],
+        port,
+        tmp_path / "hub.log",
+        base_url,
+    )
     hub.start()
     try:
         yield hub, user
@@ -112,6 +131,7 @@ def lab_hub(request: pytest.FixtureRequest, data_dir: str, tmp_path: Path,
 
 
 # --- in Chromium ------------------------------------------------------------------------------
+
 
 @pytest.mark.browser
 @pytest.mark.timeout(BROWSER_TIMEOUT)
@@ -129,10 +149,22 @@ def test_jupyterlab_in_chromium(lab_hub: tuple[Hub, Any]) -> None:
             ctx = browser.new_context(viewport={"width": 1280, "height": 900})
             ctx.set_default_timeout(30000)
             page = ctx.new_page()
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text} {m.location}")
-                    if m.type in ("error", "warning") else None)
-            page.on("response", lambda r: failed.append(f"{r.status} {r.request.method} {r.url}")
-                    if r.status >= 400 else None)
+            page.on(
+                "console",
+                lambda m: (
+                    console.append(f"{m.type}: {m.text} {m.location}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
+            page.on(
+                "response",
+                lambda r: (
+                    failed.append(f"{r.status} {r.request.method} {r.url}")
+                    if r.status >= 400
+                    else None
+                ),
+            )
             hops: list[str] = []
             page.on("request", lambda r: hops.append(r.url) if r.is_navigation_request() else None)
             page.goto(hub.url + "/hub/login")
@@ -145,8 +177,10 @@ def test_jupyterlab_in_chromium(lab_hub: tuple[Hub, Any]) -> None:
                 card = page.locator(".jp-LauncherCard[data-category='Notebook']").first
                 card.wait_for(timeout=60000)
             except Exception as e:
-                raise AssertionError(f"{e}\nnavigations: {hops}\nfailed: {failed}\n"
-                                     f"console: {console[-20:]}\nhub log: {hub.tail()}") from e
+                raise AssertionError(
+                    f"{e}\nnavigations: {hops}\nfailed: {failed}\n"
+                    f"console: {console[-20:]}\nhub log: {hub.tail()}"
+                ) from e
             assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
             assert any(f"/user/{user.name}/oauth_callback?code=" in h for h in hops), hops
             kernel_ws = run_a_cell(page, card, failed, console)
@@ -180,23 +214,27 @@ def run_a_cell(page: Any, card: Any, failed: list[str], console: list[str]) -> s
     def why(e: Exception) -> AssertionError:
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-failed.png"))
-        return AssertionError(f"{e}\nfailed: {failed}\nconsole: {console[-20:]}\n"
-                              "websockets:\n" + "\n".join(events[:60]))
+        return AssertionError(
+            f"{e}\nfailed: {failed}\nconsole: {console[-20:]}\n"
+            "websockets:\n" + "\n".join(events[:60])
+        )
 
     page.on("websocket", on_ws)
     card.click()
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").first
     try:
-        panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
-            timeout=60000)
+        panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60000)
         # "idle" shows the kernel's state from the REST API before the websocket is up, and
         # JupyterLab may still swap the session's kernel; a cell run then is silently lost
         # (JupyterLab's race, with or without a hub). Wait, as a person would, until the
         # newest kernel websocket has answered kernel_info.
         for _ in range(600):
             opened = [i for i, e in enumerate(events) if e.startswith("open ")]
-            if opened and "< kernel_info_reply" in events[opened[-1]:] \
-                    and "closed" not in events[opened[-1]:]:
+            if (
+                opened
+                and "< kernel_info_reply" in events[opened[-1] :]
+                and "closed" not in events[opened[-1] :]
+            ):
                 break
             page.wait_for_timeout(100)
         else:
@@ -222,8 +260,10 @@ def save_the_notebook(page: Any, user: Any) -> None:
     """The toolbar's save: a PUT through the hub with JupyterLab's own credentials."""
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").first
     panel.locator(".jp-Toolbar [data-command='docmanager:save']").first.click()
-    dirty, accept = page.locator(".jp-mod-current.jp-mod-dirty"), page.locator(
-        ".jp-Dialog .jp-mod-accept")
+    dirty, accept = (
+        page.locator(".jp-mod-current.jp-mod-dirty"),
+        page.locator(".jp-Dialog .jp-mod-accept"),
+    )
     for _ in range(300):  # JupyterLab 4 asks for a name on an untitled file's first save
         if accept.count():
             accept.first.click()
@@ -260,6 +300,7 @@ def _msg_type(frame: Any) -> str:
 
 # --- a hub restart under a running JupyterLab -------------------------------------------------
 
+
 async def _wait_running(s: aiohttp.ClientSession, hub: Hub, name: str) -> None:
     for _ in range(600):
         async with s.get(f"{hub.url}/hub/api/users/{name}") as r:
@@ -272,8 +313,7 @@ async def _wait_running(s: aiohttp.ClientSession, hub: Hub, name: str) -> None:
     raise AssertionError(f"server not running: {model}\n{hub.tail()}")
 
 
-async def _execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str,
-                   code: str) -> str:
+async def _execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str, code: str) -> str:
     """Run code over the kernel's websocket through the hub (authenticated by the browser's
     cookies alone, as JupyterLab's are); return its stdout."""
     url = f"{hub.url}/user/{name}/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
@@ -284,12 +324,30 @@ async def _execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str,
         if ws.protocol:
             await ws.send_bytes(_v1(msg_id, name, code))
         else:
-            await ws.send_str(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": name,
-                           "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False}}))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "msg_type": "execute_request",
+                            "username": name,
+                            "session": uuid.uuid4().hex,
+                            "version": "5.3",
+                            "date": "",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": False,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                        },
+                    }
+                )
+            )
         async with asyncio.timeout(30):
             async for m in ws:
                 msg = _decode(m)
@@ -306,19 +364,36 @@ async def _execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str,
 
 def _v1(msg_id: str, name: str, code: str) -> bytes:
     """An execute_request in the v1.kernel.websocket.jupyter.org binary framing."""
-    parts = [b"shell",
-             json.dumps({"msg_id": msg_id, "msg_type": "execute_request", "username": name,
-                         "session": uuid.uuid4().hex, "version": "5.3", "date": ""}).encode(),
-             b"{}", b"{}",
-             json.dumps({"code": code, "silent": False, "store_history": False,
-                         "user_expressions": {}, "allow_stdin": False}).encode()]
+    parts = [
+        b"shell",
+        json.dumps(
+            {
+                "msg_id": msg_id,
+                "msg_type": "execute_request",
+                "username": name,
+                "session": uuid.uuid4().hex,
+                "version": "5.3",
+                "date": "",
+            }
+        ).encode(),
+        b"{}",
+        b"{}",
+        json.dumps(
+            {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+            }
+        ).encode(),
+    ]
     offsets, pos = [], 8 * (len(parts) + 2)
     for p in parts:
         offsets.append(pos)
         pos += len(p)
     offsets.append(pos)
-    head = (len(offsets)).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little")
-                                                          for o in offsets)
+    head = (len(offsets)).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
     return head + b"".join(parts)
 
 
@@ -328,16 +403,24 @@ def _decode(m: aiohttp.WSMessage) -> dict[str, Any]:
     assert m.type == aiohttp.WSMsgType.BINARY, m
     data: bytes = m.data
     n = int.from_bytes(data[:8], "little")
-    offs = [int.from_bytes(data[8 * (i + 1):8 * (i + 2)], "little") for i in range(n)]
-    fields = [data[offs[i]:offs[i + 1]] for i in range(n - 1)]
-    return {"channel": fields[0].decode(), "header": json.loads(fields[1]),
-            "msg_type": json.loads(fields[1])["msg_type"],
-            "parent_header": json.loads(fields[2]), "content": json.loads(fields[4])}
+    offs = [int.from_bytes(data[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(n)]
+    fields = [data[offs[i] : offs[i + 1]] for i in range(n - 1)]
+    return {
+        "channel": fields[0].decode(),
+        "header": json.loads(fields[1]),
+        "msg_type": json.loads(fields[1])["msg_type"],
+        "parent_header": json.loads(fields[2]),
+        "content": json.loads(fields[4]),
+    }
 
 
 def _server_pid(name: str) -> int:
-    out = subprocess.run(["pgrep", "-u", name, "-f", "jupyterhub-singleuser"],
-                         check=False, capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["pgrep", "-u", name, "-f", "jupyterhub-singleuser"],
+        check=False,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert len(out) == 1, out
     return int(out[0])
 
@@ -349,8 +432,9 @@ async def _open_lab(s: aiohttp.ClientSession, hub: Hub, name: str) -> tuple[list
         html = await r.text()
         assert r.status == 200, (r.status, html[:500], hub.tail())
         hops = [str(h.url) for h in r.history]
-    m = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
-                  html, re.DOTALL)
+    m = re.search(
+        r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', html, re.DOTALL
+    )
     assert m, html[:500]
     config = json.loads(m.group(1))
     assert config["hubUser"] == name, config
@@ -362,18 +446,22 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
     hub, user = lab_hub
     name = user.name
     jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
-    async with aiohttp.ClientSession(cookie_jar=jar,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
-        async with s.post(f"{hub.url}/hub/login", data={"username": name,
-                                                        "password": user.password}) as r:
+    async with aiohttp.ClientSession(cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async with s.post(
+            f"{hub.url}/hub/login", data={"username": name, "password": user.password}
+        ) as r:
             assert r.status == 200, await r.text()
         await _wait_running(s, hub, name)
         hops, token = await _open_lab(s, hub, name)
         assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
-        xsrf = next(c.value for c in jar
-                    if c.key == "_xsrf" and c["path"].startswith(f"{hub.base_url}user/"))
-        async with s.post(f"{hub.url}/user/{name}/api/kernels", json={},
-                          headers={"X-XSRFToken": xsrf}) as r:
+        xsrf = next(
+            c.value
+            for c in jar
+            if c.key == "_xsrf" and c["path"].startswith(f"{hub.base_url}user/")
+        )
+        async with s.post(
+            f"{hub.url}/user/{name}/api/kernels", json={}, headers={"X-XSRFToken": xsrf}
+        ) as r:
             assert r.status == 201, await r.text()
             kernel = (await r.json())["id"]
         pid = _server_pid(name)
@@ -399,8 +487,10 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
         auth = {"Authorization": f"token {token}"}
         async with s.get(f"{hub.url}/hub/api/user", headers=auth) as r:
             assert r.status == 200 and (await r.json())["name"] == name
-        async with aiohttp.ClientSession() as bare, \
-                bare.get(f"{hub.url}/user/{name}/api/status", headers=auth) as r:  # token alone
+        async with (
+            aiohttp.ClientSession() as bare,
+            bare.get(f"{hub.url}/user/{name}/api/status", headers=auth) as r,
+        ):  # token alone
             assert r.status == 200, await r.text()
 
         # The server's own API token still works: its activity posts reach the new hub.
@@ -410,5 +500,6 @@ async def test_jupyterlab_server_survives_hub_restart(lab_hub: tuple[Hub, Any]) 
             if f"204 {posted}" in since:
                 break
             await asyncio.sleep(0.1)
-        assert f"204 {posted}" in since and posted not in since.replace(f"204 {posted}", ""), \
-            since[-3000:]
+        assert f"204 {posted}" in since and posted not in since.replace(f"204 {posted}", ""), since[
+            -3000:
+        ]

@@ -61,8 +61,12 @@ async def test_home_page_forms_limits_and_refusals(aiohttp_client, data_dir, mak
     ann = make_system_user(account("mhnp_ann"))
     bob = make_system_user(account("mhnp_bob"))
     adm = make_system_user(account("mhnp_adm"))
-    cfg = hub_config(data_dir, hub__allow_named_servers=True,
-                     hub__named_server_limit_per_user=2, auth__admin_users=[adm.name])
+    cfg = hub_config(
+        data_dir,
+        hub__allow_named_servers=True,
+        hub__named_server_limit_per_user=2,
+        auth__admin_users=[adm.name],
+    )
     tok = await make_tokens(cfg, [ann.name])
     c = await aiohttp_client(make_app(cfg))
     xsrf = await as_user(c, ann)
@@ -73,9 +77,15 @@ async def test_home_page_forms_limits_and_refusals(aiohttp_client, data_dir, mak
     # the form is refused without its XSRF token, and every bad name is a 400 in the page
     r = await c.post("/hub/home/servers", data={"server_name": "work"}, allow_redirects=False)
     assert r.status == 403
-    bad = {"Work": "Invalid server name", "": "Invalid server name", "a" * 31: "Invalid",
-           "../x": "Invalid", "a b": "Invalid", "tree": "cannot name a server",
-           "<b>x</b>": "Invalid"}
+    bad = {
+        "Work": "Invalid server name",
+        "": "Invalid server name",
+        "a" * 31: "Invalid",
+        "../x": "Invalid",
+        "a b": "Invalid",
+        "tree": "cannot name a server",
+        "<b>x</b>": "Invalid",
+    }
     for name, why in bad.items():
         r = await post(c, "/hub/home/servers", xsrf, server_name=name)
         text = await r.text()
@@ -101,7 +111,8 @@ async def test_home_page_forms_limits_and_refusals(aiohttp_client, data_dir, mak
     assert r.status == 400 and "already have a server named" in await r.text()
     r = await post(c, "/hub/spawn/" + ann.name + "/two", xsrf)  # JupyterHub's: creates it
     assert r.status == 302 and r.headers["Location"].startswith(
-        f"/hub/spawn-pending/{ann.name}/two?next=")
+        f"/hub/spawn-pending/{ann.name}/two?next="
+    )
     r = await post(c, "/hub/home/servers", xsrf, server_name="three")
     text = await r.text()
     assert r.status == 400 and "named_server_limit_per_user" in text and "remove one" in text
@@ -112,13 +123,20 @@ async def test_home_page_forms_limits_and_refusals(aiohttp_client, data_dir, mak
 
     # bob: refused on every page and form about ann's servers, with his own valid XSRF token
     bx = await as_user(c, bob)
-    for url in (f"/hub/spawn/{ann.name}/work", f"/hub/stop/{ann.name}/work",
-                f"/hub/delete/{ann.name}/work", f"/hub/spawn/{ann.name}/new",
-                f"/hub/admin/users/{ann.name}/servers/work/stop"):
+    for url in (
+        f"/hub/spawn/{ann.name}/work",
+        f"/hub/stop/{ann.name}/work",
+        f"/hub/delete/{ann.name}/work",
+        f"/hub/spawn/{ann.name}/new",
+        f"/hub/admin/users/{ann.name}/servers/work/stop",
+    ):
         r = await post(c, url, bx)
         assert r.status == 403, (url, r.status)
-    for url in (f"/hub/spawn-pending/{ann.name}/work", f"/hub/user/{ann.name}/work/tree/",
-                f"/user/{ann.name}/work/tree/"):
+    for url in (
+        f"/hub/spawn-pending/{ann.name}/work",
+        f"/hub/user/{ann.name}/work/tree/",
+        f"/user/{ann.name}/work/tree/",
+    ):
         r = await c.get(url, allow_redirects=False)
         assert r.status == 403, (url, r.status)
     assert "new" not in await servers_of(c, ann.name, tok[ann.name])
@@ -177,8 +195,9 @@ async def test_home_page_forms_limits_and_refusals(aiohttp_client, data_dir, mak
     assert 'data-server="work"' not in page and 'id="new-server"' in page
 
 
-async def test_without_named_servers_the_home_page_is_as_before(aiohttp_client, data_dir,
-                                                                make_system_user):
+async def test_without_named_servers_the_home_page_is_as_before(
+    aiohttp_client, data_dir, make_system_user
+):
     cy = make_system_user(account("mhnp_cy"))
     c = await aiohttp_client(make_app(hub_config(data_dir)))
     xsrf = await as_user(c, cy)
@@ -190,11 +209,15 @@ async def test_without_named_servers_the_home_page_is_as_before(aiohttp_client, 
     assert r.status == 400 and "allow_named_servers" in await r.text()
 
 
-async def test_a_named_server_that_fails_shows_why_on_the_home_page(aiohttp_client, data_dir,
-                                                                   make_system_user):
+async def test_a_named_server_that_fails_shows_why_on_the_home_page(
+    aiohttp_client, data_dir, make_system_user
+):
     di = make_system_user(account("mhnp_di"))
-    cfg = hub_config(data_dir, hub__allow_named_servers=True,
-                     spawner__cmd=["/bin/sh", "-c", "echo boom-from-named >&2; exit 3"])
+    cfg = hub_config(
+        data_dir,
+        hub__allow_named_servers=True,
+        spawner__cmd=["/bin/sh", "-c", "echo boom-from-named >&2; exit 3"],
+    )
     c = await aiohttp_client(make_app(cfg))
     xsrf = await as_user(c, di)
     r = await post(c, "/hub/home/servers", xsrf, server_name="bad")
@@ -220,12 +243,27 @@ def named_hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[
     user = make_system_user(account("mhnp_web"))
     port = _free_port()
     toml = tmp_path / "minihub.toml"
-    toml.write_text('[hub]\ncleanup_servers = true\nallow_named_servers = true\n'
-                    f'named_server_limit_per_user = 3\n[auth]\nadmin_users = ["{user.name}"]\n')
+    toml.write_text(
+        "[hub]\ncleanup_servers = true\nallow_named_servers = true\n"
+        f'named_server_limit_per_user = 3\n[auth]\nadmin_users = ["{user.name}"]\n'
+    )
     log = tmp_path / "hub.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "minihub", "-f", str(toml), "--data-dir",
-                                 data_dir, "--port", str(port)], stdout=f, stderr=f)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minihub",
+                "-f",
+                str(toml),
+                "--data-dir",
+                data_dir,
+                "--port",
+                str(port),
+            ],
+            stdout=f,
+            stderr=f,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -296,8 +334,10 @@ def test_named_server_from_the_home_page_in_chromium(named_hub: Hub) -> None:
             page.goto(hub.url + "/hub/home")
             assert row(page, "").locator(".status").inner_text() == "running"
             assert row(page, "work").locator(".status").inner_text() == "running"
-            assert row(page, "work").locator("a.open").get_attribute("href") == \
-                f"/user/{user.name}/work/tree/"
+            assert (
+                row(page, "work").locator("a.open").get_attribute("href")
+                == f"/user/{user.name}/work/tree/"
+            )
             shot(page, "named-home-both")
             page.goto(hub.url + "/hub/admin")
             page.locator(f'tr[data-user="{user.name}"] .named[data-server="work"]').wait_for()

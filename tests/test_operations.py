@@ -7,11 +7,10 @@ import os
 import signal
 
 from aiohttp.test_utils import TestClient, TestServer
-
-from minihub.app import make_app
-
 from conftest import gone, hub_config, needs_root
 from test_hub_spawn import h, make_tokens, start
+
+from minihub.app import make_app
 
 pytestmark = needs_root
 

@@ -755,8 +755,9 @@ class RawUpstream:
             writer.close()
 
 
-async def _read_body(reader: asyncio.StreamReader, head: bytes, path: str,
-                     up: RawUpstream) -> bytes:
+async def _read_body(
+    reader: asyncio.StreamReader, head: bytes, path: str, up: RawUpstream
+) -> bytes:
     low = head.lower()
     got = b""
     try:
@@ -818,8 +819,9 @@ async def test_interim_responses_are_skipped(raw: RawUpstream, raw_hub: Client) 
 async def test_bodiless_responses_and_reuse(raw: RawUpstream, raw_hub: Client) -> None:
     raw.replies["/user/x/head"] = Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
     raw.replies["/user/x/204"] = Reply(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n")
-    raw.replies["/user/x/304"] = Reply(b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n"
-                                       b"Content-Length: 50\r\n\r\n")
+    raw.replies["/user/x/304"] = Reply(
+        b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\nContent-Length: 50\r\n\r\n'
+    )
     raw.replies["/user/x/ok"] = ok()
     r = await raw_hub.head("/user/x/head")
     assert (r.status, r.headers["Content-Length"], await r.read()) == (200, "1000", b"")
@@ -831,8 +833,9 @@ async def test_bodiless_responses_and_reuse(raw: RawUpstream, raw_hub: Client) -
     assert len({c for c, *_ in raw.seen}) == 1
 
 
-async def test_chunked_response_with_extensions_and_trailers(raw: RawUpstream,
-                                                             raw_hub: Client) -> None:
+async def test_chunked_response_with_extensions_and_trailers(
+    raw: RawUpstream, raw_hub: Client
+) -> None:
     raw.replies["/user/x/chunked"] = Reply(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
         b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: abc\r\nX-More: 1\r\n\r\n"
@@ -847,26 +850,30 @@ async def test_chunked_response_with_extensions_and_trailers(raw: RawUpstream,
 
 async def test_connection_close_and_http10(raw: RawUpstream, raw_hub: Client) -> None:
     raw.replies["/user/x/close"] = ok(b"bye", "Connection: close\r\n")
-    raw.replies["/user/x/old"] = Reply(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\n" + b"z" * 100_000,
-                                       close=True)
+    raw.replies["/user/x/old"] = Reply(
+        b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\n" + b"z" * 100_000, close=True
+    )
     assert await _get(raw_hub, "/user/x/close") == (200, b"bye")
     assert await _get(raw_hub, "/user/x/old") == (200, b"z" * 100_000)  # read until close
     assert await _get(raw_hub, "/user/x/close") == (200, b"bye")
     assert len({c for c, *_ in raw.seen}) == 3
 
 
-@pytest.mark.parametrize("reply", [
-    Reply(close=True),  # closed before any answer
-    Reply(b"HTTP/1.1 2OO OK\r\n\r\n"),
-    Reply(b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n"),
-    Reply(b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n"),
-    Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
-    Reply(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
-    Reply(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"),
-    Reply(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
-    Reply(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
-    Reply(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 9 + ok().data),
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(close=True),  # closed before any answer
+        Reply(b"HTTP/1.1 2OO OK\r\n\r\n"),
+        Reply(b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n"),
+        Reply(b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n"),
+        Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+        Reply(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+        Reply(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"),
+        Reply(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+        Reply(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+        Reply(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 9 + ok().data),
+    ],
+)
 async def test_broken_responses_are_502_and_the_next_request_works(
     raw: RawUpstream, raw_hub: Client, reply: Reply
 ) -> None:
@@ -880,14 +887,18 @@ async def test_broken_responses_are_502_and_the_next_request_works(
     assert len(set(raw.conns("/user/x/ok"))) == 1  # a good connection is reused again
 
 
-@pytest.mark.parametrize("data", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 70_000,
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
-])
-async def test_body_cut_short_aborts_the_client(raw: RawUpstream, raw_hub: Client,
-                                                data: bytes) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 70_000,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
+    ],
+)
+async def test_body_cut_short_aborts_the_client(
+    raw: RawUpstream, raw_hub: Client, data: bytes
+) -> None:
     raw.replies["/user/x/cut"] = Reply(data, close=True)
     raw.replies["/user/x/ok"] = ok()
     r = await raw_hub.get("/user/x/cut")
@@ -923,7 +934,8 @@ async def test_read_timeout_is_504(raw: RawUpstream, raw_hub: Client) -> None:
 
 async def test_early_answer_without_reading_the_body(raw: RawUpstream, raw_hub: Client) -> None:
     raw.replies["/user/x/reject"] = Reply(
-        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!", read_body=False)
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!", read_body=False
+    )
     raw.replies["/user/x/ok"] = ok()
     r = await raw_hub.post("/user/x/reject", data=b"b" * 200_000)
     assert (r.status, await r.read()) == (413, b"big!")
@@ -938,8 +950,11 @@ async def test_client_hanging_up_mid_upload_never_completes_the_upstream_body(
 ) -> None:
     raw.replies["/user/x/put"] = ok()
     assert raw_hub.port is not None
-    framing = ("Transfer-Encoding: chunked\r\n\r\n" + "1000\r\n" if chunked
-               else "Content-Length: 1000000\r\n\r\n")
+    framing = (
+        "Transfer-Encoding: chunked\r\n\r\n" + "1000\r\n"
+        if chunked
+        else "Content-Length: 1000000\r\n\r\n"
+    )
     _, w = await asyncio.open_connection("127.0.0.1", raw_hub.port)
     w.write(f"PUT /user/x/put HTTP/1.1\r\nHost: h\r\n{framing}".encode() + b"p" * 4096)
     await w.drain()
@@ -962,8 +977,9 @@ async def test_request_body_framing_to_upstream(raw: RawUpstream, raw_hub: Clien
     assert len({c for c, *_ in raw.seen}) == 1
 
 
-async def test_pooled_connection_closed_by_server_is_not_used(raw: RawUpstream,
-                                                              raw_hub: Client) -> None:
+async def test_pooled_connection_closed_by_server_is_not_used(
+    raw: RawUpstream, raw_hub: Client
+) -> None:
     # the server closes after answering, without Connection: close; the idle connection
     # sees the close, so even a request with a body (never retried) gets a new connection
     raw.replies["/user/x/bye"] = Reply(ok().data, close=True)

@@ -50,8 +50,10 @@ def test_services_config_is_validated(tmp_path: Path) -> None:
         path.write_text(text)
         return C.load(path, {"hub.data_dir": str(tmp_path)})
 
-    cfg = load('[[services]]\nname = "culler"\nscopes = ["list:users", "delete:servers"]\n'
-               'command = ["python3", "-m", "jupyterhub_idle_culler"]\n')
+    cfg = load(
+        '[[services]]\nname = "culler"\nscopes = ["list:users", "delete:servers"]\n'
+        'command = ["python3", "-m", "jupyterhub_idle_culler"]\n'
+    )
     assert cfg.services[0]["name"] == "culler"
     bad = {
         '[[services]]\nname = "x"\nurl = "http://127.0.0.1:9"\n': "unknown key 'url'",
@@ -72,8 +74,14 @@ async def test_service_identity_scopes_and_restart(aiohttp_client, data_dir) -> 
         {"name": "reader", "api_token": SERVICE_TOKEN, "scopes": ["list:users", "read:users"]},
         {"name": "nobody", "api_token": "nobody-" + "y" * 20},
         # exits at once: the hub restarts it, with its generated token in the environment
-        {"name": "flaky", "command": [sys.executable, "-c",
-                                      "import os; assert os.environ['JUPYTERHUB_API_TOKEN']"]},
+        {
+            "name": "flaky",
+            "command": [
+                sys.executable,
+                "-c",
+                "import os; assert os.environ['JUPYTERHUB_API_TOKEN']",
+            ],
+        },
     ]
     await tokens_for(cfg, ["mhjh_sam"])
     c: TestClient = await aiohttp_client(make_app(cfg))
@@ -117,15 +125,27 @@ async def _running(c: TestClient, name: str, token: str) -> bool:
 
 
 @needs_root
-async def test_idle_culler_culls_idle_server_and_keeps_active(aiohttp_client, data_dir,
-                                                               make_system_user) -> None:
+async def test_idle_culler_culls_idle_server_and_keeps_active(
+    aiohttp_client, data_dir, make_system_user
+) -> None:
     idle = make_system_user("mhjh_idle")
     busy = make_system_user("mhjh_busy")
     port = free_port()
     cfg = hub_config(data_dir, hub__port=port)
-    cfg.services = [{"name": "idle-culler", "scopes": CULLER_SCOPES,
-                     "command": [sys.executable, "-m", "jupyterhub_idle_culler",
-                                 "--timeout=4", "--cull-every=1", "--api-page-size=1"]}]
+    cfg.services = [
+        {
+            "name": "idle-culler",
+            "scopes": CULLER_SCOPES,
+            "command": [
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
+                "--timeout=4",
+                "--cull-every=1",
+                "--api-page-size=1",
+            ],
+        }
+    ]
     tok = await tokens_for(cfg, [idle.name, busy.name])
     c: TestClient = await aiohttp_client(make_app(cfg), server_kwargs={"port": port})
     await asyncio.gather(_start(c, idle.name, tok[idle.name]), _start(c, busy.name, tok[busy.name]))

@@ -265,9 +265,9 @@ async def test_oom_killed_kernel_is_reported(
 ) -> None:
     """Spawned as the hub does, in a 250 MiB cgroup: a hog kernel dies and comes back."""
     from minihub.spawner.accounts import lookup_account
-    from minihub.spawner.process import LaunchSpec
     from minihub.spawner.cgroups import UserCgroup
     from minihub.spawner.local import LocalSpawner
+    from minihub.spawner.process import LaunchSpec
 
     user = make_system_user("mhsu_oom")
     account = lookup_account(user.name, uid_min=1000)

@@ -70,14 +70,18 @@ class CheckPool:
         return trusted or self.threads == 1 or self._running_untrusted < self.threads - 1
 
     async def _acquire(self, trusted: bool) -> None:
-        if self._free_for(trusted) and not self._waiting[True] and \
-                (trusted or not self._waiting[False]):
+        if (
+            self._free_for(trusted)
+            and not self._waiting[True]
+            and (trusted or not self._waiting[False])
+        ):
             self._take(trusted)
             return
         waiting = self._waiting[trusted]
         if len(waiting) >= self.queue * (4 if trusted else 1):
-            raise TooManyRequests("The hub is busy checking other logins. "
-                                  "Try again in a few seconds.", 2)
+            raise TooManyRequests(
+                "The hub is busy checking other logins. Try again in a few seconds.", 2
+            )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting.append(fut)
         try:
@@ -149,8 +153,11 @@ class Authenticator(abc.ABC):
             return False
         if not self.allowed_users and not self.allowed_groups:
             return True
-        return (name in self.allowed_users or name in self.admin_users
-                or bool(self.allowed_groups & unix_groups(name)))
+        return (
+            name in self.allowed_users
+            or name in self.admin_users
+            or bool(self.allowed_groups & unix_groups(name))
+        )
 
     def is_admin(self, name: str) -> bool | None:
         if name in self.admin_users or (self.admin_groups & unix_groups(name)):

@@ -91,8 +91,9 @@ class Identities:
             return ""
         return S.xsrf_token(self.key, ident.session_hash)
 
-    async def check_xsrf(self, request: web.Request, ident: Identity | None,
-                         form: bool = True) -> None:
+    async def check_xsrf(
+        self, request: web.Request, ident: Identity | None, form: bool = True
+    ) -> None:
         """Refuse a cookie-authenticated state change without the session's XSRF token.
 
         `form=False` (proxied requests): only the header counts, so the body is never read
@@ -100,8 +101,11 @@ class Identities:
         if request.method in SAFE_METHODS or ident is None or ident.via != "cookie":
             return
         given = request.headers.get("X-XSRFToken", "")
-        if not given and form and request.content_type in (
-                "application/x-www-form-urlencoded", "multipart/form-data"):
+        if (
+            not given
+            and form
+            and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+        ):
             given = str((await request.post()).get("_xsrf", ""))
         if not given or not S.equal(given, self.xsrf_for(ident)):
             raise Forbidden("'_xsrf' argument missing or wrong: reload the page and try again.")

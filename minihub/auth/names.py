@@ -19,7 +19,8 @@ def validate(name: str) -> str:
     if not _VALID.match(n) or n in (".", "..") or n.endswith("."):
         raise BadRequest(
             "Invalid username: use 1 to 32 characters, letters, digits, '_', '-' or '.', "
-            "starting with a letter or '_'.")
+            "starting with a letter or '_'."
+        )
     return n
 
 

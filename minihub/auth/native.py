@@ -45,9 +45,11 @@ def signup_is_safe(cfg: Config) -> bool:
     if not cfg.get("auth.open_signup"):
         return False
     if os.geteuid() == 0 and not cfg.get("users.create_system_users"):
-        log.warning("[auth] open_signup is ignored: a hub run as root needs [users] "
-                    "create_system_users = true for sign-up, so that each signed-up name "
-                    "gets a new Unix account made by minihub rather than an existing one.")
+        log.warning(
+            "[auth] open_signup is ignored: a hub run as root needs [users] "
+            "create_system_users = true for sign-up, so that each signed-up name "
+            "gets a new Unix account made by minihub rather than an existing one."
+        )
         return False
     return True
 
@@ -57,8 +59,13 @@ class NativeAuthenticator(Authenticator):
     can_change_password = True
     settings: ClassVar[list[Setting]] = [
         Setting("auth", "open_signup", bool, False, "Native authenticator: anyone may sign up."),
-        Setting("auth", "min_password_length", int, 8,
-                "Native authenticator: shortest password accepted."),
+        Setting(
+            "auth",
+            "min_password_length",
+            int,
+            8,
+            "Native authenticator: shortest password accepted.",
+        ),
     ]
 
     def __init__(self, cfg: Config, store: Store) -> None:

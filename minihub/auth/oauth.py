@@ -381,8 +381,10 @@ class OAuthenticator(Authenticator):
             return
         try:
             await accounts.ensure_account(
-                name, create=bool(self.cfg.get("users.create_system_users")),
-                home_mode=int(self.cfg.get("users.home_mode")))
+                name,
+                create=bool(self.cfg.get("users.create_system_users")),
+                home_mode=int(self.cfg.get("users.home_mode")),
+            )
         except SpawnError as e:
             raise LoginRefused(e.message) from None
 

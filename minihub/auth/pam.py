@@ -85,9 +85,16 @@ class PAMAuthenticator(Authenticator):
         _without_pam_delay(p)
         ok = bool(p.authenticate(username, password, service=self.service, resetcreds=False))
         if not ok:
-            log.info("PAM refused %s: %s (PAM asked for a %.2f s delay; the hub applies its "
-                     "own to every failure)", username, p.reason, requested_delay())
+            log.info(
+                "PAM refused %s: %s (PAM asked for a %.2f s delay; the hub applies its "
+                "own to every failure)",
+                username,
+                p.reason,
+                requested_delay(),
+            )
             if os.geteuid() != 0 and username != pwd.getpwuid(os.geteuid()).pw_name:
-                log.info("the hub is not root: PAM can only check the password of %s",
-                         pwd.getpwuid(os.geteuid()).pw_name)
+                log.info(
+                    "the hub is not root: PAM can only check the password of %s",
+                    pwd.getpwuid(os.geteuid()).pw_name,
+                )
         return ok

@@ -27,8 +27,9 @@ def hash_token(token: str) -> str:
 
 
 def equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"),
-                               b.encode("utf-8", "surrogateescape"))
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape")
+    )
 
 
 def derive(key: bytes, purpose: str, value: str) -> str:
@@ -64,11 +65,15 @@ def load_or_create_key(path: Path) -> bytes:
                 f.write(secrets.token_hex(32) + "\n")
         st = path.stat()
         if st.st_mode & 0o077:
-            raise StartupError(f"{path}: cookie secret file is readable by others "
-                               f"(mode {oct(st.st_mode & 0o777)}); run chmod 600 {path}")
+            raise StartupError(
+                f"{path}: cookie secret file is readable by others "
+                f"(mode {oct(st.st_mode & 0o777)}); run chmod 600 {path}"
+            )
         text = path.read_text().strip()
     except OSError as e:
-        raise StartupError(f"{path}: cannot read or create the cookie secret: {e.strerror}") from None
+        raise StartupError(
+            f"{path}: cannot read or create the cookie secret: {e.strerror}"
+        ) from None
     try:
         key = bytes.fromhex(text)
     except ValueError:

@@ -110,8 +110,11 @@ class Throttle:
         """Let one attempt through or raise TooManyRequests; hold its in-flight slots."""
         group = address_group(address)
         now = time.monotonic()
-        pair, addr, person = self._get(("p", name, group)), self._get(("a", group)), \
-            self._get(("n", name))
+        pair, addr, person = (
+            self._get(("p", name, group)),
+            self._get(("a", group)),
+            self._get(("n", name)),
+        )
         pair.leak(now, 1 / PAIR_LEAK_SECONDS)
         addr.leak(now, 1 / ADDRESS_LEAK_SECONDS)
         _wait(pair, now, "for this name from your address")
@@ -137,8 +140,9 @@ class Throttle:
         """Record a failed password: the pair and the address back off past their allowance."""
         now = time.monotonic()
         for key, after, per_second in (
-                (("p", attempt.name, attempt.address), self.pair_after, 1 / PAIR_LEAK_SECONDS),
-                (("a", attempt.address), self.address_after, 1 / ADDRESS_LEAK_SECONDS)):
+            (("p", attempt.name, attempt.address), self.pair_after, 1 / PAIR_LEAK_SECONDS),
+            (("a", attempt.address), self.address_after, 1 / ADDRESS_LEAK_SECONDS),
+        ):
             rec = self._get(key)
             rec.leak(now, per_second)
             rec.level += 1
@@ -159,24 +163,28 @@ class Throttle:
 
     def _evict(self) -> None:
         now = time.monotonic()
-        stale = [k for k, r in self._records.items()
-                 if not r.in_flight and r.not_before < now and now - r.at > self.max_backoff]
-        for k in stale or [k for k, r in list(self._records.items())[: MAX_KEYS // 10]
-                           if not r.in_flight]:
+        stale = [
+            k
+            for k, r in self._records.items()
+            if not r.in_flight and r.not_before < now and now - r.at > self.max_backoff
+        ]
+        for k in stale or [
+            k for k, r in list(self._records.items())[: MAX_KEYS // 10] if not r.in_flight
+        ]:
             del self._records[k]
 
 
 def _wait(rec: _Record, now: float, what: str) -> None:
     if rec.not_before > now:
         wait = math.ceil(rec.not_before - now)
-        raise TooManyRequests(f"Too many failed logins {what}. Try again in {_human(wait)}.",
-                              wait)
+        raise TooManyRequests(f"Too many failed logins {what}. Try again in {_human(wait)}.", wait)
 
 
 def _busy(what: str, delay: float) -> TooManyRequests:
     wait = max(1, math.ceil(delay))
-    return TooManyRequests(f"Too many logins in progress {what}. Try again in {_human(wait)}.",
-                           wait)
+    return TooManyRequests(
+        f"Too many logins in progress {what}. Try again in {_human(wait)}.", wait
+    )
 
 
 def _human(seconds: int) -> str:

@@ -52,14 +52,29 @@ class Pages:
         try:
             assets = _manifest()[entry]
         except (OSError, ValueError, KeyError):
-            return web.Response(status=503, text="The notebook app is not built: run "
-                                "scripts/build-frontend, then reinstall minihub.\n")
+            return web.Response(
+                status=503,
+                text="The notebook app is not built: run "
+                "scripts/build-frontend, then reinstall minihub.\n",
+            )
         html = _env.get_template(template).render(
-            base_url=self.base_url, static_url=self.base_url + "static/nb/", assets=assets,
-            path=path, title=title, hub_url=_hub_url(self.base_url))
-        return web.Response(text=html, content_type="text/html", headers={
-            "Cache-Control": "no-store", "Content-Security-Policy": PAGE_CSP,
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
+            base_url=self.base_url,
+            static_url=self.base_url + "static/nb/",
+            assets=assets,
+            path=path,
+            title=title,
+            hub_url=_hub_url(self.base_url),
+        )
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": PAGE_CSP,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "same-origin",
+            },
+        )
 
     async def tree(self, request: web.Request) -> web.StreamResponse:
         path = _clean(request.match_info.get("path", ""))
@@ -67,8 +82,9 @@ class Pages:
 
     async def notebook(self, request: web.Request) -> web.StreamResponse:
         path = _clean(request.match_info["path"])
-        return self.render("nb_notebook.html", "notebook", path,
-                           posixpath.basename(path).removesuffix(".ipynb"))
+        return self.render(
+            "nb_notebook.html", "notebook", path, posixpath.basename(path).removesuffix(".ipynb")
+        )
 
     async def edit(self, request: web.Request) -> web.StreamResponse:
         path = _clean(request.match_info["path"])
@@ -81,11 +97,14 @@ class Pages:
         name = request.match_info["asset"]
         target = (STATIC / name).resolve()
         if not target.is_relative_to(STATIC.resolve()) or not target.is_file():
-            raise web.HTTPNotFound(text=json.dumps({"message": "No such file", "reason": None}),
-                                   content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps({"message": "No such file", "reason": None}),
+                content_type="application/json",
+            )
         cache = "no-cache" if name == "manifest.json" else IMMUTABLE
-        return web.FileResponse(target, headers={"Cache-Control": cache,
-                                                 "X-Content-Type-Options": "nosniff"})
+        return web.FileResponse(
+            target, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+        )
 
 
 def setup(app: web.Application, base_url: str) -> None:

@@ -153,8 +153,10 @@ def apply_disk_quota(account: Account, limit: int) -> str:
     mount = mount_point(account.home)
     state = _run(["quotaon", "-p", "-u", mount])
     if state is None or "is on" not in state.stdout:
-        return (f"user quotas are not on for {mount} (mount it with usrquota, then "
-                "quotacheck and quotaon; the kernel needs quota support)")
+        return (
+            f"user quotas are not on for {mount} (mount it with usrquota, then "
+            "quotacheck and quotaon; the kernel needs quota support)"
+        )
     kib = str(max(1, limit >> 10))
     done = _run(["setquota", "-u", account.name, "0", kib, "0", "0", mount])
     if done is None or done.returncode != 0:
@@ -178,9 +180,14 @@ def mount_point(path: str) -> str:
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(cmd, check=False, capture_output=True, text=True,
-                              timeout=_SUBPROCESS_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=_SUBPROCESS_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 

@@ -180,8 +180,9 @@ class UserCgroup:
         return cls([b / safe_name(name) for b in bases], mode.version)
 
     @classmethod
-    def for_server(cls, user: str, server: str,
-                   mode: Mode | None = None) -> tuple[UserCgroup, UserCgroup]:
+    def for_server(
+        cls, user: str, server: str, mode: Mode | None = None
+    ) -> tuple[UserCgroup, UserCgroup]:
         """The user's groups (which hold the limits, shared by all of the user's servers)
         and, below them, this server's (which holds its processes)."""
         parent = cls.for_user(user, mode)

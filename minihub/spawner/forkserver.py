@@ -60,10 +60,15 @@ class ForkSpawner(LocalSpawner):
     name = "fork"
     settings: ClassVar[list[Setting]] = [
         *LocalSpawner.settings,
-        Setting("spawner", "fork_server", bool, True,
-                'With class = "fork": start minihub\'s own server (empty cmd, the hub\'s python) '
-                "by forking a process that has imported it already: faster spawns, memory "
-                'shared between users. false: exec each, as class = "local".'),
+        Setting(
+            "spawner",
+            "fork_server",
+            bool,
+            True,
+            "With class = \"fork\": start minihub's own server (empty cmd, the hub's python) "
+            "by forking a process that has imported it already: faster spawns, memory "
+            'shared between users. false: exec each, as class = "local".',
+        ),
     ]
 
     def __init__(self, cfg: Config | None = None) -> None:
@@ -273,8 +278,10 @@ def _grow_pipe(fd: int, size: int) -> None:
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
     except OSError as e:
-        raise SpawnError(f"The server's environment and launch config are too large ({size} "
-                         f"bytes: {e.strerror}); shorten [spawner] environment.") from None
+        raise SpawnError(
+            f"The server's environment and launch config are too large ({size} "
+            f"bytes: {e.strerror}); shorten [spawner] environment."
+        ) from None
 
 
 def _start_zygote() -> tuple[subprocess.Popen[bytes], socket.socket]:
@@ -404,8 +411,9 @@ def _become_user(req: dict[str, Any], fds: list[int], err_w: int) -> None:
         err = e if isinstance(e, OSError) else OSError(0, f"bad launch data: {e}")
         os.write(
             err_w,
-            json.dumps({"errno": err.errno, "strerror": err.strerror,
-                        "filename": err.filename}).encode(),
+            json.dumps(
+                {"errno": err.errno, "strerror": err.strerror, "filename": err.filename}
+            ).encode(),
         )
         os._exit(127)
     os.close(err_w)

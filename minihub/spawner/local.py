@@ -55,36 +55,72 @@ class LocalSpawner(Spawner):
     # The local account, process and log file's settings; [users] and these [spawner] keys
     # keep their sections, so configurations written before the registry still work.
     settings: ClassVar[list[Setting]] = [
-        Setting("spawner", "uid_min", int, 1000,
-                "Lowest uid that may run a server (root never may)."),
-        Setting("spawner", "umask", int, 0o077,
-                "umask of user servers and their kernels: 0o077 keeps notebooks, checkpoints, "
-                "uploads and kernels' files private to their owner; 0o022 lets every user read "
-                "them.", check=between(0, 0o777)),
-        Setting("spawner", "max_processes", int, 512,
-                "Processes and threads one user may run at once (server and kernels together), "
-                "so a fork bomb stops there: the pids cgroup, else RLIMIT_NPROC. 0: no limit.",
-                check=between(0, 1 << 22)),
-        Setting("spawner", "log_max_bytes", int, 4 << 20,
-                "Largest a server's log in <data_dir>/logs/ grows; past it, it moves to "
-                "<name>.log.1 (one old copy), while the server runs. Enforced by minihub's own "
-                "server; a [spawner] cmd server's log is rotated only when it starts.",
-                check=between(1 << 16, 1 << 40)),
-        Setting("users", "create_system_users", bool, False,
-                "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has "
-                "none."),
-        Setting("users", "home_mode", int, 0o700,
-                "Mode of the home of an account minihub creates (create_system_users). At "
-                "start-up the hub warns about hub users' existing homes that others can read.",
-                check=between(0, 0o777)),
-        Setting("users", "disk_quota", str, "",
-                'Disk space per user on their home\'s filesystem, e.g. "2G" (setquota; needs '
-                "quotas enabled there, else the log says why it is not applied). Empty: none.",
-                check=lambda v: (f"{v!r} is not a size like 2G"
-                                 if v and parse_bytes(v) is None else None)),
-        Setting("users", "shared_dirs", list, [],
-                "Directories linked into every user's home at spawn (the link is named after "
-                "the dir)."),
+        Setting(
+            "spawner", "uid_min", int, 1000, "Lowest uid that may run a server (root never may)."
+        ),
+        Setting(
+            "spawner",
+            "umask",
+            int,
+            0o077,
+            "umask of user servers and their kernels: 0o077 keeps notebooks, checkpoints, "
+            "uploads and kernels' files private to their owner; 0o022 lets every user read "
+            "them.",
+            check=between(0, 0o777),
+        ),
+        Setting(
+            "spawner",
+            "max_processes",
+            int,
+            512,
+            "Processes and threads one user may run at once (server and kernels together), "
+            "so a fork bomb stops there: the pids cgroup, else RLIMIT_NPROC. 0: no limit.",
+            check=between(0, 1 << 22),
+        ),
+        Setting(
+            "spawner",
+            "log_max_bytes",
+            int,
+            4 << 20,
+            "Largest a server's log in <data_dir>/logs/ grows; past it, it moves to "
+            "<name>.log.1 (one old copy), while the server runs. Enforced by minihub's own "
+            "server; a [spawner] cmd server's log is rotated only when it starts.",
+            check=between(1 << 16, 1 << 40),
+        ),
+        Setting(
+            "users",
+            "create_system_users",
+            bool,
+            False,
+            "Create a Unix account (useradd -m, so /etc/skel is copied) for a user who has none.",
+        ),
+        Setting(
+            "users",
+            "home_mode",
+            int,
+            0o700,
+            "Mode of the home of an account minihub creates (create_system_users). At "
+            "start-up the hub warns about hub users' existing homes that others can read.",
+            check=between(0, 0o777),
+        ),
+        Setting(
+            "users",
+            "disk_quota",
+            str,
+            "",
+            'Disk space per user on their home\'s filesystem, e.g. "2G" (setquota; needs '
+            "quotas enabled there, else the log says why it is not applied). Empty: none.",
+            check=lambda v: (
+                f"{v!r} is not a size like 2G" if v and parse_bytes(v) is None else None
+            ),
+        ),
+        Setting(
+            "users",
+            "shared_dirs",
+            list,
+            [],
+            "Directories linked into every user's home at spawn (the link is named after the dir).",
+        ),
     ]
 
     def __init__(self, cfg: Config | None = None) -> None:
@@ -100,8 +136,12 @@ class LocalSpawner(Spawner):
         spec = await self.spec_for(launch)
         self._say(launch, "Starting the server process")
         proc = await self.start_process(spec)
-        state = {"pid": proc.pid, "start_ticks": proc.start_ticks, "log": str(spec.log_path),
-                 **proc.extra}
+        state = {
+            "pid": proc.pid,
+            "start_ticks": proc.start_ticks,
+            "log": str(spec.log_path),
+            **proc.extra,
+        }
         return Started(Endpoint(proc.host, proc.port), state)
 
     async def poll(self, state: State) -> int | None:
@@ -143,14 +183,27 @@ class LocalSpawner(Spawner):
         cwd = (sp["notebook_dir"] or account.home).replace("{username}", launch.user)
         mem = (parse_bytes(sp["mem_limit"]) or 0) if sp["mem_limit"] else 0
         spec = LaunchSpec(
-            username=launch.user, account=account, cmd=launch.cmd,
-            env={"HOME": account.home, "USER": account.name, "LOGNAME": account.name,
-                 "SHELL": account.shell, **launch.env},
-            cwd=cwd, log_path=self.log_path(launch), stdin_config=dict(launch.config),
-            umask=int(sp["umask"]), mem_limit=mem, cpu_limit=float(sp["cpu_limit"]),
+            username=launch.user,
+            account=account,
+            cmd=launch.cmd,
+            env={
+                "HOME": account.home,
+                "USER": account.name,
+                "LOGNAME": account.name,
+                "SHELL": account.shell,
+                **launch.env,
+            },
+            cwd=cwd,
+            log_path=self.log_path(launch),
+            stdin_config=dict(launch.config),
+            umask=int(sp["umask"]),
+            mem_limit=mem,
+            cpu_limit=float(sp["cpu_limit"]),
             max_processes=int(sp["max_processes"]),
             disk_quota=parse_bytes(cfg.get("users.disk_quota") or "0") or 0,
-            log_max_bytes=int(sp["log_max_bytes"]), server_name=launch.server_name)
+            log_max_bytes=int(sp["log_max_bytes"]),
+            server_name=launch.server_name,
+        )
         if launch.protocol == "jupyterhub-singleuser":
             # It binds its own port (from JUPYTERHUB_SERVICE_URL) and reads nothing on stdin.
             port = await asyncio.to_thread(free_port, LISTEN_HOST)
@@ -160,8 +213,11 @@ class LocalSpawner(Spawner):
                 spec.env["JUPYTERHUB_ROOT_DIR"] = cwd
             spec.pass_listen_socket, spec.stdin_config = False, {"port": port}
         else:
-            spec.stdin_config.update(notebook_dir=cwd, mem_limit=mem,
-                                     shared_dirs=await asyncio.to_thread(shared_roots, cfg))
+            spec.stdin_config.update(
+                notebook_dir=cwd,
+                mem_limit=mem,
+                shared_dirs=await asyncio.to_thread(shared_roots, cfg),
+            )
         return spec
 
     def _config(self) -> Config:
@@ -180,11 +236,14 @@ class LocalSpawner(Spawner):
         if os.geteuid() != 0:
             return await asyncio.to_thread(accounts.unprivileged_account, cfg.data_dir, name)
         await accounts.ensure_account(
-            name, create=bool(cfg.get("users.create_system_users")),
+            name,
+            create=bool(cfg.get("users.create_system_users")),
             home_mode=int(cfg.get("users.home_mode")),
-            creating=lambda: self._say(launch, "Creating the Unix account"))
+            creating=lambda: self._say(launch, "Creating the Unix account"),
+        )
         return await asyncio.to_thread(
-            accounts.lookup_account, name, uid_min=int(cfg.get("spawner.uid_min")))
+            accounts.lookup_account, name, uid_min=int(cfg.get("spawner.uid_min"))
+        )
 
     # -- the process half ------------------------------------------------------------------
 
@@ -364,8 +423,9 @@ class LocalSpawner(Spawner):
 def _proc(state: State) -> Proc:
     """The process a stored state names (the extra keys are the cgroup and such)."""
     extra = {k: v for k, v in state.items() if k not in ("pid", "start_ticks", "log")}
-    return Proc(int(state.get("pid") or 0), int(state.get("start_ticks") or 0), LISTEN_HOST,
-                0, extra)
+    return Proc(
+        int(state.get("pid") or 0), int(state.get("start_ticks") or 0), LISTEN_HOST, 0, extra
+    )
 
 
 def shared_roots(cfg: Config) -> list[str]:
@@ -429,8 +489,11 @@ def server_cgroup(spec: LaunchSpec) -> tuple[dict[str, Any], list[str], bool]:
     processes). Everything the server starts stays in its own group, so stopping one of a
     user's servers never touches another."""
     user_cg, cg = UserCgroup.for_server(spec.username, spec.server_name)
-    extra: dict[str, Any] = {"uid": spec.account.uid, "cgroup": cg.paths(),
-                             "user_cgroup": user_cg.paths()}
+    extra: dict[str, Any] = {
+        "uid": spec.account.uid,
+        "cgroup": cg.paths(),
+        "user_cgroup": user_cg.paths(),
+    }
     limits = (spec.mem_limit, spec.cpu_limit, spec.max_processes)
     if not (cg.enabled and user_cg.setup(*limits) and cg.setup(0, 0, 0)):
         return extra, [], False

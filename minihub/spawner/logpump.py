@@ -108,5 +108,5 @@ class LogPump:
 def _write_all(fd: int, data: bytes) -> int:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     return len(data)

@@ -26,15 +26,27 @@ async def admin_get(request: web.Request) -> web.Response:
     return await admin_page(request)
 
 
-async def admin_page(request: web.Request, message: str = "", error: str = "",
-                     status: int = 200) -> web.Response:
+async def admin_page(
+    request: web.Request, message: str = "", error: str = "", status: int = 200
+) -> web.Response:
     require_admin(request)
     p = parts(request)
-    rows = [(u, p.servers.peek(u.id), named_servers(p.servers, u.id))
-            for u in await p.store.list_users()]
-    return render(request, "admin.html", {
-        "rows": rows, "message": message, "error": error, "words": STATUS_WORDS,
-        "native": p.authenticator.kind == "native"}, status=status)
+    rows = [
+        (u, p.servers.peek(u.id), named_servers(p.servers, u.id))
+        for u in await p.store.list_users()
+    ]
+    return render(
+        request,
+        "admin.html",
+        {
+            "rows": rows,
+            "message": message,
+            "error": error,
+            "words": STATUS_WORDS,
+            "native": p.authenticator.kind == "native",
+        },
+        status=status,
+    )
 
 
 @routes.post("/hub/admin/users")
@@ -50,8 +62,7 @@ async def add_users(request: web.Request) -> web.Response:
     added, errors = [], []
     for name in lines[:1000]:
         try:
-            added.append((await users.create(p.store, p.authenticator, name, admin,
-                                             password)).name)
+            added.append((await users.create(p.store, p.authenticator, name, admin, password)).name)
         except HubError as e:
             errors.append(f"{name[:64]}: {e.message}")
     msg = f"Added {len(added)} user(s): {', '.join(added)}" if added else ""

@@ -22,22 +22,31 @@ CLIENT_GONE = 499
 def wants_json(request: web.Request) -> bool:
     path = request.path
     base = request.config_dict[BASE_URL]
-    if path.startswith(base + "hub/api") or "/api/" in path[len(base):]:
+    if path.startswith(base + "hub/api") or "/api/" in path[len(base) :]:
         return True
     accept = request.headers.get("Accept", "")
     return "application/json" in accept and "text/html" not in accept
 
 
-def error_response(request: web.Request, status: int, message: str,
-                   headers: dict[str, str] | None = None, log_tail: str = "") -> web.Response:
+def error_response(
+    request: web.Request,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    log_tail: str = "",
+) -> web.Response:
     if wants_json(request):
         body: dict[str, object] = {"status": status, "message": message}
         if log_tail:
             body["log_tail"] = log_tail
         resp = web.json_response(body, status=status, headers=headers)
     else:
-        resp = render(request, "error.html", {"status": status, "message": message,
-                                              "log_tail": log_tail}, status=status)
+        resp = render(
+            request,
+            "error.html",
+            {"status": status, "message": message, "log_tail": log_tail},
+            status=status,
+        )
         resp.headers.update(headers or {})
     return resp
 

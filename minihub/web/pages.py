@@ -73,14 +73,23 @@ async def login_page(request: web.Request) -> web.Response:
     return login_form(request, "")
 
 
-def login_form(request: web.Request, error: str, status: int = 200,
-               username: str = "") -> web.Response:
+def login_form(
+    request: web.Request, error: str, status: int = 200, username: str = ""
+) -> web.Response:
     p = parts(request)
-    return render(request, "login.html", {
-        "error": error, "username": username, "next": request.query.get("next", ""),
-        "signup": getattr(p.authenticator, "can_signup", False),
-        "login_service": getattr(p.authenticator, "login_service", ""),
-        "kind": p.authenticator.kind}, status=status)
+    return render(
+        request,
+        "login.html",
+        {
+            "error": error,
+            "username": username,
+            "next": request.query.get("next", ""),
+            "signup": getattr(p.authenticator, "can_signup", False),
+            "login_service": getattr(p.authenticator, "login_service", ""),
+            "kind": p.authenticator.kind,
+        },
+        status=status,
+    )
 
 
 @routes.post("/hub/login")
@@ -110,8 +119,11 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
 def login_address(request: web.Request) -> str:
     """Who is logging in, for the throttle: X-Forwarded-For only from a trusted proxy."""
-    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
-                          parts(request).throttle.trusted_proxies)
+    return client_address(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", []),
+        parts(request).throttle.trusted_proxies,
+    )
 
 
 async def _authenticate(p: Parts, attempt: Attempt, password: str) -> AuthResult | None:
@@ -131,14 +143,18 @@ async def _authenticate(p: Parts, attempt: Attempt, password: str) -> AuthResult
         return result
     p.metrics.login_failures.inc()
     p.throttle.failure(attempt)
-    log.info("failed login for %s from %s", attempt.name[:64].encode("unicode_escape").decode(),
-             attempt.address)
+    log.info(
+        "failed login for %s from %s",
+        attempt.name[:64].encode("unicode_escape").decode(),
+        attempt.address,
+    )
     await asyncio.sleep(max(0.0, answer_at - loop.time()))
     return None
 
 
-async def after_login(request: web.Request, p: Parts, user: User,
-                      next_url: str | None = None) -> str:
+async def after_login(
+    request: web.Request, p: Parts, user: User, next_url: str | None = None
+) -> str:
     nxt = safe_next(request, next_url or request.query.get("next") or None)
     own = f"{p.cfg.base_url}user/{user.name}/"
     if nxt in (f"{p.cfg.base_url}hub/", own) or nxt.startswith(own):
@@ -152,17 +168,31 @@ async def after_login(request: web.Request, p: Parts, user: User,
     return nxt
 
 
-async def start_session(request: web.Request, p: Parts, user: User,
-                        resp: web.StreamResponse) -> None:
+async def start_session(
+    request: web.Request, p: Parts, user: User, resp: web.StreamResponse
+) -> None:
     max_age = float(p.cfg.get("hub.session_max_age_days")) * 86400
     sid = await users.new_session(p.store, user, max_age)
     from ..auth import secrets as S
 
     secure = p.cfg.tls or request.secure
-    resp.set_cookie(SESSION_COOKIE, sid, path=p.cfg.base_url, httponly=True, samesite="Lax",
-                    secure=secure, max_age=int(max_age))
-    resp.set_cookie(XSRF_COOKIE, S.xsrf_token(p.key, S.hash_token(sid)), path=p.cfg.base_url,
-                    samesite="Lax", secure=secure, max_age=int(max_age))
+    resp.set_cookie(
+        SESSION_COOKIE,
+        sid,
+        path=p.cfg.base_url,
+        httponly=True,
+        samesite="Lax",
+        secure=secure,
+        max_age=int(max_age),
+    )
+    resp.set_cookie(
+        XSRF_COOKIE,
+        S.xsrf_token(p.key, S.hash_token(sid)),
+        path=p.cfg.base_url,
+        samesite="Lax",
+        secure=secure,
+        max_age=int(max_age),
+    )
 
 
 @routes.get("/hub/logout")
@@ -190,8 +220,11 @@ async def logout(request: web.Request) -> web.Response:
 
 def _public_login_url(request: web.Request, p: Parts) -> str:
     public = urlsplit(str(p.cfg.get("hub.public_url")))
-    origin = f"{public.scheme}://{public.netloc}" if public.netloc else \
-        f"{request.scheme}://{request.host}"
+    origin = (
+        f"{public.scheme}://{public.netloc}"
+        if public.netloc
+        else f"{request.scheme}://{request.host}"
+    )
     return f"{origin}{p.cfg.base_url}hub/login"
 
 
@@ -224,8 +257,12 @@ async def signup(request: web.Request) -> web.Response:
 
 # --- home and servers ---------------------------------------------------------------------
 # What a page calls each status: "pending" is an API word (JupyterHub's), not a person's.
-STATUS_WORDS = {"running": "running", "pending": "starting", "stopping": "stopping",
-                "stopped": "stopped"}
+STATUS_WORDS = {
+    "running": "running",
+    "pending": "starting",
+    "stopping": "stopping",
+    "stopped": "stopped",
+}
 
 
 @routes.get("/hub/")
@@ -239,24 +276,37 @@ async def home(request: web.Request) -> web.Response:
     return home_page(request, current(request))
 
 
-def home_page(request: web.Request, user: User, error: str = "", status: int = 200,
-              new_name: str = "") -> web.Response:
+def home_page(
+    request: web.Request, user: User, error: str = "", status: int = 200, new_name: str = ""
+) -> web.Response:
     """The user's servers: the default one, and the named ones when the hub allows them."""
     p = parts(request)
     allowed = bool(p.cfg.get("hub.allow_named_servers"))
     named = named_servers(p.servers, user.id) if allowed else []
     limit = int(p.cfg.get("hub.named_server_limit_per_user"))
-    return render(request, "home.html", {
-        "srv": p.servers.peek(user.id), "named": named, "allow_named": allowed,
-        "limit": limit, "at_limit": bool(limit) and len(named) >= limit,
-        "error": error, "new_name": new_name, "words": STATUS_WORDS,
-        "default_url": p.servers.protocol.landing_path()}, status=status)
+    return render(
+        request,
+        "home.html",
+        {
+            "srv": p.servers.peek(user.id),
+            "named": named,
+            "allow_named": allowed,
+            "limit": limit,
+            "at_limit": bool(limit) and len(named) >= limit,
+            "error": error,
+            "new_name": new_name,
+            "words": STATUS_WORDS,
+            "default_url": p.servers.protocol.landing_path(),
+        },
+        status=status,
+    )
 
 
 def named_servers(servers: Servers, user_id: int) -> list[tuple[str, Server]]:
     """The user's named servers, by name."""
-    return sorted(((n, s) for n, s in servers.of_user(user_id).items() if n),
-                  key=lambda row: row[0])
+    return sorted(
+        ((n, s) for n, s in servers.of_user(user_id).items() if n), key=lambda row: row[0]
+    )
 
 
 @routes.post("/hub/home/start")
@@ -286,8 +336,7 @@ async def home_create(request: web.Request) -> web.Response:
     try:
         check_server_name(name)
         if p.servers.peek(user.id, name) is not None:
-            raise BadRequest(f"You already have a server named {name!r}: start it from the "
-                             "list.")
+            raise BadRequest(f"You already have a server named {name!r}: start it from the list.")
         await start(p, user, name)
     except HubError as e:  # shown in the form, with what was typed
         resp = home_page(request, user, e.message, e.status, name)
@@ -319,12 +368,17 @@ async def spawn_pending(request: web.Request) -> web.Response:
 @routes.get("/hub/spawn-pending/{name}/{server_name}")
 async def spawn_pending_named(request: web.Request) -> web.Response:
     user = await may_act_on(request)
-    return pending_page(request, user, request.match_info["server_name"],
-                        named_server(request, user, must_exist=True))
+    return pending_page(
+        request,
+        user,
+        request.match_info["server_name"],
+        named_server(request, user, must_exist=True),
+    )
 
 
-def pending_page(request: web.Request, user: User, server_name: str,
-                 srv: Server | None) -> web.Response:
+def pending_page(
+    request: web.Request, user: User, server_name: str, srv: Server | None
+) -> web.Response:
     """Progress while it starts; on to the server when it runs; why, when it failed."""
     p = parts(request)
     own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
@@ -332,15 +386,25 @@ def pending_page(request: web.Request, user: User, server_name: str,
     if srv is not None and srv.status == "running":
         raise redirect(nxt)
     if srv is None or srv.status == "stopping" or (srv.status == "stopped" and not srv.error):
-        raise redirect(f"{p.cfg.base_url}hub/user/{user.name}/" +
-                       (f"{server_name}/" if server_name else ""))
-    api = f"{p.cfg.base_url}hub/api/users/{user.name}/" + \
-        (f"servers/{server_name}/progress" if server_name else "server/progress")
-    return render(request, "spawn_pending.html", {
-        "srv": srv, "target": user, "next": nxt, "progress_url": api,
-        "spawn_url": spawn_url(p, user, server_name),
-        "what": describe(current(request), user, server_name)},
-        status=200 if srv.status == "pending" else srv.error_status)
+        raise redirect(
+            f"{p.cfg.base_url}hub/user/{user.name}/" + (f"{server_name}/" if server_name else "")
+        )
+    api = f"{p.cfg.base_url}hub/api/users/{user.name}/" + (
+        f"servers/{server_name}/progress" if server_name else "server/progress"
+    )
+    return render(
+        request,
+        "spawn_pending.html",
+        {
+            "srv": srv,
+            "target": user,
+            "next": nxt,
+            "progress_url": api,
+            "spawn_url": spawn_url(p, user, server_name),
+            "what": describe(current(request), user, server_name),
+        },
+        status=200 if srv.status == "pending" else srv.error_status,
+    )
 
 
 @routes.get("/hub/user/{name}/{tail:.*}")
@@ -358,13 +422,22 @@ async def not_running(request: web.Request) -> web.Response:
     if srv is not None and srv.status == "running":
         raise redirect(target + (f"?{request.query_string}" if request.query_string else ""))
     if srv is not None and srv.status == "pending":
-        pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + \
-            (f"/{server_name}" if server_name else "")
+        pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
+            f"/{server_name}" if server_name else ""
+        )
         raise redirect(f"{pending}?next={quote(target)}")
-    return render(request, "not_running.html", {
-        "srv": srv, "target": user, "next": target,
-        "spawn_url": spawn_url(p, user, server_name),
-        "what": describe(current(request), user, server_name)}, status=503)
+    return render(
+        request,
+        "not_running.html",
+        {
+            "srv": srv,
+            "target": user,
+            "next": target,
+            "spawn_url": spawn_url(p, user, server_name),
+            "what": describe(current(request), user, server_name),
+        },
+        status=503,
+    )
 
 
 def spawn_url(p: Parts, user: User, server_name: str) -> str:
@@ -382,8 +455,9 @@ async def spawn_post(request: web.Request) -> web.Response:
     own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
     nxt = safe_next(request, str(form.get("next", ""))) if form.get("next") else own
     await start(p, user, server_name)
-    pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + \
-        (f"/{server_name}" if server_name else "")
+    pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
+        f"/{server_name}" if server_name else ""
+    )
     raise redirect(f"{pending}?next={quote(nxt, safe='')}")
 
 
@@ -434,8 +508,9 @@ async def token_page(request: web.Request) -> web.Response:
     return await _token_page(request, current(request))
 
 
-async def _token_page(request: web.Request, user: User, new: str = "",
-                      error: str = "") -> web.Response:
+async def _token_page(
+    request: web.Request, user: User, new: str = "", error: str = ""
+) -> web.Response:
     toks = await parts(request).store.list_tokens(user.id)
     return render(request, "token.html", {"tokens": toks, "new_token": new, "error": error})
 
@@ -460,8 +535,9 @@ async def token_revoke(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
     tid = request.match_info["token_id"]
-    if not (tid.isascii() and tid.isdigit() and len(tid) <= 18) or \
-            not await p.store.delete_token(user.id, int(tid)):
+    if not (tid.isascii() and tid.isdigit() and len(tid) <= 18) or not await p.store.delete_token(
+        user.id, int(tid)
+    ):
         raise BadRequest("No such token.", 404)
     p.identities.invalidate()
     raise redirect(f"{p.cfg.base_url}hub/token")

@@ -19,8 +19,9 @@ _env = jinja2.Environment(
 )
 
 
-def render(request: web.Request, template: str, ctx: dict[str, Any] | None = None,
-           status: int = 200) -> web.Response:
+def render(
+    request: web.Request, template: str, ctx: dict[str, Any] | None = None, status: int = 200
+) -> web.Response:
     base = dict(request.get(PAGE_CONTEXT, {}))
     base.setdefault("base_url", request.config_dict[BASE_URL])
     base["version"] = __version__

@@ -31,16 +31,21 @@ def main() -> None:
                 pass
             while True:
                 m = kc.get_iopub_msg(timeout=10)
-                if (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
-                        and m["content"]["execution_state"] == "idle"):
+                if (
+                    m["parent_header"].get("msg_id") == msg_id
+                    and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "idle"
+                ):
                     break
             lat.append((time.perf_counter() - t0) * 1000)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     lat.sort()
-    print(f"ipykernel alone, execute 1+1 until reply + idle, {len(lat)} rounds: "
-          f"median {statistics.median(lat):.2f} ms, p99 {lat[int(len(lat) * 0.99) - 1]:.2f} ms")
+    print(
+        f"ipykernel alone, execute 1+1 until reply + idle, {len(lat)} rounds: "
+        f"median {statistics.median(lat):.2f} ms, p99 {lat[int(len(lat) * 0.99) - 1]:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,26 @@ def free_port() -> int:
 
 def start_hub(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     cfg = tmp / "hub.toml"
-    cfg.write_text('[hub]\ncleanup_servers = true\ntrusted_proxies = ["127.0.0.1"]\n'
-                   '[auth]\nauthenticator = "pam"\n')
+    cfg.write_text(
+        '[hub]\ncleanup_servers = true\ntrusted_proxies = ["127.0.0.1"]\n'
+        '[auth]\nauthenticator = "pam"\n'
+    )
     with open(tmp / "hub.log", "ab") as log:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen([sys.executable, "-m", "minihub", "-f", str(cfg), "--data-dir",
-                                 str(tmp / "data"), "--port", str(port)], stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "minihub",
+                "-f",
+                str(cfg),
+                "--data-dir",
+                str(tmp / "data"),
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=log,
+        )
     for _ in range(150):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -71,18 +86,24 @@ def start_hub(tmp: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def session(source: str = "127.0.0.1") -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)),
-                                 cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                 timeout=aiohttp.ClientTimeout(total=120))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(source, 0)),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        timeout=aiohttp.ClientTimeout(total=120),
+    )
 
 
-async def login(s: aiohttp.ClientSession, base: str, name: str, password: str,
-                via: str | None = None) -> int:
+async def login(
+    s: aiohttp.ClientSession, base: str, name: str, password: str, via: str | None = None
+) -> int:
     headers = {"X-Forwarded-For": via} if via else {}
     # next=/hub/home: a login to /hub/ would also start the user's server
-    async with s.post(f"{base}/hub/login?next=/hub/home",
-                      data={"username": name, "password": password},
-                      headers=headers, allow_redirects=False) as r:
+    async with s.post(
+        f"{base}/hub/login?next=/hub/home",
+        data={"username": name, "password": password},
+        headers=headers,
+        allow_redirects=False,
+    ) as r:
         await r.read()
         return r.status
 
@@ -107,8 +128,7 @@ async def timed_api(s: aiohttp.ClientSession, base: str) -> float:
 async def timed_spawn(s: aiohttp.ClientSession, base: str) -> float:
     xsrf = next(c.value for c in s.cookie_jar if c.key == "_xsrf")
     t = time.perf_counter()
-    async with s.post(f"{base}/hub/api/users/{OTHER}/server",
-                      headers={"X-XSRFToken": xsrf}) as r:
+    async with s.post(f"{base}/hub/api/users/{OTHER}/server", headers={"X-XSRFToken": xsrf}) as r:
         assert r.status in (201, 202), await r.text()
     for _ in range(3000):  # 60 s at most
         async with s.get(f"{base}/hub/api/user") as r:
@@ -116,8 +136,7 @@ async def timed_spawn(s: aiohttp.ClientSession, base: str) -> float:
                 break
         await asyncio.sleep(0.02)
     took = time.perf_counter() - t
-    async with s.delete(f"{base}/hub/api/users/{OTHER}/server",
-                        headers={"X-XSRFToken": xsrf}) as r:
+    async with s.delete(f"{base}/hub/api/users/{OTHER}/server", headers={"X-XSRFToken": xsrf}) as r:
         await r.read()
     for _ in range(500):
         async with s.get(f"{base}/hub/api/user") as r:
@@ -172,8 +191,10 @@ def summary(xs: list[float]) -> str:
         return "-"
     xs = sorted(xs)
     p95 = xs[min(len(xs) - 1, int(0.95 * len(xs)))]
-    return (f"n={len(xs):4d}  median {statistics.median(xs) * 1000:8.1f} ms  "
-            f"p95 {p95 * 1000:8.1f} ms  max {xs[-1] * 1000:8.1f} ms")
+    return (
+        f"n={len(xs):4d}  median {statistics.median(xs) * 1000:8.1f} ms  "
+        f"p95 {p95 * 1000:8.1f} ms  max {xs[-1] * 1000:8.1f} ms"
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -200,8 +221,16 @@ async def run(seconds: float, workers: int, tmp: Path) -> dict[str, object]:
         # measuring client, not the hub, the bottleneck.
         t0, cpu0 = time.monotonic(), cpu_seconds(hub.pid)
         flooder = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--flood", base, "--seconds", str(seconds),
-            "--workers", str(workers), stdout=subprocess.PIPE)
+            sys.executable,
+            __file__,
+            "--flood",
+            base,
+            "--seconds",
+            str(seconds),
+            "--workers",
+            str(workers),
+            stdout=subprocess.PIPE,
+        )
         await asyncio.sleep(1.0)  # let it build up
         loud = await measure(base, password, seconds - 1.0)
         out, _ = await asyncio.wait_for(flooder.communicate(), timeout=seconds + 60)
@@ -215,9 +244,15 @@ async def run(seconds: float, workers: int, tmp: Path) -> dict[str, object]:
         sh("pkill", "-KILL", "-u", OTHER)
         sh("userdel", "-r", "-f", OTHER)
     delays = pam_delays(tmp / "hub.log")
-    return {"quiet": quiet, "flood": loud, "flood_responses": dict(seen),
-            "flood_seconds": flood_s, "hub_cpu": hub_cpu, "pam_delays": delays,
-            "hub_500s": (tmp / "hub.log").read_text().count(" 500 ")}
+    return {
+        "quiet": quiet,
+        "flood": loud,
+        "flood_responses": dict(seen),
+        "flood_seconds": flood_s,
+        "hub_cpu": hub_cpu,
+        "pam_delays": delays,
+        "hub_500s": (tmp / "hub.log").read_text().count(" 500 "),
+    }
 
 
 def main() -> None:
@@ -240,14 +275,18 @@ def main() -> None:
         return
     seen: dict[str, int] = r["flood_responses"]  # type: ignore[assignment]
     total = sum(seen.values())
-    print(f"flood: {total} wrong-password requests in {r['flood_seconds']:.1f} s "
-          f"({total / r['flood_seconds']:.0f}/s) from {workers} clients: {seen}; "
-          f"hub CPU {r['hub_cpu']:.0%} of one core")
+    print(
+        f"flood: {total} wrong-password requests in {r['flood_seconds']:.1f} s "
+        f"({total / r['flood_seconds']:.0f}/s) from {workers} clients: {seen}; "
+        f"hub CPU {r['hub_cpu']:.0%} of one core"
+    )
     delays: list[float] = r["pam_delays"]  # type: ignore[assignment]
     if delays:
-        print(f"PAM's own failure delay here (taken over by the hub): median "
-              f"{statistics.median(delays):.2f} s, {min(delays):.2f}-{max(delays):.2f} s "
-              f"over {len(delays)} checks")
+        print(
+            f"PAM's own failure delay here (taken over by the hub): median "
+            f"{statistics.median(delays):.2f} s, {min(delays):.2f}-{max(delays):.2f} s "
+            f"over {len(delays)} checks"
+        )
     for what in ("login", "api", "spawn"):
         for phase in ("quiet", "flood"):
             figures: dict[str, list[float]] = r[phase]  # type: ignore[assignment]
