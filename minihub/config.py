@@ -207,7 +207,8 @@ HUB_SETTINGS: list[Setting] = [
         int,
         8,
         "Login attempts in progress at once from one address (a failed one counts until it "
-        "is answered); more get 429 with Retry-After.",
+        "is answered); more wait their turn, or get 429 with Retry-After when the address "
+        "has been failing.",
     ),
     _s(
         "auth",

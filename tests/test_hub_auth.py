@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from typing import Any
 from urllib.parse import urlsplit
@@ -239,3 +240,12 @@ async def test_pam_allowed_groups(aiohttp_client, data_dir, make_system_user):
     assert (await login(c, member.name, member.password, next="/hub/home")).status == 302
     c.session.cookie_jar.clear()
     assert (await login(c, outsider.name, outsider.password)).status == 403
+
+
+async def test_a_class_behind_one_address_logs_in_at_once(aiohttp_client, data_dir):
+    """30 students behind one NAT press "Sign in" together: past the in-flight cap they wait
+    their turn instead of getting 429 (a failing address is still turned away at once)."""
+    people = {f"st{i:02d}": f"password-{i:02d}" for i in range(30)}
+    c = await native_hub(aiohttp_client, data_dir, people, auth__login_concurrent_per_address=2)
+    rs = await asyncio.gather(*(login(c, n, pw) for n, pw in people.items()))
+    assert [r.status for r in rs] == [302] * len(people)

@@ -3,19 +3,23 @@
 Nothing is ever locked. Failures for one name from one address make that pair wait (doubling,
 capped); failures from one address over all names make that address wait; a name as such is
 never refused its correct password from an address that is not itself failing. Attempts in
-flight (password check plus the failure delay) are capped per address and per name, and the
-excess is turned away at once with 429 and Retry-After, before any password is checked.
+flight (password check plus the failure delay) are capped per address and per name. The excess
+from an address that has been failing is turned away at once with 429 and Retry-After, before
+any password is checked; the excess from one that has not (a class logging in at once behind
+one NAT) waits its turn, in a bounded queue.
 Addresses are counted as people are: an IPv4 /32, an IPv6 /64, all of loopback as one, and
 X-Forwarded-For is believed only from `[hub] trusted_proxies`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ..config import Config, Network, parse_networks
@@ -27,6 +31,9 @@ MAX_KEYS = 100_000  # bound memory under a spray of names/addresses
 # everyone behind one NAT, whose occasional typos must never add up to a wait.
 PAIR_LEAK_SECONDS = 60.0
 ADDRESS_LEAK_SECONDS = 10.0
+# Attempts from one clean address waiting for a slot, and for how long at most.
+MAX_WAITING = 1000
+MAX_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -35,6 +42,7 @@ class _Record:
     at: float = field(default_factory=time.monotonic)  # when `level` was last brought up to date
     not_before: float = 0.0  # backoff: no attempt before this (monotonic)
     in_flight: int = 0
+    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
 
     def leak(self, now: float, per_second: float) -> None:
         self.level = max(0.0, self.level - (now - self.at) * per_second)
@@ -105,9 +113,10 @@ class Throttle:
         self.trusted_proxies = parse_networks(cfg.get("hub.trusted_proxies"))
         self._records: dict[tuple[str, ...], _Record] = {}
 
-    @contextmanager
-    def attempt(self, name: str, address: str) -> Iterator[Attempt]:
-        """Let one attempt through or raise TooManyRequests; hold its in-flight slots."""
+    @asynccontextmanager
+    async def attempt(self, name: str, address: str) -> AsyncIterator[Attempt]:
+        """Let one attempt through (perhaps after a wait) or raise TooManyRequests; hold its
+        in-flight slots meanwhile."""
         group = address_group(address)
         now = time.monotonic()
         pair, addr, person = (
@@ -122,10 +131,13 @@ class Throttle:
         # An address that has not been failing may always try: a flood of one name from
         # elsewhere must not keep its owner out.
         trusted = pair.level < self.pair_after and addr.level < self.pair_after
-        if addr.in_flight >= self.per_address:
-            raise _busy("from your address", self.failure_delay)
         if person.in_flight >= self.per_name and not trusted:
             raise _busy("for this name", self.failure_delay)
+        if addr.in_flight >= self.per_address:
+            if not trusted or len(addr.waiting) >= MAX_WAITING:
+                raise _busy("from your address", self.failure_delay)
+            await self._turn(addr)
+            _wait(addr, time.monotonic(), "from your address")  # it may have failed meanwhile
         for r in (addr, person):
             r.in_flight += 1
         try:
@@ -133,8 +145,23 @@ class Throttle:
         finally:
             addr.in_flight -= 1
             person.in_flight -= 1
+            _wake(addr)
             if not person.in_flight:  # a name's record only counts attempts in flight
                 self._records.pop(("n", name), None)
+
+    async def _turn(self, addr: _Record) -> None:
+        """Wait until the address has a free slot (bounded: 429 after MAX_WAIT_SECONDS)."""
+        deadline = time.monotonic() + MAX_WAIT_SECONDS
+        while addr.in_flight >= self.per_address:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            addr.waiting.append(turn)
+            try:
+                await asyncio.wait_for(turn, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise _busy("from your address", self.failure_delay) from None
+            finally:
+                if turn in addr.waiting:
+                    addr.waiting.remove(turn)
 
     def failure(self, attempt: Attempt) -> None:
         """Record a failed password: the pair and the address back off past their allowance."""
@@ -166,12 +193,25 @@ class Throttle:
         stale = [
             k
             for k, r in self._records.items()
-            if not r.in_flight and r.not_before < now and now - r.at > self.max_backoff
+            if not r.in_flight
+            and not r.waiting
+            and r.not_before < now
+            and now - r.at > self.max_backoff
         ]
         for k in stale or [
-            k for k, r in list(self._records.items())[: MAX_KEYS // 10] if not r.in_flight
+            k
+            for k, r in list(self._records.items())[: MAX_KEYS // 10]
+            if not r.in_flight and not r.waiting
         ]:
             del self._records[k]
+
+
+def _wake(rec: _Record) -> None:
+    while rec.waiting:
+        turn = rec.waiting.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            return
 
 
 def _wait(rec: _Record, now: float, what: str) -> None:

@@ -100,7 +100,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     raw = str(form.get("username", ""))[:256]
     password = str(form.get("password", ""))
     try:
-        with p.throttle.attempt(names.normalise(raw), login_address(request)) as attempt:
+        async with p.throttle.attempt(names.normalise(raw), login_address(request)) as attempt:
             result = await _authenticate(p, attempt, password)
     except HubError as e:  # the throttle or the check pool turned it away, before any check
         p.metrics.login_failures.inc()
@@ -246,7 +246,7 @@ async def signup(request: web.Request) -> web.Response:
     if pw != str(form.get("password2", "")):
         return render(request, "signup.html", {"error": "The passwords differ."}, status=400)
     try:  # sign-up hashes a password and may run useradd: throttled like a login
-        with p.throttle.attempt(names.normalise(name), login_address(request)):
+        async with p.throttle.attempt(names.normalise(name), login_address(request)):
             await users.sign_up(p.store, p.authenticator, name, pw)
     except HubError as e:
         resp = render(request, "signup.html", {"error": e.message}, status=e.status)
