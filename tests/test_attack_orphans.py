@@ -150,13 +150,15 @@ async def test_a_hub_killed_mid_spawn_stops_that_server_when_it_returns(tmp_path
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession(headers=h(token)) as s:
-        assert (await s.post(f"{base}/hub/api/users/{u.name}/server")).status == 202
-        assert await _until(lambda: bool(_rows(data)), 20)
-    [(state, pid)] = _rows(data)
-    assert state == "starting" and _alive(pid)
-    hub.send_signal(signal.SIGKILL)
-    hub.wait(20)
+    try:
+        async with aiohttp.ClientSession(headers=h(token)) as s:
+            assert (await s.post(f"{base}/hub/api/users/{u.name}/server")).status == 202
+            assert await _until(lambda: bool(_rows(data)), 20)
+        [(state, pid)] = _rows(data)
+        assert state == "starting" and _alive(pid)
+    finally:
+        hub.send_signal(signal.SIGKILL)
+        hub.wait(20)
     assert _alive(pid)  # servers outlive the hub by design ...
     hub = start_hub(cmd, port, log)
     try:
