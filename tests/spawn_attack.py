@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sqlite3
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import helpers
 from test_config_cli import MINIHUB, free_port, start_hub
 
 
@@ -109,40 +108,8 @@ async def execute(
     s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str, code: str, timeout: float = 60
 ) -> str:
     """Run `code` in the kernel; its stdout, stderr and error text, once it is idle again."""
-    session = uuid.uuid4().hex
-    msg_id = uuid.uuid4().hex
-    url = f"{hub.base}/user/{name}/api/kernels/{kernel}/channels?session_id={session}"
-    out: list[str] = []
-    async with s.ws_connect(url, max_msg_size=0) as ws:
-        await ws.send_json(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "",
-                    "session": session,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "content": {"code": code, "silent": False},
-            }
-        )
-        async with asyncio.timeout(timeout):
-            async for m in ws:
-                msg: dict[str, Any] = json.loads(m.data)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind, content = msg["msg_type"], msg["content"]
-                if kind == "stream":
-                    out.append(content["text"])
-                elif kind == "error":
-                    out.append(f"{content['ename']}: {content['evalue']}")
-                elif kind == "status" and content["execution_state"] == "idle":
-                    break
-    return "".join(out)
+    url = f"{hub.base}/user/{name}/api/kernels/{kernel}/channels"
+    return await helpers.execute(s, url, code, timeout=timeout, max_msg_size=0)
 
 
 def process_memory(pid: int) -> bytes:

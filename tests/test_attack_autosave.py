@@ -13,31 +13,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Hub, hub_process, log_in
 from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, account, needs_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
-
-
-@dataclass
-class Hub:
-    url: str
-    user: Any
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -45,48 +29,15 @@ def hub(make_system_user: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     needs_browser()
     user = make_system_user(account("mhas"))
     tmp = tmp_path_factory.mktemp("mhas")
-    port = _free_port()
     toml = tmp / "minihub.toml"
     toml.write_text("[hub]\ncleanup_servers = true\n")
     log = tmp / "hub.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "minihub",
-                "-f",
-                str(toml),
-                "--data-dir",
-                str(tmp / "data"),
-                "--port",
-                str(port),
-            ],
-            stdout=f,
-            stderr=f,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("hub did not start: " + log.read_text()[-3000:])
-                time.sleep(0.1)
-        yield Hub(f"http://127.0.0.1:{port}", user)
+    with hub_process(toml, tmp / "data", log) as url:
+        yield Hub(url, user)
         # Bad notebooks are 4xx with a message, never a server error, in the hub or the server.
         logs = [log, *(tmp / "data").rglob("*.log")]
         for f in logs:
             assert "Traceback" not in f.read_text(errors="replace"), f
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +51,7 @@ def context(hub: Hub) -> Iterator[Any]:
             ctx = browser.new_context(viewport={"width": 1280, "height": 900})
             ctx.set_default_timeout(30000)
             page = ctx.new_page()
-            page.goto(hub.url + "/hub/login")
-            page.fill("input[name=username]", hub.user.name)
-            page.fill("input[name=password]", hub.user.password)
-            page.locator("form button, form input[type=submit]").first.click()
-            page.wait_for_url(f"**/user/{hub.user.name}/tree/", timeout=90000)
+            log_in(page, hub.url, hub.user)
             page.close()
             yield ctx
         finally:

@@ -13,11 +13,11 @@ import os
 import signal
 import sqlite3
 import subprocess
-import uuid
 from pathlib import Path
 
 import aiohttp
 from conftest import needs_root
+from helpers import execute
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
 
@@ -49,37 +49,8 @@ async def _until(check, seconds: float) -> bool:  # type: ignore[no-untyped-def]
 
 async def _kernel_pid(s: aiohttp.ClientSession, base: str, user: str) -> int:
     kernel = await (await s.post(f"{base}/user/{user}/api/kernels", json={})).json()
-    session = uuid.uuid4().hex
-    url = f"{base}/user/{user}/api/kernels/{kernel['id']}/channels?session_id={session}"
-    msg_id = uuid.uuid4().hex
-    out = ""
-    async with s.ws_connect(url) as ws:
-        await ws.send_json(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "",
-                    "session": session,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "content": {"code": "import os; print(os.getpid())", "silent": False},
-            }
-        )
-        async with asyncio.timeout(60):
-            async for m in ws:
-                msg = json.loads(m.data)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out += msg["content"]["text"]
-                if msg["msg_type"] == "execute_reply":
-                    break
-    return int(out.strip())
+    url = f"{base}/user/{user}/api/kernels/{kernel['id']}/channels"
+    return int((await execute(s, url, "import os; print(os.getpid())")).strip())
 
 
 def _hub(tmp_path: Path, name: str, *extra: str) -> tuple[list[str], int, Path, str]:

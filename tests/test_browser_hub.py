@@ -8,75 +8,25 @@ hub's pages land in test-artifacts/.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Hub, fill_login, hub_process
 from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MIB, account, needs_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
-
-
-@dataclass
-class Hub:
-    url: str
-    user: Any
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[Hub]:
     needs_browser()
     user = make_system_user(account("mhfx_hub"))
-    port = _free_port()
     toml = tmp_path / "minihub.toml"
     toml.write_text(f'[hub]\ncleanup_servers = true\n[auth]\nadmin_users = ["{user.name}"]\n')
-    log = tmp_path / "hub.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "minihub",
-                "-f",
-                str(toml),
-                "--data-dir",
-                data_dir,
-                "--port",
-                str(port),
-            ],
-            stdout=f,
-            stderr=f,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("hub did not start: " + log.read_text()[-3000:])
-                time.sleep(0.1)
-        yield Hub(f"http://127.0.0.1:{port}", user)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with hub_process(toml, data_dir, tmp_path / "hub.log") as url:
+        yield Hub(url, user)
 
 
 def shot(page: Any, name: str) -> None:
@@ -88,9 +38,7 @@ def log_in(page: Any, hub: Hub) -> None:
     page.goto(hub.url + "/hub/login")
     page.locator("input[name=username]").wait_for()
     shot(page, "login")
-    page.fill("input[name=username]", hub.user.name)
-    page.fill("input[name=password]", hub.user.password)
-    page.locator("form button, form input[type=submit]").first.click()
+    fill_login(page, hub.user)
     page.wait_for_url(f"**/user/{hub.user.name}/tree/", timeout=90000)
     page.locator("#file-rows tr").first.wait_for()
 

@@ -9,31 +9,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser_hub import _free_port, log_in
+from helpers import Hub, launch_hub, stop_hub
+from test_browser_hub import log_in
 from test_browser_notebook import CHROMIUM, CHROMIUM_ARGS, account, needs_browser
+from test_config_cli import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
-
-
-def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=f)
-    import socket
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("hub did not start: " + log.read_text()[-3000:])
-            time.sleep(0.1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -44,11 +29,11 @@ def test_notebook_survives_hub_restart(
 
     needs_browser()
     user = make_system_user(account(f"mhrs_{sig.name[3:].lower()}"))
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "minihub", "--data-dir", data_dir, "--port", str(port)]
     log = tmp_path / "hub.log"
-    proc = start(cmd, port, log)
-    hub = type("Hub", (), {"url": f"http://127.0.0.1:{port}", "user": user})()
+    proc = launch_hub(cmd, port, log)
+    hub = Hub(f"http://127.0.0.1:{port}", user)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -69,7 +54,7 @@ def test_notebook_survives_hub_restart(
                 nb.wait_for_selector("#kernel-status[data-status=busy]")
                 proc.send_signal(sig)
                 proc.wait(30)
-                proc = start(cmd, port, log)
+                proc = launch_hub(cmd, port, log)
                 out = nb.locator(".cell").nth(0).locator(".output.stream")
                 out.wait_for(timeout=60000)
                 assert "after restart" in out.inner_text()
@@ -78,9 +63,5 @@ def test_notebook_survives_hub_restart(
             finally:
                 browser.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_hub(proc)
         subprocess.run(["pkill", "-KILL", "-u", user.name], capture_output=True)

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import trustme
 from conftest import needs_root
+from helpers import execute_request
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
 
@@ -135,22 +136,7 @@ def test_bad_certificate_is_one_line(tmp_path):
 async def _execute(s: aiohttp.ClientSession, url: str, code: str, session_id: str) -> str:
     msg_id = uuid.uuid4().hex
     async with s.ws_connect(url + f"?session_id={session_id}") as ws:
-        await ws.send_json(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "",
-                    "session": session_id,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "content": {"code": code, "silent": False},
-            }
-        )
+        await ws.send_json(execute_request(code, msg_id, session_id))
         await asyncio.sleep(0.5)  # the execution has started; now the hub goes away
         return msg_id
 
@@ -189,25 +175,8 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
             session_id = uuid.uuid4().hex
             ws = await s.ws_connect(url + f"?session_id={session_id}")
             msg_id = uuid.uuid4().hex
-            await ws.send_json(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "username": "",
-                        "session": session_id,
-                        "version": "5.3",
-                        "date": "",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "content": {
-                        "code": "import time; time.sleep(2); print('done')",
-                        "silent": False,
-                    },
-                }
-            )
+            sleeper = "import time; time.sleep(2); print('done')"
+            await ws.send_json(execute_request(sleeper, msg_id, session_id))
             await asyncio.sleep(0.5)
             hub.send_signal(sig)
             code = await asyncio.to_thread(hub.wait, 20)  # the client keeps answering meanwhile

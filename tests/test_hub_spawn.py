@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import gone, hub_config, login, needs_root
+from helpers import execute
 
 from minihub.app import make_app
 from minihub.config import Config
@@ -49,44 +49,8 @@ async def start(c: TestClient, name: str, token: str) -> dict[str, Any]:
 
 async def run_code(c: TestClient, name: str, token: str, kernel_id: str, code: str) -> str:
     """Execute `code` over the kernel websocket through the hub; return stdout."""
-    url = f"/user/{name}/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"
-    out = []
-    async with c.ws_connect(url, headers=h(token)) as ws:
-        msg_id = uuid.uuid4().hex
-        await ws.send_json(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": name,
-                    "session": "s",
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "content": {
-                    "code": code,
-                    "silent": False,
-                    "store_history": False,
-                    "user_expressions": {},
-                    "allow_stdin": False,
-                },
-            }
-        )
-        async with asyncio.timeout(30):
-            async for m in ws:
-                msg = json.loads(m.data)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out.append(msg["content"]["text"])
-                if msg["msg_type"] == "error":
-                    out.append("ERROR " + msg["content"]["ename"])
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-    return "".join(out)
+    url = f"/user/{name}/api/kernels/{kernel_id}/channels"
+    return await execute(c, url, code, username=name, lab=True, timeout=30, headers=h(token))
 
 
 async def test_spawn_privilege_drop_isolation_and_readoption(

@@ -13,15 +13,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
-import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import helpers
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import hub_config, login, needs_root, xsrf_of
+from test_config_cli import free_port
 
 from minihub.app import make_app
 from minihub.store import Store
@@ -31,12 +31,6 @@ from minihub.users import new_token
 SINGLEUSER = shutil.which(
     "jupyterhub-singleuser", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_ready(c: TestClient, name: str) -> dict[str, Any]:
@@ -63,44 +57,8 @@ def page_config(html: str) -> dict[str, Any]:
 
 async def execute(c: TestClient, name: str, kernel_id: str, code: str) -> str:
     """Run `code` over the kernel websocket, through the hub's proxy; return its stdout."""
-    url = f"/user/{name}/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"
-    msg_id = uuid.uuid4().hex
-    out = []
-    async with c.ws_connect(url) as ws:
-        await ws.send_json(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": name,
-                    "session": uuid.uuid4().hex,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "content": {
-                    "code": code,
-                    "silent": False,
-                    "store_history": False,
-                    "user_expressions": {},
-                    "allow_stdin": False,
-                },
-            }
-        )
-        async with asyncio.timeout(30):
-            async for m in ws:
-                msg = json.loads(m.data)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out.append(msg["content"]["text"])
-                if msg["msg_type"] == "error":
-                    out.append("ERROR " + msg["content"]["ename"])
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-    return "".join(out)
+    url = f"/user/{name}/api/kernels/{kernel_id}/channels"
+    return await helpers.execute(c, url, code, username=name, lab=True, timeout=30)
 
 
 @needs_root

@@ -12,11 +12,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +22,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers import execute_request, fill_login, launch_hub, read_output, stop_hub
 from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, account
+from test_config_cli import free_port
 
 VENV_BIN = os.path.dirname(sys.executable)
 SINGLEUSER = shutil.which("jupyterhub-singleuser", path=VENV_BIN)
@@ -39,12 +38,6 @@ pytestmark = [
 # JupyterLab's first load in Chromium takes ~15 s on an idle 2-core machine; the bound is
 # generous for a busy one.
 BROWSER_TIMEOUT = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -63,27 +56,12 @@ class Hub:
         return f"http://127.0.0.1:{self.port}{self.base_url.rstrip('/')}"
 
     def start(self) -> None:
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=f)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("hub did not start: " + self.tail())
-                time.sleep(0.1)
+        self.proc = launch_hub(self.cmd, self.port, self.log)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_hub(self.proc)
         self.proc = None
 
     def tail(self) -> str:
@@ -97,7 +75,7 @@ def lab_hub(
     """A hub on a free loopback port, under the base URL given as the fixture's param."""
     base_url = getattr(request, "param", "/")
     user = make_system_user(account("mhjl"))
-    port = _free_port()
+    port = free_port()
     toml = tmp_path / "minihub.toml"
     # The operator's line: the command by name, found on the servers' PATH (the hub's venv).
     toml.write_text(
@@ -168,9 +146,7 @@ def test_jupyterlab_in_chromium(lab_hub: tuple[Hub, Any]) -> None:
             hops: list[str] = []
             page.on("request", lambda r: hops.append(r.url) if r.is_navigation_request() else None)
             page.goto(hub.url + "/hub/login")
-            page.fill("input[name=username]", user.name)
-            page.fill("input[name=password]", user.password)
-            page.locator("form button, form input[type=submit]").first.click()
+            fill_login(page, user)
             try:
                 page.wait_for_url(f"**/user/{user.name}/lab**", timeout=60000)
                 page.locator("#jp-main-dock-panel").wait_for(timeout=60000)
@@ -316,78 +292,22 @@ async def _wait_running(s: aiohttp.ClientSession, hub: Hub, name: str) -> None:
 async def _execute(s: aiohttp.ClientSession, hub: Hub, name: str, kernel: str, code: str) -> str:
     """Run code over the kernel's websocket through the hub (authenticated by the browser's
     cookies alone, as JupyterLab's are); return its stdout."""
-    url = f"{hub.url}/user/{name}/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
-    msg_id = uuid.uuid4().hex
-    out: list[str] = []
+    session, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
+    url = f"{hub.url}/user/{name}/api/kernels/{kernel}/channels?session_id={session}"
+    request = execute_request(code, msg_id, session, name, lab=True)
     async with s.ws_connect(url, protocols=["v1.kernel.websocket.jupyter.org"]) as ws:
         # JupyterLab offers the v1 binary framing; the server picks it when it can.
         if ws.protocol:
-            await ws.send_bytes(_v1(msg_id, name, code))
+            await ws.send_bytes(_v1(request))
         else:
-            await ws.send_str(
-                json.dumps(
-                    {
-                        "header": {
-                            "msg_id": msg_id,
-                            "msg_type": "execute_request",
-                            "username": name,
-                            "session": uuid.uuid4().hex,
-                            "version": "5.3",
-                            "date": "",
-                        },
-                        "parent_header": {},
-                        "metadata": {},
-                        "channel": "shell",
-                        "content": {
-                            "code": code,
-                            "silent": False,
-                            "store_history": False,
-                            "user_expressions": {},
-                            "allow_stdin": False,
-                        },
-                    }
-                )
-            )
-        async with asyncio.timeout(30):
-            async for m in ws:
-                msg = _decode(m)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out.append(msg["content"]["text"])
-                if msg["msg_type"] == "error":
-                    out.append("ERROR " + msg["content"]["ename"])
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-    return "".join(out)
+            await ws.send_json(request)
+        return await read_output(ws, msg_id, 30, decode=_decode)
 
 
-def _v1(msg_id: str, name: str, code: str) -> bytes:
-    """An execute_request in the v1.kernel.websocket.jupyter.org binary framing."""
-    parts = [
-        b"shell",
-        json.dumps(
-            {
-                "msg_id": msg_id,
-                "msg_type": "execute_request",
-                "username": name,
-                "session": uuid.uuid4().hex,
-                "version": "5.3",
-                "date": "",
-            }
-        ).encode(),
-        b"{}",
-        b"{}",
-        json.dumps(
-            {
-                "code": code,
-                "silent": False,
-                "store_history": False,
-                "user_expressions": {},
-                "allow_stdin": False,
-            }
-        ).encode(),
-    ]
+def _v1(msg: dict[str, Any]) -> bytes:
+    """A message in the v1.kernel.websocket.jupyter.org binary framing."""
+    keys = ("header", "parent_header", "metadata", "content")
+    parts = [msg["channel"].encode(), *(json.dumps(msg[k]).encode() for k in keys)]
     offsets, pos = [], 8 * (len(parts) + 2)
     for p in parts:
         offsets.append(pos)

@@ -9,13 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import helpers
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import SystemUser, hub_config, hub_log_faults, needs_root
@@ -140,38 +140,7 @@ async def new_kernel(s: aiohttp.ClientSession, prefix: str) -> str:
 
 async def execute(s: aiohttp.ClientSession, prefix: str, kernel: str, code: str) -> str:
     """Run `code` in the kernel over its websocket; what it printed."""
-    session, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
-    url = f"{prefix}api/kernels/{kernel}/channels?session_id={session}"
-    out = ""
-    async with s.ws_connect(url) as ws:
-        await ws.send_json(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "",
-                    "session": session,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "content": {"code": code, "silent": False},
-            }
-        )
-        async with asyncio.timeout(60):
-            async for m in ws:
-                msg = json.loads(m.data)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out += msg["content"]["text"]
-                if msg["msg_type"] == "error":
-                    out += f"{msg['content']['ename']}: {msg['content']['evalue']}"
-                if msg["msg_type"] == "execute_reply":
-                    break
-    return out.strip()
+    return (await helpers.execute(s, f"{prefix}api/kernels/{kernel}/channels", code)).strip()
 
 
 def alive(pid: int) -> bool:

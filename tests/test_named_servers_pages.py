@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import gone, hub_config, login, needs_root, xsrf_of
-from test_browser_hub import Hub, _free_port, shot
+from conftest import gone, hub_config, hub_log_faults, login, needs_root, xsrf_of
+from helpers import Hub, hub_process, log_in
+from test_browser_hub import shot
 from test_browser_notebook import CHROMIUM, CHROMIUM_ARGS, account, needs_browser
 from test_hub_spawn import h, make_tokens
 
@@ -241,49 +238,14 @@ def named_hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[
     """`python -m minihub` with named servers on and the real ForkSpawner (the default)."""
     needs_browser()
     user = make_system_user(account("mhnp_web"))
-    port = _free_port()
     toml = tmp_path / "minihub.toml"
     toml.write_text(
         "[hub]\ncleanup_servers = true\nallow_named_servers = true\n"
         f'named_server_limit_per_user = 3\n[auth]\nadmin_users = ["{user.name}"]\n'
     )
     log = tmp_path / "hub.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "minihub",
-                "-f",
-                str(toml),
-                "--data-dir",
-                data_dir,
-                "--port",
-                str(port),
-            ],
-            stdout=f,
-            stderr=f,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("hub did not start: " + log.read_text()[-3000:])
-                time.sleep(0.1)
-        yield Hub(f"http://127.0.0.1:{port}", user)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    from conftest import hub_log_faults
-
+    with hub_process(toml, data_dir, log) as url:
+        yield Hub(url, user)
     assert not hub_log_faults(log), hub_log_faults(log)
 
 
@@ -303,11 +265,7 @@ def test_named_server_from_the_home_page_in_chromium(named_hub: Hub) -> None:
             ctx = browser.new_context(viewport={"width": 1280, "height": 800})
             ctx.set_default_timeout(30000)
             page = ctx.new_page()
-            page.goto(hub.url + "/hub/login")
-            page.fill("input[name=username]", user.name)
-            page.fill("input[name=password]", user.password)
-            page.locator("form button").first.click()
-            page.wait_for_url(f"**/user/{user.name}/tree/", timeout=90000)
+            log_in(page, hub.url, user)
 
             page.goto(hub.url + "/hub/home")
             page.fill("input[name=server_name]", "tree")  # passes the field's pattern
