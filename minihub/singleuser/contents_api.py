@@ -5,13 +5,11 @@ The work itself is in contents.py and checkpoints.py; these only parse and reply
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from ..errors import BadRequest
 from .contents import new_notebook
-from .http import CHECKPOINTS, CONTENTS, api_url, json_body, reply, run
+from .http import CHECKPOINTS, CONTENTS, api_url, json_body, reply, run, text_field
 
 PATH = r"{path:(?:/[^/]+)*/?}"
 
@@ -22,16 +20,6 @@ def _path(request: web.Request) -> str:
 
 def _location(request: web.Request, path: str) -> str:
     return api_url(request, "api/contents", path)
-
-
-def _text_field(body: dict[str, Any], key: str) -> str:
-    """An optional string field of a body: "" when absent or null, 400 when not a string."""
-    value = body.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    return value
 
 
 async def get_contents(request: web.Request) -> web.Response:
@@ -63,11 +51,11 @@ async def post_contents(request: web.Request) -> web.Response:
     path = _path(request)
     body = await json_body(request) or {}
     cm = request.app[CONTENTS]
-    copy_from = _text_field(body, "copy_from")
+    copy_from = text_field(body, "copy_from")
     if copy_from:
         model = await run(cm.copy, copy_from, path)
     else:
-        kind, ext = _text_field(body, "type"), _text_field(body, "ext")
+        kind, ext = text_field(body, "type"), text_field(body, "ext")
         model = await run(cm.new_untitled, path, kind, ext)
     return reply(model, 201, _location(request, model["path"]))
 

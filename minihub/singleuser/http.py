@@ -60,6 +60,16 @@ async def json_body(request: web.Request) -> dict[str, Any] | None:
     return body
 
 
+def text_field(body: dict[str, Any], key: str) -> str:
+    """An optional string field of a body: "" when absent or null, 400 when not a string."""
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
 def reply(data: Any, status: int = 200, location: str | None = None) -> web.Response:
     headers = {"Location": location} if location else None
     return web.json_response(data, status=status, headers=headers)

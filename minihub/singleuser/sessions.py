@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..errors import BadRequest, NotFound
 from ..kernels.manager import KernelManager
-from .http import api_url, json_body, reply
+from .http import api_url, json_body, reply, text_field
 from .kernels_api import check_kernel_path
 
 SESSION = r"{session_id:[\w-]+}"
@@ -58,7 +58,7 @@ class SessionManager:
         return next((s for s in self.sessions.values() if s.path == path), None)
 
     async def _kernel_for(self, spec: dict[str, Any], path: str) -> str:
-        kernel_id, name = _text(spec, "id"), _text(spec, "name")
+        kernel_id, name = text_field(spec, "id"), text_field(spec, "name")
         if kernel_id:
             if kernel_id not in self.kernels.kernels:
                 raise BadRequest(f"No such kernel: {kernel_id[:100]}")
@@ -71,7 +71,7 @@ class SessionManager:
         if path is None:
             raise BadRequest("Missing field in JSON data: path")
         spec = _kernel_spec(body)
-        name, kind = _text(body, "name"), _text(body, "type")
+        name, kind = text_field(body, "name"), text_field(body, "type")
         existing = self.by_path(path)
         if existing is not None:
             return existing
@@ -85,7 +85,7 @@ class SessionManager:
         old_kernel = s.kernel_id
         # Every field is checked before any is applied: a refused PATCH changes nothing.
         path, spec = _path_of(body), _kernel_spec(body)
-        texts = {key: _text(body, key) for key in ("name", "type") if key in body}
+        texts = {key: text_field(body, key) for key in ("name", "type") if key in body}
         if path is not None:
             s.path = path
         for key, value in texts.items():
@@ -107,17 +107,8 @@ class SessionManager:
 def _path_of(body: dict[str, Any]) -> str | None:
     notebook = body.get("notebook")
     if isinstance(notebook, dict) and notebook.get("path"):
-        return _text(notebook, "path")
-    return _text(body, "path") or None
-
-
-def _text(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    return value
+        return text_field(notebook, "path")
+    return text_field(body, "path") or None
 
 
 def _kernel_spec(body: dict[str, Any]) -> dict[str, Any] | None:
