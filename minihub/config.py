@@ -477,8 +477,12 @@ def _type_ok(setting: Setting, value: Any) -> bool:
     if not isinstance(value, types):
         return False
     if isinstance(value, list):
-        return all(isinstance(x, str) for x in value)
+        return all(_item_ok(setting.item, x) for x in value)
     return True
+
+
+def _item_ok(item: type, x: Any) -> bool:
+    return item is object or (isinstance(x, item) and not (isinstance(x, bool) and item is int))
 
 
 def _type_name(setting: Setting) -> str:
@@ -491,6 +495,8 @@ def _type_name(setting: Setting) -> str:
         list: "a list of strings",
         dict: "a table",
     }
+    items = {str: "strings", int: "integers", dict: "tables", object: "values"}
+    names[list] = f"a list of {items.get(setting.item, 'values')}"
     return " or ".join(names[t] for t in types)
 
 

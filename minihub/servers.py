@@ -217,11 +217,11 @@ class Servers:
         """Start this server of `user` (if not already up); return after `wait` s at most
         (default SLOW_SPAWN, read now so that a test can shorten it)."""
         wait = SLOW_SPAWN if wait is None else wait
-        if name:
-            self._check_named(user, name)
+        self.check_name(user, name)
         srv = self.get(user, name)
         if srv.status == "stopped":
             self._check_limits()
+            self.spawner.check_options(user.name, dict(user_options or {}))
             srv.status, srv.error, srv.log_tail = "pending", "", ""
             srv.user_options = dict(user_options or {})
             srv.progress = ["Server requested"]
@@ -233,6 +233,12 @@ class Servers:
         if srv.status == "stopped" and srv.error:
             raise SpawnError(srv.error, srv.log_tail, srv.error_status)
         return srv
+
+    def check_name(self, user: User, name: str) -> None:
+        """BadRequest when `user` may not have a server of this name (named servers off,
+        a bad name, over the limit); the default server "" always passes."""
+        if name:
+            self._check_named(user, name)
 
     def _check_named(self, user: User, name: str) -> None:
         if not self.cfg.get("hub.allow_named_servers"):

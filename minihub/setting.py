@@ -7,6 +7,7 @@ minihub's, so the seams can use it without importing the loader.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ class Setting:
     help: str
     flag: str | None = None  # command-line flag overriding the file, if any
     check: Check | None = None  # run at start-up on the value, after its type
+    item: builtins.type = str  # what a list holds (str, int, dict, or object for anything)
 
     @property
     def key(self) -> str:

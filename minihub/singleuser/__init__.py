@@ -4,7 +4,9 @@ Launch contract with the hub (minihub.protocols builds the config, a spawner del
 minihub.proxy talks to the server):
 - Command: `<python> -m minihub.singleuser`, already running as the user, cwd = notebook dir.
 - Launch config: a `ServerConfig` (below, the one definition both sides use) as one JSON
-  line on stdin, then EOF. The secret is never put in the environment, so kernels and child
+  line on stdin, then EOF; where a server has no stdin from the hub (a pod), the
+  MINIHUB_LAUNCH_CONFIG variable holds that line (from a Secret), and the server takes it
+  out of its environment at once. The secret is never put in the environment, so kernels and child
   processes do not inherit it.
 - Every request must carry `X-Minihub-Secret: <secret>`, else 403. The hub's proxy adds it.
   With a proof in the launch config, every response to such a request carries
@@ -26,6 +28,7 @@ from typing import Any
 from ..kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 
 SECRET_HEADER = "X-Minihub-Secret"
+CONFIG_ENV = "MINIHUB_LAUNCH_CONFIG"  # the launch config where a server has no stdin (a pod)
 PROOF_HEADER = "X-Minihub-Proof"
 
 
@@ -40,9 +43,12 @@ class ServerConfig:
     notebook_dir: str = "."
     user: str = ""
     server_name: str = ""  # "" for the user's default server
-    # An inherited, bound, listening TCP socket; None: bind `port` on 127.0.0.1.
+    # An inherited, bound, listening TCP socket; None: bind `port` on `ip`.
     listen_fd: int | None = None
     port: int = 0
+    ip: str = "127.0.0.1"
+    certfile: str = ""  # serve https with this certificate (and keyfile) instead of http
+    keyfile: str = ""
     kernel_idle_timeout: int = 0
     mem_limit: int = 0
     shared_dirs: list[str] = field(default_factory=list)  # where notebook-dir symlinks may lead

@@ -1,4 +1,5 @@
-"""`python -m minihub.singleuser`: read the launch config from stdin, serve until SIGTERM.
+"""`python -m minihub.singleuser`: read the launch config (stdin, or MINIHUB_LAUNCH_CONFIG in
+a pod), serve until SIGTERM.
 
 See minihub/singleuser/__init__.py for the contract with the hub.
 """
@@ -10,13 +11,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 
 from aiohttp import web
 
 from ..kernels import zygote
 from ..spawner.logpump import LogPump
-from . import ServerConfig, contents
+from . import CONFIG_ENV, ServerConfig, contents
 from .app import make_app
 
 log = logging.getLogger("minihub.singleuser")
@@ -31,7 +33,7 @@ async def serve(cfg: ServerConfig) -> None:
         sock.setblocking(False)
         site = web.SockSite(runner, sock)
     else:
-        site = web.TCPSite(runner, "127.0.0.1", cfg.port)
+        site = web.TCPSite(runner, cfg.ip, cfg.port, ssl_context=_tls(cfg))
     await site.start()
     log.info("serving %s for %s from %s", cfg.base_url, cfg.user, cfg.notebook_dir)
     stop = asyncio.Event()
@@ -64,6 +66,9 @@ def main() -> int:
     )
     _no_dumps()
     _adopt_umask()
+    # A pod has no stdin from the hub: its launch config comes in this variable, taken out
+    # of the environment before the kernel zygote (and every kernel) could inherit it.
+    line = os.environ.pop(CONFIG_ENV, "")
     # Before the kernel zygote is forked: it and every kernel write into the pump's pipe,
     # never into the hub's log fds themselves.
     pump = LogPump.take_over() if LogPump.wanted() else None
@@ -73,8 +78,8 @@ def main() -> int:
     zygote.fork_early()
     if pump is not None:
         pump.start()
+    line = line or sys.stdin.readline()
     try:
-        line = sys.stdin.readline()
         cfg = ServerConfig.from_json(line)
     except (ValueError, TypeError) as e:
         log.error("bad launch config on stdin: %s", e)
@@ -91,6 +96,15 @@ def main() -> int:
         sys.stderr.flush()
         pump.stop()
     return 0
+
+
+def _tls(cfg: ServerConfig) -> ssl.SSLContext | None:
+    """https with the certificate a spawner mounted (the Kubernetes spawner's ssl_secret)."""
+    if not cfg.certfile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.certfile, cfg.keyfile or None)
+    return ctx
 
 
 def _stdin_to_devnull() -> None:

@@ -27,6 +27,10 @@ Contract (see docs/spawners.md for a worked example):
 - `log_tail(state, lines)` returns the last lines of the server's output, "" if unknown.
 - `on_exit`, if the hub sets it, is called with `state` (from the event loop) as soon as
   the spawner sees a server exit, so the hub can react before its next poll.
+- `options_form(user)` is the HTML of the spawn page's form (JupyterHub's options_form;
+  "" for none), `options_from_form(form)` turns its fields into `user_options`, and
+  `check_options(user, options)` raises SpawnError (400) for options it would refuse, so a
+  bad choice is refused before anything starts.
 - `close()` releases watchers and connections; it never stops servers (they outlive the
   hub by design).
 """
@@ -126,6 +130,17 @@ class Spawner(abc.ABC):
         """True if the kernel killed part of this server (e.g. a kernel) for lack of memory
         under its limit, so the user can be told why. Default: unknown, False."""
         return False
+
+    def options_form(self, user: str) -> str:
+        """HTML fields of the spawn page's form for `user`; "": no form, start at once."""
+        return ""
+
+    def options_from_form(self, form: dict[str, str]) -> dict[str, Any]:
+        """user_options from the spawn form's fields."""
+        return dict(form)
+
+    def check_options(self, user: str, options: dict[str, Any]) -> None:
+        """Raise SpawnError (a 4xx) if `options` would be refused; default: any are fine."""
 
     async def close(self) -> None:
         """Release watchers; never stops servers (they outlive the hub)."""

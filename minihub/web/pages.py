@@ -160,6 +160,8 @@ async def after_login(
     if nxt in (f"{p.cfg.base_url}hub/", own) or nxt.startswith(own):
         if nxt == f"{p.cfg.base_url}hub/":
             nxt = own
+        if p.servers.spawner.options_form(user.name):  # the user chooses first
+            return f"{spawn_url(p, user, '')}?next={quote(nxt, safe='')}"
         try:
             await p.servers.spawn(user, wait=0)
         except HubError:
@@ -313,6 +315,8 @@ def named_servers(servers: Servers, user_id: int) -> list[tuple[str, Server]]:
 async def home_start(request: web.Request) -> web.Response:
     user = current(request)
     p = parts(request)
+    if p.servers.spawner.options_form(user.name):
+        raise redirect(spawn_url(p, user, ""))
     await p.servers.spawn(user, wait=0)
     raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}")
 
@@ -337,6 +341,9 @@ async def home_create(request: web.Request) -> web.Response:
         check_server_name(name)
         if p.servers.peek(user.id, name) is not None:
             raise BadRequest(f"You already have a server named {name!r}: start it from the list.")
+        if p.servers.spawner.options_form(user.name):
+            p.servers.check_name(user, name)
+            raise redirect(spawn_url(p, user, name))
         await start(p, user, name)
     except HubError as e:  # shown in the form, with what was typed
         resp = home_page(request, user, e.message, e.status, name)
@@ -345,12 +352,14 @@ async def home_create(request: web.Request) -> web.Response:
     raise redirect(f"{p.cfg.base_url}hub/spawn-pending/{user.name}/{name}")
 
 
-async def start(p: Parts, user: User, server_name: str) -> None:
+async def start(
+    p: Parts, user: User, server_name: str, options: dict[str, Any] | None = None
+) -> None:
     """Ask for the server to start; its progress page follows it from here."""
     srv = p.servers.peek(user.id, server_name)
     if srv is not None and srv.status == "stopping":  # spawn would leave it stopping
         raise BadRequest("That server is still stopping: try again in a moment.", 409)
-    await p.servers.spawn(user, server_name, wait=0)
+    await p.servers.spawn(user, server_name, wait=0, user_options=options)
 
 
 def describe(viewer: User, target: User, server_name: str) -> str:
@@ -444,17 +453,53 @@ def spawn_url(p: Parts, user: User, server_name: str) -> str:
     return f"{p.cfg.base_url}hub/spawn/{user.name}" + (f"/{server_name}" if server_name else "")
 
 
+@routes.get("/hub/spawn/{name}")
+@routes.get("/hub/spawn/{name}/{server_name}")
+async def spawn_form(request: web.Request) -> web.Response:
+    """The spawner's options form (profiles), as JupyterHub's spawn page; without one, the
+    server starts at once, as there."""
+    user = await may_act_on(request)
+    p = parts(request)
+    server_name = request.match_info.get("server_name", "")
+    if server_name and p.servers.peek(user.id, server_name) is None:
+        p.servers.check_name(user, server_name)
+    own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
+    nxt = safe_next(request, request.query.get("next")) if request.query.get("next") else own
+    form = p.servers.spawner.options_form(user.name)
+    srv = p.servers.peek(user.id, server_name)
+    if not form or (srv is not None and srv.status in ("pending", "running")):
+        if srv is None or srv.status != "running":
+            await start(p, user, server_name)
+        pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
+            f"/{server_name}" if server_name else ""
+        )
+        raise redirect(f"{pending}?next={quote(nxt, safe='')}")
+    return render(
+        request,
+        "spawn.html",
+        {
+            "form": form,
+            "next": nxt,
+            "spawn_url": spawn_url(p, user, server_name),
+            "what": describe(current(request), user, server_name),
+        },
+    )
+
+
 @routes.post("/hub/spawn/{name}")
 @routes.post("/hub/spawn/{name}/{server_name}")
 async def spawn_post(request: web.Request) -> web.Response:
-    """Start a server (a named one is created if new, as in JupyterHub); on to its progress."""
+    """Start a server (a named one is created if new, as in JupyterHub) with the form's
+    choices as its user_options; on to its progress."""
     user = await may_act_on(request)
     p = parts(request)
     server_name = request.match_info.get("server_name", "")
     form = await request.post()
     own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
     nxt = safe_next(request, str(form.get("next", ""))) if form.get("next") else own
-    await start(p, user, server_name)
+    fields = {k: str(v) for k, v in form.items() if k not in ("_xsrf", "next")}
+    options = p.servers.spawner.options_from_form(fields) if fields else {}
+    await start(p, user, server_name, options)
     pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
         f"/{server_name}" if server_name else ""
     )
