@@ -84,9 +84,9 @@ class Names:
 def names_for(settings: dict[str, Any], launch: Launch, namespace: str) -> Names:
     pod = dns_name(expand(settings["pod_name_template"], launch))
     pvc = dns_name(expand(settings["pvc_name_template"], launch), 253)
-    return Names(
-        pod, namespace, f"{pod[:56]}-launch", pvc if settings["storage_pvc_ensure"] else ""
-    )
+    # the secret's name hashed as a whole: a cut pod name could be another pod's
+    secret = dns_name(f"{pod}-launch")
+    return Names(pod, namespace, secret, pvc if settings["storage_pvc_ensure"] else "")
 
 
 def labels(settings: dict[str, Any], launch: Launch, hub: str) -> dict[str, str]:

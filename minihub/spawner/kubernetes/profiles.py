@@ -48,6 +48,9 @@ def check_profiles(profiles: list[Any]) -> str | None:
         }
         if unknown:
             return f"{where} ({slug}): unknown keys {sorted(unknown)}"
+        users = p.get("users", [])  # a string would match by substring ("al" in "alice")
+        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+            return f"{where} ({slug}): users must be a list of user names"
         bad = check_override(p.get("kubespawner_override", {}))
         if bad:
             return f"{where} ({slug}): kubespawner_override {bad}"

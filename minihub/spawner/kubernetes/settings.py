@@ -54,6 +54,16 @@ def _profiles(v: Any) -> str | None:
     return check_profiles(v)
 
 
+def _user_overrides(v: Any) -> str | None:
+    from .profiles import check_override  # late, as _profiles
+
+    for user, override in v.items():
+        bad = check_override(override)
+        if bad:
+            return f"{user}: {bad}"
+    return None
+
+
 def _s(
     name: str, kind: Any, default: Any, text: str, check: Check | None = None, item: type = str
 ) -> Setting:
@@ -269,8 +279,9 @@ SETTINGS: list[Setting] = [
     _s(
         "pvc_name_template",
         str,
-        "claim-{username}{servername}",
-        "Name of a user's claim ({username}, {servername} expanded and made DNS-safe).",
+        "claim-{user_server}",  # KubeSpawner's: user "a" server "b" is not user "ab"
+        "Name of a user's claim ({username}, {servername}, {user_server} expanded and made "
+        "DNS-safe).",
     ),
     _s("storage_class", str, "", "StorageClass of the claims; empty: the cluster's default."),
     _s("storage_capacity", str, "10Gi", "Size a claim asks for.", _quantity),
@@ -336,6 +347,7 @@ SETTINGS: list[Setting] = [
         {},
         "Per-user overrides of these settings, applied after the profile: "
         '{ alice = { mem_limit = "8G" } }.',
+        _user_overrides,
     ),
 ]
 
