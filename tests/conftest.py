@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from kube_cluster import kube_cluster, kube_namespace  # noqa: F401 (fixtures: a real cluster)
 
 from minihub import procfs
 
