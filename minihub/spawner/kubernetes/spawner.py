@@ -358,7 +358,10 @@ class KubeSpawner(Spawner):
             raise SpawnError(
                 f"{text} ({reason}: {message})." if message else f"{text} ({reason}).", tail
             )
-        if info.unschedulable and elapsed >= float(settings["unschedulable_timeout"]):
+        # The scheduler waits for a claim being provisioned (a user's first spawn): no node
+        # is short of anything, and waiting resolves it.
+        claim = "persistentvolumeclaim" in info.unschedulable.lower()
+        if info.unschedulable and not claim and elapsed >= float(settings["unschedulable_timeout"]):
             raise SpawnError(f"No node of the cluster can run this server: {info.unschedulable}")
 
     async def _relay_events(self, cluster: Cluster, launch: Launch, name: str, uid: str) -> None:
