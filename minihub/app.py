@@ -39,10 +39,12 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         data = cfg.data_dir
         data.mkdir(mode=0o711, parents=True, exist_ok=True)
+        # Before the store opens: a spawner that cannot be made (a bad kubeconfig) stops
+        # start-up with its message, and no database thread is left to keep the process up.
+        sp = spawner or make_spawner(cfg)
         store = await Store.open(data / "minihub.sqlite")
         key = load_or_create_key(Path(cfg.get("hub.cookie_secret_file")))
         metrics = Metrics()
-        sp = spawner or make_spawner(cfg)
         servers = Servers(
             cfg,
             store,
@@ -52,12 +54,17 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
             on_spawned=metrics.spawn_duration.observe,
         )
         proxy = Proxy(server_ca_file=str(cfg.get("hub.server_ca_file")))
+        try:
+            authenticator = make_authenticator(cfg, store)
+        except BaseException:
+            await store.close()  # else its thread keeps the failed process alive
+            raise
         p = Parts(
             cfg,
             store,
             key,
             Identities(store, key),
-            make_authenticator(cfg, store),
+            authenticator,
             Throttle(cfg),
             servers,
             proxy,

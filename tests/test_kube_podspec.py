@@ -593,7 +593,7 @@ def test_form_escapes_and_round_trips(tmp_path: Path) -> None:
     options = profiles.from_form(form.fields)
     assert options == {"profile": "datascience", "image": "r"}
     assert profiles.resolve(cfg, "alice", options)[0]["image"] == "r:4"
-    chosen = {**form.fields, "profile-option-datascience-image": "scipy"}
+    chosen = {**form.fields, "profile-option-datascience--image": "scipy"}
     assert profiles.from_form(chosen) == {"profile": "datascience", "image": "scipy"}
     # another profile's fields are not taken as the chosen one's
     assert profiles.from_form({**chosen, "profile": "small-default"}) == {

@@ -173,7 +173,7 @@ def _profile_html(p: dict[str, Any], checked: bool) -> str:
 
 
 def _select_html(slug: str, name: str, opt: dict[str, Any]) -> str:
-    field = html.escape(f"profile-option-{slug}-{name}")
+    field = html.escape(f"profile-option-{slug}--{name}")
     items = "".join(
         f'<option value="{html.escape(k)}"{" selected" if c.get("default") else ""}>'
         f"{html.escape(str(c.get('display_name', k)))}</option>"
@@ -187,7 +187,7 @@ def from_form(form: dict[str, str]) -> dict[str, Any]:
     """user_options from the form: {"profile": slug, option: choice, ...} as KubeSpawner's."""
     slug = form.get("profile", "")
     out: dict[str, Any] = {"profile": slug} if slug else {}
-    prefix = f"profile-option-{slug}-"
+    prefix = f"profile-option-{slug}--"
     for key, value in form.items():
         if slug and key.startswith(prefix):
             out[key[len(prefix) :]] = value

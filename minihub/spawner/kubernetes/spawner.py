@@ -59,6 +59,8 @@ class KubeSpawner(Spawner):
         self._messages: dict[str, list[str]] = {}  # launch.key -> progress so far
         self._reserved: set[int] = set()  # host ports of pods being created
         self._exited: dict[str, tuple[int, str]] = {}  # pod uid -> (status, reason)
+        # Read now, so a hub with an unusable kubeconfig stops at start-up saying so.
+        self._kube_config = self._load_config() if cfg is not None else None
 
     # -- the seam ----------------------------------------------------------------------------
     async def start(self, launch: Launch) -> Started:
@@ -188,15 +190,19 @@ class KubeSpawner(Spawner):
                 from . import cluster as k8s  # here: the client loads only when used
 
                 cfg = self._config()
-                config = await asyncio.to_thread(
-                    k8s.load_config, cfg.get("kubernetes.kubeconfig"), cfg.get("kubernetes.context")
-                )
+                config = self._kube_config or self._load_config()
                 ns = cfg.get("kubernetes.namespace") or k8s.default_namespace(config)
                 self._cluster = k8s.Cluster(config, ns, cfg.get("kubernetes.hub_instance"))
                 self._cluster.on_change = self._changed
                 self._cluster.start_watch()
                 log.info("servers run as pods in namespace %s (%s)", ns, config.cluster.server)
             return self._cluster
+
+    def _load_config(self) -> Any:
+        from .cluster import load_config  # here: the client loads only when used
+
+        cfg = self._config()
+        return load_config(cfg.get("kubernetes.kubeconfig"), cfg.get("kubernetes.context"))
 
     def _changed(self, old: PodInfo | None, new: PodInfo | None) -> None:
         """A pod of ours changed in the cache: note an exit and tell the hub at once."""
