@@ -33,6 +33,19 @@ def load(tmp_path: Path, body: str = "") -> config.Config:
     return config.load(path)
 
 
+def spawner(cfg: config.Config, tmp_path: Path) -> KubeSpawner:
+    """A KubeSpawner on a kubeconfig naming a cluster nobody asks (it reads it at once)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    cfg.set("kubernetes.kubeconfig", str(kubeconfig))
+    return KubeSpawner(cfg)
+
+
 def launch(
     user: str = "alice", server: str = "", protocol: str = "jupyterhub-singleuser"
 ) -> Launch:
@@ -530,7 +543,7 @@ def test_unknown_profile_or_choice_is_a_400_naming_the_choices(tmp_path: Path) -
     assert "'julia'" in e.value.message and "scipy, r" in e.value.message
     # the seam refuses it before anything starts
     with pytest.raises(SpawnError) as e:
-        KubeSpawner(cfg).check_options("alice", {"profile": "gpu"})
+        spawner(cfg, tmp_path).check_options("alice", {"profile": "gpu"})
     assert e.value.status == 400
 
 
@@ -582,7 +595,7 @@ class _Form(html.parser.HTMLParser):
 
 def test_form_escapes_and_round_trips(tmp_path: Path) -> None:
     cfg = load(tmp_path, PROFILES)
-    page = KubeSpawner(cfg).options_form("alice")
+    page = spawner(cfg, tmp_path).options_form("alice")
     assert "<default>" not in page and "Small &lt;default&gt;" in page
     assert "R &amp; tidyverse" in page and "Image &lt;tag&gt;" in page
     form = _Form()
