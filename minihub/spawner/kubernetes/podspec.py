@@ -52,14 +52,20 @@ def label_value(value: str) -> str:
 
 
 def expand(template: str, launch: Launch) -> str:
+    """{username}, {servername}, {user_server} (and their unescaped_ forms) replaced; any
+    other brace stays as written, so a JSON value in an env var or a stray brace never
+    breaks a spawn."""
     user, server = escape(launch.user), escape(launch.server_name)
-    return template.format(
-        username=user,
-        servername=server,
-        user_server=user + (f"--{server}" if server else ""),
-        unescaped_username=launch.user,
-        unescaped_servername=launch.server_name,
-    )
+    values = {
+        "{username}": user,
+        "{servername}": server,
+        "{user_server}": user + (f"--{server}" if server else ""),
+        "{unescaped_username}": launch.user,
+        "{unescaped_servername}": launch.server_name,
+    }
+    for key, value in values.items():
+        template = template.replace(key, value)
+    return template
 
 
 def expand_all(value: Any, launch: Launch) -> Any:

@@ -257,7 +257,7 @@ class KubeSpawner(Spawner):
     def _connect_host(self, settings: dict[str, Any], names: podspec.Names, info: PodInfo) -> str:
         template = str(settings["pod_connect_ip"])
         if template:
-            return template.format(podname=names.pod, namespace=names.namespace)
+            return template.replace("{podname}", names.pod).replace("{namespace}", names.namespace)
         if settings["services_enabled"]:
             return f"{names.pod}.{names.namespace}.svc"
         return info.ip
