@@ -28,11 +28,11 @@ MINIHUB = [sys.executable, "-m", "minihub"]
 
 
 def toml_value(v: Any) -> str:
-    return (
-        json.dumps(v)
-        if not isinstance(v, dict)
-        else ("{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }")
-    )
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
 
 
 def hub_toml(cluster: KubeCluster, ns: str, port: int, extra: str = "", **kube: Any) -> str:
@@ -59,6 +59,10 @@ def hub_toml(cluster: KubeCluster, ns: str, port: int, extra: str = "", **kube: 
         '[spawner]\nclass = "kubernetes"\nstart_timeout = 90\n'
         f"{extra}\n[kubernetes]\n{lines}\n"
     )
+
+
+def password(name: str) -> str:
+    return f"pw-{name}-long-enough"
 
 
 class KubeHub:
@@ -93,7 +97,7 @@ class KubeHub:
             self.proc = None
 
     def user(self, name: str, admin: bool = False) -> str:
-        self.cli("user", "add", name, *(["--admin"] if admin else []), input="pw-" + name + "\n")
+        self.cli("user", "add", name, *(["--admin"] if admin else []), input=password(name) + "\n")
         self.tokens[name] = self.cli("token", name)
         return self.tokens[name]
 
@@ -127,6 +131,9 @@ async def spawn(
     """POST the server, then follow its progress to the end; the events."""
     path = f"/hub/api/users/{user}/" + (f"servers/{server}" if server else "server")
     async with s.post(path, json=options or {}) as r:
+        if r.status >= 500:  # it failed before the POST's wait ran out: the reason is here
+            body = await r.json()
+            return [{"failed": True, "message": body["message"], "log_tail": body.get("log_tail")}]
         assert r.status in (201, 202), await r.text()
     return await follow(s, f"{path}/progress")
 
@@ -329,7 +336,9 @@ async def test_profiles_from_the_form_and_from_user_options(
     try:
         hub.start()
         # kdave picks "Large" with half a CPU on the spawn page, as a browser would.
-        async with aiohttp.ClientSession(hub.url) as browser:
+        async with aiohttp.ClientSession(
+            hub.url, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        ) as browser:
             await helpers_login(browser, "kdave")
             async with browser.get("/hub/spawn/kdave") as r:
                 page = await r.text()
@@ -358,8 +367,7 @@ async def test_profiles_from_the_form_and_from_user_options(
 async def helpers_login(browser: aiohttp.ClientSession, name: str) -> None:
     async with browser.get("/hub/login") as r:
         assert r.status == 200
-    xsrf = next(c.value for c in browser.cookie_jar if c.key == "_xsrf")
-    data = {"username": name, "password": "pw-" + name, "_xsrf": xsrf}
+    data = {"username": name, "password": password(name)}
     async with browser.post("/hub/login", data=data, allow_redirects=False) as r:
         assert r.status == 302, await r.text()
 
