@@ -33,7 +33,6 @@ from test_config_cli import free_port
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 HUB_LABELS = "app.kubernetes.io/name=minihub,app.kubernetes.io/component=hub"
 USER = "alice"
-GUARANTEED = {"cpu": "500m", "memory": "512Mi"}
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -103,9 +102,6 @@ def hub_patch(port: int, env: list[dict[str, str]]) -> list[dict[str, Any]]:
         {"op": "add", "path": "/spec/template/spec/hostNetwork", "value": True},
         {"op": "add", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 1},
         {"op": "replace", "path": f"{c}/imagePullPolicy", "value": "Never"},
-        # Guaranteed, not the base's Burstable: the test kubelet's oom_score_adj patch (no
-        # CAP_SYS_RESOURCE) gives Burstable containers 1001, which docker refuses.
-        {"op": "replace", "path": f"{c}/resources", "value": {"limits": GUARANTEED}},
         {"op": "add", "path": f"{c}/env", "value": env},
         {"op": "replace", "path": f"{c}/ports", "value": [{"name": "http", "containerPort": port}]},
         {"op": "replace", "path": f"{c}/readinessProbe", "value": {**probe, "periodSeconds": 1}},
