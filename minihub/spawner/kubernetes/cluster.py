@@ -25,6 +25,9 @@ from ...errors import StartupError
 from .podspec import CONTAINER, LABEL_HUB
 
 log = logging.getLogger("minihub.spawner.kubernetes")
+# The HTTP client logs every request (each watch too) at INFO: not the hub log's business.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 _RESYNC_MIN, _RESYNC_MAX = 0.5, 30.0  # backoff of a broken watch
 KINDS: dict[str, Any] = {

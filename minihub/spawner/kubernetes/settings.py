@@ -172,8 +172,8 @@ SETTINGS: list[Setting] = [
         "pod_connect_ip",
         str,
         "",
-        "Host the hub connects to instead of the pod's IP ({podname}, {namespace}, "
-        "{username}, {servername} expanded). Needed for hostNetwork pods, whose IP is the "
+        "Host the hub connects to instead of the pod's IP ({podname} and {namespace} "
+        "expanded). Needed for hostNetwork pods, whose IP is the "
         "node's: e.g. 127.0.0.1 when the hub runs on that node.",
     ),
     _s(
