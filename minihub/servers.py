@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 import secrets as pysecrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,12 @@ class Servers:
 
     # --- lifetime ---------------------------------------------------------------------
     async def open(self) -> None:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        # Readiness and activity probes verify an https server as the proxy does: against
+        # the system's CAs, or [hub] server_ca_file.
+        tls = ssl.create_default_context(cafile=str(self.cfg.get("hub.server_ca_file")) or None)
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=5), connector=aiohttp.TCPConnector(ssl=tls)
+        )
         await self.adopt()
         self._poller = asyncio.create_task(self._poll_loop(), name="minihub-poll-servers")
 

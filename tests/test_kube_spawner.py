@@ -131,7 +131,7 @@ async def spawn(
     """POST the server, then follow its progress to the end; the events."""
     path = f"/hub/api/users/{user}/" + (f"servers/{server}" if server else "server")
     async with s.post(path, json=options or {}) as r:
-        if r.status >= 500:  # it failed before the POST's wait ran out: the reason is here
+        if r.status not in (201, 202):  # refused, or failed before the POST's wait ran out
             body = await r.json()
             return [{"failed": True, "message": body["message"], "log_tail": body.get("log_tail")}]
         assert r.status in (201, 202), await r.text()
@@ -399,6 +399,9 @@ async def test_a_users_claim_outlives_the_server(
         storage_pvc_ensure=True, storage_class="manual", storage_capacity="1Gi",
         volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
         volume_mounts=[{"name": "home", "mountPath": "/home/jovyan/work"}],
+        # Seed a new home from the image's /etc/skel, as a class's shared files would be.
+        lifecycle_hooks={"postStart": {"exec": {"command": [
+            "sh", "-c", "cp -rn /etc/skel/. /home/jovyan/work/"]}}},
     )  # fmt: skip
     pv = hostpath_volume(kube_cluster, kube_namespace, "claim-kfrank", tmp_path / "pv")
     hub.user("kfrank")
@@ -413,6 +416,7 @@ async def test_a_users_claim_outlives_the_server(
             claim = kube_cluster.get_json("-n", kube_namespace, "pvc", "claim-kfrank")
             assert claim["status"]["phase"] == "Bound" and claim["spec"]["volumeName"] == pv
             assert (tmp_path / "pv" / "note.txt").read_text() == "kept\n"
+            assert (tmp_path / "pv" / ".bashrc").exists()  # the postStart hook ran
             assert (await spawn(s, "kfrank"))[-1].get("ready")
             async with s.get("/user/kfrank/api/contents/work/note.txt") as r:
                 assert (await r.json())["content"] == "kept\n"
@@ -516,3 +520,60 @@ async def test_jupyterhub_singleuser_image_works_unchanged(
             assert out == "1000\n"
     finally:
         hub.stop()
+
+
+# --- TLS from the hub to the pod ------------------------------------------------------------------
+async def test_the_hub_reaches_the_pod_over_tls(
+    tmp_path: Path, kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    kube_cluster.kubectl(
+        "-n", kube_namespace, "create", "secret", "tls", "pod-tls",
+        f"--cert={cert}", f"--key={key}",
+    )  # fmt: skip
+    hub = KubeHub(tmp_path, kube_cluster, kube_namespace, ssl_secret="pod-tls")
+    text = hub.toml.read_text().replace(
+        "[hub]\n", f'[hub]\nserver_ca_file = "{tmp_path / "ca.pem"}"\n', 1
+    )
+    hub.toml.write_text(text)
+    hub.user("klara")
+    try:
+        hub.start()
+        async with hub.session("klara") as s:
+            assert (await spawn(s, "klara"))[-1].get("ready")
+            async with s.get("/hub/api/users/klara") as r:
+                assert (await r.json())["servers"][""]["url"] == "/user/klara/"
+            assert (await run_code(s, "klara", "print(6 * 7)")) == "42\n"
+        # The pod speaks only TLS: plain http to its port gets no answer.
+        port = hub.pod_of("klara")["metadata"]["annotations"]["minihub.org/port"]
+        async with aiohttp.ClientSession() as raw:
+            with pytest.raises(aiohttp.ClientError):
+                await raw.get(f"http://127.0.0.1:{port}/user/klara/api/status")
+    finally:
+        hub.stop()
+
+
+# --- a namespace quota refuses the pod ---------------------------------------------------------------
+async def test_a_quota_refusal_is_reported(kube_hub: KubeHub) -> None:
+    kube_hub.cluster.apply(kube_hub.ns, {
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "tight"},
+        "spec": {"hard": {"limits.memory": "100Mi"}},
+    })  # fmt: skip
+    kube_hub.user("kmia")
+    kube_hub.start()
+    async with kube_hub.session("kmia") as s:
+        events = await spawn(s, "kmia")
+    assert events[-1].get("failed"), events
+    message = events[-1]["message"]
+    assert "quota" in message and "limits.memory" in message, message
+    assert kube_hub.pods() == []
+    secrets = kube_hub.cluster.get_json("-n", kube_hub.ns, "secrets")["items"]
+    assert not [x for x in secrets if x["metadata"]["name"].startswith("jupyter-kmia")]
