@@ -51,6 +51,7 @@ from common import (
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 KUBE_SCRIPTS = CHECKOUT / "scripts" / "kube"
+SESSIONS = Path("/run/minihub-kube/sessions")  # users of the cluster (tests/kube_cluster.py)
 KUBE_VENV = BENCH_DIR / "kubehub"  # JupyterHub + KubeSpawner, apart from minihub's venv
 INCUMBENT = ["jupyterhub==6.1.1", "jupyterhub-kubespawner==7.1.0"]
 ADMIN = "kbadmin"
@@ -78,19 +79,35 @@ class Cluster:
     env: dict[str, str]
     image: str = "minihub-kube/user:test"
 
+    was_up: bool = True
+
     @classmethod
     def find(cls) -> Cluster:
-        status = run(["bash", str(KUBE_SCRIPTS / "cluster"), "status"], 30)
-        if status.returncode != 0:
-            raise SystemExit(
-                "the cluster is not up: `sudo bash scripts/kube/cluster up` first\n" + status.stdout
-            )
+        """The cluster, brought up if it is not (bounded), and this run registered as one of
+        its sessions so a test session ending meanwhile does not take it down (as
+        tests/kube_cluster.py's fixture does for its own sessions)."""
+        was_up = run(["bash", str(KUBE_SCRIPTS / "cluster"), "status"], 30).returncode == 0
+        if not was_up:
+            log("bringing the cluster up (scripts/kube/cluster up) ...")
+            up = run(["bash", str(KUBE_SCRIPTS / "cluster"), "up"], 300)
+            if up.returncode != 0:
+                raise SystemExit(f"scripts/kube/cluster up failed:\n{up.stdout}{up.stderr}")
+        SESSIONS.mkdir(parents=True, exist_ok=True)
+        (SESSIONS / str(os.getpid())).touch()
         env = dict(os.environ)
         for line in run(["bash", str(KUBE_SCRIPTS / "cluster"), "env"], 30).stdout.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
             if key != "PATH":
                 env[key] = value
-        return cls(env)
+        return cls(env, was_up=was_up)
+
+    def release(self) -> None:
+        """Unregister; down only a cluster this run brought up that no session still uses."""
+        (SESSIONS / str(os.getpid())).unlink(missing_ok=True)
+        live = [p for p in SESSIONS.glob("*") if Path(f"/proc/{p.name}").exists()]
+        if not self.was_up and not live:
+            log("taking the cluster down again (this run brought it up)")
+            run(["bash", str(KUBE_SCRIPTS / "cluster"), "down"], 120)
 
     @property
     def kubeconfig(self) -> str:
@@ -223,7 +240,7 @@ c.JupyterHub.log_level = "WARN"
 c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
 c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
     "scopes": ["admin:users", "admin:servers", "access:servers", "tokens", "list:users"]}}]
-c.JupyterHub.spawner_class = "kubernetes"
+c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
 c.KubeSpawner.namespace = "{ns}"
 c.KubeSpawner.image = "{image}"
 c.KubeSpawner.image_pull_policy = "Never"
@@ -264,7 +281,6 @@ port = {port}
 data_dir = "{work}/data"
 connect_url = "http://127.0.0.1:{port}"
 log_level = "WARNING"
-admin_access = true  # the driver reaches every server with one admin token, as JupyterHub's
 cleanup_servers = false
 [auth]
 authenticator = "native"
@@ -319,7 +335,6 @@ class Hub:
             self.wait_up(120)
 
     def wait_up(self, timeout: float) -> None:
-        import urllib.error
         import urllib.request
 
         deadline = time.monotonic() + timeout
@@ -327,12 +342,10 @@ class Hub:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: {self.tail()}")
-            try:
-                urllib.request.urlopen(f"{self.url}/hub/health", timeout=2)
+            try:  # 200 from the hub's API, not a 404 from a CHP with no route to it yet
+                urllib.request.urlopen(f"{self.url}/hub/api/", timeout=2)
                 return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
+            except OSError:  # refused, or an HTTPError
                 time.sleep(0.1)
         raise RuntimeError(f"{self.kind} did not answer in {timeout:.0f} s: {self.tail()}")
 
@@ -454,6 +467,18 @@ class Figures:
         log(f"  {key}: {value:.4g}")
 
 
+# Each user's own API token (made through the REST API), as a user reaches their server.
+USER_TOKENS: dict[str, str] = {}
+
+
+async def make_user_tokens(c: Client, names: list[str]) -> None:
+    for n in names:
+        async with c.session.post(c.api(f"/users/{n}/tokens"), json={"note": "bench"}) as r:
+            if r.status not in (200, 201):
+                raise RuntimeError(f"token for {n}: {r.status} {(await r.text())[:200]}")
+            USER_TOKENS[n] = (await r.json())["token"]
+
+
 async def answers(c: Client, name: str) -> bool:
     """Whether GET /user/NAME/api/status answers 200 through the hub's proxy, once."""
     try:
@@ -461,6 +486,7 @@ async def answers(c: Client, name: str) -> bool:
             c.user_url(name, "api/status"),
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=10),
+            headers={"Authorization": f"token {USER_TOKENS[name]}"},
         ) as r:
             await r.read()
             return r.status == 200
@@ -583,12 +609,12 @@ async def restart(
     fig.put("restart_containers_restarted", len(restarted))
 
 
-async def measure(cluster: Cluster, hub: Hub, args: argparse.Namespace) -> Figures:
-    fig = Figures()
+async def measure(cluster: Cluster, hub: Hub, fig: Figures, args: argparse.Namespace) -> None:
     client.SPAWN_TIMEOUT = args.timeout
     everyone = [f"kb{i:03d}" for i in range(args.pods)]
     async with Client(hub.url, hub.token) as c:
         await c.create_users(everyone)
+        await make_user_tokens(c, everyone)
         await asyncio.sleep(3)
         memory(hub, fig, "rest")
         await sequential(c, hub, fig, everyone[: args.sequential], args.timeout)
@@ -604,7 +630,6 @@ async def measure(cluster: Cluster, hub: Hub, args: argparse.Namespace) -> Figur
         await restart(c, cluster, hub, fig, everyone, args.timeout)
         await stop_all(c, everyone)
         cluster.wait_no_pods(hub.ns)  # their host ports are free for the next hub
-    return fig
 
 
 def run_hub(cluster: Cluster, kind: str, args: argparse.Namespace) -> Figures:
@@ -619,20 +644,21 @@ def run_hub(cluster: Cluster, kind: str, args: argparse.Namespace) -> Figures:
         hub = make_minihub(cluster, ns, args, "minihub" if kind == "minihub" else
                            "jupyterhub-singleuser")  # fmt: skip
     log(f"measuring {TITLES[kind]} in namespace {ns} ({hub.work}) ...")
+    fig = Figures()  # what was measured before a failing step is kept
     try:
         hub.start()
-        fig = asyncio.run(measure(cluster, hub, args))
-        if noisy or kube_test_runs():
-            fig.notes.append("Kubernetes tests (pytest) were running during this hub's run")
-        return fig
-    except Exception as e:
+        asyncio.run(measure(cluster, hub, fig, args))
+    except Exception as e:  # noqa: BLE001 - the failure is a result; the other hubs still run
         log(f"{kind}: step failed: {e!r}; hub log ends:\n{hub.tail()}")
-        raise
+        fig.notes.append(f"a step failed: {e!r}"[:300])
     finally:
         hub.stop()
         cluster.delete_namespace(ns)
         if not args.keep:
             subprocess.run(["rm", "-rf", str(hub.work)], check=False, timeout=60)
+    if noisy or kube_test_runs():
+        fig.notes.append("Kubernetes tests (pytest) were running during this hub's run")
+    return fig
 
 
 def quiet_wait(limit: float) -> None:
@@ -771,8 +797,15 @@ def main() -> None:
         raise SystemExit("run as root (the cluster's kubeconfig and daemons are root's)")
     if args.sequential > args.pods or args.burst > args.pods:
         raise SystemExit("--sequential and --burst must be at most --pods")
-    cluster = Cluster.find()
     install_incumbent()
+    cluster = Cluster.find()
+    try:
+        measure_all(cluster, args)
+    finally:
+        cluster.release()
+
+
+def measure_all(cluster: Cluster, args: argparse.Namespace) -> None:
     if not args.no_image:
         cluster.build_image()
     vers = versions(cluster)
