@@ -43,6 +43,16 @@ FAILING = {
     "RunContainerError": "The server's container cannot be run",
     "CrashLoopBackOff": "The server's container keeps crashing",
 }
+# ... except the kubelet's own caches still syncing a Secret or ConfigMap the pod was created
+# with an instant ago ("failed to sync secret cache: timed out waiting for the condition"):
+# the kubelet retries, and the container starts (seen with 50 spawns at once).
+_TRANSIENT = ("failed to sync secret cache", "failed to sync configmap cache")
+
+
+def _transient(reason: str, message: str) -> bool:
+    return reason == "CreateContainerConfigError" and message.startswith(_TRANSIENT)
+
+
 _SYNC_WAIT = 10.0  # how long a call waits for the first LIST before asking the API itself
 _GONE_WAIT = 60.0  # after a forced delete, for the API object to go
 _MAX_EXITED = 1000
@@ -357,7 +367,7 @@ class KubeSpawner(Spawner):
                 f"The server exited during start ({why or info.phase}); its last output is below.",
                 await cluster.log_tail(info.name, 20),
             )
-        if info.waiting and info.waiting[0] in FAILING:
+        if info.waiting and info.waiting[0] in FAILING and not _transient(*info.waiting):
             reason, message = info.waiting
             text = FAILING[reason].format(image=image)
             tail = await cluster.log_tail(info.name, 20) if reason == "CrashLoopBackOff" else ""
