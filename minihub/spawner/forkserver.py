@@ -335,10 +335,16 @@ def zygote(fd: int) -> None:
         finally:
             for f in fds:
                 os.close(f)
-        sock.send(json.dumps(reply).encode())
+        return send(reply)
+
+    def send(msg: dict[str, Any]) -> bool | None:
+        try:
+            sock.send(json.dumps(msg).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            return True  # the hub went away while it waited for this answer: stop serving
         return None
 
-    forkloop.serve(sock, exits, lambda msg: sock.send(json.dumps(msg).encode()), on_request)
+    forkloop.serve(sock, exits, send, on_request)
 
 
 def _fork_one(
