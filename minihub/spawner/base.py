@@ -38,6 +38,7 @@ Contract (see docs/spawners.md for a worked example):
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -91,6 +92,31 @@ class Launch:
             self.env["JUPYTERHUB_SERVICE_URL"] = f"http://{url_host}:{port}{self.prefix}"
         else:
             self.config["port"] = port
+
+
+class ProgressLog:
+    """What a spawner's `start(launch)` says it is doing, for its `progress(launch)` to
+    yield as it comes (the hub runs both at once, on the same Launch)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._by_launch: dict[int, list[str]] = {}
+
+    def say(self, launch: Launch, message: str) -> None:
+        self._by_launch.setdefault(id(launch), []).append(message)
+
+    async def follow(self, launch: Launch) -> AsyncIterator[str]:
+        seen = 0
+        messages = self._by_launch.setdefault(id(launch), [])
+        try:
+            while True:
+                while seen < len(messages):
+                    seen += 1
+                    yield messages[seen - 1]
+                await asyncio.sleep(self.interval)
+        finally:
+            if self._by_launch.get(id(launch)) is messages:
+                del self._by_launch[id(launch)]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ..procfs import proc_stat, signal_group, start_ticks
 from ..setting import Setting, between
 from . import accounts
 from .accounts import apply_disk_quota, drop_to
-from .base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, Started, State
+from .base import UNKNOWN_EXIT, Endpoint, Launch, ProgressLog, Spawner, Started, State
 from .cgroups import UserCgroup
 from .process import Account, LaunchSpec, Proc
 
@@ -128,7 +128,7 @@ class LocalSpawner(Spawner):
         self._children: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
         self._pidfds: dict[int, int] = {}
         self._exited: dict[tuple[int, int], int] = {}  # (pid, start_ticks) -> status
-        self._progress: dict[int, list[str]] = {}  # id(launch) -> messages so far
+        self._progress = ProgressLog()
 
     # -- the seam ------------------------------------------------------------------------
 
@@ -158,19 +158,11 @@ class LocalSpawner(Spawner):
         return self.oom_killed_process(_proc(state))
 
     async def progress(self, launch: Launch) -> AsyncIterator[str]:
-        seen = 0
-        messages = self._progress.setdefault(id(launch), [])
-        try:
-            while True:
-                while seen < len(messages):
-                    seen += 1
-                    yield messages[seen - 1]
-                await asyncio.sleep(0.05)
-        finally:
-            self._progress.pop(id(launch), None)
+        async for message in self._progress.follow(launch):
+            yield message
 
     def _say(self, launch: Launch, message: str) -> None:
-        self._progress.setdefault(id(launch), []).append(message)
+        self._progress.say(launch, message)
 
     async def spec_for(self, launch: Launch) -> LaunchSpec:
         """What to run, as whom, where: the local facts about a Launch."""

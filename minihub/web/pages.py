@@ -431,9 +431,7 @@ async def not_running(request: web.Request) -> web.Response:
     if srv is not None and srv.status == "running":
         raise redirect(target + (f"?{request.query_string}" if request.query_string else ""))
     if srv is not None and srv.status == "pending":
-        pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
-            f"/{server_name}" if server_name else ""
-        )
+        pending = pending_url(p, user, server_name)
         raise redirect(f"{pending}?next={quote(target)}")
     return render(
         request,
@@ -453,6 +451,12 @@ def spawn_url(p: Parts, user: User, server_name: str) -> str:
     return f"{p.cfg.base_url}hub/spawn/{user.name}" + (f"/{server_name}" if server_name else "")
 
 
+def pending_url(p: Parts, user: User, server_name: str) -> str:
+    return f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
+        f"/{server_name}" if server_name else ""
+    )
+
+
 @routes.get("/hub/spawn/{name}")
 @routes.get("/hub/spawn/{name}/{server_name}")
 async def spawn_form(request: web.Request) -> web.Response:
@@ -470,9 +474,7 @@ async def spawn_form(request: web.Request) -> web.Response:
     if not form or (srv is not None and srv.status in ("pending", "running")):
         if srv is None or srv.status != "running":
             await start(p, user, server_name)
-        pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
-            f"/{server_name}" if server_name else ""
-        )
+        pending = pending_url(p, user, server_name)
         raise redirect(f"{pending}?next={quote(nxt, safe='')}")
     return render(
         request,
@@ -500,9 +502,7 @@ async def spawn_post(request: web.Request) -> web.Response:
     fields = {k: str(v) for k, v in form.items() if k not in ("_xsrf", "next")}
     options = p.servers.spawner.options_from_form(fields) if fields else {}
     await start(p, user, server_name, options)
-    pending = f"{p.cfg.base_url}hub/spawn-pending/{user.name}" + (
-        f"/{server_name}" if server_name else ""
-    )
+    pending = pending_url(p, user, server_name)
     raise redirect(f"{pending}?next={quote(nxt, safe='')}")
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...config import Config
 from ...errors import SpawnError
 from ...setting import Setting
-from ..base import UNKNOWN_EXIT, Endpoint, Launch, Spawner, Started, State
+from ..base import UNKNOWN_EXIT, Endpoint, Launch, ProgressLog, Spawner, Started, State
 from . import podspec
 from .profiles import form_html, from_form, resolve
 from .settings import SETTINGS
@@ -66,7 +66,7 @@ class KubeSpawner(Spawner):
         self.cfg = cfg
         self._cluster: Cluster | None = None
         self._lock = asyncio.Lock()
-        self._messages: dict[str, list[str]] = {}  # launch.key -> progress so far
+        self._progress = ProgressLog(0.1)
         self._reserved: set[int] = set()  # host ports of pods being created
         self._exited: dict[str, tuple[int, str]] = {}  # pod uid -> (status, reason)
         # Read now, so a hub with an unusable kubeconfig stops at start-up saying so.
@@ -152,17 +152,8 @@ class KubeSpawner(Spawner):
         await self._discard(cluster, state, pod=False)
 
     async def progress(self, launch: Launch) -> AsyncIterator[str]:
-        seen = 0
-        messages = self._messages.setdefault(launch.key, [])
-        try:
-            while True:
-                while seen < len(messages):
-                    seen += 1
-                    yield messages[seen - 1]
-                await asyncio.sleep(0.1)
-        finally:
-            if self._messages.get(launch.key) is messages:
-                del self._messages[launch.key]
+        async for message in self._progress.follow(launch):
+            yield message
 
     async def log_tail(self, state: State, lines: int = 20) -> str:
         if not state.get("uid"):
@@ -237,7 +228,7 @@ class KubeSpawner(Spawner):
         return self.cfg
 
     def _say(self, launch: Launch, message: str) -> None:
-        self._messages.setdefault(launch.key, []).append(message)
+        self._progress.say(launch, message)
 
     def _port(self, cluster: Cluster, settings: dict[str, Any]) -> int:
         low, high = (int(x) for x in str(settings["host_port_range"]).split("-"))
