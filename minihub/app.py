@@ -12,6 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from . import api, oauth2, protocols, services
+from .access import Access, roles
+from .access.http import allows
 from .auth.identity import Identities
 from .auth.secrets import load_or_create_key
 from .auth.throttle import Throttle
@@ -24,6 +26,7 @@ from .middlewares import MIDDLEWARES
 from .plugins import make_authenticator, make_spawner
 from .proxy import Proxy
 from .servers import Servers
+from .service_spec import validate as validate_services
 from .spawner.base import Spawner
 from .store import Store
 from .user_proxy import user_route
@@ -56,6 +59,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         proxy = Proxy(server_ca_file=str(cfg.get("hub.server_ca_file")))
         try:
             authenticator = make_authenticator(cfg, store)
+            access = await make_access(cfg, store)
         except BaseException:
             await store.close()  # else its thread keeps the failed process alive
             raise
@@ -69,11 +73,13 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
             servers,
             proxy,
             metrics,
+            access,
         )
         _gauges(p)
+        access.on_change(proxy.recheck_websockets)
         app[PARTS] = p
         await servers.open()
-        culler = Culler(cfg, servers, store, metrics)
+        culler = Culler(cfg, servers, store, metrics, access)
         culler.start()
         try:
             yield
@@ -84,6 +90,22 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
             await store.close()
 
     return ctx
+
+
+async def make_access(cfg: Config, store: Store) -> Access:
+    """The access model from [[roles]], [[groups]], [custom_scopes] and [[services]]."""
+    where = str(cfg.path or "config")
+    custom = roles.custom_scopes(cfg.custom_scopes, where)
+    access = Access(
+        store,
+        roles.validate_roles(cfg.roles, where, custom),
+        roles.validate_groups(cfg.groups, where),
+        custom,
+        bool(cfg.get("hub.admin_access")),
+        {s.name: s.scopes for s in validate_services(cfg.services, where, custom)},
+    )
+    await access.load()
+    return access
 
 
 def _gauges(p: Parts) -> None:
@@ -108,9 +130,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    ident = identity(request)
-    if ident is None or not ident.user.admin:
-        raise Forbidden("Metrics need an admin's token: Authorization: token <token>.")
+    if not allows(request, "read:metrics"):
+        raise Forbidden("Metrics need a token with the scope read:metrics (admins have it).")
     p = parts(request)
     p.metrics.users = await p.store.count_users()
     return web.Response(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import users
+from .access import db as access_db
 from .auth.names import normalise
 from .config import Config
 from .errors import HubError, StartupError
@@ -35,7 +36,7 @@ async def user_add(cfg: Config, args: argparse.Namespace) -> int:
         auth = make_authenticator(cfg, store)
         pw = read_password() if auth.kind == "native" else None
         user = await users.create(store, auth, args.name, args.admin, pw)
-        print(f"added {user.name}{' (admin)' if user.admin else ''}")
+        print(f"added {user.name}{' (admin)' if args.admin else ''}")
     finally:
         await store.close()
     return 0
@@ -70,8 +71,11 @@ async def user_list(cfg: Config, args: argparse.Namespace) -> int:
     store = await _store(cfg)
     try:
         running = {row.user_id for row in await store.list_servers()}
+        admins = (await access_db.load_role_users(store)).get("admin", set())
         for u in await store.list_users():
-            flags = [f for f, on in (("admin", u.admin), ("running", u.id in running)) if on]
+            flags = [
+                f for f, on in (("admin", u.name in admins), ("running", u.id in running)) if on
+            ]
             last = (
                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(u.last_activity))
                 if u.last_activity
@@ -114,7 +118,10 @@ async def user_admin(cfg: Config, args: argparse.Namespace) -> int:
     store = await _store(cfg)
     try:
         user = await users.get(store, args.name)
-        await store.set_admin(user.id, not args.remove)
+        if args.remove:
+            await access_db.unassign_role(store, "admin", user.name)
+        else:
+            await access_db.assign_role(store, "admin", user.name)
         print(f"{user.name} is {'no longer ' if args.remove else ''}an admin")
     finally:
         await store.close()

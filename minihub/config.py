@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from . import plugins
+from .access import roles
 from .errors import StartupError
 from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 from .service_spec import validate as validate_services
@@ -350,7 +351,9 @@ HUB_SETTINGS: list[Setting] = [
     _s("culler", "cull_users", bool, False, "Also delete culled users that are not admins."),
 ]
 
-LIST_SECTIONS = {"services"}  # [[services]] arrays of tables, validated by their owner
+# [[services]], [[roles]], [[groups]]: arrays of tables, validated by their owners;
+# [custom_scopes] a table of custom:* scopes (minihub.access.roles)
+LIST_SECTIONS = {"services", "roles", "groups"}
 
 
 @dataclass(frozen=True)
@@ -435,6 +438,9 @@ class Config:
     values: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     services: list[dict[str, Any]] = field(default_factory=list)
+    roles: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    custom_scopes: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str) -> Any:
         return self.values[key]
@@ -528,10 +534,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _apply(cfg: Config, raw: dict[str, Any], path: Path) -> None:
     for section, table in raw.items():
-        if section == "services":
+        if section in LIST_SECTIONS:
             if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
-                raise StartupError(f"{path}: [[services]] must be an array of tables")
-            cfg.services = table
+                raise StartupError(f"{path}: [[{section}]] must be an array of tables")
+            setattr(cfg, section, table)
+            continue
+        if section == "custom_scopes":
+            if not isinstance(table, dict):
+                raise StartupError(f"{path}: [custom_scopes] must be a table")
+            cfg.custom_scopes = table
             continue
         if section not in SECTIONS and not any(x.startswith(f"{section}.") for x in SECTIONS):
             raise StartupError(
@@ -629,7 +640,10 @@ def _validate(cfg: Config, where: str) -> None:
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")
-    validate_services(cfg.services, where)
+    validate_services(cfg.services, where, roles.custom_scopes(cfg.custom_scopes, where))
+    custom = roles.custom_scopes(cfg.custom_scopes, where)
+    roles.validate_roles(cfg.roles, where, custom)
+    roles.validate_groups(cfg.groups, where)
 
 
 def parse_bytes(text: str) -> int | None:

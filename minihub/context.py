@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .access import Access
 from .auth.base import Authenticator
 from .auth.identity import Identities, Identity
 from .auth.throttle import Throttle
@@ -31,6 +32,7 @@ class Parts:
     servers: Servers
     proxy: Proxy
     metrics: Metrics
+    access: Access
 
 
 PARTS: web.AppKey[Parts] = web.AppKey("parts", Parts)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+from .access import Access
 from .config import Config
 from .metrics import Metrics
 from .servers import Server, Servers
@@ -19,11 +20,14 @@ log = logging.getLogger("minihub.culler")
 
 
 class Culler:
-    def __init__(self, cfg: Config, servers: Servers, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: Config, servers: Servers, store: Store, metrics: Metrics, access: Access
+    ) -> None:
         c = cfg.section("culler")
         self.timeout, self.max_age = int(c["timeout"]), int(c["max_age"])
         self.every, self.cull_users = max(1, int(c["every"])), bool(c["cull_users"])
         self.servers, self.store, self.metrics = servers, store, metrics
+        self.access = access
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -80,7 +84,7 @@ class Culler:
         if self.cull_users:
             user = await self.store.get_user_by_id(srv.user_id)
             active = any(s.status != "stopped" for s in self.servers.of_user(srv.user_id).values())
-            if user is not None and not user.admin and not active:
+            if user is not None and not self.access.is_admin(user.name) and not active:
                 await self.servers.forget_user(user.id)
                 await self.store.delete_user(user.id)
                 log.info("culled user %s", user.name)

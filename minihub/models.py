@@ -49,18 +49,26 @@ def _public_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def user_model(
-    base_url: str, user: User, servers: dict[str, Server], with_servers: bool = True
+    base_url: str,
+    user: User,
+    servers: dict[str, Server],
+    with_servers: bool = True,
+    *,
+    roles: list[str] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """`servers`: the user's servers by name (Servers.of_user)."""
+    """`servers`: the user's servers by name (Servers.of_user); `roles`, `groups`: theirs
+    (minihub.access)."""
+    roles = roles or ["user"]
     default = servers.get("")
     active = [s for s in servers.values() if s.status != "stopped"]
     last = max(filter(None, [user.last_activity, *(s.last_activity for s in active)]), default=None)
     model: dict[str, Any] = {
         "kind": "user",
         "name": user.name,
-        "admin": user.admin,
-        "roles": ["admin", "user"] if user.admin else ["user"],
-        "groups": [],
+        "admin": "admin" in roles,
+        "roles": roles,
+        "groups": groups or [],
         "server": f"{base_url}user/{user.name}/"
         if default and default.status == "running"
         else None,

@@ -16,7 +16,8 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from . import scopes
+from .access import Access, Principal
+from .access.http import principal_of
 from .auth import secrets as S
 from .body import read_form
 from .context import identity, parts
@@ -64,7 +65,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         if q.get("response_type", "code") != "code":
             raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
         challenge = _challenge(q.get("code_challenge", ""), q.get("code_challenge_method", ""))
-        await _may_use(p.store, client, ident.user, bool(p.cfg.get("hub.admin_access")))
+        await _may_use(p.store, p.access, client, principal_of(ident))
     except OAuthError as e:
         return e.response()
     code = S.new_token()
@@ -72,7 +73,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     await p.store.add_oauth_code(
         S.hash_token(code),
         client.id,
-        ident.user.id,
+        ident.user.id if ident.user else 0,
         redirect_uri,
         granted,
         challenge,
@@ -104,15 +105,18 @@ def _challenge(challenge: str, method: str) -> str:
     return challenge
 
 
-async def _may_use(store: Store, client: OAuthClient, user: User, admin_access: bool) -> None:
-    """Only people who may reach a server get a token for it (no consent page: the owner,
-    or an admin with admin_access, is the only one who gets this far)."""
+async def _may_use(
+    store: Store, access: Access, client: OAuthClient, who: Principal | None
+) -> None:
+    """Only people who may reach a server get a token for it (no consent page: whoever
+    holds access:servers on it, as minihub.access decides)."""
     if client.user_id is None:
         return
     owner = await store.get_user_by_id(client.user_id)
-    held = scopes.user_defaults(user.name, user.admin, admin_access)
-    if owner is None or not scopes.allows(held, "access:servers", owner.name, ""):
-        raise OAuthError("access_denied", f"{user.name} may not access this server.", 403)
+    server = client.id.removeprefix(f"jupyterhub-user-{owner.name}").lstrip("-") if owner else ""
+    if owner is None or not access.allows(who, "access:servers", user=owner.name, server=server):
+        name = who.name if who else "You"
+        raise OAuthError("access_denied", f"{name} may not access this server.", 403)
 
 
 def _granted(client: OAuthClient, asked: str) -> list[str]:

@@ -197,6 +197,8 @@ class Proxy:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
         self._websockets: dict[web.WebSocketResponse, aiohttp.ClientWebSocketResponse[Any]] = {}
+        self._ws_allowed: dict[web.WebSocketResponse, Callable[[], bool]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         # Plain HTTP goes through a lean keep-alive client: aiohttp's ClientSession costs
         # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
         self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -219,6 +221,7 @@ class Proxy:
         )
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.close_websockets()
         await self._pool.close()
         await self._session.close()
@@ -233,6 +236,7 @@ class Proxy:
         on_activity: Callable[[], None] | None = None,
         keep_authorization: bool = False,
         cookie_path: str = "/",
+        allowed: Callable[[], bool] | None = None,
     ) -> web.StreamResponse:
         """Send `request` to `upstream` at `path` (from normalise_path) plus its query string.
 
@@ -247,6 +251,8 @@ class Proxy:
         with the hub); the caller decides whose tokens may reach which server.
         The server may only set cookies for `cookie_path` and below (its own URL space),
         never for another path or a Domain.
+        `allowed`: asked again for an open websocket by `recheck_websockets` (after a change
+        of permissions); once it says False the websocket is closed (1008).
         """
         if not path.startswith("/"):
             raise ValueError("path must start with /")
@@ -260,7 +266,9 @@ class Proxy:
             _check_ws_handshake(request)
             url = URL(upstream.origin + target, encoded=True)
             keep = ("Authorization",) if keep_authorization else ()
-            return await self._forward_ws(request, upstream, url, policy, on_activity, keep)
+            return await self._forward_ws(
+                request, upstream, url, policy, on_activity, keep, allowed
+            )
         return await self._forward_http(
             request, upstream, target, policy, on_activity, keep_authorization
         )
@@ -306,6 +314,7 @@ class Proxy:
         policy: _CookiePolicy,
         on_activity: Callable[[], None] | None,
         keep: tuple[str, ...] = (),
+        allowed: Callable[[], bool] | None = None,
     ) -> web.StreamResponse:
         headers = _request_headers(request, upstream, policy.hub, _WS_REQUEST_DROP, keep)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
@@ -344,11 +353,26 @@ class Proxy:
         try:
             await client_ws.prepare(request)
             self._websockets[client_ws] = up_ws
+            if allowed is not None:
+                self._ws_allowed[client_ws] = allowed
             await _bridge(client_ws, up_ws, _Ticker(on_activity))
         finally:
             self._websockets.pop(client_ws, None)
+            self._ws_allowed.pop(client_ws, None)
             await up_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         return client_ws
+
+    def recheck_websockets(self) -> None:
+        """Close (1008, policy violation) every websocket its `allowed` no longer allows:
+        a revoked permission ends an open connection, not only the next request."""
+        for client_ws, allowed in list(self._ws_allowed.items()):
+            if allowed():
+                continue
+            self._ws_allowed.pop(client_ws, None)
+            up = self._websockets.get(client_ws)
+            task = asyncio.create_task(_close_pair(client_ws, up), name="ws-revoked")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close_websockets(self) -> None:
         """Close every proxied websocket with 1001 (going away): clients reconnect.
@@ -368,6 +392,17 @@ class Proxy:
             ),
             return_exceptions=True,
         )
+
+
+async def _close_pair(
+    client_ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse[Any] | None
+) -> None:
+    code = aiohttp.WSCloseCode.POLICY_VIOLATION
+    if up is not None:
+        await asyncio.gather(up.close(code=code), return_exceptions=True)
+    await asyncio.gather(
+        client_ws.close(code=code, message=b"access revoked"), return_exceptions=True
+    )
 
 
 def _is_websocket(request: web.Request) -> bool:

@@ -1,177 +1,221 @@
-"""The part of JupyterHub's scope model that jupyterhub-singleuser and hub services need.
+"""JupyterHub's scope vocabulary (docs/source/rbac/scopes.md in its repository), pure.
 
-Scopes are strings like "read:users" or "access:servers!server=alice/"; a filter after "!"
-narrows a scope to one user or one server. Only the scopes listed in SCOPES exist here.
+Scopes are strings like "read:users" or "access:servers!group=students"; a filter after "!"
+narrows a scope to one user, server, group or service. What a principal holds is decided by
+minihub.access; this module only parses, expands and compares.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import BadRequest
-from .store import SERVICE_PREFIX
 
-# scope -> the scopes it implies (JupyterHub's hierarchy, trimmed to what minihub serves)
+# scope -> the scopes it implies (JupyterHub 5/6's hierarchy)
 SCOPES: dict[str, tuple[str, ...]] = {
-    "admin:users": ("users", "tokens", "servers"),
+    "admin-ui": (),
+    "admin:users": ("admin:auth_state", "users", "read:roles:users", "delete:users"),
+    "admin:auth_state": (),
     "users": ("read:users", "list:users", "users:activity"),
+    "delete:users": (),
+    "list:users": ("read:users:name",),
     "read:users": ("read:users:name", "read:users:groups", "read:users:activity"),
-    "users:activity": ("read:users:activity",),
     "read:users:name": (),
     "read:users:groups": (),
     "read:users:activity": (),
-    "list:users": (),
-    "admin:servers": ("servers",),
-    "servers": ("read:servers", "delete:servers"),
-    "read:servers": (),
+    "read:roles": ("read:roles:users", "read:roles:services", "read:roles:groups"),
+    "read:roles:users": (),
+    "read:roles:services": (),
+    "read:roles:groups": (),
+    "users:activity": ("read:users:activity",),
+    "admin:servers": ("admin:server_state", "servers"),
+    "admin:server_state": (),
+    "servers": ("read:servers", "start:servers", "delete:servers"),
+    "read:servers": ("read:users:name",),
+    "start:servers": (),
     "delete:servers": (),
-    "access:servers": (),
     "tokens": ("read:tokens",),
     "read:tokens": (),
+    "admin:groups": ("groups", "read:roles:groups", "delete:groups"),
+    "groups": ("read:groups", "list:groups"),
+    "list:groups": ("read:groups:name",),
+    "read:groups": ("read:groups:name",),
+    "read:groups:name": (),
+    "delete:groups": (),
+    "admin:services": ("list:services", "read:services", "read:roles:services"),
+    "list:services": ("read:services:name",),
+    "read:services": ("read:services:name",),
+    "read:services:name": (),
     "read:hub": (),
-    "identify": (),
+    "access:servers": (),
+    "access:services": (),
+    "users:shares": ("read:users:shares",),
+    "read:users:shares": (),
+    "groups:shares": ("read:groups:shares",),
+    "read:groups:shares": (),
+    "read:shares": (),
+    "shares": ("access:servers", "read:shares", "users:shares", "groups:shares"),
+    "proxy": (),
+    "shutdown": (),
+    "read:metrics": (),
 }
-# Scopes a filter can narrow to a user (and so to that user's servers).
-_USER_SCOPES = (
-    "users",
-    "read:users",
-    "users:activity",
-    "read:users:name",
-    "read:users:groups",
-    "read:users:activity",
-    "servers",
-    "read:servers",
-    "delete:servers",
-    "access:servers",
-    "tokens",
-    "read:tokens",
-    "list:users",
-)
-ADMIN_SCOPES = ("admin:users", "admin:servers", "read:hub")
-SPECIAL = ("inherit", "self", "identify")
+# What "self" means for a user: these, filtered to the user (JupyterHub's _expand_self_scope).
+SELF = ("read:users", "users:shares", "read:shares", "users:activity", "servers", "tokens")
+SELF_ACCESS = "access:servers"
+SPECIAL = ("inherit", "self", "all", "identify", "(no_scope)")
+KINDS = ("user", "server", "group", "service")
+_CUSTOM = re.compile(r"^custom:[a-z0-9][a-z0-9_\-\*:]*[a-z0-9_\*]$")
 
 
 @dataclass(frozen=True)
 class Scope:
     name: str
-    kind: str = ""  # "", "user" or "server"
-    value: str = ""  # the user name, or "user/server"
+    kind: str = ""  # "" (every target) or one of KINDS
+    value: str = ""  # the user, "user/server", group or service name
 
     def __str__(self) -> str:
         return f"{self.name}!{self.kind}={self.value}" if self.kind else self.name
 
 
-def parse(text: str) -> Scope:
+Custom = Mapping[str, tuple[str, ...]]  # custom:* scope -> its subscopes
+NONE: Custom = {}  # no custom scopes (a read-only default)
+
+
+def known(name: str, custom: Custom = NONE) -> bool:
+    return name in SCOPES or name in custom
+
+
+def subscopes(name: str, custom: Custom = NONE) -> tuple[str, ...]:
+    return SCOPES.get(name) or custom.get(name, ())
+
+
+def parse(text: str, custom: Custom = NONE) -> Scope:
     """'read:users!user=alice' -> Scope; BadRequest names the scope if it is not one we know."""
     name, _, filt = text.partition("!")
-    if name not in SCOPES:
-        raise BadRequest(f"Unknown scope {text[:80]!r} (known: {', '.join(sorted(SCOPES))})")
+    if not known(name, custom):
+        hint = " (define custom:* scopes in [custom_scopes])" if name.startswith("custom:") else ""
+        raise BadRequest(f"Unknown scope {text[:80]!r}{hint}")
     if not filt:
         return Scope(name)
     kind, eq, value = filt.partition("=")
-    if kind not in ("user", "server") or not eq or not value:
-        raise BadRequest(f"Scope filter {filt[:80]!r} must be user=<name> or server=<name>/")
+    if kind not in KINDS or not eq or not value:
+        raise BadRequest(
+            f"Scope filter {filt[:80]!r} must be user=, server=<user>/<name>, group= or service="
+        )
+    if kind == "server" and "/" not in value:
+        value += "/"
     return Scope(name, kind, value)
 
 
-def validate(texts: Iterable[str]) -> list[str]:
+def custom_name_ok(name: str) -> bool:
+    return bool(_CUSTOM.match(name))
+
+
+def validate(texts: Iterable[str], custom: Custom = NONE) -> list[str]:
+    """The texts, if each is a scope, a filterless metascope or an owner filter ("!user")."""
     out = []
     for t in texts:
-        if t not in SPECIAL:
-            parse(t)
+        if t not in SPECIAL and not _owner_filter(t):
+            parse(t, custom)
+        elif _owner_filter(t):
+            parse(t.rsplit("!", 1)[0], custom)
         out.append(t)
     return out
 
 
-def expand(texts: Iterable[str], owner: str = "") -> frozenset[Scope]:
-    """Every scope implied by `texts`; "self" (and bare "!user"/"!server") mean `owner`'s."""
+def _owner_filter(text: str) -> bool:
+    return text.endswith(("!user", "!server", "!service", "!group"))
+
+
+def expand(
+    texts: Iterable[str],
+    owner: str = "",
+    owner_kind: str = "user",
+    server: str = "",
+    custom: Custom = NONE,
+) -> frozenset[Scope]:
+    """Every scope implied by `texts`. "self" and bare "!user" mean the owner (a user);
+    "!server" the owner's `server`; "!service" the owner (a service)."""
     out: set[Scope] = set()
     for text in texts:
+        if text in ("inherit", "identify", "(no_scope)"):
+            continue
         if text == "self":
-            out |= {Scope(s, "user", owner) for s in _USER_SCOPES if s != "list:users"}
+            if owner_kind == "user" and owner:
+                out |= _self(owner)
             continue
-        if text in ("inherit", "identify"):
+        if text == "all":
+            for name in (*SCOPES, *custom):
+                out.add(Scope(name))
             continue
-        if text.endswith(("!user", "!server")):
-            kind = text.rsplit("!", 1)[1]
-            text = f"{text}={owner}" + ("/" if kind == "server" else "")
-        _add(out, parse(text))
+        if _owner_filter(text):
+            text = _fill_owner(text, owner, owner_kind, server)
+            if not text:
+                continue
+        _add(out, parse(text, custom), custom)
     return frozenset(out)
 
 
-def _add(out: set[Scope], scope: Scope) -> None:
+def _fill_owner(text: str, owner: str, owner_kind: str, server: str) -> str:
+    base, kind = text.rsplit("!", 1)
+    if kind == "server":
+        return f"{base}!server={owner}/{server}" if owner_kind == "user" and owner else ""
+    if kind != owner_kind or not owner:
+        return ""
+    return f"{base}!{kind}={owner}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _self(user: str) -> frozenset[Scope]:
+    out: set[Scope] = set()
+    for name in (*SELF, SELF_ACCESS):
+        _add(out, Scope(name, "user", user), {})
+    return frozenset(out)
+
+
+def _add(out: set[Scope], scope: Scope, custom: Custom) -> None:
     if scope in out:
         return
     out.add(scope)
-    for sub in SCOPES[scope.name]:
-        _add(out, Scope(sub, scope.kind, scope.value))
+    for sub in subscopes(scope.name, custom):
+        _add(out, Scope(sub, scope.kind, scope.value), custom)
 
 
-@functools.lru_cache(maxsize=4096)  # asked on every proxied request made with a token
-def user_defaults(name: str, admin: bool, admin_access: bool) -> frozenset[Scope]:
-    """A user's own permissions: everything on themself; admins everything on everyone
-    (access to others' servers only with [hub] admin_access, as in JupyterHub)."""
-    own = expand(["self"], name)
-    if not admin:
-        return own
-    every = expand(ADMIN_SCOPES + ("list:users",))
-    if admin_access:
-        every |= {Scope("access:servers")}
-    return own | every
+Members = Mapping[str, frozenset[str]]  # group -> its members' names
 
 
-def intersect(asked: frozenset[Scope], held: frozenset[Scope]) -> frozenset[Scope]:
-    """The scopes of a token: those it asked for that its owner holds."""
-    return frozenset(s for s in asked if covers(held, s))
-
-
-def covers(held: frozenset[Scope], want: Scope) -> bool:
-    """True if `held` grants `want` (an unfiltered scope grants every filtered one; a user
-    filter grants that user's servers)."""
+def covers(held: frozenset[Scope], want: Scope, groups_of: Mapping[str, frozenset[str]]) -> bool:
+    """True if `held` grants `want`: an unfiltered scope grants every filtered one; a user
+    filter grants that user's servers; a group filter its members and their servers.
+    `groups_of`: user name -> the groups they are in."""
     if Scope(want.name) in held or want in held:
         return True
-    if want.kind == "server":
-        return Scope(want.name, "user", want.value.split("/", 1)[0]) in held
+    if want.kind in ("user", "server"):
+        user = want.value.split("/", 1)[0]
+        if want.kind == "server" and Scope(want.name, "user", user) in held:
+            return True
+        return any(Scope(want.name, "group", g) in held for g in groups_of.get(user, ()))
     return False
 
 
-def allows(held: frozenset[Scope], name: str, user: str = "", server: str = "") -> bool:
-    """May someone holding `held` use scope `name` on `user` (and their `server`)?"""
-    if Scope(name) in held:
-        return True
-    if user and Scope(name, "user", user) in held:
-        return True
-    return bool(user) and Scope(name, "server", f"{user}/{server}") in held
-
-
-def users_in(held: frozenset[Scope], name: str) -> set[str] | None:
-    """The users `name` is held for: None means every user."""
-    if Scope(name) in held:
-        return None
-    return {s.value.split("/", 1)[0] for s in held if s.name == name and s.kind}
+def intersect(
+    asked: frozenset[Scope], held: frozenset[Scope], groups_of: Mapping[str, frozenset[str]]
+) -> frozenset[Scope]:
+    """What a token may do: the scopes it asked for, each narrowed to what its owner holds
+    (an unfiltered ask the owner holds only for some users is kept for those users)."""
+    return frozenset(
+        {a for a in asked if covers(held, a, groups_of)}
+        | {h for h in held if covers(asked, h, groups_of)}
+    )
 
 
 def strings(held: Iterable[Scope]) -> list[str]:
     return sorted(str(s) for s in held)
 
 
-def service_name(user_name: str) -> str | None:
-    """The service's name if this identity is a service (see Store.service_token_owner)."""
-    return user_name[len(SERVICE_PREFIX) :] if user_name.startswith(SERVICE_PREFIX) else None
-
-
-def held_by(
-    user_name: str, admin: bool, token_scopes: list[str] | None, admin_access: bool
-) -> frozenset[Scope]:
-    """What a caller may do: a user's (or service's) own scopes, narrowed to what a token
-    with explicit scopes asked for. A token without scopes (or "inherit") has its owner's."""
-    service = service_name(user_name)
-    if service is not None:
-        # A service token carries the service's configured scopes (Store.service_token_owner).
-        return expand(token_scopes or [])
-    own = user_defaults(user_name, admin, admin_access)
-    if not token_scopes or "inherit" in token_scopes:
-        return own
-    return intersect(expand(token_scopes, user_name), own)
+def reduce(held: frozenset[Scope]) -> list[str]:
+    """The scopes as strings without the filtered ones an unfiltered one already grants."""
+    return sorted(str(s) for s in held if not s.kind or Scope(s.name) not in held)

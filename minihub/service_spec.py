@@ -34,12 +34,15 @@ class Service:
     cwd: str = ""
 
 
-def validate(entries: list[dict[str, Any]], where: str) -> list[Service]:
-    """[[services]] tables -> Services; a StartupError names the entry and key at fault."""
+def validate(
+    entries: list[dict[str, Any]], where: str, custom: dict[str, tuple[str, ...]] | None = None
+) -> list[Service]:
+    """[[services]] tables -> Services; a StartupError names the entry and key at fault.
+    `custom`: the [custom_scopes] a service's scopes may name."""
     out: list[Service] = []
     for i, entry in enumerate(entries):
         label = f"{where}: [[services]] #{i + 1}"
-        out.append(_one(entry, label))
+        out.append(_one(entry, label, custom or {}))
     names = [s.name for s in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -47,7 +50,7 @@ def validate(entries: list[dict[str, Any]], where: str) -> list[Service]:
     return out
 
 
-def _one(entry: dict[str, Any], label: str) -> Service:
+def _one(entry: dict[str, Any], label: str, custom: dict[str, tuple[str, ...]]) -> Service:
     for key, value in entry.items():
         typ = KEYS.get(key)
         if typ is None:
@@ -68,7 +71,7 @@ def _one(entry: dict[str, Any], label: str) -> Service:
     if not all(isinstance(v, str) for v in env.values()):
         raise StartupError(f"{label}: environment values must be strings")
     try:
-        wanted = scopes.validate(entry.get("scopes", []))
+        wanted = scopes.validate(entry.get("scopes", []), custom)
     except HubError as e:
         raise StartupError(f"{label}: scopes: {e.message}") from None
     return Service(

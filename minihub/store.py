@@ -132,6 +132,53 @@ MIGRATIONS: list[str] = [
     DROP TABLE servers;
     ALTER TABLE servers_v4 RENAME TO servers;
     """,
+    # 5: JupyterHub's access model: groups, role assignments (admin became a role), shares
+    """
+    CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        properties TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE group_users (
+        group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE INDEX group_users_user ON group_users(user_id);
+    CREATE TABLE role_users (
+        role TEXT NOT NULL,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        source TEXT NOT NULL DEFAULT 'api',
+        PRIMARY KEY (role, user_id)
+    );
+    CREATE INDEX role_users_user ON role_users(user_id);
+    INSERT INTO role_users (role, user_id) SELECT 'admin', id FROM users WHERE admin != 0;
+    ALTER TABLE users DROP COLUMN admin;
+    CREATE TABLE shares (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        server TEXT NOT NULL,
+        user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+        group_id INTEGER REFERENCES groups(id) ON DELETE CASCADE,
+        scopes TEXT NOT NULL,
+        created REAL NOT NULL,
+        CHECK ((user_id IS NULL) != (group_id IS NULL))
+    );
+    CREATE UNIQUE INDEX shares_one ON shares(owner_id, server, coalesce(user_id, 0),
+                                             coalesce(group_id, 0));
+    CREATE TABLE share_codes (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        server TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL,
+        last_exchanged REAL,
+        exchange_count INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 
@@ -139,7 +186,6 @@ MIGRATIONS: list[str] = [
 class User:
     id: int
     name: str
-    admin: bool
     password_hash: str | None
     created: float
     last_activity: float | None
@@ -174,10 +220,10 @@ class ServerRow:
 
 
 def _user(row: sqlite3.Row | tuple[Any, ...]) -> User:
-    return User(row[0], row[1], bool(row[2]), row[3], row[4], row[5])
+    return User(row[0], row[1], row[2], row[3], row[4])
 
 
-_USER_COLS = "id, name, admin, password_hash, created, last_activity"
+_USER_COLS = "id, name, password_hash, created, last_activity"
 _TOKEN_COLS = "id, user_id, prefix, note, scopes, created, expires, last_activity"
 
 
@@ -254,22 +300,16 @@ class Store:
         row = await self._one("SELECT count(*) FROM users")
         return int(row[0])
 
-    async def add_user(
-        self, name: str, admin: bool = False, password_hash: str | None = None
-    ) -> User:
+    async def add_user(self, name: str, password_hash: str | None = None) -> User:
         uid = await self._write(
-            "INSERT INTO users (name, admin, password_hash, created) VALUES (?, ?, ?, ?)",
+            "INSERT INTO users (name, password_hash, created) VALUES (?, ?, ?)",
             name,
-            int(admin),
             password_hash,
             time.time(),
         )
         user = await self.get_user_by_id(uid)
         assert user is not None
         return user
-
-    async def set_admin(self, user_id: int, admin: bool) -> None:
-        await self._write("UPDATE users SET admin = ? WHERE id = ?", int(admin), user_id)
 
     async def rename_user(self, user_id: int, name: str) -> None:
         await self._write("UPDATE users SET name = ? WHERE id = ?", name, user_id)
@@ -358,7 +398,7 @@ class Store:
             time.time(),
         )
         if not row:
-            return await self.service_token_owner(token_hash)
+            return None
         tok = _token(row)
         user = await self.get_user_by_id(tok.user_id)
         return (user, tok) if user else None
@@ -453,23 +493,20 @@ class Store:
         row = await self._one("SELECT data FROM auth_state WHERE user_id = ?", user_id)
         return bytes(row[0]) if row else None
 
-    # services: identities that hold tokens. A service appears to the hub's auth code as a
-    # User and Token with negative ids and the name "service:<name>", which no user can
-    # have (see minihub.scopes.service_name), so no user-ownership check can match it.
-    async def service_token_owner(self, token_hash: str) -> tuple[User, Token] | None:
+    # services: principals that hold tokens, apart from users (see minihub.access)
+    async def service_token(self, token_hash: str) -> tuple[str, Token] | None:
+        """The service a token belongs to, and the token (its id negative: see touch_token)."""
         row = await self._one(
             "SELECT t.id, t.service_id, t.prefix, t.note, t.scopes, t.created, t.expires, "
-            "t.last_activity, s.name, s.scopes FROM service_tokens t JOIN services s "
+            "t.last_activity, s.name FROM service_tokens t JOIN services s "
             "ON s.id = t.service_id WHERE t.hash = ? AND (t.expires IS NULL OR t.expires > ?)",
             token_hash,
             time.time(),
         )
         if not row:
             return None
-        scopes = json.loads(row[4]) or json.loads(row[9])
-        user = User(-row[1], SERVICE_PREFIX + row[8], False, None, row[5], row[7])
-        tok = Token(-row[0], -row[1], row[2], row[3], scopes, row[5], row[6], row[7])
-        return user, tok
+        tok = Token(-row[0], 0, row[2], row[3], json.loads(row[4]), row[5], row[6], row[7])
+        return str(row[8]), tok
 
     async def sync_service(self, name: str, scopes: list[str]) -> int:
         await self._write(
@@ -599,7 +636,6 @@ class Store:
         return OAuthCode(row[0], row[1], row[2], json.loads(row[3]), row[4])
 
 
-SERVICE_PREFIX = "service:"
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last moment a datetime can show
 
 

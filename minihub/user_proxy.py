@@ -1,7 +1,7 @@
 """/user/<name>/[<server>/]...: who may reach which user server, and forwarding to it.
 
-The policy in front of minihub.proxy: authenticate, authorise (owner, admin_access, token
-scopes, same-origin websockets), pick the named or default server, then forward with the
+The policy in front of minihub.proxy: authenticate, authorise (access:servers on that server,
+by minihub.access; same-origin websockets), pick the named or default server, then forward with the
 server protocol's cookie and header rules; a failed forward tells a dead server from a slow one.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from . import scopes
-from .auth.identity import Identity
+from .access.http import principal_of
 from .context import Parts, identity, parts
 from .errors import Forbidden, ServiceUnavailable
 from .proxy import ProxyError, Upstream, UpstreamTimeout, normalise_path
@@ -39,12 +39,14 @@ async def user_route(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"{base}hub/login?next={quote(request.path_qs, safe='')}")
     if ident.via == "cookie" and _is_websocket(request):
         _same_origin(request)
-    if ident.name != name and not (ident.user.admin and p.cfg.get("hub.admin_access")):
-        raise Forbidden(f"You may not access {name[:64]!r}'s server.")
-    user = ident.user if ident.name == name else await p.store.get_user(name)
+    who = principal_of(ident)
+    user = ident.user if ident.user and ident.name == name else await p.store.get_user(name)
     server = _server_named(p, user, tail)
-    if not _token_may_access(p, ident, name, server):
-        raise Forbidden(f"This token's scopes do not include access to {name[:64]!r}'s server.")
+    if not p.access.allows(who, "access:servers", user=name, server=server):
+        raise Forbidden(
+            f"You may not access {name[:64]!r}'s server (needs the scope access:servers "
+            f"on it{', which this token does not carry' if ident.token else ''})."
+        )
     srv = p.servers.peek(user.id, server) if user else None
     upstream = srv.upstream if srv else None
     if user is None or srv is None or upstream is None:
@@ -52,21 +54,15 @@ async def user_route(request: web.Request) -> web.StreamResponse:
     prefix = p.servers.prefix(srv)
     if not path.startswith(prefix):
         raise web.HTTPFound(prefix)
-    return await _forward(request, p, srv, upstream, path, prefix)
+
+    def still_allowed() -> bool:
+        return p.access.allows(who, "access:servers", user=name, server=server)
+
+    return await _forward(request, p, srv, upstream, path, prefix, still_allowed)
 
 
 def _is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-def _token_may_access(p: Parts, ident: Identity, name: str, server: str) -> bool:
-    """A token with explicit scopes reaches a server only with access:servers for it."""
-    if ident.token is None:
-        return True
-    held = scopes.held_by(
-        ident.user.name, ident.user.admin, ident.token.scopes, bool(p.cfg.get("hub.admin_access"))
-    )
-    return scopes.allows(held, "access:servers", name, server)
 
 
 def _server_named(p: Parts, user: User | None, tail: str) -> str:
@@ -93,7 +89,13 @@ def _not_running(request: web.Request, base: str, name: str, tail: str) -> web.S
 
 
 async def _forward(
-    request: web.Request, p: Parts, srv: Server, upstream: Upstream, path: str, prefix: str
+    request: web.Request,
+    p: Parts,
+    srv: Server,
+    upstream: Upstream,
+    path: str,
+    prefix: str,
+    allowed: Callable[[], bool],
 ) -> web.StreamResponse:
     start = time.perf_counter()
     p.metrics.proxied.inc()
@@ -107,7 +109,12 @@ async def _forward(
     # never reaches a user's server. minihub's own server gets neither.
     protocol = p.servers.protocol
     ident = identity(request)
-    own_token = ident is not None and ident.via == "token" and ident.user.id == srv.user_id
+    own_token = (
+        ident is not None
+        and ident.via == "token"
+        and ident.user is not None
+        and ident.user.id == srv.user_id
+    )
     try:
         return await p.proxy.forward(
             request,
@@ -117,6 +124,7 @@ async def _forward(
             on_activity=lambda: p.servers.touch(srv.user_id, srv.name),
             keep_authorization=protocol.forwards_owner_token and own_token,
             cookie_path=prefix,
+            allowed=allowed,
         )
     except ProxyError as e:
         if await _server_died(p, srv, dying=not isinstance(e, UpstreamTimeout)):

@@ -6,6 +6,8 @@ import logging
 import os
 import time
 
+from .access import Access
+from .access import db as access_db
 from .auth import names
 from .auth import secrets as S
 from .auth.base import Authenticator
@@ -25,8 +27,14 @@ async def get(store: Store, name: str) -> User:
 
 
 async def create(
-    store: Store, auth: Authenticator, name: str, admin: bool = False, password: str | None = None
+    store: Store,
+    auth: Authenticator,
+    name: str,
+    admin: bool = False,
+    password: str | None = None,
+    access: Access | None = None,
 ) -> User:
+    """A new user; `admin` assigns the admin role (through the hub's `access` when it runs)."""
     name = names.validate(name)
     if name in auth.blocked_users:
         raise BadRequest(f"{name} is blocked ([auth] blocked_users)")
@@ -40,7 +48,12 @@ async def create(
                 "PAM users log in with their system password."
             )
         hashed = await auth.hash_new_password(password)
-    return await store.add_user(name, admin, hashed)
+    user = await store.add_user(name, hashed)
+    if admin and access is not None:
+        await access.set_admin(user.name, True)
+    elif admin:
+        await access_db.assign_role(store, "admin", user.name)
+    return user
 
 
 async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -> User:
@@ -70,7 +83,7 @@ async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -
         except SpawnError as e:
             log.warning("sign-up of %s refused: %s", name, e.message)
             raise taken from None
-    return await store.add_user(name, False, hashed)
+    return await store.add_user(name, hashed)
 
 
 async def set_password(store: Store, auth: Authenticator, user: User, password: str) -> None:
@@ -83,14 +96,22 @@ async def set_password(store: Store, auth: Authenticator, user: User, password: 
     await store.delete_user_sessions(user.id)
 
 
-async def login(store: Store, name: str, admin: bool | None) -> User:
-    """The hub user for someone the authenticator let in; created on first login."""
+async def login(
+    store: Store,
+    access: Access,
+    name: str,
+    admin: bool | None,
+    groups: list[str] | None = None,
+) -> User:
+    """The hub user for someone the authenticator let in; created on first login. `admin`
+    and `groups` (None: leave as they are) are what the authenticator says of them."""
     user = await store.get_user(name)
     if user is None:
-        user = await store.add_user(name, bool(admin))
-    elif admin is not None and admin != user.admin:
-        await store.set_admin(user.id, admin)
-        user.admin = admin
+        user = await store.add_user(name)
+    if admin is not None and admin != access.is_admin(name):
+        await access.set_admin(name, admin)
+    if groups is not None:
+        await access.set_user_groups(name, groups)
     await store.touch_user(user.id)
     return user
 

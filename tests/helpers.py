@@ -159,3 +159,14 @@ async def execute(
     async with client.ws_connect(f"{url}?session_id={session}", **connect) as ws:
         await ws.send_json(execute_request(code, msg_id, session, username, lab))
         return await read_output(ws, msg_id, timeout)
+
+
+async def offline_user(store, name: str, admin: bool = False):  # type: ignore[no-untyped-def]
+    """A hub user made straight in a hub's SQLite file before the hub starts (or while it
+    is stopped): created if missing, given the admin role if asked."""
+    from minihub.access import db as access_db
+
+    user = await store.get_user(name) or await store.add_user(name)
+    if admin:
+        await access_db.assign_role(store, "admin", name)
+    return user

@@ -171,9 +171,11 @@ def test_the_attack_inputs_are_4xx_and_store_nothing(real_hub: RealHub) -> None:
     ):
         a = h.api("PATCH" if h.user.name in path else "POST", path, body)
         assert a.status == 400 and "admin must be true or false" in a.json()["message"], a.body
-    assert rows(h.db, "SELECT name, admin FROM users WHERE name IN ('mhhi_eve', 'mhhi_amy')") == [
-        ("mhhi_amy", 0)
-    ]
+    assert rows(
+        h.db,
+        "SELECT u.name, (SELECT count(*) FROM role_users r WHERE r.user_id = u.id AND "
+        "r.role = 'admin') FROM users u WHERE name IN ('mhhi_eve', 'mhhi_amy')",
+    ) == [("mhhi_amy", 0)]
 
 
 @needs_root
@@ -310,7 +312,11 @@ def thread_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadHub]:
 
 # What a refusal must leave alone: every stored row but the activity and use times.
 _SNAPSHOT = [
-    "SELECT id, name, admin, password_hash, created FROM users ORDER BY id",
+    "SELECT id, name, password_hash, created FROM users ORDER BY id",
+    "SELECT role, user_id, source FROM role_users ORDER BY role, user_id",
+    "SELECT * FROM groups ORDER BY id",
+    "SELECT * FROM group_users ORDER BY group_id, user_id",
+    "SELECT * FROM shares ORDER BY id",
     "SELECT id, user_id, hash, note, scopes, created, expires, kind FROM tokens ORDER BY id",
     "SELECT id_hash, user_id, expires FROM sessions ORDER BY id_hash",
     "SELECT * FROM servers ORDER BY user_id",

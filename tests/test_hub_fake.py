@@ -358,7 +358,7 @@ async def test_culler_stops_idle_servers_named_ones_too(hub: Hub, fake: FakeSpaw
     for server in ("", "idle", "busy"):
         await up(c, "amy", tok["amy"], server)
     p = parts_of(c)
-    culler = Culler(p.cfg, p.servers, p.store, p.metrics)
+    culler = Culler(p.cfg, p.servers, p.store, p.metrics, p.access)
     await asyncio.sleep(1.1)  # past the 1 s timeout: the one wait that cannot be an event
     busy = fake.running("amy/busy")
     assert busy is not None

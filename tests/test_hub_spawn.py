@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import gone, hub_config, login, needs_root
 from helpers import execute
+from helpers import offline_user as hub_login
 
 from minihub.app import make_app
 from minihub.config import Config
 from minihub.store import Store
-from minihub.users import login as hub_login
 from minihub.users import new_token
 
 pytestmark = needs_root

@@ -21,11 +21,11 @@ import helpers
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import hub_config, login, needs_root, xsrf_of
+from helpers import offline_user as hub_login
 from test_config_cli import free_port
 
 from minihub.app import make_app
 from minihub.store import Store
-from minihub.users import login as hub_login
 from minihub.users import new_token
 
 SINGLEUSER = shutil.which(

@@ -19,12 +19,12 @@ import helpers
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import SystemUser, hub_config, hub_log_faults, needs_root
+from helpers import offline_user as hub_login
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
 
 from minihub.app import make_app
 from minihub.store import Store
-from minihub.users import login as hub_login
 from minihub.users import new_token
 
 pytestmark = needs_root

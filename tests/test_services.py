@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import hub_config, needs_root
+from helpers import offline_user as hub_login
 
 from minihub import config as C
 from minihub.app import make_app
 from minihub.errors import StartupError
 from minihub.services import SUPERVISORS
 from minihub.store import Store
-from minihub.users import login as hub_login
 from minihub.users import new_token
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]

@@ -112,7 +112,8 @@ class CheckPool:
 @dataclass(frozen=True)
 class AuthResult:
     name: str
-    admin: bool | None = None  # None: leave the stored admin flag as it is
+    admin: bool | None = None  # None: leave the stored admin role as it is
+    groups: list[str] | None = None  # [auth] manage_groups: exactly these groups; None: leave
 
 
 class Authenticator(abc.ABC):

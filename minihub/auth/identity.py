@@ -24,14 +24,17 @@ CACHE_SECONDS = 5.0
 
 @dataclass
 class Identity:
-    user: User
+    """A user (by session or token) or a service (by its token): `user` is None for one."""
+
+    user: User | None
     via: str  # "cookie" or "token"
     session_hash: str | None = None
     token: Token | None = None
+    service: str | None = None
 
     @property
     def name(self) -> str:
-        return self.user.name
+        return self.user.name if self.user else str(self.service)
 
 
 class Identities:
@@ -62,8 +65,11 @@ class Identities:
             return cached
         found = await self.store.token_owner(h)
         ident = Identity(found[0], "token", token=found[1]) if found else None
-        if found:
-            await self.store.touch_token(found[1].id)
+        if ident is None:
+            svc = await self.store.service_token(h)
+            ident = Identity(None, "token", token=svc[1], service=svc[0]) if svc else None
+        if ident is not None and ident.token is not None:
+            await self.store.touch_token(ident.token.id)
         return self._remember("t:" + h, ident)
 
     async def _from_session(self, sid: str) -> Identity | None:

@@ -98,7 +98,7 @@ async def _finish(request: web.Request, p: Parts, auth: OAuthenticator) -> web.R
         raise BadRequest(f"{auth.login_service} sent no sign-in code: start again.")
     person = await auth.person(q["code"], pending, callback_url(request, auth, p))
     result = await auth.admit(person)
-    user = await users.login(p.store, result.name, result.admin)
+    user = await users.login(p.store, p.access, result.name, result.admin, result.groups)
     await auth.save_auth_state(user.id, person)
     resp = web.HTTPFound(await after_login(request, p, user, pending.next or None))
     await start_session(request, p, user, resp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import users
+from ..access.http import allows, require
 from ..context import parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..store import User
@@ -15,10 +16,20 @@ routes = web.RouteTableDef()
 
 
 def require_admin(request: web.Request) -> User:
+    """The caller, if they may open the admin page (admin-ui; each action needs its own)."""
     user = current(request)
-    if not user.admin:
-        raise Forbidden("Only admins may open the admin page.")
+    if not allows(request, "admin-ui"):
+        raise Forbidden("Only admins may open the admin page (needs the scope admin-ui).")
     return user
+
+
+ACTION_SCOPES = {
+    "start": "start:servers",
+    "stop": "delete:servers",
+    "make-admin": "admin:users",
+    "remove-admin": "admin:users",
+    "delete": "delete:users",
+}
 
 
 @routes.get("/hub/admin")
@@ -32,7 +43,7 @@ async def admin_page(
     require_admin(request)
     p = parts(request)
     rows = [
-        (u, p.servers.peek(u.id), named_servers(p.servers, u.id))
+        (u, p.servers.peek(u.id), named_servers(p.servers, u.id), p.access.is_admin(u.name))
         for u in await p.store.list_users()
     ]
     return render(
@@ -55,6 +66,7 @@ async def add_users(request: web.Request) -> web.Response:
     p = parts(request)
     form = await request.post()
     admin = form.get("admin") == "on"
+    require(request, "admin:users")
     password = str(form.get("password", "")) or None
     lines = [ln.strip() for ln in str(form.get("usernames", "")).splitlines() if ln.strip()]
     if not lines:
@@ -62,7 +74,8 @@ async def add_users(request: web.Request) -> web.Response:
     added, errors = [], []
     for name in lines[:1000]:
         try:
-            added.append((await users.create(p.store, p.authenticator, name, admin, password)).name)
+            made = await users.create(p.store, p.authenticator, name, admin, password, p.access)
+            added.append(made.name)
         except HubError as e:
             errors.append(f"{name[:64]}: {e.message}")
     msg = f"Added {len(added)} user(s): {', '.join(added)}" if added else ""
@@ -75,6 +88,9 @@ async def user_action(request: web.Request) -> web.Response:
     p = parts(request)
     user = await users.get(p.store, request.match_info["name"])
     action = request.match_info["action"]
+    if action not in ACTION_SCOPES:
+        raise BadRequest(f"Unknown action {action[:32]!r}", 404)
+    require(request, ACTION_SCOPES[action], f"user {user.name}", user=user.name, server="")
     if action == "start":
         await p.servers.spawn(user, wait=0)
     elif action == "stop":
@@ -82,12 +98,13 @@ async def user_action(request: web.Request) -> web.Response:
     elif action in ("make-admin", "remove-admin"):
         if user.id == me.id and action == "remove-admin":
             raise BadRequest("You cannot remove your own admin rights.")
-        await p.store.set_admin(user.id, action == "make-admin")
+        await p.access.set_admin(user.name, action == "make-admin")
     elif action == "delete":
         if user.id == me.id:
             raise BadRequest("You cannot delete yourself.")
         await p.servers.forget_user(user.id)  # named servers too: none left running unowned
         await p.store.delete_user(user.id)
+        p.access.forgotten(user.name)
     else:
         raise BadRequest(f"Unknown action {action[:32]!r}", 404)
     p.identities.invalidate()
@@ -103,6 +120,14 @@ async def server_action(request: web.Request) -> web.Response:
     server_name, action = request.match_info["server_name"], request.match_info["action"]
     if p.servers.peek(user.id, server_name) is None:
         raise NotFound(f"{user.name} has no server named {server_name[:40]!r}.")
+    if action in ("start", "stop"):
+        require(
+            request,
+            ACTION_SCOPES[action],
+            f"{user.name}'s server",
+            user=user.name,
+            server=server_name,
+        )
     if action == "start":
         await p.servers.spawn(user, server_name, wait=0)
     elif action == "stop":

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from .. import users
+from ..access.http import require
 from ..auth import names
 from ..auth.base import TRUSTED_ATTEMPT, AuthResult
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
@@ -40,6 +41,8 @@ def current(request: web.Request) -> User:
     ident = identity(request)
     if ident is None:
         raise redirect(f"{base(request)}hub/login?next={quote(request.path_qs, safe='')}")
+    if ident.user is None:
+        raise Forbidden("A service's token opens no page: log in as a user.")
     return ident.user
 
 
@@ -110,7 +113,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     if result is None:
         return login_form(request, "Invalid username or password.", 403, raw)
     p.metrics.logins.inc()
-    user = await users.login(p.store, result.name, result.admin)
+    user = await users.login(p.store, p.access, result.name, result.admin, result.groups)
     resp = redirect(await after_login(request, p, user))
     await start_session(request, p, user, resp)
     log.info("login of %s", user.name)
@@ -370,13 +373,13 @@ def describe(viewer: User, target: User, server_name: str) -> str:
 
 @routes.get("/hub/spawn-pending/{name}")
 async def spawn_pending(request: web.Request) -> web.Response:
-    user = await may_act_on(request)
+    user = await may_act_on(request, "read:servers")
     return pending_page(request, user, "", parts(request).servers.peek(user.id))
 
 
 @routes.get("/hub/spawn-pending/{name}/{server_name}")
 async def spawn_pending_named(request: web.Request) -> web.Response:
-    user = await may_act_on(request)
+    user = await may_act_on(request, "read:servers")
     return pending_page(
         request,
         user,
@@ -462,7 +465,7 @@ def pending_url(p: Parts, user: User, server_name: str) -> str:
 async def spawn_form(request: web.Request) -> web.Response:
     """The spawner's options form (profiles), as JupyterHub's spawn page; without one, the
     server starts at once, as there."""
-    user = await may_act_on(request)
+    user = await may_act_on(request, "start:servers")
     p = parts(request)
     server_name = request.match_info.get("server_name", "")
     if server_name and p.servers.peek(user.id, server_name) is None:
@@ -493,7 +496,7 @@ async def spawn_form(request: web.Request) -> web.Response:
 async def spawn_post(request: web.Request) -> web.Response:
     """Start a server (a named one is created if new, as in JupyterHub) with the form's
     choices as its user_options; on to its progress."""
-    user = await may_act_on(request)
+    user = await may_act_on(request, "start:servers")
     p = parts(request)
     server_name = request.match_info.get("server_name", "")
     form = await request.post()
@@ -508,7 +511,7 @@ async def spawn_post(request: web.Request) -> web.Response:
 
 @routes.post("/hub/stop/{name}/{server_name}")
 async def stop_named(request: web.Request) -> web.Response:
-    user = await may_act_on(request)
+    user = await may_act_on(request, "delete:servers")
     p = parts(request)
     named_server(request, user, must_exist=True)
     await p.servers.stop(user.id, request.match_info["server_name"])
@@ -518,7 +521,7 @@ async def stop_named(request: web.Request) -> web.Response:
 @routes.post("/hub/delete/{name}/{server_name}")
 async def delete_named(request: web.Request) -> web.Response:
     """Stop a named server and forget it (its row, its name); files in the home stay."""
-    user = await may_act_on(request)
+    user = await may_act_on(request, "delete:servers")
     p = parts(request)
     named_server(request, user, must_exist=True)
     await p.servers.remove(user.id, request.match_info["server_name"])
@@ -539,11 +542,12 @@ async def back(request: web.Request) -> str:
     return safe_next(request, nxt) if nxt else f"{base(request)}hub/home"
 
 
-async def may_act_on(request: web.Request) -> User:
-    caller = current(request)
+async def may_act_on(request: web.Request, scope: str = "servers") -> User:
+    """The {name} user of a server form, if the caller holds `scope` on that server."""
+    current(request)
     name = names.normalise(request.match_info["name"])
-    if name != caller.name and not caller.admin:
-        raise Forbidden("You may only manage your own server.")
+    server = request.match_info.get("server_name", "")
+    require(request, scope, f"{name[:64]}'s server", user=name, server=server)
     return await users.get(parts(request).store, name)
 
 

@@ -1,4 +1,4 @@
-"""The JupyterHub-compatible REST API under /hub/api: users, servers, tokens, activity.
+"""/hub/api: the version, users, their servers, tokens and activity.
 
 A user sees and changes only themself; admins see and change everyone. Errors are JSON
 `{"status": N, "message": "..."}` (rendered by minihub.web.errors).
@@ -15,15 +15,17 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, scopes, users
-from .auth import names
-from .body import Fields
-from .body import read as read_body
-from .context import Parts, identity, parts
-from .errors import BadRequest, Forbidden, NotFound
-from .isotime import parse_iso
-from .models import server_model, token_model, user_model
-from .store import User
+from .. import __version__, scopes, users
+from ..access import Principal
+from ..access.http import caller, require
+from ..auth import names
+from ..body import Fields
+from ..body import read as read_body
+from ..context import Parts, identity, parts
+from ..errors import BadRequest, Forbidden, NotFound
+from ..isotime import parse_iso
+from ..models import server_model, token_model, user_model
+from ..store import User
 
 routes = web.RouteTableDef()
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -36,44 +38,24 @@ JUPYTERHUB_API_VERSION = "5.3.0"
 
 
 def me(request: web.Request) -> User:
+    """The calling user (a service is refused: this needs a user)."""
     ident = identity(request)
-    if ident is None:
-        raise Forbidden("Missing or invalid credentials: send 'Authorization: token <token>'.")
+    caller(request)
+    if ident is None or ident.user is None:
+        raise Forbidden("A service cannot do this: it is not a user.")
     return ident.user
 
 
-def held(request: web.Request) -> frozenset[scopes.Scope]:
-    """The caller's scopes: a user's own, a service's, narrowed by a token's explicit scopes."""
-    user = me(request)
-    ident = identity(request)
-    tok = ident.token if ident else None
-    return scopes.held_by(
-        user.name,
-        user.admin,
-        tok.scopes if tok else None,
-        bool(parts(request).cfg.get("hub.admin_access")),
-    )
-
-
-def admin(request: web.Request, scope: str = "admin:users") -> User:
+def admin(request: web.Request, scope: str = "admin:users") -> Principal:
     """The caller, if they hold `scope` on every user (admins do)."""
-    user = me(request)
-    if not scopes.allows(held(request), scope):
-        raise Forbidden(
-            "Only admins may do this."
-            if scopes.service_name(user.name) is None
-            else f"This service lacks the scope {scope!r}."
-        )
-    return user
+    return require(request, scope)
 
 
 async def target(request: web.Request, scope: str = "read:users") -> User:
     """The {name} user of the URL, if the caller holds `scope` on them (users on themself,
-    admins on everyone, services and scoped tokens as their scopes say)."""
-    me(request)
-    name = request.match_info["name"]
-    if not scopes.allows(held(request), scope, name.lower()):
-        raise Forbidden(f"You may not act on user {name[:64]!r} (needs {scope}).")
+    admins on everyone, services, groups' filters and scoped tokens as their scopes say)."""
+    name = names.normalise(request.match_info["name"])
+    require(request, scope, f"user {name[:64]!r}", user=name)
     return await users.get(parts(request).store, name)
 
 
@@ -83,7 +65,13 @@ def model(p: Parts, user: User, request: web.Request | None = None) -> dict[str,
     servers = p.servers.of_user(user.id)
     if request is None or not _include_stopped(request):
         servers = {n: s for n, s in servers.items() if s.status != "stopped"}
-    return user_model(p.cfg.base_url, user, servers)
+    return user_model(
+        p.cfg.base_url,
+        user,
+        servers,
+        roles=p.access.user_roles(user.name),
+        groups=p.access.groups_of(user.name),
+    )
 
 
 def _include_stopped(request: web.Request) -> bool:
@@ -114,31 +102,31 @@ async def info(request: web.Request) -> web.Response:
 @routes.get("/user")
 async def whoami(request: web.Request) -> web.Response:
     """Who the caller is, with their scopes: what jupyterhub-singleuser and services ask."""
-    user = me(request)
-    have = held(request)
-    service = scopes.service_name(user.name)
-    if service is not None:
+    who = caller(request)
+    p = parts(request)
+    have = p.access.held(who)
+    if who.is_service:
         return web.json_response(
             {
                 "kind": "service",
-                "name": service,
+                "name": who.name,
                 "admin": False,
-                "roles": [],
+                "roles": sorted(p.access.roles_of(who)),
                 "groups": [],
                 "session_id": None,
                 "scopes": scopes.strings(have),
             }
         )
-    m = model(parts(request), user)
+    m = model(p, me(request), request)
     m["session_id"] = None
     m["scopes"] = scopes.strings(have)
-    if scopes.allows(have, "access:servers", user.name, ""):
+    if p.access.allows(who, "access:servers", user=who.name, server=""):
         # jupyterhub-singleuser asks for the server filter by name; say it explicitly.
         m["scopes"] = sorted(
             {
                 *m["scopes"],
-                f"access:servers!server={user.name}/",
-                f"access:servers!user={user.name}",
+                f"access:servers!server={who.name}/",
+                f"access:servers!user={who.name}",
             }
         )
     return web.json_response(m)
@@ -146,11 +134,10 @@ async def whoami(request: web.Request) -> web.Response:
 
 @routes.get("/users")
 async def list_users(request: web.Request) -> web.Response:
-    me(request)
-    visible = scopes.users_in(held(request), "list:users")
-    if visible is not None and not visible:
-        raise Forbidden("Only admins may do this.")
     p = parts(request)
+    visible = p.access.visible(caller(request), "list:users")
+    if visible is not None and not visible:
+        raise Forbidden("Listing users needs the scope list:users (admins have it).")
     state = request.query.get("state", "")
     if state not in ("", "active", "inactive", "ready"):
         raise BadRequest("state must be active, inactive or ready")
@@ -217,7 +204,7 @@ async def create_users(request: web.Request) -> web.Response:
     for name in wanted:
         if await p.store.get_user(name):
             continue
-        made.append(await users.create(p.store, p.authenticator, name, make_admin))
+        made.append(await users.create(p.store, p.authenticator, name, make_admin, access=p.access))
     if not made:
         raise BadRequest("All those users already exist.", 409)
     return web.json_response([model(p, u) for u in made], status=201)
@@ -242,7 +229,11 @@ async def create_user(request: web.Request) -> web.Response:
     p = parts(request)
     f = (await read_body(request)).allow("admin")
     user = await users.create(
-        p.store, p.authenticator, request.match_info["name"], f.boolean("admin", False)
+        p.store,
+        p.authenticator,
+        request.match_info["name"],
+        f.boolean("admin", False),
+        access=p.access,
     )
     return web.json_response(model(p, user), status=201)
 
@@ -258,9 +249,10 @@ async def patch_user(request: web.Request) -> web.Response:
     new = await _rename_to(p, user, new) if new is not None and new != user.name else None
     # Both checked: now change. A refused rename must not have changed the admin flag.
     if make_admin is not None:
-        await p.store.set_admin(user.id, make_admin)
+        await p.access.set_admin(user.name, make_admin)
     if new is not None:
         await p.store.rename_user(user.id, new)
+        p.access.renamed(user.name, new)
     p.identities.invalidate()
     fresh = await p.store.get_user_by_id(user.id)
     assert fresh is not None
@@ -281,13 +273,14 @@ async def _rename_to(p: Parts, user: User, new: str) -> str | None:
 
 @routes.delete("/users/{name}")
 async def delete_user(request: web.Request) -> web.Response:
-    caller = admin(request)
+    who = require(request, "delete:users")
     p = parts(request)
     user = await users.get(p.store, request.match_info["name"])
-    if user.id == caller.id:
+    if not who.is_service and user.name == who.name:
         raise BadRequest("You cannot delete yourself.")
     await p.servers.forget_user(user.id)
     await p.store.delete_user(user.id)
+    p.access.forgotten(user.name)
     p.identities.invalidate()
     return web.Response(status=204)
 
@@ -296,7 +289,7 @@ async def delete_user(request: web.Request) -> web.Response:
 @routes.post("/users/{name}/servers/")
 @routes.post("/users/{name}/servers/{server_name}")
 async def start_server(request: web.Request) -> web.Response:
-    user = await target(request, "servers")
+    user = await target(request, "start:servers")
     p = parts(request)
     name = request.match_info.get("server_name", "")
     options = (await read_body(request)).data  # user_options, as JupyterHub's body
@@ -402,21 +395,27 @@ async def create_token(request: web.Request) -> web.Response:
     wanted = f.strings("scopes", max_items=100, max_len=200) or []
     if f.strings("roles", max_items=100, max_len=200):
         raise BadRequest("Token roles are not supported here: ask for scopes instead.")
-    scopes.validate(wanted)
-    wanted = _no_stronger(request, wanted)
+    p = parts(request)
+    scopes.validate(wanted, p.access.custom)
+    wanted = _no_stronger(request, user, wanted)
     secret, tok = await users.new_token(parts(request).store, user, note, wanted, expires_in)
     return web.json_response(token_model(user, tok, secret), status=201)
 
 
-def _no_stronger(request: web.Request, wanted: list[str]) -> list[str]:
-    """A token made with a scoped token gets at most that token's scopes."""
-    ident = identity(request)
-    mine = ident.token.scopes if ident and ident.token and ident.token.scopes else None
-    if mine is None:
-        return wanted
+def _no_stronger(request: web.Request, user: User, wanted: list[str]) -> list[str]:
+    """A token gets at most what its owner holds, and a token made with a token at most
+    what that token holds (JupyterHub: 403 for scopes the requester does not have)."""
+    p = parts(request)
+    who = caller(request)
+    mine = who.token_scopes
     if not wanted or "inherit" in wanted:
-        return list(mine)
-    if not set(wanted) <= set(mine):
+        return list(mine) if mine else wanted
+    asked = scopes.expand(wanted, user.name, custom=p.access.custom)
+    owner = p.access.user(user.name)
+    for s in asked:
+        if not p.access.grants(owner, s):
+            raise Forbidden(f"{user.name} does not hold the scope {s} a token asked for.")
+    if mine and not set(wanted) <= set(mine):
         raise Forbidden("A token cannot create a token with scopes it does not hold itself.")
     return wanted
 
@@ -488,16 +487,3 @@ def _stamp(f: Fields) -> float | None:
             f"{f.where + '.' if f.where else ''}last_activity must be an ISO 8601 "
             f"time, not {text[:40]!r}."
         ) from None
-
-
-def setup(app: web.Application, base_url: str) -> None:
-    prefix = base_url + "hub/api"
-    for r in routes:
-        assert isinstance(r, web.RouteDef)
-        app.router.add_route(r.method, prefix + r.path, r.handler)
-
-    async def version_header(request: web.Request, resp: web.StreamResponse) -> None:
-        if request.path == prefix or request.path.startswith(prefix + "/"):
-            resp.headers["X-JupyterHub-Version"] = JUPYTERHUB_API_VERSION
-
-    app.on_response_prepare.append(version_header)
