@@ -173,6 +173,26 @@ HUB_SETTINGS: list[Setting] = [
     _s("auth", "admin_groups", list, [], "Unix groups whose members are admins (PAM)."),
     _s(
         "auth",
+        "manage_groups",
+        bool,
+        False,
+        "Hub groups follow the authenticator, as JupyterHub's manage_groups: at each login a "
+        "user is put in exactly the groups the login brings (PAM and native: their Unix "
+        "groups; oauth: the [auth.oauth] groups_claim) that match manage_groups_include; "
+        "missing groups are made, and membership of any other group is taken away. Cannot "
+        "be combined with [[groups]].",
+    ),
+    _s(
+        "auth",
+        "manage_groups_include",
+        list,
+        ["*"],
+        'With manage_groups: which of those groups become hub groups, as patterns ("course-*", '
+        '"staff"; * and ? as in fnmatch). Narrow it for PAM, where everyone is in groups such '
+        'as "users" and their own.',
+    ),
+    _s(
+        "auth",
         "login_delay_after",
         int,
         3,
@@ -644,6 +664,11 @@ def _validate(cfg: Config, where: str) -> None:
     custom = roles.custom_scopes(cfg.custom_scopes, where)
     roles.validate_roles(cfg.roles, where, custom)
     roles.validate_groups(cfg.groups, where)
+    if v["auth.manage_groups"] and cfg.groups:
+        raise bad(
+            "[auth] manage_groups",
+            "the authenticator manages groups: remove [[groups]] (as JupyterHub's load_groups)",
+        )
 
 
 def parse_bytes(text: str) -> int | None:
@@ -701,6 +726,18 @@ def generate(settings: Sequence[Setting] = SETTINGS) -> str:
         '#   name = "idle-culler"',
         '#   command = ["python3", "-m", "jupyterhub_idle_culler", "--timeout=3600"]',
         '#   scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]',
+        "",
+        "# Groups, roles and custom scopes, as JupyterHub's load_groups, load_roles and",
+        "# custom_scopes (docs/access-control.md), for example:",
+        "#   [[groups]]",
+        '#   name = "students"',
+        '#   users = ["alice", "bob"]',
+        "#   [[roles]]",
+        '#   name = "teaching-assistant"',
+        '#   scopes = ["access:servers!group=students", "read:users!group=students"]',
+        '#   users = ["tom"]',
+        '#   [custom_scopes."custom:grades:write"]',
+        '#   description = "Write grades"',
         "",
     ]
     return "\n".join(lines)

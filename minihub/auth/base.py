@@ -19,12 +19,14 @@ import grp
 import os
 import pwd
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from ..access.roles import GROUP_NAME
 from ..errors import TooManyRequests
 from ..setting import Setting
 
@@ -131,6 +133,8 @@ class Authenticator(abc.ABC):
         self.blocked_users = {n.lower() for n in a["blocked_users"]}
         self.allowed_groups = set(a["allowed_groups"])
         self.admin_groups = set(a["admin_groups"])
+        self.manage_groups = bool(a["manage_groups"])
+        self.manage_groups_include = list(a["manage_groups_include"])
 
     @abc.abstractmethod
     async def check_password(self, username: str, password: str) -> bool:
@@ -141,7 +145,26 @@ class Authenticator(abc.ABC):
             return None
         if not password or not await self.check_password(username, password):
             return None
-        return AuthResult(username, await self._by_rules(self.is_admin, username))
+        admin = await self._by_rules(self.is_admin, username)
+        return AuthResult(username, admin, await self.login_groups(username))
+
+    async def login_groups(self, name: str) -> list[str] | None:
+        """[auth] manage_groups: the hub groups `name` belongs in, from their Unix groups
+        (an NSS lookup: in the pool's thread); None when the hub's groups are not managed."""
+        if not self.manage_groups:
+            return None
+        return self.managed(await self.pool.run(unix_groups, name))
+
+    def managed(self, groups: Iterable[str]) -> list[str] | None:
+        """Of a login's groups, those manage_groups_include names (None: not managing)."""
+        if not self.manage_groups:
+            return None
+        return sorted(
+            g
+            for g in set(groups)
+            if GROUP_NAME.match(g)
+            and any(fnmatchcase(g, pat) for pat in self.manage_groups_include)
+        )
 
     async def _by_rules(self, rule: Callable[[str], T], name: str) -> T:
         """Group rules look up NSS (may block: LDAP, sssd); name lists alone never do."""

@@ -343,7 +343,7 @@ class OAuthenticator(Authenticator):
             )
         await self._ensure_account(name)
         admin = name in self.admin_users or bool(self.oauth_admin_groups & person.groups)
-        return AuthResult(name, True if admin else None)
+        return AuthResult(name, True if admin else None, self.managed(person.groups))
 
     def username(self, person: Person) -> str:
         raw = person.raw_name
