@@ -67,7 +67,7 @@ SELF = ("read:users", "users:shares", "read:shares", "users:activity", "servers"
 SELF_ACCESS = "access:servers"
 SPECIAL = ("inherit", "self", "all", "identify", "(no_scope)")
 KINDS = ("user", "server", "group", "service")
-_CUSTOM = re.compile(r"^custom:[a-z0-9][a-z0-9_\-\*:]*[a-z0-9_\*]$")
+_CUSTOM = re.compile(r"^custom:[a-z0-9]([a-z0-9_\-\*:]*[a-z0-9_\*])?$")
 
 
 @dataclass(frozen=True)

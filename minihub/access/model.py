@@ -8,6 +8,7 @@ shares made with it or its groups; a token holds at most that, checked on every 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .roles import GroupSpec, Role, builtin_roles
 
 log = logging.getLogger("minihub.access")
 CACHE_MAX = 20_000
+WATCH_EVERY = 1.0  # seconds between looks for changes made by another process (the CLI)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Access:
         self._shares: dict[int, ShareRow] = {}
         self._cache: dict[Principal, frozenset[S.Scope]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._watch: asyncio.Task[None] | None = None
 
     # --- loading -------------------------------------------------------------------------
     async def load(self) -> None:
@@ -92,6 +95,29 @@ class Access:
         self._assigned = await db.load_role_users(self.store)
         self._shares = {s.id: s for s in await db.load_shares(self.store)}
         self._reindex()
+
+    def start(self) -> None:
+        """Follow changes other processes make to the file (`minihub user admin` while the
+        hub runs): SQLite's data_version moves only for their commits, not the hub's own."""
+        self._watch = asyncio.create_task(self._follow(), name="access-watch")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        last = await self._data_version()
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            now = await self._data_version()
+            if now != last:
+                last = now
+                await self.reload()
+
+    async def _data_version(self) -> int:
+        row = await self.store._one("PRAGMA data_version")
+        return int(row[0])
 
     def _reindex(self) -> None:
         by_user: dict[str, set[str]] = {}
@@ -366,7 +392,8 @@ class Access:
         self._changed()
 
     async def unshare_server(self, owner: str, server: str) -> None:
-        """A removed server's shares go with it."""
+        """A removed server's shares and share codes go with it."""
+        await db.delete_share_codes(self.store, owner, server)
         for s in self.shares_of(owner, server):
             await db.delete_share(self.store, s.id)
             self._shares.pop(s.id, None)
