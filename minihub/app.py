@@ -81,9 +81,11 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         await servers.open()
         culler = Culler(cfg, servers, store, metrics, access)
         culler.start()
+        access.start()
         try:
             yield
         finally:
+            await access.stop()
             await culler.stop()
             await servers.close(stop_all=bool(cfg.get("hub.cleanup_servers")))
             await proxy.close()
