@@ -30,7 +30,7 @@ from .service_spec import validate as validate_services
 from .spawner.base import Spawner
 from .store import Store
 from .user_proxy import user_route
-from .web import admin, pages
+from .web import admin, pages, sharing
 from .web.errors import quiet_client_protocol_errors
 from .web.render import add_filters
 
@@ -163,6 +163,7 @@ def make_app(cfg: Config, spawner: Spawner | None = None) -> web.Application:
     app.router.add_static(base + "hub/static/", STATIC, append_version=False)
     api.setup(app, base)
     pages.setup(app, base)
+    sharing.setup(app, base)
     if cfg.get("auth.authenticator") == "oauth":
         from .auth.oauth_routes import setup as oauth_setup
 

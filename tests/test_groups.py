@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import test_oauth_oidc as oidc
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import hub_config, login, needs_root
+from conftest import hub_config, login, needs_root, xsrf_of
 
 from minihub.app import make_app
 from minihub.auth.native import NativeAuthenticator
@@ -261,6 +261,49 @@ def test_manage_groups_and_configured_groups_do_not_mix(data_dir, tmp_path):
         from minihub import config
 
         config.load(toml, {"hub.data_dir": data_dir})
+
+
+# --- the admin page's group forms: each checked on the group ---------------------------------
+async def test_admin_page_group_forms_need_the_scope_on_that_group(hub, data_dir):
+    cfg = hub_config(data_dir, auth__authenticator="native")
+    cfg.roles = [{"name": "tas", "scopes": ["admin-ui", "groups!group=x"], "users": ["tia"]}]
+    tok = await seed(cfg, {"boss": True, "amy": False})
+    store = await Store.open(cfg.data_dir / "minihub.sqlite")
+    await create(store, NativeAuthenticator(cfg, store), "tia", password="tia-password-1")
+    await store.close()
+    c = await hub(cfg)
+    for name in ("x", "y"):
+        await status(await c.post(f"/hub/api/groups/{name}", headers=auth(tok["boss"])), 201)
+    assert (await login(c, "tia", "tia-password-1", next="/hub/admin")).status == 302
+    page = await (await c.get("/hub/admin")).text()
+    assert 'data-group="x"' in page and 'data-group="y"' not in page  # read:groups!group=x
+    assert 'id="new-group"' not in page  # no admin:groups
+    x = {"_xsrf": xsrf_of(c)}
+
+    r = await c.post("/hub/admin/groups/x/add", data={**x, "users": "amy,\nghost tia"})
+    page = await r.text()
+    assert r.status == 200 and "Added 2 to x" in page and "ghost" in page
+    assert (await status(await c.get("/hub/api/groups/x", headers=auth(tok["boss"])), 200))[
+        "users"
+    ] == ["amy", "tia"]
+    r = await c.post("/hub/admin/groups/x/add", data={**x, "users": "ghost"})
+    assert r.status == 400 and "ghost" in await r.text()
+    r = await c.post("/hub/admin/groups/x/remove", data={**x, "user": "amy"})
+    assert r.status == 200 and "Removed amy from x" in await r.text()
+    for path, data in [
+        ("/hub/admin/groups/y/add", {"users": "amy"}),
+        ("/hub/admin/groups/y/remove", {"user": "amy"}),
+        ("/hub/admin/groups/x/delete", {}),
+        ("/hub/admin/groups", {"name": "z"}),
+    ]:
+        r = await c.post(path, data={**x, **data})
+        assert r.status == 403, (path, await r.text())
+    r = await c.post("/hub/admin/groups/x/add", data={"users": "amy"})  # no _xsrf
+    assert r.status == 403
+    names = [
+        g["name"] for g in await (await c.get("/hub/api/groups", headers=auth(tok["boss"]))).json()
+    ]
+    assert names == ["x", "y"]
 
 
 # --- manage_groups: PAM, real Unix groups ---------------------------------------------------

@@ -322,6 +322,8 @@ async def stop_server(request: web.Request) -> web.Response:
         raise NotFound(f"{user.name} has no server named {name[:64]!r}.")
     if srv is None or (srv.status == "stopped" and not remove):
         return web.Response(status=204)
+    if remove:  # its shares and share codes go at once, not when it has stopped
+        await p.access.unshare_server(user.name, name)
     work = p.servers.remove(user.id, name) if remove else p.servers.stop(user.id, name)
     task = asyncio.create_task(work)
     done, _ = await asyncio.wait({task}, timeout=10)

@@ -1,11 +1,12 @@
-"""The admin page: add, remove and promote users; start and stop anyone's servers."""
+"""The admin page: add, remove and promote users; start and stop anyone's servers; the
+groups section's forms are minihub.web.admin_groups."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from .. import users
-from ..access.http import allows, require
+from ..access.http import allows, principal, require
 from ..context import parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..store import User
@@ -46,11 +47,16 @@ async def admin_page(
         (u, p.servers.peek(u.id), named_servers(p.servers, u.id), p.access.is_admin(u.name))
         for u in await p.store.list_users()
     ]
+    seen = p.access.groups_visible(principal(request), "read:groups")
+    groups = [g for _, g in sorted(p.access.groups.items()) if seen is None or g.name in seen]
     return render(
         request,
         "admin.html",
         {
             "rows": rows,
+            "groups": groups,
+            "user_groups": {u.name: p.access.groups_of(u.name) for u, *_ in rows},
+            "may_create_groups": allows(request, "admin:groups"),
             "message": message,
             "error": error,
             "words": STATUS_WORDS,
@@ -138,7 +144,9 @@ async def server_action(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application, base_url: str) -> None:
+    from . import admin_groups  # its forms answer with this module's admin_page
+
     prefix = base_url.rstrip("/")
-    for r in routes:
+    for r in [*routes, *admin_groups.routes]:
         assert isinstance(r, web.RouteDef)
         app.router.add_route(r.method, prefix + r.path, r.handler)

@@ -23,6 +23,7 @@ from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..servers import Server, Servers, check_server_name
 from ..store import User
+from . import sharing
 from .render import render
 
 log = logging.getLogger("minihub.web")
@@ -302,6 +303,7 @@ def home_page(
             "new_name": new_name,
             "words": STATUS_WORDS,
             "default_url": p.servers.protocol.landing_path(),
+            "sharing": sharing.home_context(request, user),
         },
         status=status,
     )
@@ -524,6 +526,7 @@ async def delete_named(request: web.Request) -> web.Response:
     user = await may_act_on(request, "delete:servers")
     p = parts(request)
     named_server(request, user, must_exist=True)
+    await p.access.unshare_server(user.name, request.match_info["server_name"])
     await p.servers.remove(user.id, request.match_info["server_name"])
     raise redirect(await back(request))
 
