@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import grp
+import logging
 import os
 import pwd
 from collections import deque
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # the settings table (config) loads authenticators, so no imp
     from ..store import Store
 
 T = TypeVar("T")
+log = logging.getLogger("minihub.auth")
 # Whether the login attempt being checked comes from an address that has not been failing
 # (set by the login handler from the throttle's verdict; anything else counts as trusted).
 TRUSTED_ATTEMPT: ContextVar[bool] = ContextVar("trusted_attempt", default=True)
@@ -159,12 +161,11 @@ class Authenticator(abc.ABC):
         """Of a login's groups, those manage_groups_include names (None: not managing)."""
         if not self.manage_groups:
             return None
-        return sorted(
-            g
-            for g in set(groups)
-            if GROUP_NAME.match(g)
-            and any(fnmatchcase(g, pat) for pat in self.manage_groups_include)
-        )
+        wanted = {g for g in groups if any(fnmatchcase(g, p) for p in self.manage_groups_include)}
+        bad = sorted(g for g in wanted if not GROUP_NAME.match(g))
+        if bad:  # e.g. Keycloak's full group paths, "/course/a": a hub group has no '/'
+            log.warning("groups left out, a hub group name has no '/' or control chars: %r", bad)
+        return sorted(wanted.difference(bad))
 
     async def _by_rules(self, rule: Callable[[str], T], name: str) -> T:
         """Group rules look up NSS (may block: LDAP, sssd); name lists alone never do."""
