@@ -6,17 +6,19 @@ who may open what through /user/ against a real hub process with real servers.""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import hub_config, login, xsrf_of
+from conftest import ROOT, hub_config, hub_log_faults, login, needs_root, xsrf_of
 
 from minihub import servers as servers_mod
 from minihub.access import db as access_db
@@ -424,3 +426,100 @@ async def test_shares_survive_restart_and_go_with_users(hub: Hub) -> None:
     assert [s["kind"] for s in items] == ["group"]
     await call(c, "DELETE", "/users/amy", tok["adm"], 204)
     assert (await call(c, "GET", "/groups/lab/shared", tok["adm"], 200))["items"] == []
+
+
+# --- a real hub process, real servers: who may open alice's server through /user/ ----------
+SHARING_TOML = """
+[[roles]]
+name = "user"
+scopes = ["self", "shares!user", "read:users:name", "read:groups:name"]
+
+[[groups]]
+name = "lab"
+users = ["{member}"]
+"""
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, make_system_user: Any) -> Iterator[Any]:
+    from test_named_servers import make_hub
+
+    if not ROOT:
+        pytest.skip("needs root to create system users")
+    people = {k: make_system_user(f"mhsh_{k}").name for k in ("alice", "bob", "carol")}
+    hub = make_hub(
+        tmp_path_factory.mktemp("shares"),
+        list(people.values()),
+        SHARING_TOML.format(member=people["bob"]),
+    )
+    hub.people = people
+    try:
+        yield hub
+    finally:
+        hub.stop()
+    assert not hub_log_faults(hub.log)
+
+
+async def status_of(s: aiohttp.ClientSession, url: str) -> int:
+    async with s.get(url, allow_redirects=False) as r:
+        return r.status
+
+
+@needs_root
+async def test_a_share_opens_the_server_and_revoking_closes_it(real: Any) -> None:
+    from test_named_servers import start
+
+    alice, bob, carol = (real.people[k] for k in ("alice", "bob", "carol"))
+    status = f"{real.base}/user/{alice}/api/status"
+    shares = f"{real.api}/shares/{alice}/"
+    async with real.session(alice) as a, real.session(bob) as b, real.session(carol) as c:
+        await start(a, real, alice, "")
+        assert await status_of(a, status) == 200
+        assert await status_of(b, status) == 403
+        r = await a.post(shares, json={"user": bob})
+        assert r.status == 200, await r.text()
+        assert (await r.json())["server"]["ready"] is True
+        assert await status_of(b, status) == 200
+        # bob runs a kernel there and keeps its websocket open
+        r = await b.post(f"{real.base}/user/{alice}/api/kernels", json={})
+        assert r.status == 201, await r.text()
+        kernel = (await r.json())["id"]
+        ws = await b.ws_connect(f"{real.base}/user/{alice}/api/kernels/{kernel}/channels")
+        # revoked: the very next request is refused, and the open websocket is closed
+        r = await a.patch(shares, json={"user": bob})
+        assert r.status == 200 and await r.json() == {}
+        assert await status_of(b, status) == 403
+        async with asyncio.timeout(10):
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+            ):
+                pass
+        await ws.close()
+        # a group share reaches its member (bob) and not carol
+        r = await a.post(shares, json={"group": "lab"})
+        assert r.status == 200, await r.text()
+        assert await status_of(b, status) == 200
+        assert await status_of(c, status) == 403
+        r = await b.get(f"{real.api}/users/{bob}/shared")
+        assert [x["group"] for x in (await r.json())["items"]] == [{"name": "lab"}]
+        # bob may not pass it on: he holds no `shares` on alice's server
+        r = await b.post(shares, json={"user": carol})
+        assert r.status == 403
+        r = await a.post(shares, json={"user": carol})
+        assert r.status == 200
+        assert await status_of(c, status) == 200
+
+    # the shares outlive a hub restart (the server is re-adopted)
+    real.stop()
+    real.restart()
+    async with real.session(alice) as a, real.session(bob) as b, real.session(carol) as c:
+        assert await status_of(b, status) == 200
+        assert await status_of(c, status) == 200
+        r = await a.get(shares)
+        assert sorted(x["kind"] for x in (await r.json())["items"]) == ["group", "user"]
+        r = await a.delete(shares)
+        assert r.status == 204
+        assert await status_of(b, status) == 403
+        assert await status_of(c, status) == 403
