@@ -72,7 +72,7 @@ def build(
     cfg: config.Config, ln: Launch, options: dict[str, Any] | None = None, port: int = 8888
 ) -> tuple[dict[str, Any], dict[str, str], podspec.Names, dict[str, Any]]:
     """What the spawner's start builds: resolved settings, names, the Pod and its Secret."""
-    settings, _slug = profiles.resolve(cfg, ln.user, options or {})
+    settings, _slug = profiles.resolve(cfg, ln.user, options or {}, [])
     names = podspec.names_for(settings, ln, NS)
     manifest, data = podspec.pod(settings, ln, names, cfg.get("kubernetes.hub_instance"), port)
     return manifest, data, names, settings
@@ -366,7 +366,7 @@ def test_pvc_spec(tmp_path: Path) -> None:
     assert lab["minihub.org/hub"] == "minihub" and lab["hub.jupyter.org/username"] == "alice"
     assert lab["backup"] == "nightly"
     plain = load(tmp_path, "[kubernetes]\nstorage_pvc_ensure = true\n")
-    ps = profiles.resolve(plain, "alice", {})[0]
+    ps = profiles.resolve(plain, "alice", {}, [])[0]
     spec = podspec.pvc(ps, ln, podspec.names_for(ps, ln, NS), "minihub")["spec"]
     # no class: the cluster's default StorageClass; KubeSpawner's 10Gi, ReadWriteOnce
     assert spec == {
@@ -474,7 +474,7 @@ def test_extra_pod_and_container_config_merge(tmp_path: Path) -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert spec["initContainers"] == [{"name": "seed", "image": "busybox", "command": ["true"]}]
     assert [x["name"] for x in spec["containers"]] == ["notebook", "sidecar"]
-    assert not podspec.host_network(profiles.resolve(load(tmp_path), "alice", {})[0])
+    assert not podspec.host_network(profiles.resolve(load(tmp_path), "alice", {}, [])[0])
 
 
 # -- profiles --------------------------------------------------------------------------------------
@@ -507,6 +507,7 @@ kubespawner_override = { image = "r:4" }
 display_name = "GPU"
 slug = "gpu"
 users = ["bob", "carol"]
+groups = ["gpu-users"]
 kubespawner_override = { mem_limit = "16G", extra_resource_limits = { "nvidia.com/gpu" = "1" } }
 
 [kubernetes.user_overrides]
@@ -516,29 +517,29 @@ carol = { mem_limit = "32G" }
 
 def test_profile_default_and_choices(tmp_path: Path) -> None:
     cfg = load(tmp_path, PROFILES)
-    settings, slug = profiles.resolve(cfg, "alice", {})
+    settings, slug = profiles.resolve(cfg, "alice", {}, [])
     assert slug == "datascience"  # the one marked default, not the first
     assert settings["image"] == "r:4" and settings["cpu_limit"] == 2  # default choice
-    settings, _ = profiles.resolve(cfg, "alice", {"profile": "datascience", "image": "scipy"})
+    settings, _ = profiles.resolve(cfg, "alice", {"profile": "datascience", "image": "scipy"}, [])
     assert settings["image"] == "scipy:2"
-    settings, slug = profiles.resolve(cfg, "alice", {"profile": "small-default"})
+    settings, slug = profiles.resolve(cfg, "alice", {"profile": "small-default"}, [])
     assert slug == "small-default"  # made from display_name, as KubeSpawner does
     assert settings["image"] == "base:1" and settings["cpu_limit"] == 0
     limits = container(build(cfg, launch("bob"), {"profile": "gpu"})[0])["resources"]["limits"]
     assert limits == {"memory": str(16 << 30), "nvidia.com/gpu": "1"}
-    assert profiles.resolve(load(tmp_path), "alice", {"profile": "anything"})[1] == ""
+    assert profiles.resolve(load(tmp_path), "alice", {"profile": "anything"}, [])[1] == ""
 
 
 def test_unknown_profile_or_choice_is_a_400_naming_the_choices(tmp_path: Path) -> None:
     cfg = load(tmp_path, PROFILES)
     with pytest.raises(SpawnError) as e:
-        profiles.resolve(cfg, "alice", {"profile": "huge"})
+        profiles.resolve(cfg, "alice", {"profile": "huge"}, [])
     assert e.value.status == 400
     assert "'huge'" in e.value.message
     assert "small-default, datascience" in e.value.message
     assert "gpu" not in e.value.message  # not offered to alice
     with pytest.raises(SpawnError) as e:
-        profiles.resolve(cfg, "alice", {"profile": "datascience", "image": "julia"})
+        profiles.resolve(cfg, "alice", {"profile": "datascience", "image": "julia"}, [])
     assert e.value.status == 400
     assert "'julia'" in e.value.message and "scipy, r" in e.value.message
     # the seam refuses it before anything starts
@@ -549,23 +550,40 @@ def test_unknown_profile_or_choice_is_a_400_naming_the_choices(tmp_path: Path) -
 
 def test_users_limit_a_profile_and_overrides_come_last(tmp_path: Path) -> None:
     cfg = load(tmp_path, PROFILES)
-    assert [profiles.slug_of(p) for p in profiles.offered(cfg, "alice")] == [
+    assert [profiles.slug_of(p) for p in profiles.offered(cfg, "alice", [])] == [
         "small-default",
         "datascience",
     ]
-    assert "gpu" in [profiles.slug_of(p) for p in profiles.offered(cfg, "bob")]
-    assert profiles.resolve(cfg, "bob", {"profile": "gpu"})[0]["mem_limit"] == "16G"
+    assert "gpu" in [profiles.slug_of(p) for p in profiles.offered(cfg, "bob", [])]
+    assert profiles.resolve(cfg, "bob", {"profile": "gpu"}, [])[0]["mem_limit"] == "16G"
     # carol's override beats the profile's
-    assert profiles.resolve(cfg, "carol", {"profile": "gpu"})[0]["mem_limit"] == "32G"
-    assert profiles.resolve(cfg, "carol", {"profile": "small-default"})[0]["mem_limit"] == "32G"
-    assert "gpu" not in profiles.form_html(cfg, "alice")
+    assert profiles.resolve(cfg, "carol", {"profile": "gpu"}, [])[0]["mem_limit"] == "32G"
+    assert profiles.resolve(cfg, "carol", {"profile": "small-default"}, [])[0]["mem_limit"] == "32G"
+    assert "gpu" not in profiles.form_html(cfg, "alice", [])
     only = load(
         tmp_path,
         '[[kubernetes.profile_list]]\ndisplay_name = "Staff"\nusers = ["bob"]\n',
     )
     with pytest.raises(SpawnError) as e:
-        profiles.resolve(only, "alice", {})
+        profiles.resolve(only, "alice", {}, [])
     assert e.value.status == 403
+
+
+def test_hub_groups_limit_a_profile_too(tmp_path: Path) -> None:
+    cfg = load(tmp_path, PROFILES)
+    assert "gpu" not in [profiles.slug_of(p) for p in profiles.offered(cfg, "dana", ["ta"])]
+    offered = profiles.offered(cfg, "dana", ["ta", "gpu-users"])
+    assert "gpu" in [profiles.slug_of(p) for p in offered]
+    # through the seam: the hub tells the spawner a user's groups
+    sp = spawner(cfg, tmp_path)
+    with pytest.raises(SpawnError):
+        sp.check_options("dana", {"profile": "gpu"})
+    sp.groups_of = lambda user: ["gpu-users"] if user == "dana" else []
+    sp.check_options("dana", {"profile": "gpu"})
+    assert "gpu" in sp.options_form("dana") and "gpu" not in sp.options_form("erin")
+    with pytest.raises(StartupError) as e:
+        load(tmp_path, PROFILES.replace('groups = ["gpu-users"]', 'groups = "gpu-users"'))
+    assert "groups must be a list of names" in str(e.value)
 
 
 class _Form(html.parser.HTMLParser):
@@ -605,14 +623,14 @@ def test_form_escapes_and_round_trips(tmp_path: Path) -> None:
     assert form.fields["profile"] == "datascience"  # the default is checked
     options = profiles.from_form(form.fields)
     assert options == {"profile": "datascience", "image": "r"}
-    assert profiles.resolve(cfg, "alice", options)[0]["image"] == "r:4"
+    assert profiles.resolve(cfg, "alice", options, [])[0]["image"] == "r:4"
     chosen = {**form.fields, "profile-option-datascience--image": "scipy"}
     assert profiles.from_form(chosen) == {"profile": "datascience", "image": "scipy"}
     # another profile's fields are not taken as the chosen one's
     assert profiles.from_form({**chosen, "profile": "small-default"}) == {
         "profile": "small-default"
     }
-    assert profiles.form_html(load(tmp_path), "alice") == ""
+    assert profiles.form_html(load(tmp_path), "alice", []) == ""
 
 
 # -- bad configuration stops the start, naming key and file ----------------------------------------

@@ -134,6 +134,9 @@ class Spawner(abc.ABC):
     settings: ClassVar[list[Setting]] = []
 
     on_exit: Callable[[State], None] | None = None
+    # The hub groups a user is in (the hub sets it from minihub.access), for spawners that
+    # offer profiles or limits by group.
+    groups_of: Callable[[str], list[str]] = staticmethod(lambda user: [])
 
     @abc.abstractmethod
     async def start(self, launch: Launch) -> Started: ...

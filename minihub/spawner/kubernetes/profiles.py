@@ -45,12 +45,14 @@ def check_profiles(profiles: list[Any]) -> str | None:
             "kubespawner_override",
             "profile_options",
             "users",
+            "groups",
         }
         if unknown:
             return f"{where} ({slug}): unknown keys {sorted(unknown)}"
-        users = p.get("users", [])  # a string would match by substring ("al" in "alice")
-        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
-            return f"{where} ({slug}): users must be a list of user names"
+        for key in ("users", "groups"):  # a string would match by substring ("al" in "alice")
+            names = p.get(key, [])
+            if not isinstance(names, list) or not all(isinstance(u, str) for u in names):
+                return f"{where} ({slug}): {key} must be a list of names"
         bad = check_override(p.get("kubespawner_override", {}))
         if bad:
             return f"{where} ({slug}): kubespawner_override {bad}"
@@ -98,18 +100,27 @@ def value_problem(setting: Setting, value: Any) -> str | None:
     return setting.check(value) if setting.check else None
 
 
-def offered(cfg: Config, user: str) -> list[dict[str, Any]]:
-    """The profiles `user` may choose."""
+def offered(cfg: Config, user: str, groups: list[str]) -> list[dict[str, Any]]:
+    """The profiles `user` (in hub `groups`) may choose: those without `users` and
+    `groups`, and those that name the user or one of their groups."""
     profiles: list[dict[str, Any]] = cfg.get("kubernetes.profile_list")
-    return [p for p in profiles if "users" not in p or user in p["users"]]
+    return [p for p in profiles if _for(p, user, groups)]
 
 
-def resolve(cfg: Config, user: str, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _for(profile: dict[str, Any], user: str, groups: list[str]) -> bool:
+    if "users" not in profile and "groups" not in profile:
+        return True
+    return user in profile.get("users", []) or bool(set(groups) & set(profile.get("groups", [])))
+
+
+def resolve(
+    cfg: Config, user: str, options: dict[str, Any], groups: list[str]
+) -> tuple[dict[str, Any], str]:
     """The [kubernetes] settings for one spawn of `user` with `options` (user_options), and
     the chosen profile's slug ("" without profiles). SpawnError 400 for a choice that is
     not offered to this user."""
     settings = cfg.section("kubernetes")
-    profiles = offered(cfg, user)
+    profiles = offered(cfg, user, groups)
     slug = ""
     if profiles:
         profile = _choose(profiles, options.get("profile"))
@@ -151,9 +162,9 @@ def _option(slug: str, name: str, opt: dict[str, Any], options: dict[str, Any]) 
 # -- the spawn page's form (JupyterHub's options_form / options_from_form) -------------------
 
 
-def form_html(cfg: Config, user: str) -> str:
+def form_html(cfg: Config, user: str, groups: list[str]) -> str:
     """Radio buttons per profile, a select per profile option; "" without profiles."""
-    profiles = offered(cfg, user)
+    profiles = offered(cfg, user, groups)
     if not profiles:
         return ""
     default = slug_of(next((p for p in profiles if p.get("default")), profiles[0]))

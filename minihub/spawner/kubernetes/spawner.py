@@ -75,7 +75,9 @@ class KubeSpawner(Spawner):
     # -- the seam ----------------------------------------------------------------------------
     async def start(self, launch: Launch) -> Started:
         cfg = self._config()
-        settings, profile = resolve(cfg, launch.user, launch.user_options)
+        settings, profile = resolve(
+            cfg, launch.user, launch.user_options, self.groups_of(launch.user)
+        )
         cluster = await self.cluster()
         await cluster.wait_synced(_SYNC_WAIT)
         names = podspec.names_for(settings, launch, cluster.namespace)
@@ -175,13 +177,13 @@ class KubeSpawner(Spawner):
 
     # -- JupyterHub's options form (profiles) -----------------------------------------------------
     def options_form(self, user: str) -> str:
-        return form_html(self._config(), user)
+        return form_html(self._config(), user, self.groups_of(user))
 
     def options_from_form(self, form: dict[str, str]) -> dict[str, Any]:
         return from_form(form)
 
     def check_options(self, user: str, options: dict[str, Any]) -> None:
-        resolve(self._config(), user, options)
+        resolve(self._config(), user, options, self.groups_of(user))
 
     # -- the cluster --------------------------------------------------------------------------------
     async def cluster(self) -> Cluster:
