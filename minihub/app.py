@@ -63,6 +63,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         except BaseException:
             await store.close()  # else its thread keeps the failed process alive
             raise
+        sp.groups_of = access.groups_of  # profiles and limits by hub group
         p = Parts(
             cfg,
             store,
