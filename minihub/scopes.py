@@ -65,6 +65,11 @@ SCOPES: dict[str, tuple[str, ...]] = {
 # What "self" means for a user: these, filtered to the user (JupyterHub's _expand_self_scope).
 SELF = ("read:users", "users:shares", "read:shares", "users:activity", "servers", "tokens")
 SELF_ACCESS = "access:servers"
+# What every token may read of its owner, whatever its scopes (JupyterHub's identify_scopes).
+IDENTIFY = {
+    "user": ("read:users:name!user", "read:users:groups!user"),
+    "service": ("read:services:name!service",),
+}
 SPECIAL = ("inherit", "self", "all", "identify", "(no_scope)")
 KINDS = ("user", "server", "group", "service")
 _CUSTOM = re.compile(r"^custom:[a-z0-9]([a-z0-9_\-\*:]*[a-z0-9_\*])?$")

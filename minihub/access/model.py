@@ -142,7 +142,10 @@ class Access:
             return hit
         own = self._own(p)
         if p.token_scopes is not None and "inherit" not in p.token_scopes:
-            asked = S.expand(p.token_scopes, p.name, p.kind, custom=self.custom)
+            # every token may say whose it is (JupyterHub's identify scopes)
+            asked = S.expand(
+                (*p.token_scopes, *S.IDENTIFY[p.kind]), p.name, p.kind, custom=self.custom
+            )
             own = S.intersect(asked, own, self._user_groups)
         if len(self._cache) > CACHE_MAX:
             self._cache.clear()

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .. import __version__, scopes, users
 from ..access import Principal
-from ..access.http import caller, require
+from ..access.http import caller, principal, require
 from ..auth import names
 from ..body import Fields
 from ..body import read as read_body
@@ -65,13 +65,45 @@ def model(p: Parts, user: User, request: web.Request | None = None) -> dict[str,
     servers = p.servers.of_user(user.id)
     if request is None or not _include_stopped(request):
         servers = {n: s for n, s in servers.items() if s.status != "stopped"}
-    return user_model(
+    full = user_model(
         p.cfg.base_url,
         user,
         servers,
         roles=p.access.user_roles(user.name),
         groups=p.access.groups_of(user.name),
     )
+    if request is None:
+        return full
+    who = principal(request)
+    keys = {
+        k
+        for scope, fields in MODEL_FIELDS.items()
+        if p.access.allows(who, scope, user=user.name)
+        for k in fields
+    }
+    return {k: v for k, v in full.items() if k in keys}
+
+
+# Which of a user model's fields each scope shows (JupyterHub's user_model access map).
+MODEL_FIELDS = {
+    "read:users": (
+        "kind",
+        "name",
+        "admin",
+        "roles",
+        "groups",
+        "server",
+        "pending",
+        "created",
+        "last_activity",
+        "auth_state",
+    ),
+    "read:users:name": ("kind", "name", "admin"),
+    "read:users:groups": ("kind", "name", "groups"),
+    "read:users:activity": ("kind", "name", "last_activity"),
+    "read:servers": ("kind", "name", "servers"),
+    "read:roles:users": ("kind", "name", "roles", "admin"),
+}
 
 
 def _include_stopped(request: web.Request) -> bool:
@@ -412,11 +444,11 @@ def _no_stronger(request: web.Request, user: User, wanted: list[str]) -> list[st
     mine = who.token_scopes
     if not wanted or "inherit" in wanted:
         return list(mine) if mine else wanted
-    asked = scopes.expand(wanted, user.name, custom=p.access.custom)
     owner = p.access.user(user.name)
-    for s in asked:
-        if not p.access.grants(owner, s):
-            raise Forbidden(f"{user.name} does not hold the scope {s} a token asked for.")
+    for text in wanted:
+        for s in scopes.expand([text], user.name, custom=p.access.custom):
+            if not p.access.grants(owner, s):
+                raise Forbidden(f"{user.name} does not hold the scope {text[:80]} asked for.")
     if mine and not set(wanted) <= set(mine):
         raise Forbidden("A token cannot create a token with scopes it does not hold itself.")
     return wanted
