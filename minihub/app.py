@@ -26,6 +26,7 @@ from .middlewares import MIDDLEWARES
 from .plugins import make_authenticator, make_spawner
 from .proxy import Proxy
 from .servers import Servers
+from .service_proxy import service_route
 from .service_spec import validate as validate_services
 from .spawner.base import Spawner
 from .store import Store
@@ -171,6 +172,8 @@ def make_app(cfg: Config, spawner: Spawner | None = None) -> web.Application:
         oauth_setup(app, base)
     oauth2.setup(app, base)
     admin.setup(app, base)
+    app.router.add_route("*", base + "services/{name}", service_route)
+    app.router.add_route("*", base + "services/{name}/{tail:.*}", service_route)
     app.router.add_route("*", base + "user/{name}", user_route)
     app.router.add_route("*", base + "user/{name}/{tail:.*}", user_route)
     return app

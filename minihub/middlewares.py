@@ -25,6 +25,8 @@ log = logging.getLogger("minihub.web")
 access = logging.getLogger("minihub.access")
 _ids = itertools.count(1)
 NO_XSRF_PATHS = ("hub/login", "hub/signup")
+# Paths the hub proxies (user servers, services): bodies stream on, their headers are theirs.
+PROXIED = ("user/", "services/")
 
 
 @web.middleware
@@ -92,8 +94,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resp = await handler(request)
-    if request.path.startswith(request.config_dict[BASE_URL] + "user/"):
-        return resp  # the user server's own headers (CSP included) pass through
+    if request.path.startswith(tuple(request.config_dict[BASE_URL] + x for x in PROXIED)):
+        return resp  # the user server's (or service's) own headers (CSP included) pass through
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
     resp.headers.setdefault("Referrer-Policy", "same-origin")
@@ -109,7 +111,7 @@ async def form_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if (
         request.method not in SAFE_METHODS
         and request.content_type in body.FORM_TYPES
-        and not request.path.startswith(request.config_dict[BASE_URL] + "user/")
+        and not request.path.startswith(tuple(request.config_dict[BASE_URL] + x for x in PROXIED))
     ):
         await body.read_form(request)
     return await handler(request)
@@ -130,7 +132,7 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
         "xsrf": p.identities.xsrf_for(ident),
         "kind": p.authenticator.kind,
     }
-    proxied = request.path.startswith(base + "user/")
+    proxied = request.path.startswith(tuple(base + x for x in PROXIED))
     if not request.path.startswith(tuple(base + x for x in NO_XSRF_PATHS + _own_xsrf(p))):
         await p.identities.check_xsrf(request, ident, form=not proxied)
     if (
@@ -150,7 +152,8 @@ def _own_xsrf(p: Parts) -> tuple[str, ...]:
     """Paths that guard themselves: the OAuth token endpoint authenticates its client by
     secret; jupyterhub-singleuser checks its own `_xsrf` token (JupyterLab cannot know the
     hub's), and the hub's session cookie is SameSite=Lax."""
-    return ("hub/api/oauth2/token",) + (("user/",) if p.servers.protocol.checks_own_xsrf else ())
+    own = ("hub/api/oauth2/token", "services/")  # services: the hub's cookie never reaches them
+    return own + (("user/",) if p.servers.protocol.checks_own_xsrf else ())
 
 
 MIDDLEWARES: tuple[Middleware, ...] = (

@@ -1,8 +1,9 @@
-"""The hub as an OAuth2 provider for jupyterhub-singleuser servers.
+"""The hub as an OAuth2 provider for jupyterhub-singleuser servers and HubOAuth services.
 
 Authorization code flow (RFC 6749) with PKCE S256 (RFC 7636) when the client sends a
 challenge. Each server is a client `jupyterhub-user-<name>[-<server>]` whose secret is its
-API token (registered at launch by minihub.protocols).
+API token (registered at launch by minihub.protocols); each service with a url a client
+`service-<name>` whose secret is the service's token (registered by minihub.services).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .access.http import principal_of
 from .auth import secrets as S
 from .body import read_form
 from .context import identity, parts
+from .service_spec import Service
+from .services import Registry, registry
 from .store import OAuthClient, Store, User
 
 log = logging.getLogger("minihub.oauth2")
@@ -65,11 +68,13 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         if q.get("response_type", "code") != "code":
             raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
         challenge = _challenge(q.get("code_challenge", ""), q.get("code_challenge_method", ""))
-        await _may_use(p.store, p.access, client, principal_of(ident))
+        svc = await _may_use(p.store, p.access, client, principal_of(ident), registry(request))
     except OAuthError as e:
         return e.response()
     code = S.new_token()
     granted = _granted(client, q.get("scope", ""))
+    if svc is not None:  # a token for a service always reaches that service
+        granted = sorted({*granted, svc.access_scope()})
     await p.store.add_oauth_code(
         S.hash_token(code),
         client.id,
@@ -106,17 +111,29 @@ def _challenge(challenge: str, method: str) -> str:
 
 
 async def _may_use(
-    store: Store, access: Access, client: OAuthClient, who: Principal | None
-) -> None:
-    """Only people who may reach a server get a token for it (no consent page: whoever
-    holds access:servers on it, as minihub.access decides)."""
+    store: Store, access: Access, client: OAuthClient, who: Principal | None, services: Registry
+) -> Service | None:
+    """Only people who may reach a server or service get a token for it (no consent page:
+    whoever holds access:servers on it, or access:services on the service, as minihub.access
+    decides; so a service's oauth_no_confirm changes nothing). Returns the client's service."""
+    name = who.name if who else "You"
     if client.user_id is None:
-        return
+        svc = services.by_client(client.id)
+        if svc is None:
+            raise OAuthError("access_denied", "This OAuth client has no configured service.", 403)
+        if not access.allows(who, "access:services", service=svc.name):
+            raise OAuthError(
+                "access_denied",
+                f"{name} may not access the service {svc.name!r} "
+                f"(needs the scope {svc.access_scope()}).",
+                403,
+            )
+        return svc
     owner = await store.get_user_by_id(client.user_id)
     server = client.id.removeprefix(f"jupyterhub-user-{owner.name}").lstrip("-") if owner else ""
     if owner is None or not access.allows(who, "access:servers", user=owner.name, server=server):
-        name = who.name if who else "You"
         raise OAuthError("access_denied", f"{name} may not access this server.", 403)
+    return None
 
 
 def _granted(client: OAuthClient, asked: str) -> list[str]:

@@ -484,7 +484,8 @@ def _request_headers(
     out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
-    out[SECRET_HEADER] = upstream.secret
+    if upstream.secret:  # a user server's; a service (minihub.service_proxy) has none
+        out[SECRET_HEADER] = upstream.secret
     for name in keep:
         if name in src:
             out[name] = src[name]
@@ -526,7 +527,7 @@ def _request_head(
             + f"X-Forwarded-For: {request.remote or ''}\r\n"
             f"X-Forwarded-Proto: {request.scheme}\r\n"
             f"X-Forwarded-Host: {host}\r\n"
-            f"{SECRET_HEADER}: {upstream.secret}\r\n"
+            + (f"{SECRET_HEADER}: {upstream.secret}\r\n" if upstream.secret else "")
             + (
                 "Transfer-Encoding: chunked\r\n\r\n"
                 if chunked

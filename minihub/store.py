@@ -600,6 +600,21 @@ class Store:
             return None
         return OAuthClient(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
 
+    async def forget_service_clients_except(self, prefix: str, keep: list[str]) -> None:
+        """Delete the OAuth clients of services no longer configured (ids starting with
+        `prefix`, no owner), and the tokens issued through them."""
+        marks = ",".join("?" * len(keep)) or "''"
+        gone = await self._all(
+            f"SELECT id FROM oauth_clients WHERE user_id IS NULL AND substr(id, 1, ?) = ? "
+            f"AND id NOT IN ({marks})",
+            len(prefix),
+            prefix,
+            *keep,
+        )
+        for (cid,) in gone:
+            await self._write("DELETE FROM tokens WHERE kind = 'oauth' AND client_id = ?", cid)
+            await self._write("DELETE FROM oauth_clients WHERE id = ?", cid)
+
     async def add_oauth_code(
         self,
         code_hash: str,

@@ -56,7 +56,12 @@ def test_services_config_is_validated(tmp_path: Path) -> None:
     )
     assert cfg.services[0]["name"] == "culler"
     bad = {
-        '[[services]]\nname = "x"\nurl = "http://127.0.0.1:9"\n': "unknown key 'url'",
+        '[[services]]\nname = "x"\nport = 9\n': "unknown key 'port'",
+        '[[services]]\nname = "x"\nurl = "ftp://127.0.0.1:9"\n': "url must be http",
+        '[[services]]\nname = "x"\nurl = "http://127.0.0.1:9/x"\n': "only scheme, host and port",
+        '[[services]]\nname = "x"\noauth_client_id = "x"\n': "must start with 'service-'",
+        '[[services]]\nname = "x"\noauth_client_allowed_scopes = ["nope"]\n': "Unknown scope",
+        '[[services]]\nname = "x"\ndisplay = "yes"\n': "display must be a bool",
         '[[services]]\nname = "x"\nscopes = ["read:everything"]\n': "Unknown scope",
         '[[services]]\nname = "x"\napi_token = "short"\n': "at least 16",
         '[[services]]\nname = "Bad Name"\n': "name must be",

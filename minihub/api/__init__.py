@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import groups, shares, users
+from . import groups, services, shares, users
 from .users import JUPYTERHUB_API_VERSION
 
-TABLES = (users.routes, groups.routes, shares.routes)
+TABLES = (users.routes, groups.routes, shares.routes, services.routes)
 
 
 def setup(app: web.Application, base_url: str) -> None:

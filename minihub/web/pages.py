@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from .. import users
-from ..access.http import require
+from ..access.http import principal, require
 from ..auth import names
 from ..auth.base import TRUSTED_ATTEMPT, AuthResult
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
@@ -22,6 +22,7 @@ from ..auth.throttle import Attempt, client_address
 from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..servers import Server, Servers, check_server_name
+from ..services import registry
 from ..store import User
 from . import sharing
 from .render import render
@@ -304,6 +305,7 @@ def home_page(
             "words": STATUS_WORDS,
             "default_url": p.servers.protocol.landing_path(),
             "sharing": sharing.home_context(request, user),
+            "services": registry(request).displayed(p.access, principal(request)),
         },
         status=status,
     )
