@@ -197,8 +197,7 @@ class Proxy:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
         self._websockets: dict[web.WebSocketResponse, aiohttp.ClientWebSocketResponse[Any]] = {}
-        self._ws_allowed: dict[web.WebSocketResponse, Callable[[], bool]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._ws_allowed: dict[web.WebSocketResponse, tuple[Callable[[], bool], asyncio.Event]] = {}
         # Plain HTTP goes through a lean keep-alive client: aiohttp's ClientSession costs
         # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
         self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -221,7 +220,6 @@ class Proxy:
         )
 
     async def close(self) -> None:
-        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.close_websockets()
         await self._pool.close()
         await self._session.close()
@@ -353,9 +351,10 @@ class Proxy:
         try:
             await client_ws.prepare(request)
             self._websockets[client_ws] = up_ws
+            revoked = asyncio.Event()
             if allowed is not None:
-                self._ws_allowed[client_ws] = allowed
-            await _bridge(client_ws, up_ws, _Ticker(on_activity))
+                self._ws_allowed[client_ws] = (allowed, revoked)
+            await _bridge(client_ws, up_ws, _Ticker(on_activity), revoked)
         finally:
             self._websockets.pop(client_ws, None)
             self._ws_allowed.pop(client_ws, None)
@@ -365,14 +364,10 @@ class Proxy:
     def recheck_websockets(self) -> None:
         """Close (1008, policy violation) every websocket its `allowed` no longer allows:
         a revoked permission ends an open connection, not only the next request."""
-        for client_ws, allowed in list(self._ws_allowed.items()):
-            if allowed():
-                continue
-            self._ws_allowed.pop(client_ws, None)
-            up = self._websockets.get(client_ws)
-            task = asyncio.create_task(_close_pair(client_ws, up), name="ws-revoked")
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        for client_ws, (allowed, revoked) in list(self._ws_allowed.items()):
+            if not allowed():
+                self._ws_allowed.pop(client_ws, None)
+                revoked.set()  # the bridge stops relaying and closes both sides
 
     async def close_websockets(self) -> None:
         """Close every proxied websocket with 1001 (going away): clients reconnect.
@@ -392,17 +387,6 @@ class Proxy:
             ),
             return_exceptions=True,
         )
-
-
-async def _close_pair(
-    client_ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse[Any] | None
-) -> None:
-    code = aiohttp.WSCloseCode.POLICY_VIOLATION
-    if up is not None:
-        await asyncio.gather(up.close(code=code), return_exceptions=True)
-    await asyncio.gather(
-        client_ws.close(code=code, message=b"access revoked"), return_exceptions=True
-    )
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -677,19 +661,31 @@ def _upstream_error(exc: BaseException, upstream: Upstream) -> ProxyError:
 
 
 async def _bridge(
-    client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse[Any], tick: _Ticker
+    client: web.WebSocketResponse,
+    up: aiohttp.ClientWebSocketResponse[Any],
+    tick: _Ticker,
+    revoked: asyncio.Event,
 ) -> None:
-    """Relay frames both ways until either side closes; each pump closes the other side."""
+    """Relay frames both ways until either side closes; each pump closes the other side.
+    Once `revoked` is set the relaying stops and both sides are closed with 1008."""
     pumps = (
         asyncio.create_task(_pump(client, up, tick)),
         asyncio.create_task(_pump(up, client, tick)),
     )
+    stop = asyncio.create_task(revoked.wait())
+    relay = asyncio.gather(*pumps)
     try:
-        await asyncio.gather(*pumps)
+        await asyncio.wait((relay, stop), return_when=asyncio.FIRST_COMPLETED)
+        if relay.done():
+            await relay  # a pump's error, as before
     finally:
-        for task in pumps:
+        for task in (*pumps, stop):
             task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(relay, stop, return_exceptions=True)
+    if revoked.is_set():
+        code = aiohttp.WSCloseCode.POLICY_VIOLATION
+        await client.close(code=code, message=b"access revoked")
+        await up.close(code=code)
 
 
 _WS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse[Any]
