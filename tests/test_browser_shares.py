@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import hub_process, log_in
+from helpers import fill_login, hub_process, log_in
 from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, account, needs_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -79,7 +79,7 @@ def test_share_dialog_shared_with_me_and_a_link(hub: tuple[str, Any, Any]) -> No
             a.click("#code-make")
             a.locator("#code-made").wait_for(state="visible")
             link = a.input_value("#code-url")
-            assert "/hub/accept-share?code=" in link
+            assert "/hub/accept-share#code=" in link
             a.locator("#code-list li.code").first.wait_for()
             b.goto(link)
             b.locator("#accept-share").wait_for()
@@ -97,5 +97,19 @@ def test_share_dialog_shared_with_me_and_a_link(hub: tuple[str, Any, Any]) -> No
             b.locator(f"#shared-with-me tr[data-owner='{alice.name}'] button.shared-leave").click()
             b.locator(f"#shared-with-me tr[data-owner='{alice.name}']").wait_for(state="detached")
             assert b.request.get(f"{url}/user/{alice.name}/api/status").status == 403
+
+            # logged out, the link survives the login (the code waits in the tab, never in
+            # a URL the browser sends), then the page shows what it gives
+            sent: list[str] = []
+            fresh = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            fresh.set_default_timeout(30000)
+            fresh.on("request", lambda r: sent.append(r.url))
+            fresh.goto(link)
+            fresh.wait_for_url("**/hub/login?next=**")
+            fill_login(fresh, bob)
+            fresh.locator("#accept-share").wait_for()
+            assert alice.name in fresh.inner_text("#accept-share h1")
+            code = link.split("#code=", 1)[1]
+            assert sent and not [u for u in sent if code in u]
         finally:
             browser.close()

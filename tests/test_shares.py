@@ -272,7 +272,7 @@ async def test_share_codes_rest(hub: Hub) -> None:
     before = time.time()
     made = await call(c, "POST", "/share-codes/amy/", amy, 200, {})
     code = made.pop("code")
-    assert made["accept_url"] == f"/hub/accept-share?code={code}"
+    assert made["accept_url"] == f"/hub/accept-share#code={code}"  # never sent by browsers
     assert made.pop("full_accept_url") is None and made.pop("accept_url")
     assert made["id"].startswith("sc_") and made["scopes"] == ["access:servers!server=amy/"]
     assert made["exchange_count"] == 0 and made["last_exchanged_at"] is None
@@ -329,14 +329,23 @@ async def test_accept_share_page(hub: Hub, fake: FakeSpawner) -> None:
     c, tok = await hub()
     made = await call(c, "POST", "/share-codes/amy/", tok["amy"], 200, {})
     code = made["code"]
-    # not logged in: to the login page, and back here after it
+    # the code is in the fragment: the request carries none; logged out, the page's script
+    # keeps it in the tab and sends the browser to log in, then back here
     r = await c.get(made["accept_url"], allow_redirects=False)
-    assert r.status == 302 and r.headers["Location"].startswith("/hub/login?next=")
+    page = await r.text()
+    assert r.status == 200 and 'data-logged-in="0"' in page and code not in page
+    assert 'data-login="/hub/login?next=%2Fhub%2Faccept-share"' in page
     assert (await login(c, "bo", PASSWORD)).status == 302
     r = await c.get(made["accept_url"])
+    assert r.status == 200 and 'data-logged-in="1"' in await r.text()
+    # what the script posts: the preview, then the accept
+    r = await c.post("/hub/accept-share", data={"code": code, "_xsrf": xsrf_of(c), "preview": "1"})
     page = await r.text()
     assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
     assert "amy shares a server with you" in page and 'id="accept"' in page
+    # JupyterHub's links carry the code in the query: shown at once
+    r = await c.get(f"/hub/accept-share?code={code}")
+    assert r.status == 200 and "amy shares a server with you" in await r.text()
     # the form needs its _xsrf
     r = await c.post("/hub/accept-share", data={"code": code}, allow_redirects=False)
     assert r.status == 403
@@ -365,7 +374,9 @@ async def test_accept_share_page(hub: Hub, fake: FakeSpawner) -> None:
     await c.server.app[PARTS].store._write(
         "UPDATE share_codes SET expires = ? WHERE id = ?", time.time() - 1, int(old["id"][3:])
     )
-    r = await c.get(old["accept_url"])
+    r = await c.post(
+        "/hub/accept-share", data={"code": old["code"], "_xsrf": xsrf_of(c), "preview": "1"}
+    )
     assert r.status == 404 and "expired" in await r.text()
     r = await c.post(
         "/hub/accept-share",
@@ -376,7 +387,7 @@ async def test_accept_share_page(hub: Hub, fake: FakeSpawner) -> None:
     # the owner's own link
     c.session.cookie_jar.clear()
     assert (await login(c, "amy", PASSWORD)).status == 302
-    r = await c.get(made["accept_url"])
+    r = await c.post("/hub/accept-share", data={"code": code, "_xsrf": xsrf_of(c), "preview": "1"})
     assert r.status == 403 and "your own server" in await r.text()
     r = await c.post(
         "/hub/accept-share", data={"code": code, "_xsrf": xsrf_of(c)}, allow_redirects=False

@@ -86,7 +86,9 @@ def code_model(
     }
     if code is not None:  # only when it is made: the hub keeps its hash, not the code
         model["code"] = code
-        model["accept_url"] = f"{p.cfg.base_url}hub/accept-share?code={code}"
+        # In the fragment, which browsers never send: the code stays out of every request
+        # line and log (JupyterHub puts it in the query); the page reads it in the browser.
+        model["accept_url"] = f"{p.cfg.base_url}hub/accept-share#code={code}"
         model["full_accept_url"] = _full(p, model["accept_url"])
     return model
 

@@ -7,6 +7,7 @@ The dialog itself calls the REST API (minihub.api.shares) from minihub/web/stati
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -15,7 +16,7 @@ from ..access.db import ShareCodeRow
 from ..access.http import principal
 from ..api.shares import grant, running, server_url
 from ..auth import secrets as S
-from ..context import Parts, parts
+from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, NotFound
 from ..store import User
 from . import pages
@@ -78,10 +79,23 @@ def _no_store(resp: web.Response) -> web.Response:
 
 @routes.get("/hub/accept-share")
 async def accept_page(request: web.Request) -> web.Response:
-    """What the link gives, and a button to accept it."""
-    user = pages.current(request)
-    p = parts(request)
+    """A link's page. The code is in the URL's fragment (minihub's links): the page's
+    script posts it to see what it gives; in the query (JupyterHub's links): shown at once."""
     code = request.query.get("code", "")
+    if not code:  # logged out, the script keeps the code in the tab while the user logs in
+        here = f"{parts(request).cfg.base_url}hub/accept-share"
+        ctx = {
+            "next": request.query.get("next", ""),
+            "logged_in": identity(request) is not None,
+            "login_url": f"{parts(request).cfg.base_url}hub/login?next={quote(here, safe='')}",
+        }
+        return _no_store(render(request, "accept_share_open.html", ctx))
+    return await _preview(request, pages.current(request), code)
+
+
+async def _preview(request: web.Request, user: User, code: str) -> web.Response:
+    """What the link gives, and a button to accept it."""
+    p = parts(request)
     row = await _code(p, code)
     if row is None:
         raise NotFound("This share link is unknown, has expired or was revoked: ask for a new one.")
@@ -108,6 +122,8 @@ async def accept(request: web.Request) -> web.Response:
     user = pages.current(request)
     p = parts(request)
     form = await request.post()
+    if form.get("preview"):
+        return await _preview(request, user, str(form.get("code", "")))
     row = await _code(p, str(form.get("code", "")))
     if row is None:
         raise BadRequest("This share link is unknown, has expired or was revoked.")
