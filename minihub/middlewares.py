@@ -15,7 +15,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from . import body
-from .access.http import principal_of
 from .auth.identity import SAFE_METHODS
 from .context import BASE_URL, IDENTITY, PAGE_CONTEXT, REQUEST_ID, Parts, parts
 from .errors import Forbidden, HubError, SpawnError
@@ -127,8 +126,6 @@ async def identity_middleware(request: web.Request, handler: Handler) -> web.Str
     request[IDENTITY] = ident
     request[PAGE_CONTEXT] = {
         "user": ident.user if ident else None,
-        # what the page may offer; each action is still decided by minihub.access when made
-        "admin_ui": p.access.allows(principal_of(ident), "admin-ui"),
         "xsrf": p.identities.xsrf_for(ident),
         "kind": p.authenticator.kind,
     }

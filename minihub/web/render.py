@@ -9,6 +9,7 @@ import jinja2
 from aiohttp import web
 
 from .. import __version__
+from ..access.http import allows
 from ..context import BASE_URL, PAGE_CONTEXT
 
 _env = jinja2.Environment(
@@ -25,6 +26,9 @@ def render(
     base = dict(request.get(PAGE_CONTEXT, {}))
     base.setdefault("base_url", request.config_dict[BASE_URL])
     base["version"] = __version__
+    # what the page may offer (asked here, not for every proxied request); each action is
+    # still decided by minihub.access when it is made
+    base["admin_ui"] = allows(request, "admin-ui")
     base.update(ctx or {})
     html = _env.get_template(template).render(**base)
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
