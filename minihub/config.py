@@ -660,9 +660,14 @@ def _validate(cfg: Config, where: str) -> None:
     for key in ("spawner.environment",):
         if not all(isinstance(x, str) for x in v[key].values()):
             raise bad("[spawner] environment", "values must be strings")
-    validate_services(cfg.services, where, roles.custom_scopes(cfg.custom_scopes, where))
     custom = roles.custom_scopes(cfg.custom_scopes, where)
-    roles.validate_roles(cfg.roles, where, custom)
+    known = {s.name for s in validate_services(cfg.services, where, custom)}
+    for r in roles.validate_roles(cfg.roles, where, custom):
+        for svc in r.services:
+            if svc not in known:
+                raise StartupError(
+                    f"{where}: [[roles]] {r.name}: services: {svc!r} is not a [[services]] name"
+                )
     roles.validate_groups(cfg.groups, where)
     if v["auth.manage_groups"] and cfg.groups:
         raise bad(

@@ -202,6 +202,13 @@ async def test_a_token_holds_at_most_its_owners_scopes_checked_on_every_use(
     r = await c.patch("/hub/api/users/mhac_boss", headers=boss, json={"admin": False})
     assert r.status == 200
     assert (await c.get("/hub/api/users/mhac_alice", headers=admin_tok)).status == 403
+    # JupyterHub 2's token roles: the role's scopes, still capped by the owner's
+    r = await c.post("/hub/api/users/mhac_tom/tokens", headers=ta, json={"roles": ["tas"]})
+    assert r.status == 201 and "access:servers!group=students" in (await r.json())["scopes"]
+    r = await c.post("/hub/api/users/mhac_tom/tokens", headers=ta, json={"roles": ["admin"]})
+    assert r.status == 403
+    r = await c.post("/hub/api/users/mhac_tom/tokens", headers=ta, json={"roles": ["nope"]})
+    assert r.status == 400 and "No such role" in (await r.json())["message"]
     # unknown scopes and filters are 400s that say what is wrong
     r = await c.post("/hub/api/users/mhac_tom/tokens", headers=ta, json={"scopes": ["x:y"]})
     assert r.status == 400 and "Unknown scope" in (await r.json())["message"]
@@ -280,6 +287,10 @@ async def test_the_user_role_can_be_redefined(aiohttp_client, data_dir):
         ('[custom_scopes."nope"]\ndescription = "x"\n', ["[custom_scopes]", "custom:"]),
         ('[custom_scopes."custom:a"]\nsubscopes = []\n', ["custom:a", "description"]),
         ("roles = 3\n", ["[[roles]]", "array of tables"]),
+        (
+            '[[roles]]\nname = "graders"\nscopes = []\nservices = ["ghost"]\n',
+            ["[[roles]] graders", "'ghost' is not a [[services]] name"],
+        ),
     ],
 )
 def test_bad_access_config_names_file_and_key(tmp_path, toml, words):

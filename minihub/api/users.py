@@ -427,9 +427,12 @@ async def create_token(request: web.Request) -> web.Response:
     note = f.string("note", max_len=500) or "Requested via api"
     expires_in = f.number("expires_in", 1, MAX_EXPIRES_IN)
     wanted = f.strings("scopes", max_items=100, max_len=200) or []
-    if f.strings("roles", max_items=100, max_len=200):
-        raise BadRequest("Token roles are not supported here: ask for scopes instead.")
     p = parts(request)
+    for role in f.strings("roles", max_items=100, max_len=200) or []:
+        # JupyterHub 2's token roles (deprecated there for scopes): a role's scopes
+        if role not in p.access.roles:
+            raise BadRequest(f"No such role: {role[:64]!r} (known: {', '.join(p.access.roles)})")
+        wanted += [s for s in p.access.roles[role].scopes if s not in wanted]
     scopes.validate(wanted, p.access.custom)
     wanted = _no_stronger(request, user, wanted)
     secret, tok = await users.new_token(parts(request).store, user, note, wanted, expires_in)
