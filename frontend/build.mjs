@@ -17,6 +17,8 @@ const result = await esbuild.build({
     tree: resolve(here, "src/tree.js"),
     notebook: resolve(here, "src/notebook.js"),
     edit: resolve(here, "src/edit.js"),
+    // Its own entry, so xterm.js loads only on terminal pages.
+    terminal: resolve(here, "src/terminal.js"),
   },
   bundle: true,
   splitting: true,

@@ -84,6 +84,19 @@ export const kernels = {
   remove: (id) => request("DELETE", "api/kernels/" + id),
 };
 
+// Jupyter Server's terminals API; a terminal's page is terminals/<name>.
+export const terminals = {
+  list: () => request("GET", "api/terminals"),
+  create: () => request("POST", "api/terminals"),
+  remove: (name) => request("DELETE", "api/terminals/" + encodeURIComponent(name)),
+};
+
+/** ws: or wss: URL of a path under this server, as the page was loaded. */
+export function wsUrl(path) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}${url(path)}`;
+}
+
 export const kernelspecs = () => request("GET", "api/kernelspecs");
 
 export function filesUrl(path, download = false) {

@@ -1,5 +1,5 @@
 // The file browser page (tree/<path>): list, create, upload, rename, copy, delete, download,
-// and the running notebooks with their kernels.
+// the running notebooks with their kernels, and the running terminals.
 import "./style.css";
 import * as api from "./api.js";
 import { h, confirmDialog, promptDialog, notice, reportError, formatTime, formatSize } from "./ui.js";
@@ -9,6 +9,7 @@ const state = {
   path: document.body.dataset.path || "",
   items: [],
   sessions: [],
+  terminals: null, // null: this server has no terminals
   sort: { key: "name", asc: true },
   selected: new Set(),
 };
@@ -114,15 +115,42 @@ function renderRunning() {
   $("running-count").textContent = String(state.sessions.length);
 }
 
+function renderTerminals() {
+  $("terminals-panel").hidden = state.terminals === null;
+  const item = document.getElementById("new-terminal");
+  if (item) item.hidden = state.terminals === null;
+  const list = state.terminals || [];
+  const rows = list.map((t) => h("li", { dataset: { terminal: t.name } },
+    h("a", { href: api.pageUrl("terminals", t.name), target: "_blank", rel: "noopener" }, `Terminal ${t.name}`),
+    h("span.when", { title: t.last_activity || "" }, t.last_activity ? "active " + formatTime(t.last_activity) : ""),
+    h("button.small", { type: "button", onclick: () => act(() => shutdownTerminal(t.name)) }, "Shut down")));
+  $("terminals-list").replaceChildren(...(rows.length ? rows : [h("li.empty", {}, "No terminals are running.")]));
+  $("terminals-count").textContent = String(list.length);
+}
+
+/** The running terminals, or null when this server has no terminals API (404). */
+async function listTerminals() {
+  try {
+    return (await api.terminals.list()) || [];
+  } catch (err) {
+    if (err.status === 404) return null;
+    throw err;
+  }
+}
+
 async function refresh() {
   try {
-    const [dir, sess] = await Promise.all([api.contents.get(state.path, { type: "directory" }), api.sessions.list()]);
+    const [dir, sess, terms] = await Promise.all([
+      api.contents.get(state.path, { type: "directory" }), api.sessions.list(), listTerminals(),
+    ]);
     state.items = dir.content;
     state.sessions = sess || [];
+    state.terminals = terms;
     const present = new Set(state.items.map((i) => i.path));
     for (const p of state.selected) if (!present.has(p)) state.selected.delete(p);
     renderList();
     renderRunning();
+    renderTerminals();
   } catch (err) {
     if (err.status === 404) $("file-rows").replaceChildren(h("tr.empty", {}, h("td", { colspan: "4" }, "No such folder: " + state.path)));
     reportError(err);
@@ -132,6 +160,18 @@ async function refresh() {
 async function shutdown(list) {
   for (const s of list) await api.sessions.remove(s.id).catch(reportError);
   notice(`Shut down ${list.length} notebook${list.length === 1 ? "" : "s"}.`);
+  await refresh();
+}
+
+async function shutdownTerminal(name) {
+  await api.terminals.remove(name);
+  notice(`Shut down terminal ${name}.`);
+  await refresh();
+}
+
+async function newTerminal() {
+  const model = await api.terminals.create();
+  window.open(api.pageUrl("terminals", model.name), "_blank", "noopener");
   await refresh();
 }
 
@@ -222,7 +262,8 @@ async function fillNewMenu() {
   }
   entries.push(h("hr"),
     h("button", { type: "button", role: "menuitem", onclick: () => act(() => newItem("directory")) }, "Folder"),
-    h("button", { type: "button", role: "menuitem", onclick: () => act(() => newItem("file", ".txt")) }, "Text file"));
+    h("button", { type: "button", role: "menuitem", onclick: () => act(() => newItem("file", ".txt")) }, "Text file"),
+    h("button", { type: "button", role: "menuitem", id: "new-terminal", hidden: state.terminals === null, onclick: () => act(newTerminal) }, "Terminal"));
   menu.replaceChildren(...entries);
 }
 

@@ -1,4 +1,4 @@
-"""HTML pages of the per-user server: file browser, notebook editor, text editor, bundle.
+"""HTML pages of the per-user server: file browser, notebook and text editors, terminal.
 
 Each page is a small shell; the bundled app in web/static/nb/ fills it from the REST API.
 """
@@ -48,7 +48,9 @@ class Pages:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
 
-    def render(self, template: str, entry: str, path: str, title: str) -> web.Response:
+    def render(
+        self, template: str, entry: str, path: str, title: str, **extra: str
+    ) -> web.Response:
         try:
             assets = _manifest()[entry]
         except (OSError, ValueError, KeyError):
@@ -64,6 +66,7 @@ class Pages:
             path=path,
             title=title,
             hub_url=_hub_url(self.base_url),
+            **extra,
         )
         return web.Response(
             text=html,
@@ -89,6 +92,11 @@ class Pages:
     async def edit(self, request: web.Request) -> web.StreamResponse:
         path = _clean(request.match_info["path"])
         return self.render("nb_edit.html", "edit", path, posixpath.basename(path))
+
+    async def terminal(self, request: web.Request) -> web.StreamResponse:
+        """The page of one terminal; it attaches to terminals/websocket/<name> itself."""
+        name = request.match_info["name"]
+        return self.render("nb_terminal.html", "terminal", "", f"Terminal {name}", terminal=name)
 
     async def home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(self.base_url + "tree/")
@@ -118,4 +126,5 @@ def setup(app: web.Application, base_url: str) -> None:
     r.add_get(base_url + "tree/{path:.*}", pages.tree)
     r.add_get(base_url + "notebooks/{path:.+}", pages.notebook)
     r.add_get(base_url + "edit/{path:.+}", pages.edit)
+    r.add_get(base_url + "terminals/{name}", pages.terminal)
     r.add_get(base_url + "static/nb/{asset:.+}", pages.static)
