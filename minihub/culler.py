@@ -87,4 +87,5 @@ class Culler:
             if user is not None and not self.access.is_admin(user.name) and not active:
                 await self.servers.forget_user(user.id)
                 await self.store.delete_user(user.id)
+                self.access.forgotten(user.name)  # no group, role or share left for the name
                 log.info("culled user %s", user.name)

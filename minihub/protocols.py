@@ -207,7 +207,9 @@ async def register_server(store: Store, user: User, server_name: str, prefix: st
         S.hash_token(token),
         token[: S.PREFIX_LEN],
         f"Server at {prefix}",
-        [f"users:activity!user={user.name}", *scopes],
+        # JupyterHub's "server" role: its own server only, not the owner's others (whoever
+        # a server is shared with can read this token in its environment)
+        [f"users:activity!user={user.name}", scopes[0]],
         "server",
         cid,
     )

@@ -136,8 +136,15 @@ _SHARE_SELECT = (
 )
 
 
+def on_server(scopes: list[str], owner: str, server: str) -> list[str]:
+    """A share's scopes filtered to its server by the owner's name now: a row keeps the
+    owner's id, its scopes the name it was made under, which a renamed owner no longer has
+    (and a new user may take)."""
+    return [f"{s.partition('!')[0]}!server={owner}/{server}" for s in scopes]
+
+
 def _share(r: Any) -> ShareRow:
-    return ShareRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+    return ShareRow(r[0], r[1], r[2], r[3], r[4], on_server(json.loads(r[5]), r[1], r[2]), r[6])
 
 
 async def load_shares(store: Store) -> list[ShareRow]:
@@ -184,7 +191,8 @@ _CODE_SELECT = (
 
 
 def _code(r: Any) -> ShareCodeRow:
-    return ShareCodeRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8])
+    scopes = on_server(json.loads(r[4]), r[1], r[2])
+    return ShareCodeRow(r[0], r[1], r[2], r[3], scopes, r[5], r[6], r[7], r[8])
 
 
 async def add_share_code(

@@ -279,7 +279,9 @@ class Access:
                 g.members.discard(old)
                 g.members.add(new)
         for share in self._shares.values():
-            share.owner = new if share.owner == old else share.owner
+            if share.owner == old:
+                share.owner = new
+                share.scopes = db.on_server(share.scopes, new, share.server)
             share.user = new if share.user == old else share.user
         self._reindex()
 

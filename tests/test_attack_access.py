@@ -1,0 +1,158 @@
+"""Attacks on the access model (issue 15): groups, roles, shares and tokens as an attacker
+would try them. Each test is a hole found in review, against the real hub app with the
+FakeSpawner (its servers answer /user/<name>/api/x with who they are)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import hub_config, login, xsrf_of
+from test_hub_fake import up
+from test_shares import LAB, PASSWORD, SHARING_ROLE, _users, call, h
+
+from minihub import protocols
+from minihub import servers as servers_mod
+from minihub.app import make_app
+from minihub.context import PARTS
+from minihub.culler import Culler
+from minihub.spawner.fake import FakeSpawner
+
+
+@pytest.fixture(autouse=True)
+def quick_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers_mod, "SLOW_SPAWN", 0.1)
+    monkeypatch.setattr(servers_mod, "POLL_EVERY", 3600.0)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSpawner]:
+    f = FakeSpawner()
+    yield f
+    await f.shutdown()
+
+
+@pytest.fixture
+async def hub(data_dir: str, fake: FakeSpawner) -> AsyncIterator[Any]:
+    """hub(**settings) -> (client, {name: token}) for amy, bo, cy and adm (an admin), with
+    JupyterHub's sharing role for every user. Each call is a restart on the same data dir."""
+    clients: list[TestClient] = []
+
+    async def make(**settings: Any) -> tuple[TestClient, dict[str, str]]:
+        cfg = hub_config(
+            data_dir, auth__authenticator="native", hub__allow_named_servers=True, **settings
+        )
+        cfg = replace(cfg, roles=[SHARING_ROLE], groups=[LAB])
+        tokens = await _users(cfg)
+        c = TestClient(TestServer(make_app(cfg, spawner=fake)))
+        await c.start_server()
+        clients.append(c)
+        return c, tokens
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+async def opens(c: TestClient, tok: str, owner: str) -> int:
+    return (await c.get(f"/user/{owner}/api/x", headers=h(tok))).status
+
+
+async def new_user(c: TestClient, adm: str, name: str) -> str:
+    """A new account called `name` (a sign-up, or an admin adding it), and its token."""
+    await call(c, "POST", f"/users/{name}", adm, 201)
+    made = await call(c, "POST", f"/users/{name}/tokens", adm, 201, {"scopes": ["inherit"]})
+    return str(made["token"])
+
+
+# --- a share names its server by the owner's name: renaming the owner must follow -----------
+async def test_a_share_follows_its_owner_through_a_rename(hub: Any) -> None:
+    """amy shares her server with bo, and makes a link; the admin renames amy to ann, and
+    later someone new signs up as amy. bo (and whoever takes the old link) must reach ann's
+    server, never the new amy's: the share's scopes named "server=amy/"."""
+    c, tok = await hub()
+    await call(c, "POST", "/shares/amy/", tok["amy"], 200, {"user": "bo"})
+    code = (await call(c, "POST", "/share-codes/amy/", tok["amy"], 200, {}))["code"]
+    await call(c, "PATCH", "/users/amy", tok["adm"], 200, {"name": "ann"})
+    squatter = await new_user(c, tok["adm"], "amy")
+    await up(c, "amy", squatter)
+    await up(c, "ann", tok["amy"])  # amy's old token is ann's now
+    assert await opens(c, tok["bo"], "amy") == 403
+    assert await opens(c, tok["bo"], "ann") == 200
+    shared = (await call(c, "GET", "/users/bo/shared", tok["bo"], 200))["items"]
+    assert [(s["server"]["user"]["name"], s["scopes"]) for s in shared] == [
+        ("ann", ["access:servers!server=ann/"])
+    ]
+    # the link made before the rename shares ann's server too
+    assert (await login(c, "cy", PASSWORD)).status == 302
+    r = await c.post(
+        "/hub/accept-share", data={"code": code, "_xsrf": xsrf_of(c)}, allow_redirects=False
+    )
+    assert r.status == 302 and r.headers["Location"] == "/user/ann/"
+    assert await opens(c, tok["cy"], "amy") == 403
+    assert await opens(c, tok["cy"], "ann") == 200
+    # and so after a restart (the rows are read again)
+    await c.close()
+    c, tok = await hub()
+    p = c.server.app[PARTS]
+    for who in ("bo", "cy"):
+        assert not p.access.allows(p.access.user(who), "access:servers", user="amy", server="")
+        assert p.access.allows(p.access.user(who), "access:servers", user="ann", server="")
+
+
+# --- the idle culler deletes users: the access model must forget them as the API does -------
+async def test_a_culled_user_leaves_nothing_to_a_new_account_of_the_same_name(
+    hub: Any, fake: FakeSpawner
+) -> None:
+    """bo is in the group graders, amy's server is shared with bo and bo shares his with cy.
+    The culler deletes bo (cull_users); a new account named bo must get none of it."""
+    c, tok = await hub(culler__timeout=1, culler__every=3600, culler__cull_users=True)
+    await call(c, "POST", "/groups/graders", tok["adm"], 201, {"users": ["bo"]})
+    await call(c, "POST", "/shares/amy/", tok["amy"], 200, {"user": "bo"})
+    await call(c, "POST", "/shares/bo/", tok["bo"], 200, {"user": "cy"})
+    await up(c, "bo", tok["bo"])
+    p = c.server.app[PARTS]
+    srv = p.servers.peek((await p.store.get_user("bo")).id, "")
+    assert srv is not None
+    srv.last_activity = srv.started = time.time() - 100  # idle past the timeout
+    running = fake.running("bo")
+    assert running is not None
+    running.last_activity = srv.last_activity  # and so it says itself
+    culler = Culler(p.cfg, p.servers, p.store, p.metrics, p.access)
+    assert await culler.cull_once() == ["bo"]
+    assert await p.store.get_user("bo") is None
+    fresh = await new_user(c, tok["adm"], "bo")
+    assert (await call(c, "GET", "/groups/graders", tok["adm"], 200))["users"] == []
+    assert await call(c, "GET", "/users/bo/shared", fresh, 200) == {
+        "items": [],
+        "_pagination": {"offset": 0, "limit": 200, "total": 0, "next": None},
+    }
+    await up(c, "amy", tok["amy"])
+    await up(c, "bo", fresh)
+    assert await opens(c, fresh, "amy") == 403
+    assert await opens(c, tok["cy"], "bo") == 403
+
+
+# --- a server's own API token (in its environment, readable by whoever shares it) -----------
+async def test_a_named_servers_token_reaches_only_that_server(hub: Any) -> None:
+    """amy shares her named server "work" with bo, who can run code there and so read its
+    JUPYTERHUB_API_TOKEN. As JupyterHub's "server" role, that token reaches its own server
+    only (access:servers!server=amy/work), not amy's other servers."""
+    c, tok = await hub()
+    await up(c, "amy", tok["amy"])
+    p = c.server.app[PARTS]
+    amy = await p.store.get_user("amy")
+    assert amy is not None
+    client = await protocols.register_server(p.store, amy, "work", "/user/amy/work/")
+    stolen = client.api_token
+    assert await opens(c, stolen, "amy") == 403
+    me = await call(c, "GET", "/user", stolen, 200)
+    assert me["name"] == "amy"
+    assert "access:servers!server=amy/work" in me["scopes"]
+    assert not [s for s in me["scopes"] if s.startswith("access:servers!user")]
+    # visitors' OAuth tokens still need only one of the two (JupyterHub's access scopes)
+    assert client.access_scopes == ["access:servers!server=amy/work", "access:servers!user=amy"]
