@@ -343,6 +343,14 @@ HUB_SETTINGS: list[Setting] = [
     ),
     _s(
         "spawner",
+        "terminal_idle_timeout",
+        int,
+        0,
+        "Seconds after which a terminal in minihub's own server with no input or output is "
+        "killed (0: never), so a forgotten shell does not hold on to the server.",
+    ),
+    _s(
+        "spawner",
         "kernel_ws_max_message",
         int,
         DEFAULT_MAX_MESSAGE,

@@ -75,6 +75,7 @@ class ServerProtocol:
             user=user.name,
             server_name=server_name,
             kernel_idle_timeout=int(sp["kernel_idle_timeout"]),
+            terminal_idle_timeout=int(sp["terminal_idle_timeout"]),
             kernel_zygote=bool(sp["kernel_fork"]),
             ws_max_message=int(sp["kernel_ws_max_message"]),
             ws_max_json=int(sp["kernel_ws_max_json"]),

@@ -50,6 +50,7 @@ class ServerConfig:
     certfile: str = ""  # serve https with this certificate (and keyfile) instead of http
     keyfile: str = ""
     kernel_idle_timeout: int = 0
+    terminal_idle_timeout: int = 0  # [spawner] terminal_idle_timeout
     mem_limit: int = 0
     shared_dirs: list[str] = field(default_factory=list)  # where notebook-dir symlinks may lead
     kernel_zygote: bool = True  # fork python3 kernels from a pre-imported process
@@ -71,6 +72,7 @@ class ServerConfig:
         cfg = cls(**known)
         cfg.base_url = "/" + cfg.base_url.strip("/") + "/" if cfg.base_url.strip("/") else "/"
         cfg.kernel_idle_timeout = int(cfg.kernel_idle_timeout or 0)
+        cfg.terminal_idle_timeout = int(cfg.terminal_idle_timeout or 0)
         cfg.mem_limit = int(cfg.mem_limit or 0)
         cfg.ws_max_message = int(cfg.ws_max_message)
         cfg.ws_max_json = int(cfg.ws_max_json)

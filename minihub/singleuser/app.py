@@ -32,6 +32,7 @@ from . import (
     kernels_api,
     pages,
     sessions,
+    terminals_api,
 )
 from .checkpoints import Checkpoints
 from .contents import ContentsManager
@@ -153,7 +154,8 @@ async def activity(request: web.Request, handler: Handler) -> web.StreamResponse
 async def status(request: web.Request) -> web.Response:
     app = request.app
     kernels = app[KERNELS]
-    last = max(app[ACTIVITY].last, kernels.last_activity() or 0.0)
+    terminal = app[terminals_api.TERMINALS].last_activity() or 0.0
+    last = max(app[ACTIVITY].last, kernels.last_activity() or 0.0, terminal)
     return reply(
         {
             "started": isoformat(app[ACTIVITY].started),
@@ -210,6 +212,7 @@ def make_app(cfg: ServerConfig) -> web.Application:
     app.router.add_get(base + "api", api_version)
     app.router.add_get(base + "api/me", me)
     kernels_api.setup(app, base)
+    terminals_api.setup(app, base)
     sessions.setup(app, base, kernels)
     contents_api.setup(app, base)
     files.setup(app, base)
