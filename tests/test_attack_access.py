@@ -38,15 +38,17 @@ async def fake() -> AsyncIterator[FakeSpawner]:
 
 @pytest.fixture
 async def hub(data_dir: str, fake: FakeSpawner) -> AsyncIterator[Any]:
-    """hub(**settings) -> (client, {name: token}) for amy, bo, cy and adm (an admin), with
-    JupyterHub's sharing role for every user. Each call is a restart on the same data dir."""
+    """hub(roles, **settings) -> (client, {name: token}) for amy, bo, cy and adm (an admin),
+    with JupyterHub's sharing role for every user and the extra roles. Each call is a restart on the same data dir."""
     clients: list[TestClient] = []
 
-    async def make(**settings: Any) -> tuple[TestClient, dict[str, str]]:
+    async def make(
+        roles: tuple[dict[str, Any], ...] = (), **settings: Any
+    ) -> tuple[TestClient, dict[str, str]]:
         cfg = hub_config(
             data_dir, auth__authenticator="native", hub__allow_named_servers=True, **settings
         )
-        cfg = replace(cfg, roles=[SHARING_ROLE], groups=[LAB])
+        cfg = replace(cfg, roles=[SHARING_ROLE, *roles], groups=[LAB])
         tokens = await _users(cfg)
         c = TestClient(TestServer(make_app(cfg, spawner=fake)))
         await c.start_server()
@@ -156,3 +158,27 @@ async def test_a_named_servers_token_reaches_only_that_server(hub: Any) -> None:
     assert not [s for s in me["scopes"] if s.startswith("access:servers!user")]
     # visitors' OAuth tokens still need only one of the two (JupyterHub's access scopes)
     assert client.access_scopes == ["access:servers!server=amy/work", "access:servers!user=amy"]
+
+
+# --- a share is filtered to a server: it must not reach what is done to the owner ----------
+async def test_a_share_does_not_reach_the_admin_pages_actions_on_its_owner(hub: Any) -> None:
+    """adm (an admin) shares her server with cy, a teaching assistant who may open the admin
+    page to manage the lab group, with every scope she holds on it: admin:users and
+    delete:users filtered to the server adm/ mean nothing (REST reads them so), so cy may
+    start and stop adm's server there but not take away adm's admin role or delete her."""
+    ta = {"name": "lab-manager", "scopes": ["admin-ui", "groups!group=lab"], "users": ["cy"]}
+    c, tok = await hub(roles=(ta,))
+    scopes = ["admin:users", "delete:users", "servers"]
+    await call(c, "POST", "/shares/adm/", tok["adm"], 200, {"user": "cy", "scopes": scopes})
+    await call(c, "PATCH", "/users/adm", tok["cy"], 403, {"admin": False})
+    assert (await login(c, "cy", PASSWORD)).status == 302
+    for action in ("remove-admin", "delete"):
+        r = await c.post(
+            f"/hub/admin/users/adm/{action}", data={"_xsrf": xsrf_of(c)}, allow_redirects=False
+        )
+        assert r.status == 403, (action, r.status)
+    assert (await call(c, "GET", "/users/adm", tok["adm"], 200))["admin"] is True
+    r = await c.post(
+        "/hub/admin/users/adm/start", data={"_xsrf": xsrf_of(c)}, allow_redirects=False
+    )
+    assert r.status == 302  # the server's own actions: shared, so allowed

@@ -96,7 +96,9 @@ async def user_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ACTION_SCOPES:
         raise BadRequest(f"Unknown action {action[:32]!r}", 404)
-    require(request, ACTION_SCOPES[action], f"user {user.name}", user=user.name, server="")
+    # only start and stop act on the server: a share filtered to it reaches those alone
+    on = {"server": ""} if action in ("start", "stop") else {}
+    require(request, ACTION_SCOPES[action], f"user {user.name}", user=user.name, **on)
     if action == "start":
         await p.servers.spawn(user, wait=0)
     elif action == "stop":
