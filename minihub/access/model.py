@@ -68,8 +68,27 @@ class Access:
         self._watch: asyncio.Task[None] | None = None
 
     # --- loading -------------------------------------------------------------------------
+    def _warn_self_extending(self) -> None:
+        """A role that may change a group's members and reaches that group's servers can put
+        anyone in reach (docs/access-control.md): say so once, at start-up."""
+        for r in self.roles.values():
+            held = S.expand(r.scopes, custom=self.custom)
+            for s in held:
+                if (
+                    s.name == "access:servers"
+                    and s.kind == "group"
+                    and (S.Scope("groups") in held or S.Scope("groups", "group", s.value) in held)
+                ):
+                    log.warning(
+                        "role %s may change the members of group %s and open their servers: "
+                        "it can put any user's server in its own reach",
+                        r.name,
+                        s.value,
+                    )
+
     async def load(self) -> None:
         """Apply [[groups]] (created, members set as configured), then read everything."""
+        self._warn_self_extending()
         await db.reset_config_roles(self.store, list(self.roles))
         self.groups = await db.load_groups(self.store)
         for spec in self._group_specs:
