@@ -1,4 +1,4 @@
-"""The `minihub` command: serve the hub, write a config, manage users and tokens.
+"""The `minihub` command: serve the hub, write a config, manage users, tokens, the user env.
 
 Global options come before the command and apply to all of them:
 `minihub -f /etc/minihub.toml token alice`. Start-up errors are one line, no traceback.
@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     adm.add_argument("--remove", action="store_true")
     imp = user.add_parser("import", help="add users from a file, one name per line")
     imp.add_argument("file")
+    env = sub.add_parser("env", help="the user environment kernels run in (as root)")
+    env_sub = env.add_subparsers(dest="action", metavar="action")
+    for name, text in (
+        ("create", "create it with the default packages, or bring it up to date"),
+        ("install", "pip install packages into it and say which kernels need a restart"),
+        ("list", "list its packages and the running kernels"),
+    ):
+        cmd = env_sub.add_parser(name, help=text)
+        cmd.add_argument("--path", help="the environment (default: [spawner] user_env)")
+        if name == "install":
+            cmd.add_argument("packages", nargs="+", metavar="PKG")
     tok = sub.add_parser("token", help="print a new API token for a user")
     tok.add_argument("name")
     tok.add_argument("--note", default="Requested via minihub token")

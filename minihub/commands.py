@@ -1,4 +1,5 @@
-"""Operator commands (`minihub user ...`, `minihub token NAME`), run against the SQLite store.
+"""Operator commands (`minihub user ...`, `minihub token NAME`), run against the SQLite store,
+and `minihub env ...`, run against the user environment (userenv.py).
 
 They work while the hub runs: SQLite in WAL mode lets both write.
 """
@@ -6,14 +7,16 @@ They work while the hub runs: SQLite in WAL mode lets both write.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from . import users
+from . import userenv, users
 from .access import db as access_db
 from .auth.names import normalise
 from .config import Config
@@ -141,6 +144,62 @@ async def token(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_env(cfg: Config, args: argparse.Namespace) -> Path:
+    path = getattr(args, "path", None) or str(cfg.get("spawner.user_env"))
+    if not path:
+        raise HubError("[spawner] user_env is empty: kernels run in the hub's own python")
+    return Path(path)
+
+
+async def env_create(cfg: Config, args: argparse.Namespace) -> int:
+    env = _user_env(cfg, args)
+    done = await asyncio.to_thread(userenv.create, env)
+    print(f"{env}: " + ("; ".join(done) if done else "up to date"))
+    return 0
+
+
+async def env_install(cfg: Config, args: argparse.Namespace) -> int:
+    env = _user_env(cfg, args)
+    if not os.access(userenv.site_packages(env), os.W_OK):
+        raise HubError(f"{env}: not writable; run minihub env install as root")
+    before = userenv.running(env)
+    await asyncio.to_thread(userenv.pip_install, env, list(args.packages))
+    still = {k.pid for k in userenv.running(env)}
+    print(f"installed into {env}: {' '.join(args.packages)}")
+    print_restarts([k for k in before if k.pid in still])
+    return 0
+
+
+def print_restarts(kernels: list[userenv.Kernel]) -> None:
+    """Kernels that were running before the install may hold the old modules (or none)."""
+    by_user: dict[str, list[int]] = {}
+    zygotes = sorted({k.user for k in kernels if k.zygote})
+    for k in kernels:
+        if not k.zygote:
+            by_user.setdefault(k.user, []).append(k.pid)
+    if not by_user:
+        print("no kernel was running: every new kernel sees the change")
+    for user, pids in sorted(by_user.items()):
+        print(f"restart to see it: {user}: {len(pids)} kernel(s), pid {', '.join(map(str, pids))}")
+    if zygotes:
+        print(
+            "servers whose kernel zygote keeps the old ipykernel and IPython (restart them if "
+            f"you upgraded those): {', '.join(zygotes)}"
+        )
+
+
+async def env_list(cfg: Config, args: argparse.Namespace) -> int:
+    env = _user_env(cfg, args)
+    pkgs = await asyncio.to_thread(userenv.packages, env)
+    print(f"{env} ({len(pkgs)} packages)")
+    for name, version in pkgs:
+        print(f"  {name} {version}")
+    kernels = userenv.running(env)
+    users_ = sorted({k.user for k in kernels if not k.zygote})
+    print(f"running kernels: {sum(not k.zygote for k in kernels)} ({', '.join(users_) or 'none'})")
+    return 0
+
+
 def read_password(prompt: str = "Password: ") -> str:
     """From the terminal, typed twice; from a pipe, its first line."""
     if sys.stdin.isatty():
@@ -162,4 +221,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("user", "admin"): user_admin,
     ("user", "import"): user_import,
     ("token", None): token,
+    ("env", "create"): env_create,
+    ("env", "install"): env_install,
+    ("env", "list"): env_list,
 }

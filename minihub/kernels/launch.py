@@ -88,7 +88,7 @@ class IpcKernelManager(AsyncKernelManager):
 
 
 class ZygoteProvisioner(LocalProvisioner):
-    """LocalProvisioner whose BOOT kernels of this interpreter are forked from the zygote.
+    """LocalProvisioner whose BOOT kernels of the zygote's interpreter are forked from it.
 
     poll/wait/signals act on the forked pid (the zygote reports its exit status); any other
     command, or a zygote that cannot fork, is launched by LocalProvisioner as before.
@@ -103,7 +103,12 @@ class ZygoteProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
         env = dict(kwargs.get("env") or os.environ)
-        if self.zygote is not None and len(cmd) > 2 and cmd[2] == BOOT and forkable(cmd, env):
+        if (
+            self.zygote is not None
+            and len(cmd) > 2
+            and cmd[2] == BOOT
+            and forkable(cmd, env, self.zygote.python)
+        ):
             env["JPY_PARENT_PID"] = str(self.zygote.pid)  # the kernel exits if the zygote does
             cwd = str(kwargs.get("cwd") or os.getcwd())
             pid = await self.zygote.fork(cmd, env, cwd)

@@ -2,7 +2,8 @@
 
 Kernels run as the server's own user (the server already is that user), with the server's
 environment, which never holds the per-server secret. They listen on unix sockets in a private
-directory (transport.py), never on TCP.
+directory (transport.py), never on TCP. With a user environment (zygote.user_env), kernelspecs
+come from it instead of the server's own venv (docs/environments.md).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -18,12 +20,13 @@ from typing import Any
 
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_core.paths import jupyter_path
 
 from ..errors import HubError, NotFound
 from .kernel import Kernel
 from .launch import IpcKernelManager, ZygoteProvisioner, fork_pipe_path
 from .transport import RuntimeDir
-from .zygote import Zygote
+from .zygote import Zygote, kernel_python, user_env
 
 log = logging.getLogger("minihub.kernels")
 NATIVE_KERNEL = "python3"
@@ -35,10 +38,10 @@ class KernelManager:
     def __init__(self, root_dir: str, idle_timeout: int = 0, zygote: bool = False) -> None:
         self.root_dir = root_dir
         # python3 kernels forked from a pre-imported process (zygote.py) instead of exec'd
-        self.zygote = Zygote(root_dir) if zygote else None
+        self.zygote = Zygote(root_dir, kernel_python()) if zygote else None
         self.idle_timeout = idle_timeout
         self.kernels: dict[str, Kernel] = {}
-        self.specs = KernelSpecManager()
+        self.specs = spec_manager(user_env())
         self.context = zmq.asyncio.Context()
         self.runtime = RuntimeDir()
         self.on_removed: list[Callable[[str], None]] = []
@@ -187,6 +190,20 @@ class KernelManager:
             and kernel.connections == 0
             and idle_for > self.idle_timeout
         )
+
+
+def spec_manager(env: str) -> KernelSpecManager:
+    """Kernelspecs from Jupyter's usual path (the user's ~/.local/share/jupyter first, then
+    JUPYTER_PATH, then the system's), with the user environment's share/jupyter in place of
+    the server's venv's: the hub's own ipykernel must not answer for python3."""
+    if not env:
+        return KernelSpecManager()
+    ours = os.path.join(env, "share", "jupyter", "kernels")
+    hubs = os.path.join(sys.prefix, "share", "jupyter", "kernels")
+    dirs = [ours if d == hubs else d for d in jupyter_path("kernels")]
+    if ours not in dirs:
+        dirs.append(ours)
+    return KernelSpecManager(kernel_dirs=dirs, ensure_native_kernel=False)
 
 
 async def _stop(kernel: Kernel, now: bool) -> None:

@@ -4,7 +4,9 @@ It imports ipykernel and IPython once and, for each kernel, forks; the child run
 `python -c BOOT ...` command an exec'd kernel would, with the kernel's environment and cwd.
 The server forks it at start-up, before its event loop, zmq context or any thread exists
 (fork_early), so its pages, and the hub's fork server's (which may have imported ipykernel
-already), stay shared; without that it is exec'd on first use.
+already), stay shared; without that it is exec'd on first use. With a user environment
+(MINIHUB_USER_ENV, docs/environments.md) the early child execs that environment's python at
+once, so that kernels import its packages, never the hub's.
 """
 
 from __future__ import annotations
@@ -29,14 +31,44 @@ log = logging.getLogger("minihub.kernels")
 # What the zygote imports before it forks: what `import ipykernel.kernelapp` and a kernel's
 # start would import anyway. No zmq context or thread may exist before a fork.
 PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.iostream")
-# Run with `python -c`: sys.path[0] ('' = the cwd, a notebook dir) goes before any import.
-COMMAND = "import sys; del sys.path[0]; from minihub.kernels import zygote; zygote.main()"
+# Run with `python -c`: sys.path[0] ('' = the cwd, a notebook dir) goes before any import. A
+# user environment's python has no minihub: it imports this module (and forkloop, procfs: no
+# other dependency) from the hub's install, then takes that directory out of its sys.path.
+COMMAND = """import sys
+del sys.path[0]
+root = {root!r}
+extra = root not in sys.path
+if extra:
+    sys.path.append(root)
+from minihub.kernels import zygote
+if extra:
+    sys.path.remove(root)
+zygote.main()
+"""
+USER_ENV_VAR = "MINIHUB_USER_ENV"  # set by the hub: the venv kernels run in ("": the server's)
 READY_TIMEOUT = 30.0
 REPORT_WAIT = 2.0  # seconds for the zygote to report a child that has died
 UNKNOWN_EXIT = 1  # a kernel whose exit the zygote could not report (the zygote died)
 
 
 # --- the zygote process -------------------------------------------------------------------
+
+
+def user_env() -> str:
+    """The user environment kernels run in, if the hub named one that exists here."""
+    env = os.environ.get(USER_ENV_VAR, "")
+    return env if env and os.path.isfile(os.path.join(env, "bin", "python")) else ""
+
+
+def kernel_python() -> str:
+    """The python the zygote runs and python3 kernels are launched with."""
+    env = user_env()
+    return os.path.join(env, "bin", "python") if env else sys.executable
+
+
+def command() -> str:
+    hub_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return COMMAND.format(root=hub_root)
 
 
 def preload() -> None:
@@ -64,6 +96,10 @@ def fork_early() -> None:
         os.dup2(devnull, 0)
         os.close(devnull)
         try:
+            python = kernel_python()
+            if python != sys.executable:
+                os.set_inheritable(theirs.fileno(), True)
+                os.execv(python, [python, "-c", command(), str(theirs.fileno())])
             _zygote(theirs)
         finally:
             os._exit(1)
@@ -192,9 +228,9 @@ def _user_site() -> None:
 # --- the server's side --------------------------------------------------------------------
 
 
-def forkable(cmd: list[str], env: dict[str, str]) -> bool:
-    """A `python -c ...` of this interpreter whose environment imports as the zygote's does."""
-    if len(cmd) < 3 or cmd[0] != sys.executable or cmd[1] != "-c":
+def forkable(cmd: list[str], env: dict[str, str], python: str) -> bool:
+    """A `python -c ...` of the zygote's interpreter whose environment imports as its does."""
+    if len(cmd) < 3 or cmd[0] != python or cmd[1] != "-c":
         return False
     keys = {k for k in (*env, *os.environ) if k.startswith("PYTHON")}
     return all(env.get(k) == os.environ.get(k) for k in keys)
@@ -203,8 +239,9 @@ def forkable(cmd: list[str], env: dict[str, str]) -> bool:
 class Zygote:
     """The server's handle on its zygote: start it, ask for forks, learn children's exits."""
 
-    def __init__(self, cwd: str) -> None:
+    def __init__(self, cwd: str, python: str) -> None:
         self.cwd = cwd
+        self.python = python
         self.pid = 0
         self.exits: dict[int, int] = {}
         self.forked: set[int] = set()
@@ -232,7 +269,7 @@ class Zygote:
             ours, theirs = socket.socketpair()
             try:
                 self._proc = subprocess.Popen(  # noqa: ASYNC220 - a fork+exec, no waiting
-                    [sys.executable, "-c", COMMAND, str(theirs.fileno())],
+                    [self.python, "-c", command(), str(theirs.fileno())],
                     pass_fds=(theirs.fileno(),),
                     stdin=subprocess.DEVNULL,
                     cwd=self.cwd,
