@@ -291,6 +291,15 @@ HUB_SETTINGS: list[Setting] = [
     ),
     _s(
         "spawner",
+        "user_env",
+        str,
+        "/opt/minihub/user",
+        "The venv minihub's own server runs kernels in (python3 and its packages; created by "
+        "scripts/install, managed with `minihub env`); its bin/ leads PATH in servers. Empty, "
+        "or a path with no bin/python: kernels run in the servers' own python.",
+    ),
+    _s(
+        "spawner",
         "notebook_dir",
         str,
         "",

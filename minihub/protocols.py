@@ -22,6 +22,7 @@ from urllib.parse import quote
 from .auth import secrets as S
 from .auth.identity import HUB_COOKIES, SESSION_COOKIE
 from .config import Config
+from .kernels.zygote import USER_ENV_VAR
 from .singleuser import PROOF_HEADER, ServerConfig
 from .store import Store, User
 
@@ -82,7 +83,16 @@ class ServerProtocol:
             ws_max_buffers=int(sp["kernel_ws_max_buffers"]),
         )
         env = {**base_env(self.cfg), "MINIHUB_USER": user.name, "MINIHUB_BASE_URL": prefix}
+        env.update(self.user_env_vars(env["PATH"]))
         return Prepared({**env, **sp["environment"]}, config.to_dict())
+
+    def user_env_vars(self, path: str) -> dict[str, str]:
+        """minihub's server runs kernels in the user environment; its bin/ (python, pip)
+        leads PATH for kernels and terminals too (docs/environments.md)."""
+        env = str(self.cfg.get("spawner.user_env"))
+        if not env:
+            return {}
+        return {USER_ENV_VAR: env, "PATH": f"{os.path.join(env, 'bin')}:{path}"}
 
     async def forget(self, user: User, server_name: str) -> None:
         """The server stopped: revoke what prepare() handed out."""
@@ -103,6 +113,9 @@ class JupyterhubSingleuser(ServerProtocol):
 
     def default_cmd(self) -> list[str]:
         return ["jupyterhub-singleuser"]
+
+    def user_env_vars(self, path: str) -> dict[str, str]:
+        return {}  # its kernels are jupyter_server's business
 
     def ready(self, status: int, headers: dict[str, str] | object, proof: str) -> bool:
         return status < 500

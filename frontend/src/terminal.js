@@ -152,7 +152,7 @@ function start() {
   connect();
   term.focus();
   // Tests read the screen through term.buffer.
-  window.minihubTerminal = { term, fit, name, get state() { return conn.state; } };
+  window.minihubTerminal = { term, fit, name, get state() { return conn.state; }, get ws() { return conn.ws; } };
 }
 
 document.fonts.ready.then(start, start);
