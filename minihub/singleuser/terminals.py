@@ -83,6 +83,7 @@ class Terminal:
         self._input = bytearray()
         self._reading = False
         self._writing = False
+        self._kill: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._exited)
@@ -185,7 +186,7 @@ class Terminal:
         if self.closed:
             return
         self.touch()
-        data = text.encode("utf-8", "surrogateescape")
+        data = text.encode("utf-8", "replace")  # JSON may carry lone surrogates
         room = MAX_INPUT - len(self._input)
         if len(data) > room:
             log.warning("terminal %s: input dropped (the shell is not reading it)", self.name)
@@ -253,9 +254,14 @@ class Terminal:
         """SIGHUP to every process group of the shell's session, SIGKILL after KILL_GRACE.
 
         The shell is reaped only after the SIGKILL, so until then its pid, group and session
-        cannot be anybody else's."""
-        if self.closed or self.killing:
+        cannot be anybody else's. Callers at once (a DELETE and the culler) wait for one kill."""
+        if self.closed:
             return
+        if self._kill is None:
+            self._kill = asyncio.ensure_future(self._kill_session())
+        await asyncio.shield(self._kill)
+
+    async def _kill_session(self) -> None:
         self.killing = True
         # After the SIGHUP, whatever is left of the session (the shell's jobs) gets SIGKILL.
         for sig in (signal.SIGHUP, signal.SIGKILL):

@@ -112,7 +112,7 @@ def _handle(term: Terminal, client: Client, data: str) -> None:
     """One message from the browser; a malformed one is ignored, as terminado would not."""
     try:
         msg = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return
     if not isinstance(msg, list) or not msg:
         return
