@@ -411,9 +411,13 @@ class TerminalManager:
             await asyncio.sleep(every)
             for term in list(self.terminals.values()):
                 idle_for = time.time() - term.last_activity
-                if idle_for > self.idle_timeout:
-                    log.info("culling terminal %s: idle for %d s", term.name, int(idle_for))
+                if idle_for <= self.idle_timeout:
+                    continue
+                log.info("culling terminal %s: idle for %d s", term.name, int(idle_for))
+                try:
                     await term.kill()
+                except Exception:  # the next round tries again; the culler must not die
+                    log.exception("culling terminal %s failed", term.name)
 
 
 def set_winsize(fd: int, rows: int, cols: int, height_px: int, width_px: int) -> None:
