@@ -4,9 +4,9 @@ It imports ipykernel and IPython once and, for each kernel, forks; the child run
 `python -c BOOT ...` command an exec'd kernel would, with the kernel's environment and cwd.
 The server forks it at start-up, before its event loop, zmq context or any thread exists
 (fork_early), so its pages, and the hub's fork server's (which may have imported ipykernel
-already), stay shared; without that it is exec'd on first use. With a user environment
-(MINIHUB_USER_ENV, docs/environments.md) the early child execs that environment's python at
-once, so that kernels import its packages, never the hub's.
+already), stay shared; without that it is exec'd when the server starts. With a user
+environment (MINIHUB_USER_ENV, docs/environments.md) it is always exec'd, in that
+environment's python, so that kernels import its packages, never the hub's.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ _early_pid = 0
 def fork_early() -> None:
     """In the server, before its event loop starts: fork the zygote (never returns in it)."""
     global _early, _early_pid
+    if kernel_python() != sys.executable:
+        return  # another python: Zygote.start execs it once the server is up
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
@@ -96,10 +98,6 @@ def fork_early() -> None:
         os.dup2(devnull, 0)
         os.close(devnull)
         try:
-            python = kernel_python()
-            if python != sys.executable:
-                os.set_inheritable(theirs.fileno(), True)
-                os.execv(python, [python, "-c", command(), str(theirs.fileno())])
             _zygote(theirs)
         finally:
             os._exit(1)
