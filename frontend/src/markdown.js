@@ -53,14 +53,18 @@ function extractMath(text, rendered, mark) {
   }).join("");
 }
 
+export const isRelative = (u) => u && !/^([a-z][\w+.-]*:|\/|#)/i.test(u);
+
+/** A relative URL in a notebook as a path from the server's root. */
+export function resolveRelative(u, notebookDir) {
+  const parts = (notebookDir ? notebookDir + "/" + u : u).split("/");
+  const out = [];
+  for (const p of parts) { if (p === "..") out.pop(); else if (p && p !== ".") out.push(p); }
+  return out.join("/");
+}
+
 function fixRelativeUrls(root, notebookDir) {
-  const isRelative = (u) => u && !/^([a-z][\w+.-]*:|\/|#)/i.test(u);
-  const resolve = (u) => {
-    const parts = (notebookDir ? notebookDir + "/" + u : u).split("/");
-    const out = [];
-    for (const p of parts) { if (p === "..") out.pop(); else if (p && p !== ".") out.push(p); }
-    return out.join("/");
-  };
+  const resolve = (u) => resolveRelative(u, notebookDir);
   for (const img of root.querySelectorAll("img[src]")) {
     const src = img.getAttribute("src");
     if (isRelative(src)) img.setAttribute("src", api.filesUrl(safeDecodeURI(resolve(src))));

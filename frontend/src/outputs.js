@@ -1,8 +1,9 @@
 // Rendering of cell outputs. HTML, JavaScript and SVG a notebook produces run only inside a
 // sandboxed iframe (scripts, no same-origin), so they can never read the hub's cookies.
 import { AnsiUp } from "ansi_up";
-import { renderMarkdown, renderLatex, escapeHtml } from "./markdown.js";
+import { renderMarkdown, renderLatex, escapeHtml, isRelative, resolveRelative, safeDecodeURI } from "./markdown.js";
 import { h, isolated } from "./ui.js";
+import { filesUrl } from "./api.js";
 
 const ansi = new AnsiUp();
 ansi.use_classes = true;
@@ -103,14 +104,65 @@ const HEIGHT_REPORTER = `<script>(function(){var last=0;function report(){var h=
 
 const FRAME_STYLE = `<style>html,body{margin:0;padding:0;background:transparent}body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;overflow-x:auto}table{border-collapse:collapse}th,td{border:1px solid #d0d7de;padding:2px 8px;text-align:right}img,svg{max-width:100%}body>svg{display:block}</style>`;
 
-function sandboxedFrame(bodyHtml) {
+// ipywidgets' model, which this app does not run: its text/plain is shown, and this note.
+const WIDGET_MIME = "application/vnd.jupyter.widget-view+json";
+const WIDGET_NOTE = "Interactive widgets (ipywidgets) do not run in this app: this is the widget's text. Open the notebook in JupyterLab to use it.";
+
+/** Relative URLs in a frame (IPython's Video("clip.mp4"), <img src="a.png">) name files
+ * next to the notebook, as in JupyterLab: the frame's base is their files/ URL. */
+function frameBase(notebookDir) {
+  const dir = notebookDir ? filesUrl(notebookDir) + "/" : filesUrl("");
+  return new URL(dir, window.location.href).href;
+}
+
+const MEDIA_SRC = /^(data:(audio|video)\/[\w.+-]+[;,]|https?:)/i;
+
+/** A media URL the page may load itself: data: audio or video, http(s), or a file next to
+ * the notebook (its files/ URL, which carries the user's cookie; a sandboxed frame's does
+ * not). Anything else (javascript:, blob:) is refused. */
+function mediaSrc(src, notebookDir) {
+  if (isRelative(src)) return filesUrl(safeDecodeURI(resolveRelative(src, notebookDir)));
+  return MEDIA_SRC.test(src) ? src : null;
+}
+
+/**
+ * IPython's Audio and Video HTML (one <audio> or <video>, with a src or <source>s) rebuilt
+ * as a native element of the page from its sources' src and type and a few flags, nothing
+ * else; null for any other HTML, which goes to the sandboxed frame.
+ */
+function mediaElement(html, notebookDir) {
+  if (!/^\s*<(audio|video)\b/i.test(html)) return null;
+  const body = new DOMParser().parseFromString(html, "text/html").body;
+  const [el, ...rest] = body.children;
+  if (!el || rest.length || !/^(AUDIO|VIDEO)$/.test(el.tagName)) return null;
+  const media = document.createElement(el.tagName.toLowerCase());
+  media.controls = true;
+  media.className = "output-media";
+  for (const flag of ["autoplay", "loop", "muted"]) if (el.hasAttribute(flag)) media.setAttribute(flag, "");
+  for (const dim of ["width", "height"]) {
+    if (/^\d+$/.test(el.getAttribute(dim) || "")) media.setAttribute(dim, el.getAttribute(dim));
+  }
+  // Its fallback text ("Your browser does not support...") is left out.
+  const sources = el.hasAttribute("src") ? [el] : [...el.querySelectorAll(":scope > source")];
+  for (const s of sources) {
+    const src = mediaSrc(s.getAttribute("src") || "", notebookDir);
+    if (!src) return null;
+    const source = document.createElement("source");
+    source.src = src;
+    if (/^[\w.+-]+\/[\w.+-]+$/.test(s.getAttribute("type") || "")) source.type = s.getAttribute("type");
+    media.append(source);
+  }
+  return sources.length ? media : null;
+}
+
+function sandboxedFrame(bodyHtml, notebookDir = "") {
   const frame = document.createElement("iframe");
   // allow-scripts WITHOUT allow-same-origin: the content gets an opaque origin.
   frame.setAttribute("sandbox", "allow-scripts");
   frame.setAttribute("referrerpolicy", "no-referrer");
   frame.className = "output-frame";
   frame.title = "Output";
-  frame.srcdoc = `<!doctype html><html><head><meta charset="utf-8"><base target="_blank">${FRAME_STYLE}</head><body>${bodyHtml}${HEIGHT_REPORTER}</body></html>`;
+  frame.srcdoc = `<!doctype html><html><head><meta charset="utf-8"><base href="${escapeHtml(frameBase(notebookDir))}" target="_blank">${FRAME_STYLE}</head><body>${bodyHtml}${HEIGHT_REPORTER}</body></html>`;
   frames.add(frame);
   return frame;
 }
@@ -136,8 +188,10 @@ function renderMime(mime, value, metadata, notebookDir) {
   switch (mime) {
     case "application/javascript":
       return sandboxedFrame(`<div id="output"></div><script>${frameText(value, mime).replace(/<\/script/gi, "<\\/script")}<\/script>`);
-    case "text/html":
-      return sandboxedFrame(frameText(value, mime));
+    case "text/html": {
+      const html = frameText(value, mime);
+      return mediaElement(html, notebookDir) || sandboxedFrame(html, notebookDir);
+    }
     case "image/svg+xml":
       // Inline SVG may carry <script> and event handlers: it runs only inside the sandbox.
       return sandboxedFrame(frameText(value, mime));
@@ -210,7 +264,8 @@ function outputBody(output, wrap, notebookDir) {
       const mime = pickMime(data);
       if (!mime) return document.createTextNode("");
       wrap.dataset.mime = mime;
-      return renderMime(mime, data[mime], output.metadata, notebookDir);
+      const body = renderMime(mime, data[mime], output.metadata, notebookDir);
+      return data[WIDGET_MIME] === undefined ? body : h("div", {}, body, h("div.output-note", { role: "note" }, WIDGET_NOTE));
     }
     default:
       throw new Error(`unknown output type ${JSON.stringify(output.output_type)}`);
