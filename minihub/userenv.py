@@ -58,7 +58,7 @@ def create(env: Path, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> list[str]
         done.append(f"wrote {pth}")
     missing = [p for p in packages if not _installed(env, p)]
     if missing:
-        pip_install(env, missing)
+        pip_install(env, missing, quiet=True)
         done.append("installed " + " ".join(missing))
     if write_kernelspec(env):
         done.append("wrote the python3 kernelspec")
@@ -66,11 +66,12 @@ def create(env: Path, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> list[str]
     return done
 
 
-def pip_install(env: Path, packages: list[str]) -> None:
+def pip_install(env: Path, packages: list[str], quiet: bool = False) -> None:
     """pip into the environment itself (--no-user: never root's ~/.local)."""
     if not python(env).is_file():
         raise HubError(f"{env}: no user environment here; run `minihub env create`", status=404)
-    _run([str(python(env)), "-m", "pip", "install", "--no-user", "--no-input", *packages])
+    flags = ["--no-user", "--no-input", *(["-q"] if quiet else [])]
+    _run([str(python(env)), "-m", "pip", "install", *flags, *packages])
     readable(env)
 
 
