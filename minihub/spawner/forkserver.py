@@ -148,10 +148,16 @@ class ForkSpawner(LocalSpawner):
             if self._sock is not None and self._zygote and self._zygote.poll() is None:
                 return
             self._drop_sock()
-            zygote, ours = await asyncio.to_thread(_start_zygote)
+            zygote, ours = await asyncio.to_thread(_start_zygote, self._kernels_from_hub())
             self._zygote, self._sock = zygote, ours
             asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message, ours)
             log.info("fork server started: pid %d", zygote.pid)
+
+    def _kernels_from_hub(self) -> bool:
+        """Do servers' kernels run the hub's Python (then preloading ipykernel here shares its
+        pages with every kernel zygote), not a user environment's (docs/environments.md)?"""
+        env = str(self.cfg.get("spawner.user_env")) if self.cfg is not None else ""
+        return not (env and os.path.isfile(os.path.join(env, "bin", "python")))
 
     async def _ask(self, req: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         assert self._sock is not None
@@ -284,12 +290,13 @@ def _grow_pipe(fd: int, size: int) -> None:
         ) from None
 
 
-def _start_zygote() -> tuple[subprocess.Popen[bytes], socket.socket]:
+def _start_zygote(preload_kernels: bool = True) -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    flag = [] if preload_kernels else ["--no-kernel-preload"]
     with theirs:
         # Its own session: a Ctrl-C meant for the hub's terminal does not reach it.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "minihub.spawner.forkserver", str(theirs.fileno())],
+            [sys.executable, "-m", "minihub.spawner.forkserver", str(theirs.fileno()), *flag],
             stdin=subprocess.DEVNULL,
             cwd="/",
             pass_fds=(theirs.fileno(),),
@@ -313,13 +320,15 @@ def forkable(cmd: list[str]) -> bool:
 # -- the zygote process ---------------------------------------------------------------------
 
 
-def zygote(fd: int) -> None:
-    """Import the server once, then fork one child per request until the hub goes away."""
+def zygote(fd: int, preload_kernels: bool = True) -> None:
+    """Import the server once, then fork one child per request until the hub goes away.
+    `preload_kernels`: also import ipykernel, for kernels that run the hub's Python."""
     import minihub.singleuser.app  # noqa: F401 - the imports every server shares
     from minihub.kernels import zygote as kernel_zygote
 
-    with contextlib.suppress(Exception):  # servers' kernel zygotes then share ipykernel's pages
-        kernel_zygote.preload()
+    if preload_kernels:
+        with contextlib.suppress(Exception):  # servers' kernel zygotes share ipykernel's pages
+            kernel_zygote.preload()
 
     sock = socket.socket(fileno=fd)
     exits = forkloop.ChildExits()
@@ -467,4 +476,4 @@ def _arrange_fds(req: dict[str, Any], fds: list[int], err_w: int) -> None:
 
 
 if __name__ == "__main__":
-    zygote(int(sys.argv[1]))
+    zygote(int(sys.argv[1]), "--no-kernel-preload" not in sys.argv[2:])
