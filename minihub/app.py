@@ -81,7 +81,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         access.on_change(proxy.recheck_websockets)
         app[PARTS] = p
         await servers.open()
-        culler = Culler(cfg, servers, store, metrics, access)
+        culler = Culler(cfg, servers, store, metrics, access, p.identities)
         culler.start()
         access.start()
         try:

@@ -11,6 +11,7 @@ import logging
 import time
 
 from .access import Access
+from .auth.identity import Identities
 from .config import Config
 from .metrics import Metrics
 from .servers import Server, Servers
@@ -21,13 +22,20 @@ log = logging.getLogger("minihub.culler")
 
 class Culler:
     def __init__(
-        self, cfg: Config, servers: Servers, store: Store, metrics: Metrics, access: Access
+        self,
+        cfg: Config,
+        servers: Servers,
+        store: Store,
+        metrics: Metrics,
+        access: Access,
+        identities: Identities | None = None,
     ) -> None:
         c = cfg.section("culler")
         self.timeout, self.max_age = int(c["timeout"]), int(c["max_age"])
         self.every, self.cull_users = max(1, int(c["every"])), bool(c["cull_users"])
         self.servers, self.store, self.metrics = servers, store, metrics
         self.access = access
+        self.identities = identities  # its cache forgets a culled user's sessions and tokens
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -88,4 +96,6 @@ class Culler:
                 await self.servers.forget_user(user.id)
                 await self.store.delete_user(user.id)
                 self.access.forgotten(user.name)  # no group, role or share left for the name
+                if self.identities is not None:
+                    self.identities.invalidate()
                 log.info("culled user %s", user.name)

@@ -124,9 +124,13 @@ async def test_a_culled_user_leaves_nothing_to_a_new_account_of_the_same_name(
     running = fake.running("bo")
     assert running is not None
     running.last_activity = srv.last_activity  # and so it says itself
-    culler = Culler(p.cfg, p.servers, p.store, p.metrics, p.access)
+    culler = Culler(p.cfg, p.servers, p.store, p.metrics, p.access, p.identities)
+    assert (await c.get("/hub/api/user", headers={"Authorization": f"token {tok['bo']}"})).ok
     assert await culler.cull_once() == ["bo"]
     assert await p.store.get_user("bo") is None
+    # the culled account's token is refused at once, not after the identity cache's 5 s
+    r = await c.get("/hub/api/user", headers={"Authorization": f"token {tok['bo']}"})
+    assert r.status == 403
     fresh = await new_user(c, tok["adm"], "bo")
     assert (await call(c, "GET", "/groups/graders", tok["adm"], 200))["users"] == []
     assert await call(c, "GET", "/users/bo/shared", fresh, 200) == {
