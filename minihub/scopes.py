@@ -219,8 +219,3 @@ def intersect(
 
 def strings(held: Iterable[Scope]) -> list[str]:
     return sorted(str(s) for s in held)
-
-
-def reduce(held: frozenset[Scope]) -> list[str]:
-    """The scopes as strings without the filtered ones an unfiltered one already grants."""
-    return sorted(str(s) for s in held if not s.kind or Scope(s.name) not in held)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from . import scopes
 from .errors import HubError, StartupError
+from .tables import check_keys, no_dupes
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 KEYS = {
@@ -83,20 +84,12 @@ def validate(
     for i, entry in enumerate(entries):
         label = f"{where}: [[services]] #{i + 1}"
         out.append(_one(entry, label, custom or {}))
-    names = [s.name for s in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise StartupError(f"{where}: [[services]] name {dupes[0]!r} is used twice")
+    no_dupes([s.name for s in out], where, "services")
     return out
 
 
 def _one(entry: dict[str, Any], label: str, custom: dict[str, tuple[str, ...]]) -> Service:
-    for key, value in entry.items():
-        typ = KEYS.get(key)
-        if typ is None:
-            raise StartupError(f"{label}: unknown key {key!r} (known: {', '.join(KEYS)})")
-        if not isinstance(value, typ):
-            raise StartupError(f"{label}: {key} must be a {typ.__name__}")
+    check_keys(entry, KEYS, label)
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise StartupError(f"{label}: name must be 1-64 of a-z, 0-9, '_', '-', '.'")

@@ -8,12 +8,12 @@ load_groups and custom_scopes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import scopes
 from ..errors import HubError, StartupError
+from ..tables import check_keys, no_dupes
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9\-_~.]{1,253}[a-z0-9]$")
 GROUP_NAME = re.compile(r"^[^/\x00-\x1f\x7f]{1,255}$")
@@ -110,7 +110,7 @@ def validate_roles(
     out: list[Role] = []
     for i, entry in enumerate(entries):
         label = f"{where}: [[roles]] #{i + 1}"
-        _check_keys(entry, ROLE_KEYS, label)
+        check_keys(entry, ROLE_KEYS, label)
         name = entry.get("name")
         if not isinstance(name, str) or not ROLE_NAME.match(name):
             raise StartupError(
@@ -137,7 +137,7 @@ def validate_roles(
                 list(entry.get("services", [])),
             )
         )
-    _no_dupes([r.name for r in out], where, "roles")
+    no_dupes([r.name for r in out], where, "roles")
     return out
 
 
@@ -145,27 +145,12 @@ def validate_groups(entries: list[dict[str, Any]], where: str) -> list[GroupSpec
     out: list[GroupSpec] = []
     for i, entry in enumerate(entries):
         label = f"{where}: [[groups]] #{i + 1}"
-        _check_keys(entry, GROUP_KEYS, label)
+        check_keys(entry, GROUP_KEYS, label)
         name = entry.get("name")
         if not isinstance(name, str) or not GROUP_NAME.match(name):
             raise StartupError(f"{label}: name must be 1-255 characters without '/'")
         if not all(isinstance(x, str) for x in entry.get("users", [])):
             raise StartupError(f"{label} ({name}): users must be a list of strings")
         out.append(GroupSpec(name, list(entry.get("users", [])), dict(entry.get("properties", {}))))
-    _no_dupes([g.name for g in out], where, "groups")
+    no_dupes([g.name for g in out], where, "groups")
     return out
-
-
-def _check_keys(entry: dict[str, Any], keys: Mapping[str, type], label: str) -> None:
-    for key, value in entry.items():
-        typ = keys.get(key)
-        if typ is None:
-            raise StartupError(f"{label}: unknown key {key!r} (known: {', '.join(keys)})")
-        if not isinstance(value, typ):
-            raise StartupError(f"{label}: {key} must be a {typ.__name__}")
-
-
-def _no_dupes(names: list[str], where: str, kind: str) -> None:
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise StartupError(f"{where}: [[{kind}]] name {dupes[0]!r} is used twice")
