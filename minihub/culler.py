@@ -87,8 +87,8 @@ class Culler:
 
     async def _cull(self, srv: Server, reason: str) -> None:
         log.info("culling server %s: %s", srv.label, reason)
+        self.metrics.culls.inc()  # before the stop: a client sees the server gone only after this
         await self.servers.stop(srv.user_id, srv.name)
-        self.metrics.culls.inc()
         if self.cull_users:
             user = await self.store.get_user_by_id(srv.user_id)
             active = any(s.status != "stopped" for s in self.servers.of_user(srv.user_id).values())
