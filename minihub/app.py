@@ -21,6 +21,7 @@ from .config import Config
 from .context import BASE_URL, PARTS, Parts, identity, parts
 from .culler import Culler
 from .errors import Forbidden
+from .hubsettings import HubSettings
 from .metrics import Metrics
 from .middlewares import MIDDLEWARES
 from .plugins import make_authenticator, make_spawner
@@ -31,7 +32,7 @@ from .service_spec import validate as validate_services
 from .spawner.base import Spawner
 from .store import Store
 from .user_proxy import user_route
-from .web import admin, pages, sharing
+from .web import admin, admin_hub, course, pages, sharing
 from .web.errors import quiet_client_protocol_errors
 from .web.render import add_filters
 
@@ -61,6 +62,8 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         try:
             authenticator = make_authenticator(cfg, store)
             access = await make_access(cfg, store)
+            settings = HubSettings(store)
+            await settings.load()
         except BaseException:
             await store.close()  # else its thread keeps the failed process alive
             raise
@@ -76,6 +79,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
             proxy,
             metrics,
             access,
+            settings,
         )
         _gauges(p)
         access.on_change(proxy.recheck_websockets)
@@ -172,6 +176,8 @@ def make_app(cfg: Config, spawner: Spawner | None = None) -> web.Application:
         oauth_setup(app, base)
     oauth2.setup(app, base)
     admin.setup(app, base)
+    admin_hub.setup(app, base)
+    course.setup(app, base)
     app.router.add_route("*", base + "services/{name}", service_route)
     app.router.add_route("*", base + "services/{name}/{tail:.*}", service_route)
     app.router.add_route("*", base + "user/{name}", user_route)

@@ -15,6 +15,7 @@ from .auth.base import Authenticator
 from .auth.identity import Identities, Identity
 from .auth.throttle import Throttle
 from .config import Config
+from .hubsettings import HubSettings
 from .metrics import Metrics
 from .proxy import Proxy
 from .servers import Servers
@@ -33,6 +34,7 @@ class Parts:
     proxy: Proxy
     metrics: Metrics
     access: Access
+    settings: HubSettings  # what admins change while the hub runs
 
 
 PARTS: web.AppKey[Parts] = web.AppKey("parts", Parts)

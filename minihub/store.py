@@ -179,6 +179,22 @@ MIGRATIONS: list[str] = [
         exchange_count INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 6: what admins change while the hub runs (minihub.hubsettings) and sign-up requests
+    # that wait for an admin (minihub.auth.signups): not users until approved
+    """
+    CREATE TABLE hub_settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE signups (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        email TEXT NOT NULL DEFAULT '',
+        requested REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -120,6 +120,13 @@ class ProgressLog:
 
 
 @dataclass(frozen=True)
+class Usage:
+    memory: int  # bytes in use now (the cgroup's, else the processes' resident set)
+    memory_limit: int | None  # bytes, None if unlimited
+    cpu_seconds: float  # CPU time used since the server started, all its processes
+
+
+@dataclass(frozen=True)
 class Started:
     endpoint: Endpoint
     state: State
@@ -154,6 +161,12 @@ class Spawner(abc.ABC):
 
     async def log_tail(self, state: State, lines: int = 20) -> str:
         return ""
+
+    async def usage(self, state: State) -> Usage | None:
+        """What a running server uses now (memory, CPU time), for the admin page; None if
+        this spawner cannot tell. Cheap enough to ask for every running server a page shows
+        (a cgroup's files, /proc), never a call per kernel."""
+        return None
 
     def oom_killed(self, state: State) -> bool:
         """True if the kernel killed part of this server (e.g. a kernel) for lack of memory

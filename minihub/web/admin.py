@@ -1,12 +1,22 @@
-"""The admin page: add, remove and promote users; start and stop anyone's servers; the
-groups section's forms are minihub.web.admin_groups."""
+"""The admin page: add, remove and promote users; start and stop anyone's servers.
+
+The page is made of sections, each a template and a function giving its values
+(`section`): this module's users table, minihub.web.admin_groups (groups),
+minihub.web.admin_hub (announcement, sign-up requests), minihub.web.course (course links,
+class folders). A section's forms post to its own module's routes, which answer with
+`admin_page` (a message or an error on top).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from .. import users
-from ..access.http import allows, principal, require
+from ..access.http import allows, require
 from ..context import parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..store import User
@@ -14,6 +24,28 @@ from .pages import STATUS_WORDS, current, named_servers
 from .render import render
 
 routes = web.RouteTableDef()
+SectionValues = Callable[[web.Request], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Section:
+    template: str
+    order: int  # where on the page, top first
+    values: SectionValues
+
+
+SECTIONS: list[Section] = []
+
+
+def section(template: str, order: int) -> Callable[[SectionValues], SectionValues]:
+    """Registers a section of the admin page; its values join the page's (names must not clash)."""
+
+    def register(fn: SectionValues) -> SectionValues:
+        SECTIONS.append(Section(template, order, fn))
+        SECTIONS.sort(key=lambda s: s.order)
+        return fn
+
+    return register
 
 
 def require_admin(request: web.Request) -> User:
@@ -42,28 +74,25 @@ async def admin_page(
     request: web.Request, message: str = "", error: str = "", status: int = 200
 ) -> web.Response:
     require_admin(request)
+    ctx: dict[str, Any] = {"message": message, "error": error, "words": STATUS_WORDS}
+    for s in SECTIONS:
+        ctx.update(await s.values(request))
+    ctx["sections"] = [s.template for s in SECTIONS]
+    return render(request, "admin.html", ctx, status=status)
+
+
+@section("_admin_users.html", 10)
+async def users_values(request: web.Request) -> dict[str, Any]:
     p = parts(request)
     rows = [
         (u, p.servers.peek(u.id), named_servers(p.servers, u.id), p.access.is_admin(u.name))
         for u in await p.store.list_users()
     ]
-    seen = p.access.groups_visible(principal(request), "read:groups")
-    groups = [g for _, g in sorted(p.access.groups.items()) if seen is None or g.name in seen]
-    return render(
-        request,
-        "admin.html",
-        {
-            "rows": rows,
-            "groups": groups,
-            "user_groups": {u.name: p.access.groups_of(u.name) for u, *_ in rows},
-            "may_create_groups": allows(request, "admin:groups"),
-            "message": message,
-            "error": error,
-            "words": STATUS_WORDS,
-            "native": p.authenticator.kind == "native",
-        },
-        status=status,
-    )
+    return {
+        "rows": rows,
+        "user_groups": {u.name: p.access.groups_of(u.name) for u, *_ in rows},
+        "native": p.authenticator.kind == "native",
+    }
 
 
 @routes.post("/hub/admin/users")
@@ -148,7 +177,11 @@ async def server_action(request: web.Request) -> web.Response:
 def setup(app: web.Application, base_url: str) -> None:
     from . import admin_groups  # its forms answer with this module's admin_page
 
+    add_routes(app, base_url, [*routes, *admin_groups.routes])
+
+
+def add_routes(app: web.Application, base_url: str, table: list[web.AbstractRouteDef]) -> None:
     prefix = base_url.rstrip("/")
-    for r in [*routes, *admin_groups.routes]:
+    for r in table:
         assert isinstance(r, web.RouteDef)
         app.router.add_route(r.method, prefix + r.path, r.handler)

@@ -5,16 +5,17 @@ delete:groups, groups), so a teaching assistant with `groups!group=x` manages x 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from aiohttp import web
 
-from ..access.http import require
+from ..access.http import allows, principal, require
 from ..api.groups import MAX_MEMBERS, group_name
 from ..auth import names
 from ..body import read_form
 from ..context import parts
 from ..errors import BadRequest
-from .admin import admin_page, require_admin
+from .admin import admin_page, require_admin, section
 
 routes = web.RouteTableDef()
 SEPARATORS = re.compile(r"[\s,;]+")
@@ -26,6 +27,14 @@ def class_list(text: str) -> list[str]:
     if len(given) > MAX_MEMBERS:
         raise BadRequest(f"At most {MAX_MEMBERS} names at a time.")
     return list(dict.fromkeys(given))
+
+
+@section("_admin_groups.html", 40)
+async def groups_values(request: web.Request) -> dict[str, Any]:
+    p = parts(request)
+    seen = p.access.groups_visible(principal(request), "read:groups")
+    groups = [g for _, g in sorted(p.access.groups.items()) if seen is None or g.name in seen]
+    return {"groups": groups, "may_create_groups": allows(request, "admin:groups")}
 
 
 def _group(request: web.Request, scope: str) -> str:
