@@ -21,7 +21,7 @@ from .access import roles
 from .errors import StartupError
 from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 from .service_spec import validate as validate_services
-from .setting import Setting
+from .setting import Setting, between
 
 log = logging.getLogger("minihub")
 
@@ -150,6 +150,35 @@ HUB_SETTINGS: list[Setting] = [
         "for nginx on this machine) whose X-Forwarded-For names the client for login "
         "throttling. Empty: the connecting address always counts.",
     ),
+    # [hub] announcements (minihub.web.announcement); an admin overrides them while the hub runs
+    _s(
+        "hub",
+        "announcement",
+        str,
+        "",
+        "A banner on every hub page and in the notebook app (plain text; web links become "
+        "links), as JupyterHub's template_vars announcement. Admins change it on the admin "
+        "page without a restart. Public: the login page shows it.",
+    ),
+    _s("hub", "announcement_login", str, "", "The login page's banner, instead of announcement."),
+    _s("hub", "announcement_home", str, "", "The home page's banner, instead of announcement."),
+    _s(
+        "hub",
+        "announcement_spawn",
+        str,
+        "",
+        "The banner of the spawn and spawn-progress pages, instead of announcement.",
+    ),
+    _s("hub", "announcement_logout", str, "", "The logout page's banner, instead of announcement."),
+    Setting(
+        "hub",
+        "announcement_poll_seconds",
+        int,
+        60,
+        "How often an open notebook app asks the hub for the announcement, so a change shows "
+        "without a reload.",
+        check=between(1, 3600),
+    ),
     # [auth]
     _s(
         "auth",
@@ -157,7 +186,8 @@ HUB_SETTINGS: list[Setting] = [
         str,
         "pam",
         '"pam" (system accounts), "native" (minihub '
-        'passwords stored with bcrypt), "oauth" (an identity provider: [auth.oauth]) or another '
+        'passwords stored with bcrypt), "oauth" (an identity provider: [auth.oauth]), '
+        '"shared-password" (a workshop: [auth.shared_password]) or another '
         "installed package's (entry points minihub.authenticators).",
     ),
     _s("auth", "admin_users", list, [], "Users who are admins."),

@@ -20,6 +20,9 @@ KEYS: dict[str, Any] = {
     "announcement": {},
     # folders linked read-only into every home, besides [users] shared_dirs
     "shared_dirs": [],
+    # names a workshop login (minihub.auth.shared) made: its max_users, and on a root hub
+    # the Unix accounts it owns
+    "workshop_names": [],
 }
 
 

@@ -56,8 +56,11 @@ async def create(
     return user
 
 
-async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -> User:
-    """A new user by open sign-up: only a name that belongs to nobody yet.
+async def sign_up(
+    store: Store, auth: Authenticator, name: str, password: str, email: str = ""
+) -> User | None:
+    """A new user by open sign-up: only a name that belongs to nobody yet. With
+    `[auth] signup_approval` a request instead (None): minihub.auth.signups.
 
     Sign-up binds a password to a name, and on a root hub the name is also a Unix account
     whose files a server runs with. So a name that is a hub user, a Unix account (even one
@@ -76,6 +79,12 @@ async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -
         raise taken
     if await auth.pool.run(accounts.account_exists, name):
         raise taken
+    if auth.signup_approval:
+        if await auth.signups.get(name) is not None:
+            raise taken
+        email = check_email(email) if auth.signup_ask_email else ""
+        await auth.signups.add(name, await auth.hash_new_password(password), email)
+        return None  # the account is made when an admin approves
     hashed = await auth.hash_new_password(password)
     if os.geteuid() == 0:
         try:
@@ -84,6 +93,17 @@ async def sign_up(store: Store, auth: Authenticator, name: str, password: str) -
             log.warning("sign-up of %s refused: %s", name, e.message)
             raise taken from None
     return await store.add_user(name, hashed)
+
+
+def check_email(email: str) -> str:
+    """A sign-up's email: one plausible address (the admin who approves reads it)."""
+    email = email.strip()
+    local, at, domain = email.rpartition("@")
+    if not at or not local or "." not in domain or len(email) > 254 or not email.isprintable():
+        raise BadRequest("Give an email address such as you@example.org.")
+    if any(c.isspace() for c in email):
+        raise BadRequest("An email address has no spaces.")
+    return email
 
 
 async def set_password(store: Store, auth: Authenticator, user: User, password: str) -> None:

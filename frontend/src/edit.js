@@ -1,5 +1,6 @@
 // The text editor page (edit/<path>) for .py .md .txt .json .csv and other text files.
 import "./style.css";
+import "./announcement.js";
 import * as api from "./api.js";
 import { EditorState, EditorView, keymap, fileExtensions } from "./editor-setup.js";
 import { Prec } from "@codemirror/state";

@@ -1,6 +1,7 @@
 // The notebook editor page (notebooks/<path>): cells, the Jupyter keyboard model, the kernel
 // session, saving with checkpoints and on-disk change detection.
 import "./style.css";
+import "./announcement.js";
 import * as api from "./api.js";
 import { Kernel } from "./kernel.js";
 import { Cell, cellProblem } from "./cell.js";

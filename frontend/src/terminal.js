@@ -3,6 +3,7 @@
 // server replays recent output on attach) and says so when the shell has ended.
 import "@xterm/xterm/css/xterm.css";
 import "./style.css";
+import "./announcement.js";
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import * as api from "./api.js";

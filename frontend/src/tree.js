@@ -1,6 +1,7 @@
 // The file browser page (tree/<path>): list, create, upload, rename, copy, delete, download,
 // the running notebooks with their kernels, and the running terminals.
 import "./style.css";
+import "./announcement.js";
 import * as api from "./api.js";
 import { h, confirmDialog, promptDialog, notice, reportError, formatTime, formatSize } from "./ui.js";
 import { uploadFile } from "./upload.js";

@@ -10,10 +10,11 @@ from typing import ClassVar
 import bcrypt
 
 from ..config import Config
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden
 from ..setting import Setting
 from ..store import Store
 from .base import Authenticator
+from .signups import Signups
 
 log = logging.getLogger("minihub.auth")
 
@@ -66,6 +67,23 @@ class NativeAuthenticator(Authenticator):
             8,
             "Native authenticator: shortest password accepted.",
         ),
+        Setting(
+            "auth",
+            "signup_approval",
+            bool,
+            False,
+            "Native authenticator with open_signup: a sign-up is a request that an admin "
+            "approves or refuses on the admin page (as NativeAuthenticator's); until then "
+            "the name cannot log in.",
+        ),
+        Setting(
+            "auth",
+            "signup_ask_email",
+            bool,
+            False,
+            "Native authenticator with signup_approval: the sign-up form asks for an email "
+            "address, shown to the admins who approve.",
+        ),
     ]
 
     def __init__(self, cfg: Config, store: Store) -> None:
@@ -73,11 +91,18 @@ class NativeAuthenticator(Authenticator):
         self.store = store
         self.can_signup = signup_is_safe(cfg)
         self.min_length = int(cfg.get("auth.min_password_length"))
+        self.signup_approval = bool(cfg.get("auth.signup_approval"))
+        self.signup_ask_email = bool(cfg.get("auth.signup_ask_email"))
+        self.signups = Signups(store)
 
     async def check_password(self, username: str, password: str) -> bool:
         user = await self.store.get_user(username)
-        hashed = user.password_hash if user else None
-        return await self.pool.run(verify_password, password, hashed)
+        pending = None if user else await self.signups.get(username)
+        hashed = user.password_hash if user else pending.password_hash if pending else None
+        ok = await self.pool.run(verify_password, password, hashed)
+        if ok and pending is not None:  # only the requester learns it is pending
+            raise Forbidden("Your sign-up awaits approval by an admin: try again later.")
+        return ok
 
     def check_new_password(self, password: str) -> None:
         if len(password) < self.min_length:

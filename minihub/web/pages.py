@@ -92,6 +92,8 @@ def login_form(
             "signup": getattr(p.authenticator, "can_signup", False),
             "login_service": getattr(p.authenticator, "login_service", ""),
             "kind": p.authenticator.kind,
+            # e.g. a workshop login's closing time (minihub.auth.shared)
+            "login_notice": getattr(p.authenticator, "login_notice", lambda: "")(),
         },
         status=status,
     )
@@ -239,7 +241,21 @@ def _public_login_url(request: web.Request, p: Parts) -> str:
 async def signup_page(request: web.Request) -> web.Response:
     if not getattr(parts(request).authenticator, "can_signup", False):
         raise web.HTTPNotFound(reason="Sign-up is not open on this hub.")
-    return render(request, "signup.html", {"error": ""})
+    return signup_form(request)
+
+
+def signup_form(
+    request: web.Request, error: str = "", status: int = 200, pending: bool = False
+) -> web.Response:
+    auth = parts(request).authenticator
+    ctx = {
+        "error": error,
+        "pending": pending,  # the request was made and awaits an admin
+        "approval": getattr(auth, "signup_approval", False),
+        "ask_email": getattr(auth, "signup_approval", False)
+        and getattr(auth, "signup_ask_email", False),
+    }
+    return render(request, "signup.html", ctx, status=status)
 
 
 @routes.post("/hub/signup")
@@ -251,14 +267,17 @@ async def signup(request: web.Request) -> web.Response:
     form = await request.post()
     name, pw = str(form.get("username", ""))[:256], str(form.get("password", ""))
     if pw != str(form.get("password2", "")):
-        return render(request, "signup.html", {"error": "The passwords differ."}, status=400)
+        return signup_form(request, "The passwords differ.", 400)
+    email = str(form.get("email", ""))[:256]
     try:  # sign-up hashes a password and may run useradd: throttled like a login
         async with p.throttle.attempt(names.normalise(name), login_address(request)):
-            await users.sign_up(p.store, p.authenticator, name, pw)
+            user = await users.sign_up(p.store, p.authenticator, name, pw, email)
     except HubError as e:
-        resp = render(request, "signup.html", {"error": e.message}, status=e.status)
+        resp = signup_form(request, e.message, e.status)
         resp.headers.update(e.headers)
         return resp
+    if user is None:  # [auth] signup_approval: a request, not yet a user
+        return signup_form(request, pending=True)
     raise redirect(f"{p.cfg.base_url}hub/login")
 
 
