@@ -29,6 +29,7 @@ from . import (
     ServerConfig,
     contents_api,
     files,
+    gitpull,
     kernels_api,
     pages,
     sessions,
@@ -216,6 +217,7 @@ def make_app(cfg: ServerConfig) -> web.Application:
     sessions.setup(app, base, kernels)
     contents_api.setup(app, base)
     files.setup(app, base)
+    gitpull.setup(app, base)  # nbgitpuller's course links
     pages.setup(app, base)
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_kernels)

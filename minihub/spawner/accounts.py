@@ -256,6 +256,42 @@ async def link_shared_dirs(account: Account, dirs: list[str], python: str = "") 
     return result
 
 
+# The reverse, as the user too: only a link that leads exactly to the folder goes.
+_UNLINK_SCRIPT = r"""
+import json, os, sys
+home, dirs = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for d in dirs:
+    link = os.path.join(home, os.path.basename(d.rstrip("/")))
+    try:
+        if os.path.islink(link) and os.readlink(link) == d:
+            os.unlink(link)
+            out[d] = "removed"
+        else:
+            out[d] = "ok"
+    except OSError as e:
+        out[d] = "error: " + (e.strerror or str(e))
+print(json.dumps(out))
+"""
+
+
+async def unlink_shared_dirs(account: Account, dirs: list[str], python: str = "") -> dict[str, str]:
+    """Remove <home>/<basename(dir)> where it is a link to dir (what `link_shared_dirs`
+    made); {dir: "removed" | "ok" (no such link) | "error: ..."}."""
+    wanted = [os.path.abspath(d) for d in dirs if d and os.path.basename(d.rstrip("/"))]
+    if not wanted:
+        return {}
+    try:
+        out = await asyncio.to_thread(
+            _run_link_script, account, wanted, python or sys.executable, _UNLINK_SCRIPT
+        )
+        result: dict[str, str] = json.loads(out)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        log.warning("unlinking shared dirs for %s failed: %s", account.name, e)
+        return {d: f"error: {e}" for d in wanted}
+    return result
+
+
 def drop_to(account: Account) -> tuple[int | None, int | None, list[int] | None]:
     """Popen's user=, group=, extra_groups= for the account (only root may, and needs to)."""
     if os.geteuid() != 0:
@@ -263,10 +299,12 @@ def drop_to(account: Account) -> tuple[int | None, int | None, list[int] | None]
     return account.uid, account.gid, list(account.groups)
 
 
-def _run_link_script(account: Account, dirs: list[str], python: str) -> str:
+def _run_link_script(
+    account: Account, dirs: list[str], python: str, script: str = _LINK_SCRIPT
+) -> str:
     user, group, extra = drop_to(account)
     done = subprocess.run(
-        [python, "-I", "-c", _LINK_SCRIPT, account.home, json.dumps(dirs)],
+        [python, "-I", "-c", script, account.home, json.dumps(dirs)],
         check=True,
         capture_output=True,
         text=True,

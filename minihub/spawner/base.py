@@ -144,6 +144,9 @@ class Spawner(abc.ABC):
     # The hub groups a user is in (the hub sets it from minihub.access), for spawners that
     # offer profiles or limits by group.
     groups_of: Callable[[str], list[str]] = staticmethod(lambda user: [])
+    # Class folders admins shared from the admin page (hub settings), for spawners that link
+    # folders into homes; the hub sets it.
+    hub_shared_dirs: Callable[[], list[str]] = staticmethod(list)
 
     @abc.abstractmethod
     async def start(self, launch: Launch) -> Started: ...

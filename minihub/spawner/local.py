@@ -169,9 +169,10 @@ class LocalSpawner(Spawner):
         cfg = self._config()
         sp = cfg.section("spawner")
         account = await self._account(cfg, launch)
-        if os.geteuid() == 0 and cfg.get("users.shared_dirs"):
+        shared = [*cfg.get("users.shared_dirs"), *self.hub_shared_dirs()]
+        if os.geteuid() == 0 and shared:
             self._say(launch, "Linking shared folders")
-            await accounts.link_shared_dirs(account, cfg.get("users.shared_dirs"))
+            await accounts.link_shared_dirs(account, shared)
         cwd = (sp["notebook_dir"] or account.home).replace("{username}", launch.user)
         mem = (parse_bytes(sp["mem_limit"]) or 0) if sp["mem_limit"] else 0
         spec = LaunchSpec(
@@ -208,7 +209,7 @@ class LocalSpawner(Spawner):
             spec.stdin_config.update(
                 notebook_dir=cwd,
                 mem_limit=mem,
-                shared_dirs=await asyncio.to_thread(shared_roots, cfg),
+                shared_dirs=await asyncio.to_thread(shared_roots, cfg, self.hub_shared_dirs()),
             )
         return spec
 
@@ -420,12 +421,13 @@ def _proc(state: State) -> Proc:
     )
 
 
-def shared_roots(cfg: Config) -> list[str]:
-    """Where links in a home may lead: [users] shared_dirs and what /etc/skel links to.
+def shared_roots(cfg: Config, extra: list[str] | None = None) -> list[str]:
+    """Where links in a home may lead: [users] shared_dirs, the admin page's class folders
+    (`extra`) and what /etc/skel links to.
 
-    Both are chosen by the operator; a link a user makes elsewhere stays refused.
+    All are chosen by the operator; a link a user makes elsewhere stays refused.
     """
-    roots = [os.path.realpath(d) for d in cfg.get("users.shared_dirs")]
+    roots = [os.path.realpath(d) for d in [*cfg.get("users.shared_dirs"), *(extra or [])]]
     try:
         for entry in os.scandir(SKEL):
             if entry.is_symlink():
