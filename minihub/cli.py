@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     adm.add_argument("--remove", action="store_true")
     imp = user.add_parser("import", help="add users from a file, one name per line")
     imp.add_argument("file")
+    user.add_parser("requests", help="list sign-up requests awaiting approval")
+    for action, text in (("approve", "approve a sign-up request"), ("refuse", "refuse one")):
+        user.add_parser(action, help=text).add_argument("name")
     env = sub.add_parser("env", help="the user environment kernels run in (as root)")
     env_sub = env.add_subparsers(dest="action", metavar="action")
     for name, text in (

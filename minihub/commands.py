@@ -19,6 +19,7 @@ from typing import Any
 from . import userenv, users
 from .access import db as access_db
 from .auth.names import normalise
+from .auth.signups import Signups
 from .config import Config
 from .errors import HubError, StartupError
 from .plugins import make_authenticator
@@ -131,6 +132,38 @@ async def user_admin(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def user_requests(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        for r in await Signups(store).list(limit=-1):
+            asked = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.requested))
+            print(f"{r.name:24} {r.email:32} asked {asked}")
+    finally:
+        await store.close()
+    return 0
+
+
+async def user_approve(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        user = await Signups(store).approve(args.name)
+        print(f"approved {user.name}")
+    finally:
+        await store.close()
+    return 0
+
+
+async def user_refuse(cfg: Config, args: argparse.Namespace) -> int:
+    store = await _store(cfg)
+    try:
+        if not await Signups(store).remove(normalise(args.name)):
+            raise HubError(f"no sign-up request from {normalise(args.name)[:64]!r}")
+        print(f"refused {normalise(args.name)}")
+    finally:
+        await store.close()
+    return 0
+
+
 async def token(cfg: Config, args: argparse.Namespace) -> int:
     store = await _store(cfg)
     try:
@@ -220,6 +253,9 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("user", "set-password"): user_set_password,
     ("user", "admin"): user_admin,
     ("user", "import"): user_import,
+    ("user", "requests"): user_requests,
+    ("user", "approve"): user_approve,
+    ("user", "refuse"): user_refuse,
     ("token", None): token,
     ("env", "create"): env_create,
     ("env", "install"): env_install,

@@ -5,9 +5,11 @@ for those who may approve. Through real HTTP to a real hub, as root with real us
 
 from __future__ import annotations
 
+import asyncio
 import pwd
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +22,7 @@ from minihub.store import Store
 from minihub.users import create
 
 PREFIX = "mhsa_"
-NAMES = [f"{PREFIX}{n}" for n in ("ann", "bob", "cy", "dee")]
+NAMES = [f"{PREFIX}{n}" for n in ("ann", "bob", "cy", "dee", "eve", "fay")]
 
 
 def userdel(name: str) -> None:
@@ -162,3 +164,30 @@ async def test_approval_refuses_a_name_taken_meanwhile(hub, make_system_user):
     finally:
         await boss.close()
     assert (await login(c, NAMES[3], "new-password-1")).status == 403
+
+
+def test_the_cli_lists_approves_and_refuses(data_dir, tmp_path, clean, capsys):
+    """`minihub user requests | approve NAME | refuse NAME`, against the hub's SQLite."""
+    from minihub.auth.native import hash_password
+    from minihub.auth.signups import Signups
+    from minihub.cli import main
+
+    async def ask() -> None:
+        store = await Store.open(Path(data_dir) / "minihub.sqlite")
+        for name in NAMES[4:]:
+            await Signups(store).add(name, hash_password("new-password-1"), f"{name}@example.org")
+        await store.close()
+
+    asyncio.run(ask())
+    toml = tmp_path / "minihub.toml"
+    toml.write_text('[auth]\nauthenticator = "native"\n')
+    base = ["-f", str(toml), "--data-dir", data_dir, "user"]
+    assert main([*base, "requests"]) == 0
+    out = capsys.readouterr().out
+    assert f"{NAMES[4]}@example.org" in out and NAMES[5] in out
+    assert main([*base, "approve", NAMES[4]]) == 0 and account(NAMES[4])
+    assert main([*base, "refuse", NAMES[5]]) == 0
+    assert main([*base, "refuse", NAMES[5]]) == 1  # gone
+    capsys.readouterr()
+    assert main([*base, "requests"]) == 0
+    assert capsys.readouterr().out == ""
