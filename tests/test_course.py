@@ -124,6 +124,7 @@ def course_files() -> dict[str, str]:
         "intro.ipynb": json.dumps(NOTEBOOK),
         "notes.md": NOTES,
         "data.txt": "v1\n",
+        "old.md": "old\n",
     }
 
 
@@ -253,7 +254,8 @@ async def test_two_students_pull_a_course_and_their_changes_are_merged(
         (mine / "notes.md").write_text(notes)
         (mine / "data.txt").unlink()
         (mine / "week2.md").write_text("alice's own week2\n")
-        for f in ("notes.md", "week2.md"):
+        (mine / "old.md").write_text("alice kept notes here\n")
+        for f in ("notes.md", "week2.md", "old.md"):
             os.chown(mine / f, alice.uid, alice.gid)
         # the teacher: the same line 1, another line, data.txt, and two new files
         upstream = NOTES.replace("line 1\n", "teacher's 1\n").replace("line 6", "teacher's 6")
@@ -264,6 +266,7 @@ async def test_two_students_pull_a_course_and_their_changes_are_merged(
                 "data.txt": "v2\n",
                 "week2.md": "the teacher's week2\n",
                 "week3.md": "three\n",
+                "old.md": None,
             },
             "week 2",
         )
@@ -279,11 +282,13 @@ async def test_two_students_pull_a_course_and_their_changes_are_merged(
         assert len(renamed) == 1 and renamed[0].read_text() == "alice's own week2\n"
         assert renamed[0].suffix == ".md" and "Renamed your week2.md" in output(events)
         assert (mine / "week3.md").exists() and owned_by(mine, alice.uid)
+        assert (mine / "old.md").read_text() == "alice kept notes here\n"  # deleted upstream
 
         _, events = await pull(b, bob, q)  # bob changed nothing: he gets the teacher's files
         assert events[-1]["phase"] == "finished"
         assert (Path(bob.home) / "course" / "notes.md").read_text() == upstream
         assert not any(p.name.startswith("week2__") for p in (Path(bob.home) / "course").iterdir())
+        assert not (Path(bob.home) / "course" / "old.md").exists()
     finally:
         await a.close()
         await b.close()
