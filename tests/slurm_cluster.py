@@ -58,16 +58,14 @@ class SlurmCluster:
         self.run("scancel", job_id, check=False)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[SlurmCluster]:
+@pytest.fixture(scope="session", name="slurm_cluster")
+def slurm_cluster_fixture() -> Iterator[SlurmCluster]:
     if os.geteuid() != 0:
         pytest.skip("the Slurm tests run as root (they start Slurm's daemons)")
     if not shutil.which("slurmctld"):
         pytest.fail("Slurm is not installed: run `bash scripts/install test` (slurm-wlm, munge)")
     try:
-        up = subprocess.run(
-            ["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=90
-        )
+        up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=90)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"scripts/slurm up did not finish in 90 s: {e.stdout}{e.stderr}")
     if up.returncode != 0:

@@ -23,6 +23,7 @@ from ..access.http import allows, require
 from ..body import read_form
 from ..context import Parts, parts
 from ..errors import BadRequest, HubError
+from ..singleuser import gitlink
 from ..spawner import accounts
 from ..spawner.local import LocalSpawner
 from .admin import add_routes, admin_page, require_admin, section
@@ -85,13 +86,11 @@ async def course_values(request: web.Request) -> dict[str, Any]:
 
 def build_link(request: web.Request, p: Parts, f: dict[str, str]) -> str:
     """The nbgitpuller link for the builder's fields (absolute: it is pasted elsewhere)."""
-    from ..singleuser import gitpull
-
-    repo = gitpull.check_repo(f["repo"])
-    gitpull.check_branch(f["branch"])
+    repo = gitlink.check_repo(f["repo"])
+    gitlink.check_branch(f["branch"])
     default = posixpath.basename(urlsplit(repo).path.rstrip("/")).removesuffix(".git")
-    target = gitpull.relative_path(f["target"] or default, "The folder") or default
-    file = gitpull.relative_path(f["file"], "The file to open")
+    target = gitlink.relative_path(f["target"] or default, "The folder") or default
+    file = gitlink.relative_path(f["file"], "The file to open")
     query = {"repo": repo}
     if f["branch"]:
         query["branch"] = f["branch"]

@@ -1,0 +1,278 @@
+"""The Slurm spawner against a real Slurm (tests/slurm_cluster.py: three slurmd nodes on
+127.0.0.1): a hub process with [spawner] class = "slurm" submits users' servers as jobs
+run as the users, proxies kernels in them, shows the queue as progress, fails fast with
+Slurm's reason, enforces --mem, ends a server at its time limit with the reason shown,
+stops jobs, re-adopts them after a restart, and keeps users out of each other's servers.
+
+One hub for the module (the tests run in file order): the time-limited server starts first
+and is checked last, so its minute runs while the other tests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import helpers
+import pytest
+from slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401 (a fixture)
+from test_kube_spawner import follow, run_code, spawn, stop
+
+pytestmark = pytest.mark.timeout(200)
+
+MINIHUB = [sys.executable, "-m", "minihub"]
+USERS = ("mhs_ann", "mhs_bob", "mhs_cat", "mhs_dan", "mhs_tim")
+
+
+class SlurmHub:
+    def __init__(self, tmp: Path, extra: str = "") -> None:
+        self.port = helpers.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data, self.toml, self.log = tmp / "data", tmp / "minihub.toml", tmp / "hub.log"
+        self.toml.write_text(
+            f'[hub]\nconnect_url = "http://127.0.0.1:{self.port}"\n'
+            '[auth]\nauthenticator = "native"\n'
+            '[spawner]\nclass = "slurm"\nstart_timeout = 60\n'
+            f'[slurm]\nip = "127.0.0.1"\nmemory = "1G"\n{extra}'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.tokens: dict[str, str] = {}
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MINIHUB, "-f", str(self.toml), "--data-dir", str(self.data), *args],
+            input=input, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        cmd = [*MINIHUB, "-f", str(self.toml), "--data-dir", str(self.data), "--port"]
+        self.proc = helpers.launch_hub([*cmd, str(self.port)], self.port, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            helpers.stop_hub(self.proc)
+            self.proc = None
+
+    def user(self, name: str) -> None:
+        out = self.cli("user", "add", name, input=f"pw-{name}-long-enough\n")
+        assert out.returncode == 0, out.stderr
+        self.tokens[name] = self.cli("token", name).stdout.strip()
+
+    def session(self, name: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            self.url, headers={"Authorization": f"token {self.tokens[name]}"}
+        )
+
+
+@pytest.fixture(scope="module")
+def hub(
+    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster, make_system_user: Any
+) -> Iterator[SlurmHub]:
+    h = SlurmHub(tmp_path_factory.mktemp("slurmhub"))
+    for name in USERS:
+        make_system_user(name)
+        h.user(name)
+    h.start()
+    yield h
+    h.stop()
+    for line in h.log.read_text(errors="replace").splitlines():
+        assert "Traceback" not in line, h.log.read_text()[-3000:]
+    for job in slurm_cluster.run("squeue", "-h", "-o", "%i %u").splitlines():
+        if job.split()[1] in USERS:
+            slurm_cluster.cancel(job.split()[0])
+
+
+async def model(s: aiohttp.ClientSession, user: str) -> dict[str, Any]:
+    async with s.get(f"/hub/api/users/{user}") as r:
+        assert r.status == 200, await r.text()
+        return dict(await r.json())
+
+
+def messages(events: list[dict[str, Any]]) -> str:
+    return " | ".join(str(e.get("message")) for e in events)
+
+
+# --- first: a server with a one-minute time limit (checked in the last test) ---------------------
+async def test_time_limited_server_starts(hub: SlurmHub) -> None:
+    async with hub.session("mhs_tim") as s:
+        events = await spawn(s, "mhs_tim", {"runtime": "1"})
+        assert events[-1].get("ready"), events
+
+
+# --- spawn on a chosen node, a kernel running as the user ----------------------------------------
+async def test_spawn_on_a_chosen_node_runs_a_kernel_as_the_user(
+    hub: SlurmHub, slurm_cluster: SlurmCluster
+) -> None:
+    async with hub.session("mhs_ann") as s:
+        events = await spawn(s, "mhs_ann", {"nodelist": "n2"})
+        assert events[-1].get("ready"), events
+        assert "Submitting the job to Slurm" in messages(events)
+        assert "Job " in messages(events), events
+        state = (await model(s, "mhs_ann"))["servers"][""]["state"]
+        assert state["node"] == "n2" and state["user"] == "mhs_ann"
+        job = slurm_cluster.job(state["job_id"])
+        assert job["JobState"] == "RUNNING" and job["NodeList"] == "n2", job
+        assert job["UserId"].startswith("mhs_ann(")
+        code = (
+            "import os, pwd; print(pwd.getpwuid(os.getuid()).pw_name, os.environ['SLURMD_NODENAME'],"
+            " os.environ['SLURM_JOB_ID'], 'MINIHUB_SLURM_LAUNCH' in os.environ)"
+        )
+        out = (await run_code(s, "mhs_ann", code)).split()
+        assert out == ["mhs_ann", "n2", state["job_id"], "False"], out
+    # The secret is in no file the job wrote and in no world-readable script.
+    script = slurm_cluster.run("scontrol", "write", "batch_script", state["job_id"], "-")
+    assert "secret" not in script and "MINIHUB_SLURM_LAUNCH" not in script
+
+
+# --- one user cannot reach another's server -------------------------------------------------------
+async def test_another_user_cannot_reach_the_server(hub: SlurmHub) -> None:
+    async with hub.session("mhs_ann") as s:
+        state = (await model(s, "mhs_ann"))["servers"][""]["state"]
+    async with hub.session("mhs_bob") as s:
+        async with s.get("/user/mhs_ann/api/kernels", allow_redirects=False) as r:
+            assert r.status in (403, 404), r.status
+        # The report route: a guessed token is refused and changes nothing.
+        hdr = {"X-Minihub-Launch-Token": "guess"}
+        body = {"job_id": state["job_id"], "port": 1}
+        async with s.post("/hub/api/slurm/report", json=body, headers=hdr) as r:
+            assert r.status == 404
+    # Straight to the job's port without the server's secret: refused by the server.
+    async with aiohttp.ClientSession() as raw:
+        url = f"http://{state['host']}:{state['port']}/user/mhs_ann/api/kernels"
+        async with raw.get(url) as r:
+            assert r.status == 403
+
+
+# --- a job waiting in the queue, with Slurm's reason ------------------------------------------------
+async def test_pending_job_shows_the_reason_then_starts(
+    hub: SlurmHub, slurm_cluster: SlurmCluster
+) -> None:
+    blocker = slurm_cluster.sbatch("-p", "small", "-c", "8", "--mem=100M", "--wrap", "sleep 300")
+    slurm_cluster.wait_state(blocker, {"RUNNING"})
+    async with hub.session("mhs_cat") as s:
+        post = asyncio.create_task(s.post("/hub/api/users/mhs_cat/server",
+                                          json={"partition": "small"}))  # fmt: skip
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(30):
+            while "waiting in the queue (Resources)" not in messages(seen):
+                await asyncio.sleep(0.3)
+                async with s.get("/hub/api/users/mhs_cat/server/progress") as r:
+                    if r.status == 200:
+                        seen = [json.loads(x[5:]) async for x in _data_lines(r)]
+        slurm_cluster.cancel(blocker)
+        r = await post
+        assert r.status in (201, 202), await r.text()
+        events = await follow(s, "/hub/api/users/mhs_cat/server/progress")
+        assert events[-1].get("ready"), events
+        assert (await model(s, "mhs_cat"))["servers"][""]["state"]["node"] == "n3"
+        await stop(s, "mhs_cat")
+
+
+async def _data_lines(r: aiohttp.ClientResponse) -> Any:
+    # A progress stream of a pending server ends only when the start does: read what is there.
+    try:
+        async with asyncio.timeout(1):
+            async for line in r.content:
+                if line.startswith(b"data:"):
+                    yield line
+    except TimeoutError:
+        return
+
+
+# --- fail fast with Slurm's reason -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"partition": "nope"}, "Invalid partition name specified"),
+        ({"partition": "small", "runtime": "2:00:00"}, "Slurm cannot run the job"),
+        ({"memory": "1G\n#SBATCH --uid=0"}, "is not a Slurm size"),
+        ({"qos": "normal"}, "Option 'qos' is not offered"),
+    ],
+)
+async def test_a_job_slurm_will_not_run_fails_at_once(
+    hub: SlurmHub, slurm_cluster: SlurmCluster, options: dict[str, str], expected: str
+) -> None:
+    async with hub.session("mhs_bob") as s:
+        events = await spawn(s, "mhs_bob", options)
+        assert events[-1].get("failed"), events
+        assert expected in events[-1]["message"], events
+        assert (await model(s, "mhs_bob"))["servers"] == {}
+    jobs = slurm_cluster.run("squeue", "-h", "-u", "mhs_bob", "-t", "PD,R", "-o", "%i")
+    assert jobs.strip() == ""
+
+
+# --- --mem enforced: a kernel over the limit is killed, and the user told ------------------------
+async def test_memory_limit_kills_a_kernel_over_it(hub: SlurmHub) -> None:
+    async with hub.session("mhs_dan") as s:
+        events = await spawn(s, "mhs_dan", {"memory": "400M"})
+        assert events[-1].get("ready"), events
+        async with s.post("/user/mhs_dan/api/kernels", json={"name": "python3"}) as r:
+            kernel = await r.json()
+        url = f"/user/mhs_dan/api/kernels/{kernel['id']}/channels"
+        session, msg_id = "s" * 32, "m" * 32
+        reasons = []
+        async with s.ws_connect(f"{url}?session_id={session}") as ws:
+            await ws.send_json(helpers.execute_request("hog = b'x' * (800 << 20)", msg_id, session))
+            async with asyncio.timeout(60):
+                async for m in ws:
+                    msg = json.loads(m.data)
+                    if msg["msg_type"] == "status" and msg["content"].get("reason"):
+                        reasons.append(msg["content"]["reason"])
+                        break
+        assert reasons == ["killed: out of memory"], reasons
+        assert (await run_code(s, "mhs_dan", "print('still here')")).strip() == "still here"
+        await stop(s, "mhs_dan")
+
+
+# --- stop, and a hub restart that re-adopts a running job ----------------------------------------
+async def test_restart_readopts_the_job_and_stop_ends_it(
+    hub: SlurmHub, slurm_cluster: SlurmCluster
+) -> None:
+    async with hub.session("mhs_ann") as s:
+        before = (await model(s, "mhs_ann"))["servers"][""]["state"]
+    hub.stop()
+    hub.start()
+    async with hub.session("mhs_ann") as s:
+        after = (await model(s, "mhs_ann"))["servers"][""]
+        assert after["ready"] and after["state"]["job_id"] == before["job_id"], after
+        assert (await run_code(s, "mhs_ann", "print(6 * 7)")).strip() == "42"
+        await stop(s, "mhs_ann")
+    job = slurm_cluster.job(before["job_id"])
+    assert job["JobState"] in ("CANCELLED", "COMPLETED"), job
+
+
+# --- last: the one-minute server has been ended by Slurm, and the user is told why ---------------
+async def test_time_limit_ends_the_server_with_the_reason(hub: SlurmHub) -> None:
+    async with hub.session("mhs_tim") as s:
+        async with asyncio.timeout(120):
+            while (await model(s, "mhs_tim"))["servers"]:
+                await asyncio.sleep(1)
+        events = await follow(s, "/hub/api/users/mhs_tim/server/progress")
+        assert events[-1].get("failed") and "Your server stopped" in events[-1]["message"], events
+        async with s.get("/hub/spawn-pending/mhs_tim") as r:
+            page = await r.text()
+        assert "reached its time limit" in page and "TIMEOUT" in page, page[-2000:]
+
+
+# --- bad settings stop start-up naming the key -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('memory = "lots"', "[slurm] memory"),
+        ('partition = "a b"', "[slurm] partition"),
+        ('exec_prefix = "sudo -u someone"', "[slurm] exec_prefix"),
+        ("nprocs = -1", "[slurm] nprocs"),
+        ('colour = "blue"', "colour"),
+    ],
+)
+def test_bad_settings_stop_start_up_naming_the_key(tmp_path: Path, line: str, key: str) -> None:
+    h = SlurmHub(tmp_path)
+    h.toml.write_text(h.toml.read_text().replace('memory = "1G"\n', line + "\n"))
+    out = h.cli("token", "mhs_nobody")
+    assert out.returncode != 0 and key in out.stderr, out.stderr
