@@ -121,11 +121,11 @@ SETTINGS: list[Setting] = [
     _s(
         "batch_script",
         str,
-        BATCH_SCRIPT,
-        "The job's script, a Jinja template with "
-        "batchspawner's variables: username, homedir, partition, runtime, memory, gres, "
-        "nprocs, qos, account, reservation, nodelist, constraint, options, prologue, "
-        "epilogue, cmd.",
+        "",
+        "The job's script, a Jinja template with batchspawner's variables: username, "
+        "homedir, partition, runtime, memory, gres, nprocs, qos, account, reservation, "
+        "nodelist, constraint, options, prologue, epilogue, cmd. Empty: minihub's own "
+        "(minihub/spawner/slurm/settings.py BATCH_SCRIPT, shown in docs/slurm.md).",
     ),
     _s(
         "exec_prefix",

@@ -34,7 +34,7 @@ from ...setting import Setting
 from ..base import UNKNOWN_EXIT, Endpoint, Launch, ProgressLog, Spawner, Started, State
 from .job import LAUNCH_ENV
 from .queue import Job, Queue, SlurmError, run
-from .settings import BY_NAME, OPTION_KEYS, SETTINGS
+from .settings import BATCH_SCRIPT, BY_NAME, OPTION_KEYS, SETTINGS
 
 log = logging.getLogger("minihub.spawner.slurm")
 
@@ -74,7 +74,7 @@ class SlurmSpawner(Spawner):
         self._partitions_task: asyncio.Task[None] | None = None
         if cfg is not None:  # the batch script must parse: a bad template stops start-up
             try:
-                jinja2.Environment().parse(str(cfg.get("slurm.batch_script")))
+                jinja2.Environment().parse(str(cfg.get("slurm.batch_script")) or BATCH_SCRIPT)
             except jinja2.TemplateSyntaxError as e:
                 from ...errors import StartupError
 
@@ -356,7 +356,9 @@ def render(settings: dict[str, Any], account: pwd.struct_passwd, python: str) ->
     )}  # fmt: skip
     values["gres"] = f"gpu:{settings['ngpus']}" if settings["ngpus"] else ""
     cmd = f"{python} -m minihub.spawner.slurm.job"
-    template = jinja2.Environment(keep_trailing_newline=True).from_string(settings["batch_script"])
+    template = jinja2.Environment(keep_trailing_newline=True).from_string(
+        settings["batch_script"] or BATCH_SCRIPT
+    )
     return template.render(values, username=account.pw_name, homedir=account.pw_dir, cmd=cmd)
 
 
