@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import hub_config, login
+from conftest import hub_config
+from conftest import login as login_form
 
 from minihub.app import make_app
 from minihub.auth.native import NativeAuthenticator
@@ -23,6 +24,12 @@ from minihub.users import create
 
 PREFIX = "mhsa_"
 NAMES = [f"{PREFIX}{n}" for n in ("ann", "bob", "cy", "dee", "eve", "fay")]
+
+
+async def login(c: Any, name: str, password: str) -> Any:
+    """The login form, landing on the home page: no server is started (nor, on this root
+    hub, a Unix account made for it)."""
+    return await login_form(c, name, password, next="/hub/home")
 
 
 def userdel(name: str) -> None:

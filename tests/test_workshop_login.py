@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hub_config, login
+from conftest import hub_config
+from conftest import login as login_form
 
 from minihub.app import make_app
 from minihub.auth.shared import SharedPasswordAuthenticator
@@ -23,6 +24,12 @@ from minihub.store import Store
 USER_PW = "workshop-2026"
 ADMIN_PW = "a" * 16 + "-admin-password-long"
 NAMES = [f"mhws_{n}" for n in ("ann", "bob", "cy", "dee", "boss")]
+
+
+async def login(c: Any, name: str, password: str) -> Any:
+    """The login form, landing on the home page: no server is started (nor, on this root
+    hub, a Unix account made for it)."""
+    return await login_form(c, name, password, next="/hub/home")
 
 
 def userdel(name: str) -> None:
