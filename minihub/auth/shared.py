@@ -153,7 +153,7 @@ class SharedPasswordAuthenticator(Authenticator):
         return not self.closed() and S.equal(password, self.user_password)
 
     async def authenticate(self, username: str, password: str) -> AuthResult | None:
-        if not self.is_allowed(username):
+        if not await self._by_rules(self.is_allowed, username):
             return None
         if username in self.admin_users:
             ok = await self.check_password(username, password)
