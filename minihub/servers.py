@@ -44,6 +44,7 @@ PROBE_INTERVAL = 0.05
 PROBE_BACKOFF, PROBE_MAX_INTERVAL = 1.5, 0.5
 POLL_EVERY = 5.0
 SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
+_DRAIN_TURNS = 3  # loop turns the progress follower gets after start returns
 
 # JupyterHub 6's server names (its "safe slug": a lowercase letter first, a letter or digit
 # last, no "--"); and names the default server's own pages use, which a named server would
@@ -324,8 +325,14 @@ class Servers:
         try:
             return await self.spawner.start(launch)
         finally:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            try:
+                # A message said right before start returned has woken the follower, which
+                # has not run yet: a few turns of the loop let it copy what was said.
+                for _ in range(_DRAIN_TURNS):
+                    await asyncio.sleep(0)
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
 
     async def _fail(self, srv: Server, message: str, tail: str, status: int = 502) -> None:
         log.warning("spawn of %s failed: %s", srv.label, message)

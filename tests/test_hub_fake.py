@@ -174,6 +174,27 @@ async def test_held_start_is_pending_with_progress_then_ready(
     assert (await r.json())["ready"] is True
 
 
+async def test_a_message_said_as_start_returns_is_shown(
+    hub: Hub, fake: FakeSpawner, monkeypatch: pytest.MonkeyPatch
+):
+    # A spawner's last word ("Job 7 is running on n2") comes right before start returns;
+    # the hub lets its progress follower copy it before cancelling the follower.
+    c, tok = await hub()
+    start = fake.start
+
+    async def start_then_say(launch: Any) -> Any:
+        started = await start(launch)
+        fake.plan(launch.key).say("Job 7 is running on n2")
+        return started
+
+    monkeypatch.setattr(fake, "start", start_then_say)
+    await up(c, "amy", tok["amy"])
+    resp = await c.get("/hub/api/users/amy/server/progress", headers=h(tok["amy"]))
+    said = [e["message"] async for e in events(resp)]
+    assert said[:3] == ["Server requested", "Job 7 is running on n2",
+                        "Waiting for the server to answer"], said  # fmt: skip
+
+
 async def test_failed_start_shows_message_and_log(hub: Hub, fake: FakeSpawner):
     c, tok = await hub()
     plan = fake.plan("amy")

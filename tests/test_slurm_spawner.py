@@ -116,6 +116,8 @@ async def test_spawn_on_a_chosen_node_runs_a_kernel_as_the_user(
         assert "Job " in messages(events), events
         state = (await model(s, "mhs_ann"))["servers"][""]["state"]
         assert state["node"] == "n2" and state["user"] == "mhs_ann"
+        # said right before start returns: the hub's follower drains it
+        assert f"Job {state['job_id']} is running on n2" in messages(events), events
         job = slurm_cluster.job(state["job_id"])
         assert job["JobState"] == "RUNNING" and job["NodeList"] == "n2", job
         assert job["UserId"].startswith("mhs_ann(")

@@ -96,27 +96,38 @@ class Launch:
 
 class ProgressLog:
     """What a spawner's `start(launch)` says it is doing, for its `progress(launch)` to
-    yield as it comes (the hub runs both at once, on the same Launch)."""
+    yield as it comes (the hub runs both at once, on the same Launch). A message wakes the
+    follower at once, so one said right before `start` returns is copied by the hub's
+    drain (minihub.servers) instead of lost in a poll interval."""
 
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self._by_launch: dict[int, list[str]] = {}
+    def __init__(self) -> None:
+        self._by_launch: dict[int, tuple[list[str], asyncio.Event]] = {}
 
     def say(self, launch: Launch, message: str) -> None:
-        self._by_launch.setdefault(id(launch), []).append(message)
+        messages, said = self._of(launch)
+        messages.append(message)
+        said.set()
 
     async def follow(self, launch: Launch) -> AsyncIterator[str]:
         seen = 0
-        messages = self._by_launch.setdefault(id(launch), [])
+        entry = self._of(launch)
+        messages, said = entry
         try:
             while True:
                 while seen < len(messages):
                     seen += 1
                     yield messages[seen - 1]
-                await asyncio.sleep(self.interval)
+                said.clear()
+                await said.wait()
         finally:
-            if self._by_launch.get(id(launch)) is messages:
+            if self._by_launch.get(id(launch)) is entry:
                 del self._by_launch[id(launch)]
+
+    def _of(self, launch: Launch) -> tuple[list[str], asyncio.Event]:
+        entry = self._by_launch.get(id(launch))
+        if entry is None:
+            entry = self._by_launch[id(launch)] = ([], asyncio.Event())
+        return entry
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class KubeSpawner(Spawner):
         self.cfg = cfg
         self._cluster: Cluster | None = None
         self._lock = asyncio.Lock()
-        self._progress = ProgressLog(0.1)
+        self._progress = ProgressLog()
         self._reserved: set[int] = set()  # host ports of pods being created
         self._exited: dict[str, tuple[int, str]] = {}  # pod uid -> (status, reason)
         # Read now, so a hub with an unusable kubeconfig stops at start-up saying so.

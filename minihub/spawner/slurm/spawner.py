@@ -67,7 +67,7 @@ class SlurmSpawner(Spawner):
     def __init__(self, cfg: Config | None = None) -> None:
         self.cfg = cfg
         self.queue = Queue()
-        self._progress = ProgressLog(0.1)
+        self._progress = ProgressLog()
         self._pending: dict[str, _Pending] = {}  # hash of a launch token -> its start
         self._ended: dict[str, Job] = {}  # job id -> the last view of a job that ended
         self._partitions: list[dict[str, str]] = []
