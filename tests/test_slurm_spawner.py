@@ -2,7 +2,9 @@
 127.0.0.1): a hub process with [spawner] class = "slurm" submits users' servers as jobs
 run as the users, proxies kernels in them, shows the queue as progress, fails fast with
 Slurm's reason, enforces --mem, ends a server at its time limit with the reason shown,
-stops jobs, re-adopts them after a restart, and keeps users out of each other's servers.
+stops jobs, re-adopts them after a restart, keeps users out of each other's servers, offers
+profiles ([[slurm.profile_list]], limited by hub group) on the spawn page and the REST API,
+and culls an idle job.
 
 One hub for the module (the tests run in file order): the time-limited server starts first
 and is checked last, so its minute runs while the other tests do.
@@ -28,6 +30,30 @@ pytestmark = pytest.mark.timeout(200)
 
 MINIHUB = [sys.executable, "-m", "minihub"]
 USERS = ("mhs_ann", "mhs_bob", "mhs_cat", "mhs_dan", "mhs_tim")
+# The default profile changes nothing, so the tests that pass options see the plain settings.
+PROFILES = """
+[[slurm.profile_list]]
+display_name = "Standard"
+slug = "standard"
+default = true
+description = "the site's defaults"
+
+[[slurm.profile_list]]
+display_name = "Small node <n3>"
+slug = "small"
+description = "a short job on the small partition"
+slurm_override = { partition = "small", runtime = "0:30:00", memory = "600M", nprocs = 2 }
+
+[[slurm.profile_list]]
+display_name = "Staff"
+slug = "staff"
+groups = ["staff"]
+slurm_override = { memory = "700M" }
+
+[[groups]]
+name = "staff"
+users = ["mhs_bob"]
+"""
 
 
 class SlurmHub:
@@ -74,7 +100,7 @@ class SlurmHub:
 def hub(
     tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster, make_system_user: Any
 ) -> Iterator[SlurmHub]:
-    h = SlurmHub(tmp_path_factory.mktemp("slurmhub"))
+    h = SlurmHub(tmp_path_factory.mktemp("slurmhub"), PROFILES)
     for name in USERS:
         make_system_user(name)
         h.user(name)
@@ -249,6 +275,70 @@ async def test_restart_readopts_the_job_and_stop_ends_it(
     assert job["JobState"] in ("CANCELLED", "COMPLETED"), job
 
 
+# --- profiles: the spawn form by group, with the partitions' limits; the REST API ------------------
+async def login(hub: SlurmHub, name: str) -> aiohttp.ClientSession:
+    browser = aiohttp.ClientSession(hub.url, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with browser.get("/hub/login") as r:
+        assert r.status == 200
+    data = {"username": name, "password": f"pw-{name}-long-enough"}
+    async with browser.post("/hub/login", data=data, allow_redirects=False) as r:
+        assert r.status == 302, await r.text()
+    return browser
+
+
+async def test_the_spawn_form_offers_profiles_by_group_with_their_limits(hub: SlurmHub) -> None:
+    async with await login(hub, "mhs_bob") as bob, await login(hub, "mhs_cat") as cat:
+        page = ""
+        async with asyncio.timeout(20):  # the first look asks sinfo for the partitions
+            while "1 nodes of 8 CPUs" not in page:
+                await asyncio.sleep(0.2)
+                page = await (await bob.get("/hub/spawn/mhs_bob")).text()
+        assert "Small node &lt;n3&gt;" in page and 'value="staff"' in page
+        assert "partition small (up to 1:00:00, 1 nodes of 8 CPUs / 4096 MB)" in page
+        assert "time limit 0:30:00 · 2 CPUs · 600M memory" in page
+        assert '<option value="" selected>default</option>' in page  # keeps the profile's
+        page = await (await cat.get("/hub/spawn/mhs_cat")).text()
+        assert 'value="small"' in page and 'value="staff"' not in page  # not in the group
+
+
+async def test_a_profile_sets_the_job_and_one_not_offered_is_refused(
+    hub: SlurmHub, slurm_cluster: SlurmCluster
+) -> None:
+    async with hub.session("mhs_cat") as s:
+        for profile, text in (("nope", "choose one of: standard, small."), ("staff", "'staff'")):
+            async with s.post("/hub/api/users/mhs_cat/server", json={"profile": profile}) as r:
+                assert r.status == 400, await r.text()
+                assert text in (await r.json())["message"]
+        assert slurm_cluster.run("squeue", "-h", "-u", "mhs_cat", "-o", "%i").strip() == ""
+        events = await spawn(s, "mhs_cat", {"profile": "small"})
+        assert events[-1].get("ready"), events
+        assert "Submitting the job to Slurm (small)" in messages(events)
+        state = (await model(s, "mhs_cat"))["servers"][""]["state"]
+        assert state["profile"] == "small" and state["node"] == "n3"
+        job = slurm_cluster.job(state["job_id"])
+        assert (job["Partition"], job["TimeLimit"], job["NumCPUs"]) == ("small", "00:30:00", "2")
+        assert job["MinMemoryNode"] == "600M", job
+        await stop(s, "mhs_cat")
+
+
+# --- culling: an idle job is cancelled by the culler ----------------------------------------------
+async def test_the_culler_cancels_an_idle_job(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    h = SlurmHub(tmp_path, "[culler]\ntimeout = 2\nevery = 1\n")
+    h.user("mhs_dan")
+    h.start()
+    try:
+        async with h.session("mhs_dan") as s:
+            assert (await spawn(s, "mhs_dan"))[-1].get("ready")
+            job_id = (await model(s, "mhs_dan"))["servers"][""]["state"]["job_id"]
+            async with asyncio.timeout(60):
+                while (await model(s, "mhs_dan"))["servers"]:
+                    await asyncio.sleep(0.5)
+        assert slurm_cluster.wait_state(job_id, {"CANCELLED"})["JobState"] == "CANCELLED"
+        assert "culling server mhs_dan" in h.log.read_text()
+    finally:
+        h.stop()
+
+
 # --- last: the one-minute server has been ended by Slurm, and the user is told why ---------------
 async def test_time_limit_ends_the_server_with_the_reason(hub: SlurmHub) -> None:
     async with hub.session("mhs_tim") as s:
@@ -270,6 +360,14 @@ async def test_time_limit_ends_the_server_with_the_reason(hub: SlurmHub) -> None
         ('partition = "a b"', "[slurm] partition"),
         ('exec_prefix = "sudo -u someone"', "[slurm] exec_prefix"),
         ("nprocs = -1", "[slurm] nprocs"),
+        (
+            '[[slurm.profile_list]]\ndisplay_name = "X"\nslurm_override = { ip = "::" }',
+            "cannot set 'ip'",
+        ),
+        (
+            '[[slurm.profile_list]]\ndisplay_name = "X"\nslurm_override = { memory = "a lot" }',
+            "[slurm] profile_list",
+        ),
         ('colour = "blue"', "colour"),
     ],
 )

@@ -47,8 +47,16 @@ def _allowed(v: Any) -> str | None:
     return f"unknown keys {bad}; known: {', '.join(OPTION_KEYS)}" if bad else None
 
 
-def _s(name: str, kind: Any, default: Any, text: str, check: Check | None = None) -> Setting:
-    return Setting(S, name, kind, default, text, check=check)
+def _profiles(v: Any) -> str | None:
+    from .profiles import PROFILES  # late: profiles reads this module's table
+
+    return PROFILES.check(v)
+
+
+def _s(
+    name: str, kind: Any, default: Any, text: str, check: Check | None = None, item: type = str
+) -> Setting:
+    return Setting(S, name, kind, default, text, check=check, item=item)
 
 
 BATCH_SCRIPT = """#!/bin/bash
@@ -158,5 +166,21 @@ SETTINGS: list[Setting] = [
         "form and the REST API), each checked as the setting of its name.",
         _allowed,
     ),
+    _s(
+        "profile_list",
+        list,
+        [],
+        "Choices offered on the spawn page and accepted as user_options {profile = slug}: "
+        "[[slurm.profile_list]] tables with display_name, slug, description, default, "
+        "slurm_override (these settings' names: partition, runtime, memory, ...), "
+        "profile_options, and optionally users = [...] and groups = [...] (hub groups) "
+        "limiting who is offered it. allowed_options still apply on top of the profile.",
+        _profiles,
+        dict,
+    ),
 ]
 BY_NAME = {s.name: s for s in SETTINGS}
+# What a profile may change: the job's request, not how the hub runs or reaches it.
+OVERRIDABLE = set(BY_NAME) - {
+    "batch_script", "exec_prefix", "ip", "allowed_options", "profile_list",
+}  # fmt: skip

@@ -32,7 +32,9 @@ from ...errors import SpawnError
 from ...protocols import hub_api_url
 from ...setting import Setting
 from ..base import UNKNOWN_EXIT, Endpoint, Launch, ProgressLog, Spawner, Started, State
+from ..profiles import from_form
 from .job import LAUNCH_ENV
+from .profiles import PROFILES, summary
 from .queue import Job, Queue, SlurmError, run
 from .settings import BATCH_SCRIPT, BY_NAME, OPTION_KEYS, SETTINGS
 
@@ -83,16 +85,16 @@ class SlurmSpawner(Spawner):
     # -- the seam ----------------------------------------------------------------------------
     async def start(self, launch: Launch) -> Started:
         cfg = self._config()
-        settings = self._settings(launch.user, launch.user_options)
+        settings, profile = self._settings(launch.user, launch.user_options)
         account = await asyncio.to_thread(_account, launch.user)
         token = secrets.token_urlsafe(32)
         pending = _Pending()
         self._pending[S.hash_token(token)] = pending
-        state: State = {"user": launch.user}
+        state: State = {"user": launch.user, **({"profile": profile} if profile else {})}
         try:
             script = render(settings, account, self._python())
             env = self._env(launch, account, settings, token, hub_api_url(cfg))
-            self._say(launch, "Submitting the job to Slurm")
+            self._say(launch, "Submitting the job to Slurm" + (f" ({profile})" if profile else ""))
             job_id = await self._submit(launch.user, script, env)
             pending.job_id = state["job_id"] = job_id
             state["out"] = f"{account.pw_dir}/.minihub-slurm-{job_id}.log"
@@ -158,9 +160,15 @@ class SlurmSpawner(Spawner):
 
     # -- the spawn form and user_options -----------------------------------------------------
     def options_form(self, user: str) -> str:
+        """The profiles offered to the user (each with what it asks of Slurm), then a field
+        for each allowed option; an empty field keeps the profile's or the site's value."""
         self._refresh_partitions()
-        allowed = self._config().get("slurm.allowed_options")
-        fields = []
+        cfg = self._config()
+        allowed = cfg.get("slurm.allowed_options")
+        fields = [
+            PROFILES.form_html(cfg, user, self.groups_of(user),
+                               lambda override: summary(override, self._partitions))
+        ]  # fmt: skip
         if "partition" in allowed and self._partitions:
             fields.append(_partition_select(self._partitions))
         for key, label in (("runtime", "Time limit (e.g. 1:00:00)"), ("memory", "Memory (e.g. 2G)"),
@@ -170,20 +178,28 @@ class SlurmSpawner(Spawner):
                     f'<label class="slurm-option">{html.escape(label)} '
                     f'<input name="{key}" value="" placeholder="default"></label>'
                 )
-        return "\n".join(fields)
+        return "\n".join(f for f in fields if f)
 
     def options_from_form(self, form: dict[str, str]) -> dict[str, Any]:
-        return {k: v.strip() for k, v in form.items() if k in OPTION_KEYS and v.strip()}
+        free = {k: v.strip() for k, v in form.items() if k in OPTION_KEYS and v.strip()}
+        return {**from_form(form), **free}
 
     def check_options(self, user: str, options: dict[str, Any]) -> None:
         self._settings(user, options)
 
     # -- the steps ----------------------------------------------------------------------------
-    def _settings(self, user: str, options: dict[str, Any]) -> dict[str, Any]:
-        """[slurm] with the user's options; SpawnError 400 for one that is not allowed."""
-        settings = self._config().section("slurm")
+    def _settings(self, user: str, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """[slurm] with the chosen profile's override, then the user's other options; and the
+        profile's slug ("" without profiles). SpawnError 400 for a profile or an option that
+        is not offered, 403 when profiles exist but none is offered to this user."""
+        cfg = self._config()
+        settings = cfg.section("slurm")
+        chosen = PROFILES.choose(cfg, user, options, self.groups_of(user))
+        settings.update(chosen.override)
         allowed = settings["allowed_options"]
         for key, value in options.items():
+            if key in chosen.keys:
+                continue
             if key not in allowed:
                 raise SpawnError(
                     f"Option {str(key)[:64]!r} is not offered; choose from: "
@@ -201,7 +217,7 @@ class SlurmSpawner(Spawner):
             if bad:
                 raise SpawnError(f"{key}: {bad}", "", 400)
             settings[key] = value
-        return settings
+        return settings, chosen.slug
 
     def _env(
         self, launch: Launch, account: pwd.struct_passwd, settings: dict[str, Any], token: str,
@@ -399,13 +415,17 @@ def _ended_text(job: Job) -> str:
 
 
 def _partition_select(partitions: list[dict[str, str]]) -> str:
+    """The partitions that are up, with their limits; the first choice, "", keeps the
+    profile's partition (or the site's), so the form never overrides it by default."""
     items = "".join(
-        f'<option value="{html.escape(p["name"])}"{" selected" if p["default"] else ""}>'
+        f'<option value="{html.escape(p["name"])}">'
         f"{html.escape(p['name'])} — up to {html.escape(p['time'])}, {html.escape(p['nodes'])} "
-        f"nodes of {html.escape(p['cpus'])} CPUs / {html.escape(p['memory'])} MB</option>"
+        f"nodes of {html.escape(p['cpus'])} CPUs / {html.escape(p['memory'])} MB"
+        f"{' (the cluster default)' if p['default'] else ''}</option>"
         for p in partitions
         if p["avail"] == "up"
     )
     return (
-        f'<label class="slurm-option">Partition <select name="partition">{items}</select></label>'
+        '<label class="slurm-option">Partition <select name="partition">'
+        f'<option value="" selected>default</option>{items}</select></label>'
     )
