@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,9 @@ class Parts:
 
 PARTS: web.AppKey[Parts] = web.AppKey("parts", Parts)
 BASE_URL: web.AppKey[str] = web.AppKey("base_url", str)
+# set by `minihub` (serve.py): setting it stops the hub as SIGTERM does (the admin page's
+# shutdown); absent when the app runs inside another program (tests)
+SHUTDOWN: web.AppKey[asyncio.Event] = web.AppKey("shutdown", asyncio.Event)
 IDENTITY: web.RequestKey[Any] = web.RequestKey("identity", object)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 PAGE_CONTEXT: web.RequestKey[dict[str, Any]] = web.RequestKey("page_context", dict)

@@ -24,7 +24,7 @@ from aiohttp import web
 from . import protocols
 from .app import make_app
 from .config import Config
-from .context import PARTS
+from .context import PARTS, SHUTDOWN
 from .errors import StartupError
 from .spawner import accounts
 
@@ -122,6 +122,7 @@ def serve(cfg: Config) -> int:
 
 async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     app = make_app(cfg)
+    stop = app[SHUTDOWN] = asyncio.Event()
     grace = float(cfg.get("hub.shutdown_grace_seconds"))
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
     await runner.setup()
@@ -132,7 +133,6 @@ async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     except OSError as e:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {ip}:{port}: {e.strerror}") from None
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,22 @@ class ServerRow:
     user_options: dict[str, Any]
 
 
+@dataclass
+class UserQuery:
+    """Which users a listing wants: a name substring, and optionally only these names or
+    ids, none of `not_ids`; sorted by name, last activity, or `front` (running) first."""
+
+    substring: str = ""
+    names: set[str] | None = None
+    ids: set[int] | None = None
+    not_ids: set[int] = field(default_factory=set)
+    order: str = "name"  # id | name | last_activity | running
+    descending: bool = False
+    front: set[int] = field(default_factory=set)
+    offset: int = 0
+    limit: int = 50
+
+
 def _user(row: sqlite3.Row | tuple[Any, ...]) -> User:
     return User(row[0], row[1], row[2], row[3], row[4])
 
@@ -311,6 +327,39 @@ class Store:
             f"SELECT {_USER_COLS} FROM users ORDER BY name LIMIT ? OFFSET ?", limit, offset
         )
         return [_user(r) for r in rows]
+
+    async def search_users(self, q: UserQuery) -> tuple[list[User], int]:
+        """One page of the users matching `q` (the admin page's table), and how many match:
+        filtered, sorted and paged in SQL, so a page of 10,000 users costs one page."""
+        where, args = ["instr(lower(name), lower(?)) > 0"], [q.substring]
+        if q.names is not None:
+            where.append("name IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(sorted(q.names)))
+        if q.ids is not None:
+            where.append("id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(sorted(q.ids)))
+        if q.not_ids:
+            where.append("id NOT IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(sorted(q.not_ids)))
+        cond = " AND ".join(where)
+        row = await self._one(f"SELECT count(*) FROM users WHERE {cond}", *args)
+        desc = " DESC" if q.descending else ""
+        nulls = "last_activity IS NULL" if desc else "last_activity IS NOT NULL"
+        order = {  # NULL first going up, last going down, as JupyterHub's sort
+            "id": f"id{desc}",
+            "name": f"name{desc}",
+            "last_activity": f"{nulls}, last_activity{desc}, name",
+            "running": f"id IN (SELECT value FROM json_each(?)){'' if desc else ' DESC'}, name",
+        }[q.order]
+        if q.order == "running":
+            args.append(json.dumps(sorted(q.front)))
+        rows = await self._all(
+            f"SELECT {_USER_COLS} FROM users WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?",
+            *args,
+            q.limit,
+            q.offset,
+        )
+        return [_user(r) for r in rows], int(row[0])
 
     async def count_users(self) -> int:
         row = await self._one("SELECT count(*) FROM users")

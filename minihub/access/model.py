@@ -267,6 +267,18 @@ class Access:
     def is_admin(self, name: str) -> bool:
         return "admin" in self.roles_of(Principal("user", name))
 
+    def role_members(self, role: str) -> set[str]:
+        """Every user who has `role` (configured, assigned, or through a group): one pass,
+        for a listing that filters on it (the admin page's "admins only")."""
+        r = self.roles.get(role)
+        out = set(self._assigned.get(role, ()))
+        if r is not None:
+            out |= set(r.users)
+            for g in r.groups:
+                if g in self.groups:
+                    out |= self.groups[g].members
+        return out
+
     def user_roles(self, name: str) -> list[str]:
         return sorted(self.roles_of(Principal("user", name)))
 

@@ -25,7 +25,7 @@ from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, NotFound
 from ..isotime import parse_iso
 from ..models import server_model, token_model, user_model
-from ..store import User
+from ..store import User, UserQuery
 
 routes = web.RouteTableDef()
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -173,43 +173,43 @@ async def list_users(request: web.Request) -> web.Response:
     state = request.query.get("state", "")
     if state not in ("", "active", "inactive", "ready"):
         raise BadRequest("state must be active, inactive or ready")
+    sort = request.query.get("sort", "name")  # minihub listed by name before `sort`
+    if sort.lstrip("-") not in ("id", "name", "last_activity"):
+        raise BadRequest(f"sort must be 'id', 'name' or 'last_activity', not {sort[:40]!r}")
     offset = _int(request, "offset", 0)
     limit = min(_int(request, "limit", MAX_LIMIT, low=1), MAX_LIMIT)
-    everyone = [
-        u
-        for u in await p.store.list_users()
-        if _in_state(p, u, state) and (visible is None or u.name in visible)
-    ]
-    page = everyone[offset : offset + limit]
+    q = UserQuery(
+        substring=request.query.get("name_filter", "")[:64],
+        names=visible,
+        order=sort.lstrip("-"),
+        descending=sort.startswith("-"),
+        offset=offset,
+        limit=limit,
+    )
+    active = {s.user_id for s in p.servers.all() if s.status != "stopped"}
+    if state == "active":
+        q.ids = active
+    elif state == "ready":
+        q.ids = {s.user_id for s in p.servers.all() if s.status == "running"}
+    elif state == "inactive":
+        q.not_ids = active
+    page, total = await p.store.search_users(q)
     items = [model(p, u, request) for u in page]
     if PAGINATION in request.headers.get("Accept", ""):
         nxt = None
-        if offset + limit < len(everyone):
+        if offset + limit < total:
             nxt = {
                 "offset": offset + limit,
                 "limit": limit,
-                "url": f"{request.url.with_query(offset=offset + limit, limit=limit)}",
+                "url": f"{request.url.update_query(offset=offset + limit, limit=limit)}",
             }
         return web.json_response(
             {
                 "items": items,
-                "_pagination": {
-                    "offset": offset,
-                    "limit": limit,
-                    "total": len(everyone),
-                    "next": nxt,
-                },
+                "_pagination": {"offset": offset, "limit": limit, "total": total, "next": nxt},
             }
         )
     return web.json_response(items)
-
-
-def _in_state(p: Parts, user: User, state: str) -> bool:
-    statuses = {s.status for s in p.servers.of_user(user.id).values()}
-    active = bool(statuses - {"stopped"})
-    return {"": True, "active": active, "inactive": not active, "ready": "running" in statuses}[
-        state
-    ]
 
 
 def _int(request: web.Request, key: str, default: int, low: int = 0) -> int:

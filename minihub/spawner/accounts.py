@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -317,3 +318,92 @@ def _run_link_script(
         extra_groups=extra,
     )
     return done.stdout
+
+
+# --- removing an account (the admin page's "also remove the Unix account") ----------------
+
+
+def removable_account(name: str, *, uid_min: int, keep: set[str]) -> pwd.struct_passwd | None:
+    """The account `name` if minihub may remove it: an ordinary user (uid >= uid_min, not
+    root, not one of `keep`, e.g. the admin asking) whose home, if any, is their own
+    directory. None if there is no such account; SpawnError (403) says why not."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    if pw.pw_uid == 0 or pw.pw_uid < max(uid_min, 1) or name in keep:
+        raise SpawnError(
+            f"The Unix account {name!r} (uid {pw.pw_uid}) is not an ordinary user's "
+            f"(uid {max(uid_min, 1)} or more, not yours): minihub does not remove it.",
+            status=403,
+        )
+    try:
+        st = os.lstat(pw.pw_dir)
+    except FileNotFoundError:
+        return pw
+    except OSError as e:
+        raise SpawnError(
+            f"Cannot look at {name}'s home {pw.pw_dir}: {e.strerror}", status=403
+        ) from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != pw.pw_uid or pw.pw_dir in ("/", ""):
+        raise SpawnError(
+            f"{name}'s home {pw.pw_dir} is not a directory of their own: minihub does not "
+            "archive or remove it (remove the account by hand).",
+            status=403,
+        )
+    return pw
+
+
+async def remove_account(pw: pwd.struct_passwd, archive_dir: Path) -> Path | None:
+    """Archive the account's home as <archive_dir>/<name>-<time>.tar.gz (root only, mode
+    0600), then `userdel -r`. The archive is read by tar running as the user, so a link the
+    user planted reaches only what they could read anyway. Returns the archive (None: no
+    home). SpawnError if either step fails; the account is kept if the archive failed."""
+    archive = None
+    if os.path.isdir(pw.pw_dir):
+        archive = await asyncio.to_thread(_archive_home, pw, archive_dir)
+    cmd = ["userdel", *(["-r"] if archive else []), "--", pw.pw_name]
+    done = await asyncio.to_thread(_run, cmd)
+    if done is None or done.returncode != 0:
+        why = (done.stderr or done.stdout).strip()[-300:] if done else "did not run"
+        raise SpawnError(f"Could not remove the Unix account {pw.pw_name!r}: {why}", status=409)
+    log.info("removed Unix account %s (home archived to %s)", pw.pw_name, archive)
+    return archive
+
+
+_ARCHIVE_TIMEOUT = 900.0
+
+
+def _archive_home(pw: pwd.struct_passwd, archive_dir: Path) -> Path:
+    archive_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(archive_dir, 0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = archive_dir / f"{pw.pw_name}-{stamp}.tar.gz"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    user, group, extra = drop_to(_account(pw))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            done = subprocess.run(
+                ["tar", "-C", pw.pw_dir, "-czf", "-", "."],
+                check=False,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                timeout=_ARCHIVE_TIMEOUT,
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+                user=user,
+                group=group,
+                extra_groups=extra,
+            )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        path.unlink(missing_ok=True)
+        raise SpawnError(f"Could not archive {pw.pw_name}'s home: {e}", status=409) from None
+    if done.returncode != 0:
+        path.unlink(missing_ok=True)
+        why = done.stderr.decode(errors="replace").strip()[-300:]
+        raise SpawnError(
+            f"Could not archive {pw.pw_name}'s home, so the account is kept: tar says: {why}",
+            status=409,
+        )
+    return path

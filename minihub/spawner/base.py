@@ -135,6 +135,7 @@ class Usage:
     memory: int  # bytes in use now (the cgroup's, else the processes' resident set)
     memory_limit: int | None  # bytes, None if unlimited
     cpu_seconds: float  # CPU time used since the server started, all its processes
+    kernels: int | None = None  # kernels running in it now, None if this spawner cannot tell
 
 
 @dataclass(frozen=True)

@@ -297,6 +297,27 @@ class UserCgroup:
         """True if the OOM killer struck since `setup()` (or since the count `since`)."""
         return self.oom_kills() > (self._oom_base if since is None else since)
 
+    def memory_current(self) -> int | None:
+        """Bytes the group's processes use now (v2 memory.current, v1 usage_in_bytes)."""
+        return _first_number(self.dirs, ("memory.current", "memory.usage_in_bytes"))
+
+    def memory_limit(self) -> int | None:
+        """The group's memory limit in bytes; None if it has none (or no memory group)."""
+        value = _first_number(self.dirs, ("memory.max", "memory.limit_in_bytes"))
+        return value if value is not None and value < _UNLIMITED else None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the group's processes used, the exited ones too (v2 cpu.stat)."""
+        for d in self.dirs:
+            try:
+                for line in _read(d / "cpu.stat").splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "usage_usec":
+                        return int(value) / 1e6
+            except (OSError, ValueError):
+                continue
+        return None
+
     def remove(self) -> None:
         """Delete the (empty) groups; a no-op while processes remain."""
         for d in self.dirs:
@@ -323,3 +344,47 @@ def _limit_memory_v1(d: Path, mem: int) -> None:
 def _under_root(path: str) -> bool:
     p = os.path.normpath(path)
     return p.startswith(str(ROOT) + "/") and "/minihub/" in p
+
+
+_UNLIMITED = 1 << 60  # v1 says "no limit" with a huge number (PAGE_COUNTER_MAX pages)
+
+
+def _first_number(dirs: list[Path], names: tuple[str, ...]) -> int | None:
+    """The first of these files that exists in these dirs, as a number ("max": none)."""
+    for d in dirs:
+        for name in names:
+            try:
+                text = _read(d / name).strip()
+            except OSError:
+                continue
+            return None if text == "max" else int(text)
+    return None
+
+
+def hub_memory(root: Path = ROOT) -> tuple[int, int]:
+    """(bytes in use, limit) for the hub's line on the admin page: the hub's own memory
+    cgroup when it has a limit (a container, a systemd MemoryMax), else the machine's."""
+    try:
+        for controller, names in (
+            ("", ("memory.current", "memory.max")),
+            ("memory", ("memory.usage_in_bytes", "memory.limit_in_bytes")),
+        ):
+            mount = root if controller == "" else _v1_mount(root, "memory")
+            if mount is None:
+                continue
+            d = mount / _own_cgroup(controller)
+            used, limit = _first_number([d], names[:1]), _first_number([d], names[1:])
+            if used is not None and limit is not None and limit < _UNLIMITED:
+                return used, limit
+    except (OSError, ValueError):
+        pass
+    return _machine_memory()
+
+
+def _machine_memory() -> tuple[int, int]:
+    info: dict[str, int] = {}
+    for line in _read(Path("/proc/meminfo")).splitlines():
+        key, _, value = line.partition(":")
+        info[key] = int(value.split()[0]) * 1024
+    total = info.get("MemTotal", 0)
+    return total - info.get("MemAvailable", info.get("MemFree", 0)), total

@@ -21,7 +21,7 @@ import stat
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ..config import Config, parse_bytes
 from ..errors import SpawnError
@@ -29,7 +29,16 @@ from ..procfs import proc_stat, signal_group, start_ticks
 from ..setting import Setting, between
 from . import accounts
 from .accounts import apply_disk_quota, drop_to
-from .base import UNKNOWN_EXIT, Endpoint, Launch, ProgressLog, Spawner, Started, State
+from .base import (
+    UNKNOWN_EXIT,
+    Endpoint,
+    Launch,
+    ProgressLog,
+    Spawner,
+    Started,
+    State,
+    Usage,
+)
 from .cgroups import UserCgroup
 from .process import Account, LaunchSpec, Proc
 
@@ -156,6 +165,11 @@ class LocalSpawner(Spawner):
 
     def oom_killed(self, state: State) -> bool:
         return self.oom_killed_process(_proc(state))
+
+    async def usage(self, state: State) -> Usage | None:
+        if not state.get("pid"):
+            return None
+        return await asyncio.to_thread(process_usage, _proc(state))
 
     async def progress(self, launch: Launch) -> AsyncIterator[str]:
         async for message in self._progress.follow(launch):
@@ -586,6 +600,88 @@ def group_members(pgid: int, since_ticks: int, uid: int | None) -> list[int]:
         ):
             found.append(int(entry))
     return found
+
+
+class _Usage(NamedTuple):
+    pid: int
+    ppid: int
+    session: int
+    cpu_ticks: int  # its own and its reaped children's user + system time
+    rss_pages: int
+
+
+def _usage_of(pid: int) -> _Usage | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    f_ = text[text.rfind(")") + 2 :].split()
+    if f_[0] in ("Z", "X"):
+        return None
+    ticks = sum(int(x) for x in f_[11:15])
+    return _Usage(pid, int(f_[1]), int(f_[3]), ticks, int(f_[21]))
+
+
+def _tree(root: int, since_ticks: int) -> list[int]:
+    """The server process and its live descendants (without a cgroup to list them)."""
+    info = proc_stat(root)
+    if info is None or info.start_ticks != since_ticks:
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st is not None:
+                children.setdefault(st.ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo and len(found) < 100_000:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+_KERNEL_MARKS = (b"ipykernel", b"zygote")
+
+
+def _is_kernel(u: _Usage, server: int) -> bool:
+    """A kernel leads its own session (jupyter_client and the zygote start it so) and runs
+    ipykernel or was forked from minihub's zygote (whose command line it keeps)."""
+    if u.pid == server or u.session != u.pid:
+        return False
+    try:
+        with open(f"/proc/{u.pid}/cmdline", "rb") as f:
+            cmd = f.read(8192)
+    except OSError:
+        return False
+    return any(m in cmd for m in _KERNEL_MARKS)
+
+
+def process_usage(proc: Proc) -> Usage | None:
+    """Memory, CPU time and kernels of a server: its cgroup's counters when it has one,
+    else the resident set and times of its process tree, from /proc."""
+    cg = UserCgroup.from_paths(list(proc.extra.get("cgroup", [])))
+    pids = cg.pids() if cg.enabled else set()
+    if proc.pid not in pids and not _tree(proc.pid, proc.start_ticks):
+        return None  # not running (any more): nothing of it to count
+    if not pids:
+        pids = set(_tree(proc.pid, proc.start_ticks))
+    procs = [u for u in map(_usage_of, sorted(pids)) if u is not None]
+    memory = cg.memory_current() if cg.enabled else None
+    if memory is None:
+        memory = sum(u.rss_pages for u in procs) * os.sysconf("SC_PAGE_SIZE")
+    cpu = cg.cpu_seconds() if cg.enabled else None
+    if cpu is None:
+        cpu = sum(u.cpu_ticks for u in procs) / os.sysconf("SC_CLK_TCK")
+    limits = UserCgroup.from_paths(list(proc.extra.get("user_cgroup", [])))
+    return Usage(
+        memory=memory,
+        memory_limit=limits.memory_limit() if limits.enabled else None,
+        cpu_seconds=cpu,
+        kernels=sum(1 for u in procs if _is_kernel(u, proc.pid)),
+    )
 
 
 def open_log(path: Path, uid: int, gid: int) -> int:

@@ -17,10 +17,11 @@ from aiohttp import web
 
 from .. import users
 from ..access.http import allows, require
+from ..body import read_form
 from ..context import parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..store import User
-from .pages import STATUS_WORDS, current, named_servers
+from .pages import STATUS_WORDS, current
 from .render import render
 
 routes = web.RouteTableDef()
@@ -62,6 +63,7 @@ ACTION_SCOPES = {
     "make-admin": "admin:users",
     "remove-admin": "admin:users",
     "delete": "delete:users",
+    "edit": "admin:users",  # rename, admin role
 }
 
 
@@ -79,20 +81,6 @@ async def admin_page(
         ctx.update(await s.values(request))
     ctx["sections"] = [s.template for s in SECTIONS]
     return render(request, "admin.html", ctx, status=status)
-
-
-@section("_admin_users.html", 10)
-async def users_values(request: web.Request) -> dict[str, Any]:
-    p = parts(request)
-    rows = [
-        (u, p.servers.peek(u.id), named_servers(p.servers, u.id), p.access.is_admin(u.name))
-        for u in await p.store.list_users()
-    ]
-    return {
-        "rows": rows,
-        "user_groups": {u.name: p.access.groups_of(u.name) for u, *_ in rows},
-        "native": p.authenticator.kind == "native",
-    }
 
 
 @routes.post("/hub/admin/users")
@@ -121,9 +109,10 @@ async def add_users(request: web.Request) -> web.Response:
 async def user_action(request: web.Request) -> web.Response:
     me = require_admin(request)
     p = parts(request)
+    form = await read_form(request)
     user = await users.get(p.store, request.match_info["name"])
     action = request.match_info["action"]
-    if action not in ACTION_SCOPES:
+    if action not in ACTION_SCOPES or action == "edit":
         raise BadRequest(f"Unknown action {action[:32]!r}", 404)
     # only start and stop act on the server: a share filtered to it reaches those alone
     on = {"server": ""} if action in ("start", "stop") else {}
@@ -136,16 +125,13 @@ async def user_action(request: web.Request) -> web.Response:
         if user.id == me.id and action == "remove-admin":
             raise BadRequest("You cannot remove your own admin rights.")
         await p.access.set_admin(user.name, action == "make-admin")
-    elif action == "delete":
-        if user.id == me.id:
-            raise BadRequest("You cannot delete yourself.")
-        await p.servers.forget_user(user.id)  # named servers too: none left running unowned
-        await p.store.delete_user(user.id)
-        p.access.forgotten(user.name)
     else:
-        raise BadRequest(f"Unknown action {action[:32]!r}", 404)
+        said = await admin_users.delete_one(p, me, user, form.get("remove_account") == "on")
+        p.identities.invalidate()
+        if form.get("remove_account") == "on":
+            return await admin_page(request, said)
     p.identities.invalidate()
-    raise web.HTTPFound(f"{p.cfg.base_url}hub/admin")
+    raise admin_users.back(request, form)
 
 
 @routes.post("/hub/admin/users/{name}/servers/{server_name}/{action}")
@@ -153,6 +139,7 @@ async def server_action(request: web.Request) -> web.Response:
     """Start or stop one of a user's named servers."""
     require_admin(request)
     p = parts(request)
+    form = await read_form(request)
     user = await users.get(p.store, request.match_info["name"])
     server_name, action = request.match_info["server_name"], request.match_info["action"]
     if p.servers.peek(user.id, server_name) is None:
@@ -171,13 +158,15 @@ async def server_action(request: web.Request) -> web.Response:
         await p.servers.stop(user.id, server_name)
     else:
         raise BadRequest(f"Unknown action {action[:32]!r}", 404)
-    raise web.HTTPFound(f"{p.cfg.base_url}hub/admin")
+    raise admin_users.back(request, form)
 
 
 def setup(app: web.Application, base_url: str) -> None:
-    from . import admin_groups  # its forms answer with this module's admin_page
+    # their forms answer with this module's admin_page; admin_users' routes go first, so
+    # /hub/admin/users/{name}/edit is not read as an {action}
+    from . import admin_groups
 
-    add_routes(app, base_url, [*routes, *admin_groups.routes])
+    add_routes(app, base_url, [*admin_users.routes, *routes, *admin_groups.routes])
 
 
 def add_routes(app: web.Application, base_url: str, table: list[web.AbstractRouteDef]) -> None:
@@ -185,3 +174,6 @@ def add_routes(app: web.Application, base_url: str, table: list[web.AbstractRout
     for r in table:
         assert isinstance(r, web.RouteDef)
         app.router.add_route(r.method, prefix + r.path, r.handler)
+
+
+from . import admin_users  # last: it registers the users section with this module
