@@ -322,7 +322,10 @@ async def test_a_profile_sets_the_job_and_one_not_offered_is_refused(
 
 
 # --- culling: an idle job is cancelled by the culler ----------------------------------------------
-async def test_the_culler_cancels_an_idle_job(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+async def test_the_culler_cancels_an_idle_job(
+    tmp_path: Path, slurm_cluster: SlurmCluster, make_system_user: Any
+) -> None:
+    make_system_user("mhs_dan")
     h = SlurmHub(tmp_path, "[culler]\ntimeout = 2\nevery = 1\n")
     h.user("mhs_dan")
     h.start()

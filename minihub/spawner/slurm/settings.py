@@ -78,7 +78,7 @@ BATCH_SCRIPT = """#!/bin/bash
 {% endif %}
 trap 'echo SIGTERM received' TERM
 {{prologue}}
-{{cmd}}
+{% if srun %}{{srun}} {% endif %}{{cmd}}
 echo "minihub's server ended"
 {{epilogue}}
 """
@@ -127,12 +127,21 @@ SETTINGS: list[Setting] = [
     ),
     _s("epilogue", str, "", "Shell commands run after the server ends."),
     _s(
+        "srun",
+        str,
+        "srun",
+        "What runs the server as a job step (batchspawner's req_srun): a step is told by "
+        "scancel and the time limit to stop (SIGTERM), so the server shuts its kernels down; "
+        "the batch shell is not. Empty: the batch shell runs the server itself.",
+        _options,
+    ),
+    _s(
         "batch_script",
         str,
         "",
         "The job's script, a Jinja template with batchspawner's variables: username, "
         "homedir, partition, runtime, memory, gres, nprocs, qos, account, reservation, "
-        "nodelist, constraint, options, prologue, epilogue, cmd. Empty: minihub's own "
+        "nodelist, constraint, options, prologue, epilogue, srun, cmd. Empty: minihub's own "
         "(minihub/spawner/slurm/settings.py BATCH_SCRIPT, shown in docs/slurm.md).",
     ),
     _s(

@@ -368,7 +368,7 @@ def render(settings: dict[str, Any], account: pwd.struct_passwd, python: str) ->
     """The job's batch script: [slurm] batch_script with batchspawner's variables."""
     values = {k: settings[k] for k in (
         "partition", "runtime", "memory", "nprocs", "qos", "account", "reservation",
-        "nodelist", "constraint", "options", "prologue", "epilogue",
+        "nodelist", "constraint", "options", "prologue", "epilogue", "srun",
     )}  # fmt: skip
     values["gres"] = f"gpu:{settings['ngpus']}" if settings["ngpus"] else ""
     cmd = f"{python} -m minihub.spawner.slurm.job"
