@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -44,6 +46,7 @@ async def seed(cfg: Any) -> dict[str, str]:
     auth = NativeAuthenticator(cfg, store)
     boss = await create(store, auth, "boss", True, PASSWORD)
     await create(store, auth, "tia", False, PASSWORD)
+    await create(store, auth, "zed", False, PASSWORD)  # a student with no admin-ui at all
     now = time.time()
     await store.db.executemany(
         "INSERT INTO users (name, created, last_activity) VALUES (?, ?, ?)",
@@ -116,11 +119,11 @@ async def test_paging_filter_and_sort_live_in_the_url(hub: Any) -> None:
     assert (await login(c, "boss", PASSWORD, next="/hub/admin")).status == 302
     first = await admin(c)
     assert rows(first) == ["boss"] + [f"st{i:04d}" for i in range(49)]  # 50 a page, by name
-    assert f"of {-(-(N + 2) // 50)} · {N + 2} user(s)" in first
+    assert f"of {-(-(N + 3) // 50)} · {N + 3} user(s)" in first
     assert 'href="?page=2"' in first
     assert rows(await admin(c, "page=2&per_page=100"))[0] == "st0099"
     last = await admin(c, "page=3&per_page=500")
-    assert rows(last)[-1] == "tia" and len(rows(last)) == N + 2 - 1000
+    assert rows(last)[-2:] == ["tia", "zed"] and len(rows(last)) == N + 3 - 1000
     assert rows(await admin(c, "page=99")) == []  # past the end: an empty page, not an error
     # name substring (case-insensitive), group, admin
     assert rows(await admin(c, "q=ST011")) == [f"st011{i}" for i in range(10)]
@@ -220,7 +223,7 @@ async def test_bulk_actions_on_a_selection_and_on_a_filter(hub: Any) -> None:
     await post(c, bulk, 404, action="add-to-group", target="filter", q="st09", to_group="nope")
     await post(c, bulk, 400, action="explode", target="filter")
     page = await post(c, bulk, action="delete", target="filter", q="st11")
-    assert "Deleted 100" in page and await p.store.count_users() == N + 2 - 100
+    assert "Deleted 100" in page and await p.store.count_users() == N + 3 - 100
     assert (await post(c, bulk, 400, action="stop")).count("No users chosen") == 1
     page = await post(c, bulk, 403, action="delete", user="boss")
     assert "You cannot delete yourself" in page
@@ -320,7 +323,55 @@ async def test_api_users_name_filter_and_sort(hub: Any) -> None:
     assert [u["name"] for u in body["items"]] == ["st0129", "st0128", "st0127"]
     assert body["_pagination"]["total"] == 10
     assert "name_filter=ST012" in body["_pagination"]["next"]["url"]
-    r = await c.get("/hub/api/users?sort=last_activity&limit=2&offset=1200", headers=h)
+    r = await c.get("/hub/api/users?sort=last_activity&limit=2&offset=1201", headers=h)
     assert [u["name"] for u in (await r.json())["items"]] == ["st0010", "st0000"]
     r = await c.get("/hub/api/users?sort=created", headers=h)
     assert r.status == 400
+
+
+async def test_a_student_reaches_none_of_it(hub: Any) -> None:
+    """zed (no admin-ui) is refused every admin route, with or without naming users, and
+    cannot make the CSV echo answer him either."""
+    c, _, _ = hub
+    assert (await login(c, "zed", PASSWORD, next="/hub/home")).status == 302
+    await admin(c, "", 403)
+    for path, data in [
+        ("/hub/admin/users/bulk", {"action": "stop", "target": "filter"}),
+        ("/hub/admin/users/bulk", {"action": "reset-passwords", "user": "boss"}),
+        ("/hub/admin/users/boss/edit", {"new_name": "zed2"}),
+        ("/hub/admin/users/boss/delete", {"remove_account": "on"}),
+        ("/hub/admin/passwords.csv", {"csv": "a,b"}),
+        ("/hub/admin/shutdown", {"confirm": "shutdown"}),
+    ]:
+        await post(c, path, 403, **data)
+    assert await c.server.app[PARTS].store.get_user("boss") is not None
+
+
+def test_usage_of_a_process_tree_without_a_cgroup() -> None:
+    """A server without a cgroup: the resident memory and CPU of its process tree, and its
+    kernels (session leaders running ipykernel) counted."""
+    import subprocess
+    import sys
+
+    from minihub.procfs import start_ticks
+    from minihub.spawner.local import _tree, process_usage
+    from minihub.spawner.process import Proc
+
+    code = (
+        "import subprocess, sys, time; x = b'x' * (60 << 20); "
+        "k = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+        "'ipykernel'], start_new_session=True); print('up', flush=True); time.sleep(60)"
+    )
+    srv = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline() == b"up\n"
+        u = process_usage(Proc(srv.pid, start_ticks(srv.pid) or 0, "127.0.0.1", 0, {}))
+        assert u is not None and u.memory > 60 << 20 and u.memory_limit is None
+        assert u.kernels == 1 and u.cpu_seconds >= 0
+    finally:
+        for pid in _tree(srv.pid, start_ticks(srv.pid) or 0)[1:]:  # the "kernel" too
+            os.kill(pid, signal.SIGKILL)
+        srv.kill()
+        srv.wait()
+        srv.stdout.close()
+    assert process_usage(Proc(srv.pid, 1, "127.0.0.1", 0, {})) is None  # gone: nothing
