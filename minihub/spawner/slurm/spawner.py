@@ -81,6 +81,7 @@ class SlurmSpawner(Spawner):
                 from ...errors import StartupError
 
                 raise StartupError(f"[slurm] batch_script: line {e.lineno}: {e.message}") from None
+            self._refresh_partitions()  # made in the hub's loop: the first form has them
 
     # -- the seam ----------------------------------------------------------------------------
     async def start(self, launch: Launch) -> Started:
@@ -157,6 +158,11 @@ class SlurmSpawner(Spawner):
     def oom_killed(self, state: State) -> bool:
         job = self._ended.get(str(state.get("job_id")))
         return bool(job and job.state == "OUT_OF_MEMORY")
+
+    async def close(self) -> None:
+        if self._partitions_task is not None:
+            self._partitions_task.cancel()
+            await asyncio.gather(self._partitions_task, return_exceptions=True)
 
     # -- the spawn form and user_options -----------------------------------------------------
     def options_form(self, user: str) -> str:
