@@ -213,3 +213,30 @@ def test_cli_user_commands(tmp_path, native_toml):
     assert "stu2" in run(*cli, "user", "list").stdout
     assert run(*cli, "user", "remove", "stu1").returncode == 0
     assert "stu1" not in run(*cli, "user", "list").stdout
+
+
+async def test_rest_shutdown_needs_its_scope_and_stops_the_hub(hub_proc, tmp_path, native_toml):
+    cmd, port, data = hub_proc
+    cli = ["-f", str(native_toml), "--data-dir", str(data)]
+    assert run(*cli, "user", "add", "boss", "--admin", stdin="boss-password-1\n").returncode == 0
+    assert run(*cli, "user", "add", "pupil", stdin="pupil-password-1\n").returncode == 0
+    tokens = {n: run(*cli, "token", n).stdout.strip() for n in ("boss", "pupil")}
+    log = tmp_path / "hub.log"
+    hub = start_hub(cmd, port, log)
+    url = f"http://127.0.0.1:{port}/hub/api/shutdown"
+    try:
+        async with aiohttp.ClientSession() as s:
+            auth = {"Authorization": f"token {tokens['pupil']}"}
+            r = await s.post(url, headers=auth, json={})
+            assert r.status == 403 and "shutdown" in (await r.json())["message"]
+            auth = {"Authorization": f"token {tokens['boss']}"}
+            r = await s.post(url, headers=auth, json={"servers": "yes"})
+            assert r.status == 400 and "true or false" in (await r.json())["message"]
+            r = await s.post(url, headers=auth, json={"servers": True, "proxy": True})
+            assert r.status == 202
+        assert hub.wait(timeout=30) == 0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait()
+    assert "shutdown requested over the REST API" in log.read_text()

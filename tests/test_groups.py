@@ -304,6 +304,14 @@ async def test_admin_page_group_forms_need_the_scope_on_that_group(hub, data_dir
         g["name"] for g in await (await c.get("/hub/api/groups", headers=auth(tok["boss"]))).json()
     ]
     assert names == ["x", "y"]
+    # a big group lists its first members and links to the users table filtered by it
+    many = [f"s{i:02}" for i in range(60)]
+    boss = auth(tok["boss"])
+    await status(await c.post("/hub/api/users", headers=boss, json={"usernames": many}), 201)
+    await status(await c.post("/hub/api/groups/x/users", headers=boss, json={"users": many}), 200)
+    page = await (await c.get("/hub/admin")).text()
+    assert "Showing 50 of 61" in page and 'href="/hub/admin?group=x"' in page
+    assert 'data-member="s49"' in page and 'data-member="s50"' not in page
 
 
 # --- manage_groups: PAM, real Unix groups ---------------------------------------------------

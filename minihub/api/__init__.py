@@ -8,10 +8,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..spawner.slurm import report as slurm_report
-from . import groups, services, shares, users
+from . import groups, hub, services, shares, users
 from .users import JUPYTERHUB_API_VERSION
 
-TABLES = (users.routes, groups.routes, shares.routes, services.routes, slurm_report.routes)
+TABLES = (
+    users.routes,
+    groups.routes,
+    shares.routes,
+    services.routes,
+    hub.routes,
+    slurm_report.routes,
+)
 
 
 def setup(app: web.Application, base_url: str) -> None:
