@@ -124,6 +124,7 @@ async def user_action(request: web.Request) -> web.Response:
     elif action in ("make-admin", "remove-admin"):
         if user.id == me.id and action == "remove-admin":
             raise BadRequest("You cannot remove your own admin rights.")
+        admin_users.require_unfiltered(request, user.name)
         await p.access.set_admin(user.name, action == "make-admin")
     else:
         said = await admin_users.delete_one(p, me, user, form.get("remove_account") == "on")

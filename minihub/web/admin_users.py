@@ -269,6 +269,8 @@ async def edit_user(request: web.Request) -> web.Response:
     new = names.validate(form.get("new_name", "").strip() or user.name)
     if user.id == me.id and not make_admin and p.access.is_admin(user.name):
         raise BadRequest("You cannot remove your own admin rights.")
+    if new != user.name or make_admin != p.access.is_admin(user.name):
+        require_unfiltered(request, user.name)
     if new != user.name:
         if await p.store.get_user(new):
             raise Conflict(f"User {new} already exists.")
@@ -281,6 +283,13 @@ async def edit_user(request: web.Request) -> web.Response:
         p.access.renamed(user.name, new)
     p.identities.invalidate()
     raise back(request, form)
+
+
+def require_unfiltered(request: web.Request, name: str) -> None:
+    """The admin role and a name are the whole hub's (a name is what [[roles]], admin_users
+    and the Unix account go by): changing them needs admin:users on everyone, as PATCH
+    /hub/api/users does, never a scope filtered to a group the target is in."""
+    require(request, "admin:users", f"{name}'s admin role or name (on every user)")
 
 
 async def delete_one(p: Parts, me: User, user: User, remove_account: bool) -> str:

@@ -1,0 +1,121 @@
+"""Attacks on issue 17's tools (admin panel, course links, sign-up approval, shutdown), as a
+teaching assistant with group-filtered scopes, a student, or another website would try them.
+Each test is a hole found in review (or a check that held), against the real hub app: the
+FakeSpawner for the admin page, the local spawner and a real account for git-pull links."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import hub_config, login, needs_root, xsrf_of
+from test_course import Browser, git_server  # noqa: F401  (a fixture)
+
+from minihub import servers as servers_mod
+from minihub.app import make_app
+from minihub.auth.native import NativeAuthenticator
+from minihub.context import PARTS
+from minihub.errors import SpawnError
+from minihub.spawner import accounts
+from minihub.spawner.fake import FakeSpawner
+from minihub.store import Store
+from minihub.users import create, new_token
+
+PASSWORD = "attack-17-password"
+TUTOR = {
+    "name": "tutor",
+    "scopes": [
+        "admin-ui",
+        "list:users!group=lab",
+        "admin:users!group=lab",
+        "groups!group=lab",
+        "servers!group=lab",
+    ],
+    "users": ["tia"],
+}
+GRADER = {"name": "grader", "scopes": ["list:users", "read:users"], "users": ["st2"]}
+LATE_ADMIN = "mhat_newprof"  # a name the operator makes an admin after someone asked for it
+
+
+@pytest.fixture(autouse=True)
+def quick_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers_mod, "SLOW_SPAWN", 0.1)
+    monkeypatch.setattr(servers_mod, "POLL_EVERY", 3600.0)
+
+
+async def _seed(cfg: Any) -> str:
+    """boss (admin, and in the class group lab, as teachers are), tia (the lab's TA, also in
+    lab), st1 and st2 (students in lab), out (not in lab); a sign-up request for LATE_ADMIN
+    made before the operator listed that name in admin_users. Returns boss's token."""
+    store = await Store.open(cfg.data_dir / "minihub.sqlite")
+    try:
+        auth = NativeAuthenticator(cfg, store)
+        for name in ("boss", "tia", "st1", "st2", "out"):
+            await create(store, auth, name, name == "boss", PASSWORD)
+        await store.db.execute("INSERT INTO groups (name) VALUES ('lab')")
+        await store.db.execute(
+            "INSERT INTO group_users (group_id, user_id) SELECT g.id, u.id FROM groups g, "
+            "users u WHERE g.name = 'lab' AND u.name IN ('boss', 'tia', 'st1', 'st2')"
+        )
+        await auth.signups.add(LATE_ADMIN, await auth.hash_new_password("squatter-pass-1"))
+        boss = await store.get_user("boss")
+        assert boss is not None
+        return (await new_token(store, boss, "test"))[0]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def hub(data_dir: str) -> AsyncIterator[tuple[TestClient[Any, Any], str]]:
+    cfg = hub_config(
+        data_dir,
+        auth__authenticator="native",
+        auth__admin_users=["boss", LATE_ADMIN],
+        auth__signup_approval=True,
+    )
+    cfg.roles = [TUTOR, GRADER]
+    tok = await _seed(cfg)
+    fake = FakeSpawner()
+    c: TestClient[Any, Any] = TestClient(TestServer(make_app(cfg, spawner=fake)))
+    await c.start_server()
+    try:
+        yield c, tok
+    finally:
+        await c.close()
+        await fake.shutdown()
+        subprocess.run(["userdel", "-r", LATE_ADMIN], capture_output=True)
+
+
+async def post(c: TestClient[Any, Any], url: str, want: int, **data: Any) -> str:
+    r = await c.post(url, data={"_xsrf": xsrf_of(c), **data}, allow_redirects=False)
+    text = await r.text()
+    assert r.status == want, f"{url}: {r.status} {text[:2000]}"
+    return text
+
+
+# --- a TA's admin:users!group=lab must not make admins or rename (the REST API's rule) -------
+async def test_a_teaching_assistant_cannot_make_an_admin_or_rename(hub: Any) -> None:
+    """tia holds admin:users only on lab, and is in lab herself. PATCH /hub/api/users wants
+    admin:users unfiltered for `admin` and `name`; the admin page's edit and make-admin
+    forms gave a TA admin (hers too: the whole hub) and let her rename a student to any
+    name (one that [[roles]] or admin_users name, or an existing Unix account's)."""
+    c, _ = hub
+    p = c.server.app[PARTS]
+    assert (await login(c, "tia", PASSWORD)).status == 302
+    await post(c, "/hub/admin/users/tia/edit", 403, admin="on")
+    await post(c, "/hub/admin/users/tia/make-admin", 403)
+    await post(c, "/hub/admin/users/st1/make-admin", 403)
+    await post(c, "/hub/admin/users/st1/edit", 403, new_name="root")
+    await post(c, "/hub/admin/users/boss/remove-admin", 403)
+    assert not p.access.is_admin("tia") and not p.access.is_admin("st1")
+    assert p.access.is_admin("boss")
+    assert await p.store.get_user("st1") is not None and await p.store.get_user("root") is None
+    # and the admin still edits
+    assert (await login(c, "boss", PASSWORD)).status == 302
+    await post(c, "/hub/admin/users/st1/edit", 302, new_name="st1b", admin="on")
+    assert p.access.is_admin("st1b")
