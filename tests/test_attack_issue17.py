@@ -119,3 +119,25 @@ async def test_a_teaching_assistant_cannot_make_an_admin_or_rename(hub: Any) -> 
     assert (await login(c, "boss", PASSWORD)).status == 302
     await post(c, "/hub/admin/users/st1/edit", 302, new_name="st1b", admin="on")
     assert p.access.is_admin("st1b")
+
+
+# --- a password reset makes the caller the target: never someone stronger -----------------
+async def test_a_teaching_assistant_cannot_reset_a_stronger_users_password(hub: Any) -> None:
+    """boss (an admin) is in lab, so admin:users!group=lab reaches him: a reset would hand
+    tia his password, and with it the whole hub. The same for st2, a lab student who also
+    grades (a role reading every user, which tia lacks). A plain lab student's reset works."""
+    c, _ = hub
+    p = c.server.app[PARTS]
+    hashes = {n: (await p.store.get_user(n)).password_hash for n in ("boss", "st2")}  # type: ignore[union-attr]
+    assert (await login(c, "tia", PASSWORD)).status == 302
+    r = await c.post(
+        "/hub/admin/users/bulk",
+        data=[("_xsrf", xsrf_of(c)), ("action", "reset-passwords")]
+        + [("user", n) for n in ("boss", "st2", "st1")],
+    )
+    text = await r.text()
+    assert r.status == 200 and "New passwords for 1: st1" in text, text[:3000]
+    assert "Refused 2" in text and "boss:" in text and "st2:" in text
+    for name, hashed in hashes.items():
+        assert (await p.store.get_user(name)).password_hash == hashed  # type: ignore[union-attr]
+    assert (await login(c, "boss", PASSWORD)).status == 302
