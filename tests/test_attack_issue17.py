@@ -141,3 +141,12 @@ async def test_a_teaching_assistant_cannot_reset_a_stronger_users_password(hub: 
     for name, hashed in hashes.items():
         assert (await p.store.get_user(name)).password_hash == hashed  # type: ignore[union-attr]
     assert (await login(c, "boss", PASSWORD)).status == 302
+
+
+# --- delete with "remove the Unix account" never removes a system account --------------------
+def test_the_nobody_account_is_never_removable() -> None:
+    """nobody (uid 65534) is above any uid_min, and a hub user can be named nobody (an
+    OAuth claim, an admin's typo): deleting it with the account must not `userdel nobody`."""
+    with pytest.raises(SpawnError) as e:
+        accounts.removable_account("nobody", uid_min=1000, keep=set())
+    assert e.value.status == 403

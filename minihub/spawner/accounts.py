@@ -331,10 +331,12 @@ def removable_account(name: str, *, uid_min: int, keep: set[str]) -> pwd.struct_
         pw = pwd.getpwnam(name)
     except KeyError:
         return None
-    if pw.pw_uid == 0 or pw.pw_uid < max(uid_min, 1) or name in keep:
+    nobody = pw.pw_uid in (65534, 2**32 - 2, 2**32 - 1)  # above any uid_min, yet the system's
+    if pw.pw_uid == 0 or pw.pw_uid < max(uid_min, 1) or nobody or name in keep:
         raise SpawnError(
             f"The Unix account {name!r} (uid {pw.pw_uid}) is not an ordinary user's "
-            f"(uid {max(uid_min, 1)} or more, not yours): minihub does not remove it.",
+            f"(uid {max(uid_min, 1)} or more, not nobody, not yours): minihub does not "
+            "remove it.",
             status=403,
         )
     try:
