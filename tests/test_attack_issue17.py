@@ -150,3 +150,17 @@ def test_the_nobody_account_is_never_removable() -> None:
     with pytest.raises(SpawnError) as e:
         accounts.removable_account("nobody", uid_min=1000, keep=set())
     assert e.value.status == 403
+
+
+# --- sign-up approval: a request must not become an admin_users name ------------------------
+async def test_a_request_for_a_name_made_admin_later_is_not_approved(hub: Any) -> None:
+    """Someone asked for mhat_newprof before the operator listed that name in admin_users
+    (for a colleague yet to sign in). Sign-up refuses admin_users names; approving must too,
+    or the requester's password becomes an admin's."""
+    c, _ = hub
+    p = c.server.app[PARTS]
+    assert (await login(c, "boss", PASSWORD)).status == 302
+    text = await post(c, f"/hub/admin/signups/{LATE_ADMIN}/approve", 403)
+    assert "admin_users" in text
+    assert await p.store.get_user(LATE_ADMIN) is None
+    await post(c, f"/hub/admin/signups/{LATE_ADMIN}/refuse", 200)

@@ -74,6 +74,13 @@ def _request_name(request: web.Request) -> tuple[Signups, str]:
 @routes.post("/hub/admin/signups/{name}/approve")
 async def approve(request: web.Request) -> web.Response:
     signups, name = _request_name(request)
+    auth = parts(request).authenticator
+    if name in auth.admin_users or not await auth.pool.run(auth.is_allowed, name):  # as sign-up
+        error = (
+            f"{name[:64]} is in [auth] admin_users or not allowed to sign up (the configuration "
+            "changed since the request): refuse it; an admin's account is made otherwise."
+        )
+        return await admin_page(request, error=error, status=403)
     try:
         user = await signups.approve(name)
     except HubError as e:  # gone, or the name was taken meanwhile: say so on the page
