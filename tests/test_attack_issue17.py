@@ -164,3 +164,52 @@ async def test_a_request_for_a_name_made_admin_later_is_not_approved(hub: Any) -
     assert "admin_users" in text
     assert await p.store.get_user(LATE_ADMIN) is None
     await post(c, f"/hub/admin/signups/{LATE_ADMIN}/refuse", 200)
+
+
+# --- git-pull links: another site's link must not write where programs read code -----------
+@needs_root
+async def test_a_course_link_cannot_clone_into_a_hidden_folder(
+    data_dir: str,
+    git_server: Any,  # noqa: F811
+    make_system_user: Any,
+) -> None:
+    """A link on any website (the pull starts when the page opens, as nbgitpuller's) with
+    targetPath=.ipython/profile_default/startup put the repository's .py files where every
+    kernel runs them at start: code run as the student by whoever wrote the link. Also
+    .local/lib/python3.x/site-packages (a .pth), .ssh (authorized_keys), .jupyter, .config.
+    A hidden folder anywhere in the target, or as the repository's own name, is refused."""
+    evil = git_server.create("evil", {"00-evil.py": "open('/tmp/mhat_pwned', 'w')\n"})
+    assert evil.exists()
+    url = git_server.url("evil")
+    cfg = hub_config(data_dir, hub__cleanup_servers=True)
+    server = TestServer(make_app(cfg), host="127.0.0.1")
+    await server.start_server()
+    eve = make_system_user("mhat_eve")
+    b = Browser(f"http://127.0.0.1:{server.port}")
+    try:
+        await b.login(eve)
+        where, r = await b.follow("/hub/user-redirect/tree/")  # starts the server
+        assert r.status == 200, where
+        page = f"/user/{eve.name}/git-pull?"
+        for target in (
+            ".ipython/profile_default/startup",
+            "course/.git",
+            ".local/lib/python3.12/site-packages",
+            "./.ssh",
+        ):
+            q = urlencode({"repo": url, "targetPath": target})
+            r = await b.get(page + q)
+            assert r.status == 400 and "hidden" in await r.text(), target
+            r = await b.get(page.replace("git-pull?", "git-pull/api?") + q)
+            assert r.status == 400, target
+        r = await b.get(page + urlencode({"repo": "https://example.org/x/.ipython.git"}))
+        assert r.status == 400 and "hidden" in await r.text()
+        assert not os.path.lexists(os.path.join(eve.home, ".ipython"))
+        assert not os.path.lexists(os.path.join(eve.home, ".ssh"))
+        # an ordinary folder still works
+        events = await b.pull_events(page + urlencode({"repo": url, "targetPath": "week1"}))
+        assert events[-1]["phase"] == "finished", events[-3:]
+        assert os.path.isfile(os.path.join(eve.home, "week1", "00-evil.py"))
+    finally:
+        await b.close()
+        await server.close()

@@ -43,6 +43,7 @@ def parse_link(query: Mapping[str, str]) -> Link:
     target = relative_path(_arg(query, "targetPath", "targetpath") or default, "targetPath")
     if not target:
         raise BadRequest("targetPath must name a folder inside your home.")
+    check_visible(target, "targetPath")
     sub = relative_path(_arg(query, "subPath", "subpath"), "subPath")
     depth = _arg(query, "depth") or "1"
     if not (depth.isascii() and depth.isdigit() and len(depth) <= 7):
@@ -92,6 +93,17 @@ def relative_path(value: str, what: str) -> str:
     if norm == ".." or norm.startswith("../"):
         raise BadRequest(f"{what} {value[:80]!r} leads out of your home.")
     return "" if norm == "." else norm
+
+
+def check_visible(target: str, what: str) -> None:
+    """No hidden folder in the target (nor the repository's name, its default): programs
+    read settings and code there (.ipython/profile_default/startup, .local/lib/…/
+    site-packages, .ssh, .jupyter, .config), and a link on any website starts a pull."""
+    if any(part.startswith(".") for part in target.split("/")):
+        raise BadRequest(
+            f"{what} {target[:80]!r} is in a hidden folder (a name starting with '.'), where "
+            "programs read their settings and code: course files go in a visible folder."
+        )
 
 
 def check_urlpath(value: str) -> str:

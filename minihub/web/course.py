@@ -90,6 +90,7 @@ def build_link(request: web.Request, p: Parts, f: dict[str, str]) -> str:
     gitlink.check_branch(f["branch"])
     default = posixpath.basename(urlsplit(repo).path.rstrip("/")).removesuffix(".git")
     target = gitlink.relative_path(f["target"] or default, "The folder") or default
+    gitlink.check_visible(target, "The folder")
     file = gitlink.relative_path(f["file"], "The file to open")
     query = {"repo": repo}
     if f["branch"]:
