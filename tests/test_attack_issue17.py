@@ -166,6 +166,87 @@ async def test_a_request_for_a_name_made_admin_later_is_not_approved(hub: Any) -
     await post(c, f"/hub/admin/signups/{LATE_ADMIN}/refuse", 200)
 
 
+# --- redirects, CSRF, shutdown, bad input ---------------------------------------------------
+async def test_forms_go_back_only_to_the_admin_page_and_shutdown_needs_its_scope(
+    hub: Any,
+) -> None:
+    c, tok = hub
+    assert (await login(c, "boss", PASSWORD)).status == 302
+    for nxt, where in {
+        "//evil.example/hub/admin": "/hub/admin",
+        "/hub/adminx": "/hub/admin",
+        "/hub/admin?q=st\r\nSet-Cookie: x=1": "/hub/admin",
+        "https://evil.example/": "/hub/admin",
+        "/hub/admin?q=st": "/hub/admin?q=st",
+    }.items():
+        r = await c.post(
+            "/hub/admin/users/st1/stop",
+            data={"_xsrf": xsrf_of(c), "next": nxt},
+            allow_redirects=False,
+        )
+        assert r.status == 302 and r.headers["Location"] == where, nxt
+    # another site's form: no _xsrf, refused before anything happens
+    for path in ("/hub/api/shutdown", "/hub/admin/shutdown", "/hub/admin/users/bulk"):
+        r = await c.post(path, data={"confirm": "shutdown", "action": "delete", "user": "st1"})
+        assert r.status == 403, path
+    assert await c.server.app[PARTS].store.get_user("st1") is not None
+    h = {"Authorization": f"token {tok}"}
+    r = await c.post("/hub/api/shutdown", headers=h, json={"servers": "yes"})
+    assert r.status == 400
+    r = await c.post("/hub/api/shutdown", headers=h, json={})
+    assert r.status == 409  # not run by `minihub`: nothing stops
+    assert (await login(c, "tia", PASSWORD)).status == 302
+    await post(c, "/hub/admin/shutdown", 403, confirm="shutdown")
+    r = await c.post("/hub/api/shutdown", headers={"X-XSRFToken": xsrf_of(c)}, json={})
+    assert r.status == 403
+
+
+async def test_bad_input_on_the_new_routes_is_a_4xx(hub: Any) -> None:
+    c, tok = hub
+    assert (await login(c, "boss", PASSWORD)).status == 302
+    for query in (
+        "page=abc",
+        "page=99999999",
+        "per_page=7",
+        "sort=name;drop",
+        "state=%00",
+        "q=" + "%25" * 300,
+        "group=" + "x" * 5000,
+        "q=%ED%A0%80",
+        "group=%ED%A0%80",
+        "q=%FF",
+        "course_repo=file:///etc/passwd",
+        "course_repo=https://x.example/r&course_target=../../etc",
+    ):
+        r = await c.get("/hub/admin?" + query)
+        assert 200 <= r.status < 500, (query, r.status)
+    h = {"Authorization": f"token {tok}"}
+    for query in ("name_filter=%ED%A0%80", "offset=99999999999999999999", "sort=-x", "limit=0"):
+        r = await c.get("/hub/api/users?" + query, headers=h)
+        assert 200 <= r.status < 500, (query, r.status)
+    for url, data, want in (
+        ("/hub/admin/users/bulk", {"action": "explode"}, 400),
+        ("/hub/admin/users/bulk", {"action": "stop", "target": "filter", "page": "x"}, 400),
+        ("/hub/admin/users/bulk", {"action": "add-to-group", "user": "st1"}, 400),
+        ("/hub/admin/users/bulk", {"action": "add-to-group", "user": "st1", "to_group": "no"}, 404),
+        ("/hub/admin/users/st1/edit", {"new_name": "../../etc"}, 400),
+        ("/hub/admin/users/st1/edit", {"new_name": "x" * 300}, 400),
+        ("/hub/admin/users/nosuch/edit", {}, 404),
+        ("/hub/admin/users/st1/explode", {}, 404),
+        ("/hub/admin/passwords.csv", {"csv": "a,b,c"}, 400),
+        ("/hub/admin/signups/nosuch/approve", {}, 404),
+        ("/hub/admin/course/folders", {"path": "relative/x"}, 400),
+        ("/hub/admin/course/folders", {"path": "/etc"}, 400),
+        ("/hub/admin/course/folders/remove", {"path": "/nope"}, 404),
+        ("/hub/admin/announcement", {"all": "x" * 3000}, 400),
+    ):
+        await post(c, url, want, **data)
+    for path in ("/hub/user-redirect/%ff%fe", "/hub/user-redirect/..%2f..%2fhub%2fapi"):
+        r = await c.get(path, allow_redirects=False)
+        where = r.headers["Location"]
+        assert r.status == 302 and where.startswith(("/user/boss/", "/hub/spawn/boss?")), where
+
+
 # --- git-pull links: another site's link must not write where programs read code -----------
 @needs_root
 async def test_a_course_link_cannot_clone_into_a_hidden_folder(
