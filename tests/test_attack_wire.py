@@ -143,10 +143,23 @@ async def _wait_for_server(http: aiohttp.ClientSession, hub: Hub) -> None:
 
 
 def server_pid(uid: int) -> int:
-    """The user's notebook server: her process whose parent is not hers (the hub forked it)."""
-    found = [pid for pid in _pids_of(uid) if _status(_status(pid)["PPid"]).get("Uid") != uid]
+    """The user's notebook server: her process whose parent is not hers (the hub forked it),
+    other than her kernel zygote (the hub's kernel template forked that)."""
+    found = [
+        pid
+        for pid in _pids_of(uid)
+        if _status(_status(pid)["PPid"]).get("Uid") != uid and not _is_zygote(pid)
+    ]
     assert len(found) == 1, found
     return found[0]
+
+
+def _is_zygote(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"minihub.kernels import" in f.read()
+    except OSError:
+        return False
 
 
 def _pids_of(uid: int) -> list[int]:

@@ -66,9 +66,9 @@ def kernel_python() -> str:
     return os.path.join(env, "bin", "python") if env else sys.executable
 
 
-def command() -> str:
+def command(code: str = COMMAND) -> str:
     hub_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return COMMAND.format(root=hub_root)
+    return code.format(root=hub_root)
 
 
 def preload() -> None:
@@ -80,6 +80,15 @@ def preload() -> None:
 
 _early: socket.socket | None = None  # the server's end, when it forked its zygote early
 _early_pid = 0
+_given: socket.socket | None = None  # the server's end of a zygote the hub had forked for it
+
+
+def adopt(fd: int) -> None:
+    """In the server: the hub forked this server's zygote from its kernel template and gave
+    the server its end of their socket (launch config kernel_zygote_fd)."""
+    global _given
+    os.set_inheritable(fd, False)  # never into a kernel or terminal exec'd
+    _given = socket.socket(fileno=fd)
 
 
 def fork_early() -> None:
@@ -136,6 +145,20 @@ def _zygote(sock: socket.socket) -> None:
         os._exit(1)
     gc.collect()
     gc.freeze()  # keep the imported objects' pages shared with the children
+    request = _serve(sock)
+    _run_child(request)
+
+
+def serve_preloaded(sock: socket.socket) -> None:
+    """In a zygote forked from the hub's kernel template (template.py), as the user: take
+    the server's stdout and stderr (its first message), then serve like an exec'd one."""
+    _, fds, _, _ = socket.recv_fds(sock, 1, 2)
+    if len(fds) != 2:
+        os._exit(1)  # not a server's hand-over
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for src, dst in ((devnull, 0), (fds[0], 1), (fds[1], 2)):
+        os.dup2(src, dst)
+        os.close(src)
     request = _serve(sock)
     _run_child(request)
 
@@ -259,10 +282,19 @@ class Zygote:
         self._reader_task = loop.create_task(self._run())
 
     async def _run(self) -> None:
-        global _early
+        global _early, _given
         assert self._ready is not None
         if _early is not None:
             ours, self.pid, _early = _early, _early_pid, None
+        elif _given is not None:  # its pid comes with "ready"
+            ours, _given = _given, None
+            try:
+                socket.send_fds(ours, [b"F"], [1, 2])
+            except OSError as e:
+                log.warning("kernel zygote from the template is gone: %s", e)
+                ours.close()
+                self._ready.set_result(False)
+                return
         else:
             ours, theirs = socket.socketpair()
             try:
@@ -289,6 +321,7 @@ class Zygote:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         assert self._ready is not None
         if "ready" in msg and not self._ready.done():
+            self.pid = self.pid or int(msg["ready"])
             log.info("kernel zygote %d ready", self.pid)
             self._ready.set_result(True)
         elif "error" in msg:

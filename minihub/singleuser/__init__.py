@@ -54,6 +54,7 @@ class ServerConfig:
     mem_limit: int = 0
     shared_dirs: list[str] = field(default_factory=list)  # where notebook-dir symlinks may lead
     kernel_zygote: bool = True  # fork python3 kernels from a pre-imported process
+    kernel_zygote_fd: int = -1  # a zygote the hub forked for this server (kernels/template.py)
     ws_max_message: int = DEFAULT_MAX_MESSAGE  # [spawner] kernel_ws_max_message
     ws_max_json: int = DEFAULT_MAX_JSON  # [spawner] kernel_ws_max_json
     ws_max_buffers: int = DEFAULT_MAX_BUFFERS  # [spawner] kernel_ws_max_buffers

@@ -88,6 +88,11 @@ def main() -> int:
     if pump is not None:
         pump.cap(cfg.log)
     cfg.notebook_dir = os.path.abspath(cfg.notebook_dir or ".")
+    if cfg.kernel_zygote_fd >= 0:
+        if cfg.kernel_zygote:
+            zygote.adopt(cfg.kernel_zygote_fd)
+        else:
+            os.close(cfg.kernel_zygote_fd)  # it exits on EOF
     if not cfg.kernel_zygote:
         zygote.discard_early()
     asyncio.run(serve(cfg))

@@ -26,11 +26,14 @@ from typing import Any, ClassVar
 from .. import forkloop
 from ..config import Config
 from ..errors import SpawnError
+from ..kernels.zygote import USER_ENV_VAR
 from ..procfs import start_ticks
 from ..setting import Setting
 from .accounts import drop_to
 from .base import UNKNOWN_EXIT
+from .kernel_template import KernelTemplate, user_python, zygote_env
 from .local import (
+    USER_OOM_SCORE_ADJ,
     LocalSpawner,
     _listen_socket,
     _refuse_root,
@@ -50,6 +53,7 @@ _MSG_MAX = 1 << 20
 _REPLY_TIMEOUT = 30.0
 _LISTEN_FD = 3  # where the server finds its listening socket, as with LocalSpawner
 _OLD_LOG_FD = 4  # the log's rotated copy, which the server's log pump writes to
+_ZYGOTE_FD = 5  # its end of the kernel zygote forked for it (kernel_template.py)
 _PIPE_BUF = 60_000  # fits a pipe's default buffer (64 KiB); more: the buffer is grown
 
 
@@ -69,6 +73,16 @@ class ForkSpawner(LocalSpawner):
             "by forking a process that has imported it already: faster spawns, memory "
             'shared between users. false: exec each, as class = "local".',
         ),
+        Setting(
+            "spawner",
+            "kernel_template",
+            bool,
+            True,
+            'With class = "fork", as root, and a user environment: fork each server\'s '
+            "kernel zygote from one process that has imported ipykernel, so kernels share "
+            "its pages across users and a spawn imports nothing. false: each server execs "
+            "its own zygote.",
+        ),
     ]
 
     def __init__(self, cfg: Config | None = None) -> None:
@@ -81,6 +95,7 @@ class ForkSpawner(LocalSpawner):
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._forked: dict[int, int] = {}  # pid -> start ticks, until its exit is reported
         self._early: dict[int, int] = {}  # exits reported before start() recorded the pid
+        self._templates: dict[str, KernelTemplate] = {}  # by user environment python
 
     async def start_process(self, spec: LaunchSpec) -> Proc:
         if not forkable(spec.cmd):
@@ -111,23 +126,32 @@ class ForkSpawner(LocalSpawner):
         the request for the fork server (nothing secret in it) and the Proc's extra."""
         config = dict(spec.stdin_config)
         apply_quota(spec)
+        # The child joins these groups itself, while still root and before any user code.
+        extra, join, counted = server_cgroup(spec)
+        uid, gid, groups = drop_to(spec.account)  # all None for an unprivileged hub
+        nproc = 0 if counted else spec.max_processes
         fds = list(open_server_logs(spec.log_path, spec.log_max_bytes))
         sock = None
+        zygote_fd = None
         try:
             sock, port = _listen_socket(spec, config)
             if sock is not None:
                 config["listen_fd"] = _LISTEN_FD
             config["log"] = {"rotate_fd": _OLD_LOG_FD, "max_bytes": spec.log_max_bytes}
+            zygote_fd = self._kernel_zygote(spec, config, join, nproc)
+            if zygote_fd is not None:
+                config["kernel_zygote_fd"] = _ZYGOTE_FD
             fds.append(private_pipe(launch_env(spec), config))
+            if zygote_fd is not None:  # the fourth: _arrange_fds finds it there
+                fds.append(zygote_fd)
         except BaseException:
             for fd in fds:
                 os.close(fd)
+            if zygote_fd is not None and zygote_fd not in fds:
+                os.close(zygote_fd)
             if sock is not None:
                 sock.close()
             raise
-        # The child joins these groups itself, while still root and before any user code.
-        extra, join, counted = server_cgroup(spec)
-        uid, gid, groups = drop_to(spec.account)  # all None for an unprivileged hub
         req = {
             "argv": spec.cmd[1:],
             "uid": uid,
@@ -135,11 +159,42 @@ class ForkSpawner(LocalSpawner):
             "groups": groups,
             "cwd": spec.cwd,
             "umask": spec.umask,
-            "nproc": 0 if counted else spec.max_processes,
+            "nproc": nproc,
             "cgroup": join,
             "listen": sock is not None,
+            "zygote": zygote_fd is not None,
         }
         return fds, sock, port, req, extra
+
+    def _kernel_zygote(
+        self, spec: LaunchSpec, config: dict[str, Any], join: list[str], nproc: int
+    ) -> int | None:
+        """The server's end of a kernel zygote forked for it by the kernel template, when
+        its kernels run a user environment (root hubs only); else None: it execs its own."""
+        python = user_python(spec.env.get(USER_ENV_VAR, ""))
+        uid, gid, groups = drop_to(spec.account)
+        if not python or uid is None or not config.get("kernel_zygote", True):
+            return None
+        if not (self.cfg is None or self.cfg.get("spawner.kernel_template")):
+            return None
+        tpl = self._templates.get(python)
+        if tpl is None:
+            tpl = self._templates[python] = KernelTemplate(python)
+        acct = spec.account
+        env = launch_env(spec)
+        return tpl.zygote_for(
+            {
+                "uid": uid,
+                "gid": gid,
+                "groups": groups,
+                "cgroup": join,
+                "nproc": nproc,
+                "umask": spec.umask,
+                "oom_score_adj": USER_OOM_SCORE_ADJ,
+                "cwd": spec.cwd,
+                "env": zygote_env(acct.home, acct.name, acct.shell, env["PATH"]),
+            }
+        )
 
     # -- talking to the zygote -------------------------------------------------------------
 
@@ -243,6 +298,8 @@ class ForkSpawner(LocalSpawner):
 
     async def close(self) -> None:
         """The zygote exits when its socket closes; servers it forked keep running."""
+        for tpl in self._templates.values():
+            await asyncio.to_thread(tpl.close)
         self._drop_sock()
         if self._zygote is not None:
             try:
@@ -463,10 +520,13 @@ def _arrange_fds(req: dict[str, Any], fds: list[int], err_w: int) -> None:
     os.dup2(private, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    if req["listen"]:
-        os.dup2(high[3], _LISTEN_FD)
+    if req["listen"]:  # sent after the fds _prepare made
+        os.dup2(high[-1], _LISTEN_FD)
+    if req.get("zygote"):
+        os.dup2(high[3], _ZYGOTE_FD)
     os.dup2(old_log, _OLD_LOG_FD)
     keep = {0, 1, 2, err_w, _OLD_LOG_FD} | ({_LISTEN_FD} if req["listen"] else set())
+    keep |= {_ZYGOTE_FD} if req.get("zygote") else set()
     for fd in map(int, os.listdir("/proc/self/fd")):
         if fd not in keep:
             try:
