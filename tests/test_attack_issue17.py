@@ -35,6 +35,7 @@ TUTOR = {
         "admin:users!group=lab",
         "groups!group=lab",
         "servers!group=lab",
+        "delete:users!group=lab",
     ],
     "users": ["tia"],
 }
@@ -141,6 +142,21 @@ async def test_a_teaching_assistant_cannot_reset_a_stronger_users_password(hub: 
     for name, hashed in hashes.items():
         assert (await p.store.get_user(name)).password_hash == hashed  # type: ignore[union-attr]
     assert (await login(c, "boss", PASSWORD)).status == 302
+
+
+# --- a delete takes the account away: a group-filtered delete:users never reaches stronger --
+async def test_a_teaching_assistant_cannot_delete_a_stronger_user(hub: Any) -> None:
+    """boss (an admin) and st2 (a grader) are in lab, so delete:users!group=lab reaches them;
+    the REST API's delete wants the scope on everyone, and so does the page for them."""
+    c, _ = hub
+    p = c.server.app[PARTS]
+    assert (await login(c, "tia", PASSWORD)).status == 302
+    await post(c, "/hub/admin/users/boss/delete", 403)
+    text = await post(c, "/hub/admin/users/bulk", 200, action="delete", user=["boss", "st2", "st1"])
+    assert "boss: boss holds" in text and "st2: st2 holds" in text
+    for name in ("boss", "st2"):
+        assert await p.store.get_user(name) is not None
+    assert await p.store.get_user("st1") is None  # a student of the lab: hers to delete
 
 
 # --- delete with "remove the Unix account" never removes a system account --------------------

@@ -127,6 +127,7 @@ async def user_action(request: web.Request) -> web.Response:
         admin_users.require_unfiltered(request, user.name)
         await p.access.set_admin(user.name, action == "make-admin")
     else:
+        admin_users.not_stronger(request, user.name, "delete:users")
         said = await admin_users.delete_one(p, me, user, form.get("remove_account") == "on")
         p.identities.invalidate()
         if form.get("remove_account") == "on":

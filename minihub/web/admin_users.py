@@ -385,6 +385,7 @@ async def _per_user(
                 stops += _stop_all(request, user)
             else:
                 _check(request, "delete", user, None)
+                not_stronger(request, user.name, "delete:users")
                 await delete_one(p, me, user, form.get("remove_account") == "on")
             out.done.append(user.name)
         except HubError as e:
@@ -396,6 +397,12 @@ async def _per_user(
             t.add_done_callback(_background.discard)
     verb = {"start": "Starting", "stop": "Stopped", "delete": "Deleted"}[action]
     return out, verb
+
+
+def not_stronger(request: web.Request, name: str, bypass: str) -> None:
+    """403 if the user `name` holds a scope the caller lacks (see `beyond`)."""
+    if more := beyond(parts(request), principal(request), name, bypass):
+        raise Forbidden(f"{name} holds {more}, which you do not: only {bypass} on everyone may.")
 
 
 def _check(request: web.Request, action: str, user: User, server: str | None) -> None:
@@ -456,13 +463,14 @@ async def _reset_passwords(request: web.Request, chosen: list[User]) -> web.Resp
     return resp
 
 
-def beyond(p: Parts, who: Principal | None, name: str) -> str:
+def beyond(p: Parts, who: Principal | None, name: str, bypass: str = "admin:users") -> str:
     """A scope the user `name` holds and the caller does not ("" if none; their own, filtered
-    to them, aside): a password reset hands the caller the account, so a scope filtered to
-    a group never reaches a stronger one (an admin or a grader in that group)."""
+    to them, aside): a password reset hands the caller the account, and a delete takes it
+    away, so a scope filtered to a group never reaches a stronger user (an admin or a
+    grader in that group). `bypass` held unfiltered reaches anyone, as an admin's."""
     if who is None:
-        return "admin:users"
-    if p.access.allows(who, "admin:users"):  # unfiltered: may reset anyone's, as an admin
+        return bypass
+    if p.access.allows(who, bypass):
         return ""
     for s in sorted(p.access.held(p.access.user(name)), key=str):
         if s.kind in ("user", "server") and s.value.split("/", 1)[0] == name:
