@@ -22,7 +22,7 @@ KEYS: dict[str, Any] = {
     "shared_dirs": [],
     # names a workshop login (minihub.auth.shared) made: its max_users, and on a root hub
     # the Unix accounts it owns
-    "workshop_names": [],
+    "workshop_names": {},
 }
 
 

@@ -18,7 +18,9 @@ from conftest import hub_config
 from conftest import login as login_form
 
 from minihub.app import make_app
+from minihub.auth import signups
 from minihub.auth.native import NativeAuthenticator
+from minihub.context import PARTS
 from minihub.store import Store
 from minihub.users import create
 
@@ -198,3 +200,14 @@ def test_the_cli_lists_approves_and_refuses(data_dir, tmp_path, clean, capsys):
     capsys.readouterr()
     assert main([*base, "requests"]) == 0
     assert capsys.readouterr().out == ""
+
+
+async def test_requests_stop_at_max_pending(hub, monkeypatch):
+    """Throttling is per address: a flood from many addresses meets this cap instead."""
+    monkeypatch.setattr(signups, "MAX_PENDING", 1)
+    c = hub
+    assert (await sign_up(c, NAMES[0])).status == 200
+    r = await sign_up(c, NAMES[1])
+    assert r.status == 429 and "try again later" in await r.text()
+    assert r.headers["Retry-After"] == "3600"
+    assert await c.server.app[PARTS].authenticator.signups.get(NAMES[1]) is None

@@ -106,6 +106,20 @@ async def test_an_account_the_login_did_not_make_is_refused(
     assert await store.get_user(victim.name) is None
 
 
+async def test_a_made_name_whose_account_changed_hands_is_refused(aiohttp_client, data_dir, clean):
+    """The login made mhws_ann's account; the operator removed it, and the name is someone
+    else's account now: the user password must not open it."""
+    c = await aiohttp_client(make_app(workshop(data_dir)))
+    assert (await login(c, "mhws_ann", USER_PW)).status == 302
+    first = uid("mhws_ann")
+    userdel("mhws_ann")
+    subprocess.run(["useradd", "-m", "-K", "UID_MIN=3000", "mhws_ann"], check=True)
+    assert uid("mhws_ann") not in (None, first)
+    r = await login(c, "mhws_ann", USER_PW)
+    assert r.status == 403 and "is taken" in await r.text()
+    assert (await login(c, "mhws_ann", USER_PW)).status == 403  # and it stays refused
+
+
 async def test_a_hub_user_from_before_is_not_the_workshops(aiohttp_client, data_dir, clean):
     cfg = workshop(data_dir)
     store = await Store.open(cfg.data_dir / "minihub.sqlite")

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import pwd
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import Forbidden, SpawnError, StartupError
@@ -167,26 +168,33 @@ class SharedPasswordAuthenticator(Authenticator):
 
     async def _admit(self, name: str) -> None:
         """A name this login made, or a new one it may make now; Forbidden saying why not."""
+        taken = Forbidden(f"The name {name} is taken. Choose another.")
         async with self._lock:
             if not self._loaded:
                 await self._made.load()
                 self._loaded = True
-            made: list[str] = list(self._made.get("workshop_names"))
+            made = made_names(self._made.get("workshop_names"))
             if name in made:
-                return
+                if made[name] < 0 or await self.pool.run(_uid_of, name) == made[name]:
+                    return
+                # its account was removed and the name is someone else's now
+                del made[name]
+                await self._made.set("workshop_names", made)
+                raise taken
             if await self.store.get_user(name) is not None:
-                if self.root:  # a user from before: their account is not this login's
-                    raise Forbidden(f"The name {name} is taken. Choose another.")
-                return
+                raise taken  # a user from before: not this login's to hand out
             if self.max_users and len(made) >= self.max_users:
                 raise Forbidden(
                     f"This workshop is full ({self.max_users} names): sign in with the name "
                     "you chose before, or ask the organiser."
                 )
+            uid = -1
             if self.root:
                 await self._new_account(name)
-            await self._made.set("workshop_names", [*made, name])
-            log.info("workshop login made the name %s (%d so far)", name, len(made) + 1)
+                uid = await self.pool.run(_uid_of, name)
+            made[name] = uid
+            await self._made.set("workshop_names", made)
+            log.info("workshop login made the name %s (%d so far)", name, len(made))
 
     async def _new_account(self, name: str) -> None:
         """useradd is the arbiter: a name some other process holds makes it fail."""
@@ -198,3 +206,18 @@ class SharedPasswordAuthenticator(Authenticator):
         except SpawnError as e:
             log.warning("workshop login of %s refused: %s", name, e.message)
             raise taken from None
+
+
+def made_names(value: object) -> dict[str, int]:
+    """The names this login made, with the uid of the account it made for each (-1: none,
+    a hub not run as root); a list, as an earlier minihub kept it, has no uids."""
+    if isinstance(value, dict):
+        return {str(k): int(v) for k, v in value.items()}
+    return {str(n): -1 for n in value} if isinstance(value, list) else {}
+
+
+def _uid_of(name: str) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return -2  # no account: never a uid it recorded

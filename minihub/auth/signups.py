@@ -17,13 +17,16 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from ..errors import Conflict, NotFound, SpawnError
+from ..errors import Conflict, NotFound, SpawnError, TooManyRequests
 from ..spawner import accounts
 from ..store import Store, User
 from . import names
 
 log = logging.getLogger("minihub.auth")
 MAX_EMAIL = 254  # RFC 5321's longest address
+# Requests waiting at once: past it sign-up says to come back later (throttling is per
+# address, so a spread-out flood would otherwise grow the table and the admin page unbounded)
+MAX_PENDING = 1000
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,12 @@ class Signups:
         return [Request(*r) for r in rows]
 
     async def add(self, name: str, password_hash: str, email: str = "") -> None:
-        """A new request; Conflict if the name already has one (the UNIQUE index decides)."""
+        """A new request; Conflict if the name already has one (the UNIQUE index decides),
+        TooManyRequests while MAX_PENDING wait."""
+        if await self.refresh() >= MAX_PENDING:
+            raise TooManyRequests(
+                "Too many sign-up requests are waiting for approval: try again later.", 3600
+            )
         try:
             await self.store._write(
                 "INSERT INTO signups (name, password_hash, email, requested) VALUES (?, ?, ?, ?)",
