@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ..kernels import zygote
 from ..spawner.logpump import LogPump
-from . import CONFIG_ENV, ServerConfig, contents
+from . import CONFIG_ENV, ServerConfig, contents, lean
 from .app import make_app
 
 log = logging.getLogger("minihub.singleuser")
@@ -65,6 +65,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _no_dumps()
+    lean.install()
     _adopt_umask()
     # A pod has no stdin from the hub: its launch config comes in this variable, taken out
     # of the environment before the kernel zygote (and every kernel) could inherit it.

@@ -133,6 +133,22 @@ class Client:
             await ch.request("kernel_info_request", {}, timeout=60)
         return kid, time.perf_counter() - t0
 
+    async def open_notebook(self, name: str) -> None:
+        """What opening a notebook costs the server: create one, read it back, save it (the
+        contents API, as jupyter_server's; both hubs' servers validate it)."""
+        async with self.session.post(
+            self.user_url(name, "api/contents"), json={"type": "notebook"}
+        ) as r:
+            if r.status != 201:
+                raise RuntimeError(f"notebook for {name}: {r.status} {(await r.text())[:200]}")
+            path = (await r.json())["path"]
+        async with self.session.get(self.user_url(name, f"api/contents/{path}")) as r:
+            model = await r.json()
+        body = {"type": "notebook", "format": "json", "content": model["content"]}
+        async with self.session.put(self.user_url(name, f"api/contents/{path}"), json=body) as r:
+            if r.status != 200:
+                raise RuntimeError(f"save for {name}: {r.status} {(await r.text())[:200]}")
+
     async def execute_latencies(
         self, name: str, kid: str, count: int, max_seconds: float
     ) -> list[float]:

@@ -96,6 +96,10 @@ async def sequential_part(c: Client, fig: Figures, args: argparse.Namespace) -> 
     await settle(5)  # let servers and kernels finish starting up before reading memory
     per_user = [user_pss_mib(n) for n in kernels]
     fig.put("user_pss", median(per_user))
+    for n in kernels:
+        await c.open_notebook(n)
+    await settle(2)
+    fig.put("user_pss_nb", median([user_pss_mib(n) for n in kernels]))
     if kernels:
         name, kid = next(iter(kernels.items()))
         lat = await c.execute_latencies(name, kid, args.executes, 60)
@@ -179,6 +183,7 @@ ROWS = [
     ("hub_pss", "hub + proxy at rest, PSS", 1, "MiB", True),
     ("hub_pss_after", "hub + proxy + helpers after serving (servers stopped), PSS", 1, "MiB", True),
     ("user_pss", "per active user: server + 1 idle kernel, PSS", 1, "MiB", True),
+    ("user_pss_nb", "per active user, a notebook opened and saved too, PSS", 1, "MiB", True),
     ("users_per_gb", "users per GB (1024 MiB / per-user PSS)", 1, "", False),
     ("spawn_seq_median", "spawn POST → ready, sequential, median", 1, "s", True),
     ("spawn_seq_p95", "spawn POST → ready, sequential, p95", 1, "s", True),
