@@ -170,6 +170,10 @@ async def test_another_user_cannot_reach_the_server(hub: SlurmHub) -> None:
         body = {"job_id": state["job_id"], "port": 1}
         async with s.post("/hub/api/slurm/report", json=body, headers=hdr) as r:
             assert r.status == 404
+        # Bodies that are not a report: a 400 with a message, never a 500.
+        for raw_body in (b'{"job_id": "1", "port": 1e400}', b"[" * 5000, b'{"port": 1.5}'):
+            async with s.post("/hub/api/slurm/report", data=raw_body, headers=hdr) as r:
+                assert r.status == 400, (raw_body[:20], r.status)
     # Straight to the job's port without the server's secret: refused by the server.
     async with aiohttp.ClientSession() as raw:
         url = f"http://{state['host']}:{state['port']}/user/mhs_ann/api/kernels"

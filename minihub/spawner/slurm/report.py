@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ...body import read as read_body
 from ...context import parts
 from ...errors import BadRequest, NotFound
 from .job import TOKEN_HEADER
@@ -24,13 +25,11 @@ async def report(request: web.Request) -> web.Response:
     token = request.headers.get(TOKEN_HEADER, "")
     if not isinstance(spawner, SlurmSpawner) or not token:
         raise NotFound("Not found")
-    try:
-        body = await request.json()
-        job_id, port = str(body["job_id"]), int(body["port"])
-    except (ValueError, KeyError, TypeError):
-        raise BadRequest("Expected JSON {job_id, port}") from None
-    if not 0 < port < 65536:
-        raise BadRequest("port must be between 1 and 65535")
-    if not await spawner.report(token, job_id, port):
+    body = (await read_body(request)).allow("job_id", "port")  # bounded, strict JSON
+    job_id = body.string("job_id", 64)
+    port = body.number("port", 1, 65535)
+    if job_id is None or port is None or port != int(port):
+        raise BadRequest("Expected JSON {job_id: string, port: an integer 1-65535}")
+    if not await spawner.report(token, job_id, int(port)):
         raise NotFound("Not found")
     return web.json_response({"ok": True})
