@@ -116,7 +116,7 @@ def test_class_and_fork_server_choose_the_spawner(tmp_path):
 
 def test_unknown_names_stop_start_up_in_one_line(tmp_path, demo_site):
     for section, key, value, names in (
-        ("spawner", "class", "kube", "fork, kubernetes, local, demo"),
+        ("spawner", "class", "kube", "fork, kubernetes, local, slurm, demo"),
         ("auth", "authenticator", "ldap", "native, oauth, pam"),
     ):
         toml = tmp_path / f"{key}.toml"

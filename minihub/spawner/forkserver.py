@@ -102,7 +102,12 @@ class ForkSpawner(LocalSpawner):
             return await super().start_process(spec)
         _refuse_root(spec)
         await self._ensure_zygote()
-        fds, sock, port, req, extra = await asyncio.to_thread(self._prepare, spec)
+        prepared = asyncio.ensure_future(asyncio.to_thread(self._prepare, spec))
+        try:
+            fds, sock, port, req, extra = await asyncio.shield(prepared)
+        except asyncio.CancelledError:  # the thread goes on: close what it hands back
+            prepared.add_done_callback(_discard_prepared)
+            raise
         try:
             reply = await self._ask(req, fds + ([sock.fileno()] if sock else []))
         finally:
@@ -308,6 +313,18 @@ class ForkSpawner(LocalSpawner):
                 self._zygote.kill()
                 await asyncio.to_thread(self._zygote.wait, 5)
         await super().close()
+
+
+def _discard_prepared(fut: asyncio.Future[Any]) -> None:
+    """The fds and socket `_prepare` made for a start that was cancelled meanwhile."""
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    fds, sock = fut.result()[:2]
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if sock is not None:
+        sock.close()
 
 
 def _settle(fut: asyncio.Future[None]) -> None:
