@@ -158,6 +158,7 @@ def test_a_students_kernelspec_in_new_and_change_kernel(page: Any, hub: Hub) -> 
     page.locator("summary", has_text="Kernel").click()
     page.locator("button[data-action=change-kernel]").click()
     select = page.locator("select[aria-label=Kernel]")
+    select.locator("option", has_text="My env").wait_for(state="attached")  # filled by a fetch
     assert "My env" in select.locator("option").all_inner_texts()
     select.select_option("myenv")
     page.locator("button", has_text="OK").click()
