@@ -420,40 +420,52 @@ async def servers_part(
         await c.create_users(sysnames(max(levels)))
         await asyncio.sleep(3)
         base_pss = hub_pss_mib(hub)[1]
-        base_fds = fds(list(hub.hub_pids().values()))
     for level in levels:
-        who = sysnames(level)
-        row: dict[str, float] = {"servers": level, "fds_before": base_fds[0]}
-        async with Client(hub.url, hub.token) as c:
-            t0 = time.perf_counter()
-            row["spawned"] = await spawn_all(c, who)
-            row["spawn_wall"] = time.perf_counter() - t0
-            await asyncio.sleep(5)
-            pss = hub_pss_mib(hub)[1]
-            row["pss_all"] = pss
-            row["pss_per_server_kib"] = (pss - base_pss) * 1024 / max(1, level)
-            pids = list(hub.hub_pids().values())
-            t1, c1 = time.perf_counter(), cpu_ticks(pids)
-            await asyncio.sleep(idle)
-            cpu_s = (cpu_ticks(pids) - c1) / os.sysconf("SC_CLK_TCK")
-            row["idle_cpu_pct"] = 100 * cpu_s / (time.perf_counter() - t1)
-            row["cpu_ms_per_server_min"] = 1000 * cpu_s * 60 / (time.perf_counter() - t1) / level
-            await proxied_rps(c, who, 200)  # warm: connections, routes
-            row["rps"], row["rps_p99"], row["rps_errors"] = await proxied_rps(c, who, requests)
-        halt(hub)
-        row["restart_health"] = await start(hub)
-        t0 = time.perf_counter()
-        async with Client(hub.url, hub.token) as c:
-            row["readopted"] = await answering(c, who, time.perf_counter() + 120)
-            row["restart_all"] = row["restart_health"] + time.perf_counter() - t0
-            await stop_all(c, who)
-            await asyncio.sleep(3)
-            row["fds_after"], row["socks_after"] = fds(list(hub.hub_pids().values()))
-        row["socks_before"] = base_fds[1]
-        log(f"{hub.name} {level} servers: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        rows.append(row)
+        rows.append(await servers_point(hub, sysnames(level), base_pss, idle, requests))
     halt(hub)
     return rows
+
+
+async def servers_point(
+    hub: Hub, who: list[str], base_pss: float, idle: float, requests: int
+) -> dict[str, float]:
+    """One point: spawn all, memory, idle CPU, proxied load, stop all (the hub process's fds
+    before and after that cycle, the driver's connections closed), spawn all again, restart
+    the hub, re-adoption."""
+    level = len(who)
+    row: dict[str, float] = {"servers": level}
+    row["fds_before"], row["socks_before"] = fds(list(hub.hub_pids().values()))
+    async with Client(hub.url, hub.token) as c:
+        t0 = time.perf_counter()
+        row["spawned"] = await spawn_all(c, who)
+        row["spawn_wall"] = time.perf_counter() - t0
+        await asyncio.sleep(5)
+        pss = hub_pss_mib(hub)[1]
+        row["pss_all"] = pss
+        row["pss_per_server_kib"] = (pss - base_pss) * 1024 / max(1, level)
+        pids = list(hub.hub_pids().values())
+        t1, c1 = time.perf_counter(), cpu_ticks(pids)
+        await asyncio.sleep(idle)
+        cpu_s = (cpu_ticks(pids) - c1) / os.sysconf("SC_CLK_TCK")
+        wall = time.perf_counter() - t1
+        row["idle_cpu_pct"] = 100 * cpu_s / wall
+        row["cpu_ms_per_server_min"] = 1000 * cpu_s * 60 / wall / level
+        await proxied_rps(c, who, 200)  # warm: connections, routes
+        row["rps"], row["rps_p99"], row["rps_errors"] = await proxied_rps(c, who, requests)
+        await stop_all(c, who)
+    await asyncio.sleep(5)  # idle keep-alive connections to the stopped servers time out
+    row["fds_after"], row["socks_after"] = fds(list(hub.hub_pids().values()))
+    async with Client(hub.url, hub.token) as c:
+        await spawn_all(c, who)
+    halt(hub)
+    row["restart_health"] = await start(hub)
+    t0 = time.perf_counter()
+    async with Client(hub.url, hub.token) as c:
+        row["readopted"] = await answering(c, who, time.perf_counter() + 120)
+        row["restart_all"] = row["restart_health"] + time.perf_counter() - t0
+        await stop_all(c, who)
+    log(f"{hub.name} {level} servers: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    return row
 
 
 # --------------------------------------------------------------------------- part 3: burst
@@ -560,11 +572,16 @@ async def run_hub(
             out[key] = {"error": repr(e)[:300]}
         finally:
             halt(hub)
-            for n in sysnames(max(args.server_levels + [args.burst, args.burst_kernel])):
-                subprocess.run(["pkill", "-KILL", "-u", n], capture_output=True, check=False)
+            await asyncio.to_thread(kill_servers, args)
             if not os.environ.get("MHBENCH_KEEP"):
                 rmtree(hub.work)
     return out
+
+
+def kill_servers(args: argparse.Namespace) -> None:
+    """Whatever a failed step left running as the servers' users."""
+    for n in sysnames(max([*args.server_levels, args.burst, args.burst_kernel])):
+        subprocess.run(["pkill", "-KILL", "-u", n], capture_output=True, check=False)
 
 
 def main() -> None:
@@ -577,12 +594,25 @@ def main() -> None:
     ap.add_argument("--own", default="10,100", help="minihub's own servers (no kernels)")
     ap.add_argument("--burst", type=int, default=300, help="users in the class-start burst")
     ap.add_argument("--burst-kernel", type=int, default=100, help="minihub's own + a kernel")
+    ap.add_argument("--idle", type=float, help="seconds of idle CPU sampling (60; 20 quick)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="FILE",
+        help="merge earlier runs' JSON output (e.g. one --only each) and write the report",
+    )
     a = ap.parse_args()
+    if a.from_json:
+        merged: dict[str, Any] = {}
+        for f in a.from_json:
+            merged = merge(merged, json.loads(Path(f).read_text()))
+        return write_report(merged)
     a.user_levels = [int(x) for x in a.users.split(",") if x]
     a.server_levels = [int(x) for x in a.servers.split(",") if x]
     a.own_levels = [int(x) for x in a.own.split(",") if x]
-    a.idle, a.requests, a.proxied = (20.0, 50, 3000) if a.quick else (60.0, 100, 10000)
+    a.idle_default, a.requests, a.proxied = (20.0, 50, 3000) if a.quick else (60.0, 100, 10000)
+    a.idle = a.idle or a.idle_default
     if os.geteuid() != 0:
         raise SystemExit("run as root: it creates system users and spawns servers as them")
     install_jupyterhub()
@@ -609,11 +639,23 @@ def main() -> None:
         users.remove_all()
     result["seconds"] = time.time() - started
     log(f"done in {result['seconds']:.0f} s")
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1), flush=True)
     if not a.no_write:
-        from growth_report import write
+        write_report(result)
 
-        write(result, OUT, CHECKOUT / "docs" / "benchmarks.md", PLOT_PY)
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = {**a, **b}
+    out["seconds"] = a.get("seconds", 0) + b.get("seconds", 0)
+    out["argv"] = [*a.get("argv", []), *(["+"] if a else []), *b.get("argv", [])]
+    return out
+
+
+def write_report(result: dict[str, Any]) -> None:
+    from growth_report import write
+
+    write(result, OUT, CHECKOUT / "docs" / "benchmarks.md", PLOT_PY)
+    log(f"wrote {OUT} and the Growth section of docs/benchmarks.md")
 
 
 if __name__ == "__main__":
