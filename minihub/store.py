@@ -331,7 +331,11 @@ class Store:
     async def search_users(self, q: UserQuery) -> tuple[list[User], int]:
         """One page of the users matching `q` (the admin page's table), and how many match:
         filtered, sorted and paged in SQL, so a page of 10,000 users costs one page."""
-        where, args = ["instr(lower(name), lower(?)) > 0"], [q.substring]
+        where: list[str] = []
+        args: list[Any] = []
+        if q.substring:  # instr on every row costs more than the page itself
+            where.append("instr(lower(name), lower(?)) > 0")
+            args.append(q.substring)
         if q.names is not None:
             where.append("name IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(sorted(q.names)))
@@ -341,8 +345,8 @@ class Store:
         if q.not_ids:
             where.append("id NOT IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(sorted(q.not_ids)))
-        cond = " AND ".join(where)
-        row = await self._one(f"SELECT count(*) FROM users WHERE {cond}", *args)
+        cond = " AND ".join(where) or "1"
+        (row,) = await self.db.execute_fetchall(f"SELECT count(*) FROM users WHERE {cond}", args)
         desc = " DESC" if q.descending else ""
         nulls = "last_activity IS NULL" if desc else "last_activity IS NOT NULL"
         order = {  # NULL first going up, last going down, as JupyterHub's sort
@@ -353,12 +357,13 @@ class Store:
         }[q.order]
         if q.order == "running":
             args.append(json.dumps(sorted(q.front)))
-        rows = await self._all(
-            f"SELECT {_USER_COLS} FROM users WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?",
-            *args,
-            q.limit,
-            q.offset,
-        )
+        page = f"SELECT {_USER_COLS} FROM users WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?"
+        if q.order == "name":  # the offset skipped in the name index, not in the table
+            page = (
+                f"SELECT {_USER_COLS} FROM users WHERE id IN (SELECT id FROM users WHERE {cond} "
+                f"ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}"
+            )
+        rows = await self.db.execute_fetchall(page, [*args, q.limit, q.offset])
         return [_user(r) for r in rows], int(row[0])
 
     async def count_users(self) -> int:

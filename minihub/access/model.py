@@ -64,6 +64,7 @@ class Access:
         self._assigned: dict[str, set[str]] = {}  # role -> users, from the API (admin)
         self._shares: dict[int, ShareRow] = {}
         self._cache: dict[Principal, frozenset[S.Scope]] = {}
+        self._members: dict[str, frozenset[str]] | None = None  # role -> users, when asked
         self._listeners: list[Callable[[], None]] = []
         self._watch: asyncio.Task[None] | None = None
 
@@ -148,6 +149,7 @@ class Access:
 
     def _changed(self) -> None:
         self._cache.clear()
+        self._members = None
         for fn in list(self._listeners):
             fn()
 
@@ -280,7 +282,11 @@ class Access:
         return out
 
     def user_roles(self, name: str) -> list[str]:
-        return sorted(self.roles_of(Principal("user", name)))
+        """As sorted(roles_of(the user)), from each role's members worked out once per change
+        (a listing asks this for every user it shows)."""
+        if self._members is None:
+            self._members = {r: frozenset(self.role_members(r)) for r in self.roles if r != "user"}
+        return sorted(["user", *(r for r, m in self._members.items() if name in m)])
 
     def groups_of(self, name: str) -> list[str]:
         return sorted(self._user_groups.get(name, ()))

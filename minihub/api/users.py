@@ -25,11 +25,14 @@ from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, NotFound
 from ..isotime import parse_iso
 from ..models import server_model, token_model, user_model
+from ..scopes import Scope
+from ..servers import Server
 from ..store import User, UserQuery
 
 routes = web.RouteTableDef()
 PAGINATION = "application/jupyterhub-pagination+json"
 MAX_LIMIT = 500
+CHUNK = 100  # user models built between two yields to the event loop
 MAX_NEW_USERS = 1000  # per POST /users; a class list, not a bulk import
 MAX_EXPIRES_IN = 100 * 365.25 * 86400  # past a century, leave expires_in out: "never"
 # The JupyterHub REST API version minihub speaks: clients (jupyterhub-singleuser, the idle
@@ -62,26 +65,59 @@ async def target(request: web.Request, scope: str = "read:users") -> User:
 def model(p: Parts, user: User, request: web.Request | None = None) -> dict[str, Any]:
     """The user model; stopped named servers only with ?include_stopped_servers, as in
     JupyterHub (the idle culler reads the default listing and expects active servers)."""
-    servers = p.servers.of_user(user.id)
-    if request is None or not _include_stopped(request):
-        servers = {n: s for n, s in servers.items() if s.status != "stopped"}
-    full = user_model(
-        p.cfg.base_url,
-        user,
-        servers,
-        roles=p.access.user_roles(user.name),
-        groups=p.access.groups_of(user.name),
-    )
-    if request is None:
-        return full
-    who = principal(request)
-    keys = {
-        k
-        for scope, fields in MODEL_FIELDS.items()
-        if p.access.allows(who, scope, user=user.name)
-        for k in fields
-    }
-    return {k: v for k, v in full.items() if k in keys}
+    return Models(p, request).one(user, p.servers.of_user(user.id))
+
+
+class Models:
+    """User models for one request, as the caller may see them. What a scope the caller
+    holds unfiltered shows is decided once, not per user; a filtered one (a group's TA) is
+    asked per user. Without a request: every field (the caller was checked already)."""
+
+    def __init__(self, p: Parts, request: web.Request | None = None) -> None:
+        self.p = p
+        self.stopped = request is None or _include_stopped(request)
+        self.who = principal(request) if request is not None else None
+        self.shown: set[str] | None = None  # None: every field
+        self.ask: list[tuple[str, tuple[str, ...]]] = []  # scopes to check per user
+        if request is not None:
+            held = p.access.held(self.who) if self.who is not None else frozenset()
+            self.shown = set()
+            for scope, fields in MODEL_FIELDS.items():
+                if Scope(scope) in held:
+                    self.shown.update(fields)
+                elif self.who is not None:
+                    self.ask.append((scope, fields))
+
+    def one(self, user: User, servers: dict[str, Server]) -> dict[str, Any]:
+        """`servers`: the user's, as Servers.of_user gives them."""
+        p = self.p
+        if not self.stopped:
+            servers = {n: s for n, s in servers.items() if s.status != "stopped"}
+        full = user_model(
+            p.cfg.base_url,
+            user,
+            servers,
+            roles=p.access.user_roles(user.name),
+            groups=p.access.groups_of(user.name),
+        )
+        if self.shown is None:
+            return full
+        keys = set(self.shown)
+        for scope, fields in self.ask:
+            if not keys.issuperset(fields) and p.access.allows(self.who, scope, user=user.name):
+                keys.update(fields)
+        if len(keys) == len(full):
+            return full
+        return {k: v for k, v in full.items() if k in keys}
+
+    def many(self, page: list[User]) -> list[dict[str, Any]]:
+        """A page of users: their servers looked up in one pass over the hub's servers."""
+        ids = {u.id for u in page}
+        by_user: dict[int, dict[str, Server]] = {}
+        for s in self.p.servers.all():
+            if s.user_id in ids and (s.name or s.status != "stopped"):
+                by_user.setdefault(s.user_id, {})[s.name] = s
+        return [self.one(u, by_user.get(u.id, {})) for u in page]
 
 
 # Which of a user model's fields each scope shows (JupyterHub's user_model access map).
@@ -194,7 +230,7 @@ async def list_users(request: web.Request) -> web.Response:
     elif state == "inactive":
         q.not_ids = active
     page, total = await p.store.search_users(q)
-    items = [model(p, u, request) for u in page]
+    items = await _models(Models(p, request), page)
     if PAGINATION in request.headers.get("Accept", ""):
         nxt = None
         if offset + limit < total:
@@ -210,6 +246,17 @@ async def list_users(request: web.Request) -> web.Response:
             }
         )
     return web.json_response(items)
+
+
+async def _models(models: Models, page: list[User]) -> list[dict[str, Any]]:
+    """The page's models, CHUNK at a time with the loop let go between: a listing of 500
+    never keeps GET /hub/api/user (jupyterhub-singleuser's checks) waiting long."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(page), CHUNK):
+        if i:
+            await asyncio.sleep(0)
+        out += models.many(page[i : i + CHUNK])
+    return out
 
 
 def _int(request: web.Request, key: str, default: int, low: int = 0) -> int:
