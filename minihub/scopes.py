@@ -75,7 +75,7 @@ KINDS = ("user", "server", "group", "service")
 _CUSTOM = re.compile(r"^custom:[a-z0-9]([a-z0-9_\-\*:]*[a-z0-9_\*])?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a hub holds tens of thousands of these
 class Scope:
     name: str
     kind: str = ""  # "" (every target) or one of KINDS
@@ -173,7 +173,7 @@ def _fill_owner(text: str, owner: str, owner_kind: str, server: str) -> str:
     return f"{base}!{kind}={owner}"
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)  # bounded: not one entry per registered user
 def _self(user: str) -> frozenset[Scope]:
     out: set[Scope] = set()
     for name in (*SELF, SELF_ACCESS):

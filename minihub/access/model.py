@@ -22,7 +22,7 @@ from .db import GroupRow, ShareRow
 from .roles import GroupSpec, Role, builtin_roles
 
 log = logging.getLogger("minihub.access")
-CACHE_MAX = 20_000
+CACHE_MAX = 2048  # principals whose scopes are kept (LRU): bounded, not one per user
 WATCH_EVERY = 1.0  # seconds between looks for changes made by another process (the CLI)
 
 
@@ -158,8 +158,9 @@ class Access:
 
     # --- what a principal holds ----------------------------------------------------------
     def held(self, p: Principal) -> frozenset[S.Scope]:
-        hit = self._cache.get(p)
+        hit = self._cache.pop(p, None)
         if hit is not None:
+            self._cache[p] = hit  # most recently used last: the first is evicted
             return hit
         own = self._own(p)
         if p.token_scopes is not None and "inherit" not in p.token_scopes:
@@ -168,8 +169,8 @@ class Access:
                 (*p.token_scopes, *S.IDENTIFY[p.kind]), p.name, p.kind, custom=self.custom
             )
             own = S.intersect(asked, own, self._user_groups)
-        if len(self._cache) > CACHE_MAX:
-            self._cache.clear()
+        if len(self._cache) >= CACHE_MAX:
+            del self._cache[next(iter(self._cache))]
         self._cache[p] = own
         return own
 
