@@ -118,7 +118,7 @@ def _child(req: dict[str, Any], fd: int) -> None:
     try:
         _become(req)
         zsock = socket.socket(fileno=fd)
-        _close_fds_but(fd)
+        zygote._close_fds_but(fd)
         zygote.serve_preloaded(zsock)  # returns only in a forked kernel, which it runs
     except BaseException:  # noqa: BLE001 - a forked child must never return into the loop
         import traceback
@@ -155,11 +155,3 @@ def _set_dumpable() -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-
-
-def _close_fds_but(keep: int) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd != keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)

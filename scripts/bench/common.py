@@ -266,3 +266,15 @@ def pct(xs: list[float], p: float) -> float:
         return float("nan")
     s = sorted(xs)
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def replace_block(path: Path, begin: str, end: str, text: str) -> None:
+    """Put `text` between the markers `begin` and `end` in a doc; the prose around them is
+    hand-written and stays. A doc without both markers is left alone (and said so)."""
+    old = path.read_text()
+    if begin not in old or end not in old:
+        log(f"no {begin!r} marker pair in {path}: not written")
+        return
+    head, rest = old.split(begin, 1)
+    path.write_text(head + begin + "\n" + text + end + rest.split(end, 1)[1])
+    log(f"wrote {path}")

@@ -47,6 +47,7 @@ from common import (
     median,
     pct,
     pss_kib,
+    replace_block,
 )
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -754,15 +755,7 @@ END = "<!-- bench-kube:end -->"
 
 
 def write_doc(text: str) -> None:
-    """Replace the block between the markers; the prose around it is hand-written."""
-    path = CHECKOUT / "docs" / "benchmarks.md"
-    old = path.read_text()
-    if BEGIN not in old or END not in old:
-        log(f"no bench-kube markers in {path}: not written")
-        return
-    head, rest = old.split(BEGIN, 1)
-    path.write_text(head + BEGIN + "\n" + text + END + rest.split(END, 1)[1])
-    log(f"wrote {path}")
+    replace_block(CHECKOUT / "docs" / "benchmarks.md", BEGIN, END, text)
 
 
 def render(figs: dict[str, Figures], args: argparse.Namespace, vers: dict[str, str]) -> str:

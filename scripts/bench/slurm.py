@@ -46,6 +46,7 @@ from common import (
     machine,
     median,
     pct,
+    replace_block,
 )
 from kube import (
     Figures,
@@ -412,14 +413,7 @@ END = "<!-- bench-slurm:end -->"
 
 
 def write_doc(text: str, doc: Path) -> None:
-    """Replace the block between the markers; the prose around it is hand-written."""
-    old = doc.read_text()
-    if BEGIN not in old or END not in old:
-        log(f"no bench-slurm markers in {doc}: not written")
-        return
-    head, rest = old.split(BEGIN, 1)
-    doc.write_text(head + BEGIN + "\n" + text + END + rest.split(END, 1)[1])
-    log(f"wrote {doc}")
+    replace_block(doc, BEGIN, END, text)
 
 
 def render(figs: dict[str, Figures], args: argparse.Namespace, vers: dict[str, str]) -> str:
