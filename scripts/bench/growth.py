@@ -355,21 +355,24 @@ async def bounded(jobs: list[Callable[[], Awaitable[Any]]], limit: int) -> list[
     return await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
 
 
-async def spawn_all(c: Client, who: list[str]) -> int:
+async def spawn_all(c: Client, who: list[str]) -> list[str]:
+    """Spawn each (SPAWN_PARALLEL at a time): the names whose server is running."""
     res = await bounded([lambda n=n: c.spawn(n) for n in who], SPAWN_PARALLEL)  # type: ignore[misc]
     bad = [r for r in res if not (isinstance(r, SpawnResult) and r.ok)]
     if bad:
         log(f"  {len(bad)} spawns failed, e.g. {bad[0]!r}"[:300])
-    return len(who) - len(bad)
+    return [r.name for r in res if isinstance(r, SpawnResult) and r.ok]
 
 
 async def stop_all(c: Client, who: list[str]) -> None:
     await bounded([lambda n=n: c.stop(n) for n in who], SPAWN_PARALLEL)  # type: ignore[misc]
 
 
-async def answering(c: Client, who: list[str], deadline: float) -> int:
-    """Poll each server through the hub until it answers 200 (or the deadline): how many do."""
+async def answering(c: Client, who: list[str], deadline: float) -> tuple[int, float]:
+    """Poll each server through the hub until it answers 200 (or the deadline): how many do,
+    and when the last of them first did."""
     ok: set[str] = set()
+    last = [time.perf_counter()]
 
     async def one(n: str) -> None:
         while time.perf_counter() < deadline:
@@ -380,13 +383,14 @@ async def answering(c: Client, who: list[str], deadline: float) -> int:
                     await r.read()
                     if r.status == 200:
                         ok.add(n)
+                        last[0] = max(last[0], time.perf_counter())
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(0.05)
 
     await bounded([lambda n=n: one(n) for n in who], 50)  # type: ignore[misc]
-    return len(ok)
+    return len(ok), last[0]
 
 
 async def proxied_rps(c: Client, who: list[str], total: int) -> tuple[float, float, int]:
@@ -437,8 +441,9 @@ async def servers_point(
     row["fds_before"], row["socks_before"] = fds(list(hub.hub_pids().values()))
     async with Client(hub.url, hub.token) as c:
         t0 = time.perf_counter()
-        row["spawned"] = await spawn_all(c, who)
+        running = await spawn_all(c, who)
         row["spawn_wall"] = time.perf_counter() - t0
+        row["spawned"] = len(running)
         await asyncio.sleep(5)
         pss = hub_pss_mib(hub)[1]
         row["pss_all"] = pss
@@ -449,20 +454,21 @@ async def servers_point(
         cpu_s = (cpu_ticks(pids) - c1) / os.sysconf("SC_CLK_TCK")
         wall = time.perf_counter() - t1
         row["idle_cpu_pct"] = 100 * cpu_s / wall
-        row["cpu_ms_per_server_min"] = 1000 * cpu_s * 60 / wall / level
-        await proxied_rps(c, who, 200)  # warm: connections, routes
-        row["rps"], row["rps_p99"], row["rps_errors"] = await proxied_rps(c, who, requests)
+        row["cpu_ms_per_server_min"] = 1000 * cpu_s * 60 / wall / max(1, len(running))
+        await proxied_rps(c, running, 200)  # warm: connections, routes
+        row["rps"], row["rps_p99"], row["rps_errors"] = await proxied_rps(c, running, requests)
         await stop_all(c, who)
     await asyncio.sleep(5)  # idle keep-alive connections to the stopped servers time out
     row["fds_after"], row["socks_after"] = fds(list(hub.hub_pids().values()))
     async with Client(hub.url, hub.token) as c:
-        await spawn_all(c, who)
+        running = await spawn_all(c, who)
+    row["running_at_restart"] = len(running)
     halt(hub)
     row["restart_health"] = await start(hub)
     t0 = time.perf_counter()
     async with Client(hub.url, hub.token) as c:
-        row["readopted"] = await answering(c, who, time.perf_counter() + 120)
-        row["restart_all"] = row["restart_health"] + time.perf_counter() - t0
+        row["readopted"], last = await answering(c, running, time.perf_counter() + 120)
+        row["restart_all"] = row["restart_health"] + last - t0
         await stop_all(c, who)
     log(f"{hub.name} {level} servers: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     return row
@@ -645,7 +651,18 @@ def main() -> None:
 
 
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """b over a; a later run's point replaces the earlier run's point of the same size."""
     out = {**a, **b}
+    for hub in ("jupyterhub", "minihub"):
+        if hub in a and hub in b:
+            out[hub] = {**a[hub], **b[hub]}
+            for part, rows in b[hub].items():
+                old = a[hub].get(part)
+                if isinstance(rows, list) and isinstance(old, list):
+                    key = "users" if part == "users" else "servers"
+                    sizes = {r[key] for r in rows}
+                    keep = [r for r in old if r[key] not in sizes]
+                    out[hub][part] = sorted(keep + rows, key=lambda r: r[key])
     out["seconds"] = a.get("seconds", 0) + b.get("seconds", 0)
     out["argv"] = [*a.get("argv", []), *(["+"] if a else []), *b.get("argv", [])]
     return out

@@ -42,6 +42,7 @@ SERVER_ROWS = [
     ("rps_errors", "proxied GET errors", 1, ""),
     ("restart_health", "restart: to /hub/health", 1, "s"),
     ("restart_all", "restart: until every server answers via the hub", 1, "s"),
+    ("running_at_restart", "servers running when the hub was stopped", 1, ""),
     ("readopted", "servers answering after the restart", 1, ""),
     ("fds_before", "hub fds before any spawn", 1, ""),
     ("fds_after", "hub fds after spawn + stop of all", 1, ""),
