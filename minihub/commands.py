@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,27 @@ async def _store(cfg: Config) -> Store:
     return await Store.open(cfg.data_dir / "minihub.sqlite")
 
 
-async def user_add(cfg: Config, args: argparse.Namespace) -> int:
+@contextlib.asynccontextmanager
+async def _opened(cfg: Config) -> AsyncIterator[Store]:
+    """The hub's store for one command, closed after it (its thread would keep the CLI up)."""
     store = await _store(cfg)
     try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def user_add(cfg: Config, args: argparse.Namespace) -> int:
+    async with _opened(cfg) as store:
         auth = make_authenticator(cfg, store)
         pw = read_password() if auth.kind == "native" else None
         user = await users.create(store, auth, args.name, args.admin, pw)
         print(f"added {user.name}{' (admin)' if args.admin else ''}")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_import(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         auth = make_authenticator(cfg, store)
         try:
             lines = Path(args.file).read_text().splitlines()
@@ -66,14 +73,11 @@ async def user_import(cfg: Config, args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"{name[:64]}: {e.message}")
         print(f"added {added} users, {failed} skipped")
-    finally:
-        await store.close()
     return 0 if not failed else 1
 
 
 async def user_list(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         running = {row.user_id for row in await store.list_servers()}
         admins = (await access_db.load_role_users(store)).get("admin", set())
         for u in await store.list_users():
@@ -86,14 +90,11 @@ async def user_list(cfg: Config, args: argparse.Namespace) -> int:
                 else "never"
             )
             print(f"{u.name:24} {','.join(flags):16} last active {last}")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_remove(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         user = await users.get(store, args.name)
         if any(r.user_id == user.id for r in await store.list_servers()):
             raise HubError(
@@ -102,78 +103,58 @@ async def user_remove(cfg: Config, args: argparse.Namespace) -> int:
             )
         await store.delete_user(user.id)
         print(f"removed {user.name}")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_set_password(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         user = await users.get(store, args.name)
         await users.set_password(store, make_authenticator(cfg, store), user, read_password())
         print(f"password of {user.name} changed")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_admin(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         user = await users.get(store, args.name)
         if args.remove:
             await access_db.unassign_role(store, "admin", user.name)
         else:
             await access_db.assign_role(store, "admin", user.name)
         print(f"{user.name} is {'no longer ' if args.remove else ''}an admin")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_requests(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         for r in await Signups(store).list(limit=-1):
             asked = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.requested))
             print(f"{r.name:24} {r.email:32} asked {asked}")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_approve(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         user = await Signups(store).approve(args.name)
         print(f"approved {user.name}")
-    finally:
-        await store.close()
     return 0
 
 
 async def user_refuse(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         if not await Signups(store).remove(normalise(args.name)):
             raise HubError(f"no sign-up request from {normalise(args.name)[:64]!r}")
         print(f"refused {normalise(args.name)}")
-    finally:
-        await store.close()
     return 0
 
 
 async def token(cfg: Config, args: argparse.Namespace) -> int:
-    store = await _store(cfg)
-    try:
+    async with _opened(cfg) as store:
         user = await store.get_user(normalise(args.name))
         if user is None:
             raise HubError(f"No such user: {args.name[:64]!r} (add it with minihub user add)")
         secret, _ = await users.new_token(store, user, args.note)
         print(secret)
-    finally:
-        await store.close()
     return 0
 
 
