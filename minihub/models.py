@@ -61,8 +61,10 @@ def user_model(
     (minihub.access)."""
     roles = roles or ["user"]
     default = servers.get("")
-    active = [s for s in servers.values() if s.status != "stopped"]
-    last = max(filter(None, [user.last_activity, *(s.last_activity for s in active)]), default=None)
+    last = user.last_activity  # the latest of the user's and their active servers'
+    for s in servers.values():
+        if s.status != "stopped" and s.last_activity and not (last and last >= s.last_activity):
+            last = s.last_activity
     model: dict[str, Any] = {
         "kind": "user",
         "name": user.name,

@@ -346,7 +346,7 @@ class Store:
             where.append("id NOT IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(sorted(q.not_ids)))
         cond = " AND ".join(where) or "1"
-        (row,) = await self.db.execute_fetchall(f"SELECT count(*) FROM users WHERE {cond}", args)
+        count = f"SELECT count(*) FROM users WHERE {cond}"
         desc = " DESC" if q.descending else ""
         nulls = "last_activity IS NULL" if desc else "last_activity IS NOT NULL"
         order = {  # NULL first going up, last going down, as JupyterHub's sort
@@ -355,16 +355,19 @@ class Store:
             "last_activity": f"{nulls}, last_activity{desc}, name",
             "running": f"id IN (SELECT value FROM json_each(?)){'' if desc else ' DESC'}, name",
         }[q.order]
-        if q.order == "running":
-            args.append(json.dumps(sorted(q.front)))
-        page = f"SELECT {_USER_COLS} FROM users WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?"
+        front = [json.dumps(sorted(q.front))] if q.order == "running" else []
+        where_ = f"WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?"
         if q.order == "name":  # the offset skipped in the name index, not in the table
-            page = (
-                f"SELECT {_USER_COLS} FROM users WHERE id IN (SELECT id FROM users WHERE {cond} "
-                f"ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}"
-            )
-        rows = await self.db.execute_fetchall(page, [*args, q.limit, q.offset])
-        return [_user(r) for r in rows], int(row[0])
+            where_ = f"WHERE id IN (SELECT id FROM users {where_}) ORDER BY {order}"
+        # the count rides along with the page: one trip to the database thread, not two
+        rows = await self.db.execute_fetchall(
+            f"SELECT ({count}), {_USER_COLS} FROM users {where_}",
+            [*args, *args, *front, q.limit, q.offset],
+        )
+        if rows:
+            return [_user(r[1:]) for r in rows], int(rows[0][0])
+        (row,) = await self.db.execute_fetchall(count, args)
+        return [], int(row[0])
 
     async def count_users(self) -> int:
         row = await self._one("SELECT count(*) FROM users")
