@@ -360,9 +360,11 @@ class Store:
         if q.order == "name":  # the offset skipped in the name index, not in the table
             where_ = f"WHERE id IN (SELECT id FROM users {where_}) ORDER BY {order}"
         # the count rides along with the page: one trip to the database thread, not two
-        rows = await self.db.execute_fetchall(
-            f"SELECT ({count}), {_USER_COLS} FROM users {where_}",
-            [*args, *args, *front, q.limit, q.offset],
+        rows = list(
+            await self.db.execute_fetchall(
+                f"SELECT ({count}), {_USER_COLS} FROM users {where_}",
+                [*args, *args, *front, q.limit, q.offset],
+            )
         )
         if rows:
             return [_user(r[1:]) for r in rows], int(rows[0][0])
