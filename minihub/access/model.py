@@ -65,6 +65,7 @@ class Access:
         self._shares: dict[int, ShareRow] = {}
         self._cache: dict[Principal, frozenset[S.Scope]] = {}
         self._members: dict[str, frozenset[str]] | None = None  # role -> users, when asked
+        self.version = 0  # moves at every change: what was worked out from the state is stale
         self._listeners: list[Callable[[], None]] = []
         self._watch: asyncio.Task[None] | None = None
 
@@ -150,6 +151,7 @@ class Access:
     def _changed(self) -> None:
         self._cache.clear()
         self._members = None
+        self.version += 1
         for fn in list(self._listeners):
             fn()
 

@@ -11,12 +11,13 @@ import json
 import platform
 import sys
 import time
+import weakref
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__, scopes, users
-from ..access import Principal
+from ..access import Access, Principal
 from ..access.http import caller, principal, require
 from ..auth import names
 from ..body import Fields
@@ -113,12 +114,40 @@ class Models:
 
     def many(self, page: list[User]) -> list[dict[str, Any]]:
         """A page of users: their servers looked up in one pass over the hub's servers."""
+        by_user = self._servers(page)
+        return [self.one(u, by_user.get(u.id, {})) for u in page]
+
+    def encoded(self, page: list[User]) -> list[str]:
+        """The page's models as JSON. A whole model of a user without servers (most users,
+        as an admin sees them) is kept encoded for the next listing while the user's row
+        and the access state are what they were."""
+        by_user = self._servers(page)
+        whole = self.shown is None or self.shown >= ALL_FIELDS
+        seen = _ENCODED.setdefault(self.p.access, {}) if whole else {}
+        out = []
+        for u in page:
+            servers = by_user.get(u.id)
+            if servers or not whole:
+                out.append(json.dumps(self.one(u, servers or {})))
+                continue
+            stamp = (u.name, u.created, u.last_activity, self.p.access.version)
+            hit = seen.get(u.id)
+            if hit is None or hit[0] != stamp:
+                hit = stamp, json.dumps(self.one(u, {}))
+                seen.pop(u.id, None)
+                if len(seen) >= MAX_ENCODED:
+                    del seen[next(iter(seen))]
+                seen[u.id] = hit
+            out.append(hit[1])
+        return out
+
+    def _servers(self, page: list[User]) -> dict[int, dict[str, Server]]:
         ids = {u.id for u in page}
         by_user: dict[int, dict[str, Server]] = {}
         for s in self.p.servers.all():
             if s.user_id in ids and (s.name or s.status != "stopped"):
                 by_user.setdefault(s.user_id, {})[s.name] = s
-        return [self.one(u, by_user.get(u.id, {})) for u in page]
+        return by_user
 
 
 # Which of a user model's fields each scope shows (JupyterHub's user_model access map).
@@ -141,6 +170,13 @@ MODEL_FIELDS = {
     "read:servers": ("kind", "name", "servers"),
     "read:roles:users": ("kind", "name", "roles", "admin"),
 }
+ALL_FIELDS = frozenset(f for fields in MODEL_FIELDS.values() for f in fields)
+# Encoded whole user models by hub (its Access): user id -> (what it was made from, JSON).
+# Bounded: ~0.6 KiB each (tracemalloc), so at most ~6 MiB however many users are listed.
+_ENCODED: weakref.WeakKeyDictionary[Access, dict[int, tuple[tuple[Any, ...], str]]] = (
+    weakref.WeakKeyDictionary()
+)
+MAX_ENCODED = 10_000
 
 
 def _include_stopped(request: web.Request) -> bool:
@@ -254,8 +290,8 @@ async def _encoded(models: Models, page: list[User]) -> str:
     for i in range(0, len(page), CHUNK):
         if i:
             await asyncio.sleep(0)
-        chunks.append(json.dumps(models.many(page[i : i + CHUNK]))[1:-1])
-    return ", ".join(c for c in chunks if c)
+        chunks += models.encoded(page[i : i + CHUNK])
+    return ", ".join(chunks)
 
 
 def _json(text: str) -> web.Response:
