@@ -117,6 +117,13 @@ def targets(result: dict[str, Any]) -> list[str]:
             continue
         verdict = "**met**" if got <= bar else "**not met**"
         out.append(f"- {what}: {fmt(got, 1, unit)} at the largest point: {verdict}")
+    if len(servers) >= 2:
+        a, b = servers[0], servers[-1]
+        slope = (b["pss_all"] - a["pss_all"]) * 1024 / (b["servers"] - a["servers"])
+        out.append(
+            f"- (no target) hub memory per running server, slope {int(a['servers'])} → "
+            f"{int(b['servers'])}: {fmt(slope, 1, 'KiB')}"
+        )
     fd_rows = [r for r in servers if "fds_after" in r]
     if fd_rows:
         grew = [int(r["fds_after"] - r["fds_before"]) for r in fd_rows]
