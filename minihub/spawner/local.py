@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import resource
 import signal
 import socket
@@ -452,11 +453,31 @@ def shared_roots(cfg: Config, extra: list[str] | None = None) -> list[str]:
 
 
 def free_port(host: str) -> int:
-    """A port nobody listens on now (the server binds it itself, moments later)."""
+    """A port nobody listens on now, for a server that binds it itself moments later: one
+    below the kernel's ephemeral range when it can, because the hub's own outgoing
+    connections (hundreds, proxying) take their local ports from that range and one could
+    take this port in between (seen with 300 servers: "Address already in use")."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    high = _ephemeral_low()
+    low = max(1024, high - 16384)
+    for port in random.sample(range(low, high), min(64, high - low)):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:  # all taken: any free one
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return max(1025, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _refuse_root(spec: LaunchSpec) -> None:
