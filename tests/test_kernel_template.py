@@ -5,7 +5,8 @@ Through the hub, with real users: both users' zygotes are the template's childre
 their user with only that user's groups, in their server's cgroup, with an environment of
 their own (nothing of the hub's in it); kernels work; stopping a server ends its zygote and
 kernels; a dead template is replaced; `kernel_template = false` goes back to a zygote exec'd
-by the server.
+by the server. A template starts in the background: the servers started meanwhile exec
+their own zygote.
 """
 
 from __future__ import annotations
@@ -49,6 +50,35 @@ def environ(pid: int) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in pairs}
 
 
+def template_pids() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:  # the zygotes keep its command line too, as their users
+                root = status(int(entry))["Uid"].split()[0] == "0"
+                if root and "minihub.kernels import template" in cmdline(int(entry)):
+                    found.add(int(entry))
+            except (OSError, KeyError, IndexError):
+                continue
+    return found
+
+
+async def template_started(c: TestClient, name: str, token: str, old: set[int]) -> int:
+    """A spawn starts the template in the background (that server execs its own zygote);
+    wait for it, then stop that server."""
+    await start(c, name, token)
+    try:
+        for _ in range(300):  # bounded: 300 x 0.1 s for its imports
+            new = template_pids() - old
+            if new:
+                return new.pop()
+            await asyncio.sleep(0.1)
+        raise AssertionError("no kernel template started")
+    finally:
+        await c.delete(f"/hub/api/users/{name}/server", headers=h(token))
+        await asyncio.sleep(0.5)
+
+
 async def kernel_of(c: TestClient, name: str, token: str) -> dict[str, Any]:
     r = await c.post(f"/user/{name}/api/kernels", headers=h(token), json={"name": "python3"})
     assert r.status == 201, await r.text()
@@ -63,6 +93,7 @@ async def test_zygotes_fork_from_one_template_as_each_user(data_dir, make_system
     c = TestClient(TestServer(make_app(cfg)))
     await c.start_server()
     try:
+        await template_started(c, users[0].name, tok["mhkt_ann"], template_pids())
         seen = {}
         for u in users:
             server_pid = (await start(c, u.name, tok[u.name]))["servers"][""]["state"]["pid"]
@@ -95,6 +126,7 @@ async def test_zygotes_fork_from_one_template_as_each_user(data_dir, make_system
         # a template that died is replaced at the next spawn
         os.kill(a_tpl, signal.SIGKILL)
         assert await gone(a_tpl)
+        await template_started(c, users[0].name, tok["mhkt_ann"], {a_tpl})
         await start(c, users[0].name, tok["mhkt_ann"])
         who = await kernel_of(c, users[0].name, tok["mhkt_ann"])
         new_tpl = proc_stat(who["ppid"])

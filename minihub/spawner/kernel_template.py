@@ -41,10 +41,17 @@ class KernelTemplate:
         self._sock: socket.socket | None = None
         self._ids = 0
         self._broken = False  # it could not import ipykernel: do not try again
+        self._starting: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def zygote_for(self, req: dict[str, Any]) -> int | None:
         """A new zygote for a server: the server's end of its socket (an fd the caller
-        owns), or None. `req`: uid, gid, groups, cgroup, nproc, umask, oom_score_adj, cwd, env."""
+        owns), or None. `req`: uid, gid, groups, cgroup, nproc, umask, oom_score_adj, cwd, env.
+
+        Never waits for the template's imports (a second or two): while it starts, in the
+        background, servers exec their own zygote, as without it."""
+        if not self._ready():
+            return None
         with self._lock:
             if not self._ensure():
                 return None
@@ -60,13 +67,30 @@ class KernelTemplate:
                 return None
             return ours.detach()
 
-    def _ensure(self) -> bool:
+    def _ready(self) -> bool:
+        """Whether a template serves now; if none does (first use, or it died), start one
+        in a thread, for the next servers. Never blocks on a start under way."""
         if self._broken:
             return False
-        if self._proc is not None and self._proc.poll() is None and self._sock is not None:
+        if self._sock is not None and self._proc is not None and self._proc.poll() is None:
             return True
-        self._close_sock()
-        return self._start()
+        with self._start_lock:
+            if self._starting is None or not self._starting.is_alive():
+                self._starting = threading.Thread(
+                    target=self._restart, name="minihub-kernel-template", daemon=True
+                )
+                self._starting.start()
+        return False
+
+    def _restart(self) -> None:
+        with self._lock:
+            self._close_sock()
+        self._start()
+
+    def _ensure(self) -> bool:
+        """Under the lock: the template serves (else the next _ready starts one)."""
+        alive = self._proc is not None and self._proc.poll() is None
+        return not self._broken and alive and self._sock is not None
 
     def _start(self) -> bool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -98,7 +122,8 @@ class KernelTemplate:
             ours.close()
             self._stop_proc()
             return False
-        self._sock = ours
+        with self._lock:
+            self._sock = ours
         log.info("kernel template started: pid %d (%s)", self._proc.pid, self.python)
         return True
 
@@ -131,6 +156,8 @@ class KernelTemplate:
 
     def close(self) -> None:
         """The template ends on EOF; the zygotes it forked go on with their servers."""
+        if self._starting is not None:
+            self._starting.join(READY_TIMEOUT)
         with self._lock:
             self._close_sock()
             if self._proc is not None:
