@@ -84,6 +84,9 @@ class ServerProtocol:
         )
         env = {**base_env(self.cfg), "MINIHUB_USER": user.name, "MINIHUB_BASE_URL": prefix}
         env.update(self.user_env_vars(env["PATH"]))
+        # ipykernel's debugger (debugpy) otherwise prints "Debugger warning: ... frozen
+        # modules" into the student's first cell output; [spawner] environment may undo it
+        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
         return Prepared({**env, **sp["environment"]}, config.to_dict())
 
     def user_env_vars(self, path: str) -> dict[str, str]:
