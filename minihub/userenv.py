@@ -6,6 +6,7 @@ Why and how: docs/environments.md. `minihub env create|install|list` (commands.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HubError
+from .kernels.zygote import USER_ENV_VAR
 from .procfs import proc_stat
 
 DEFAULT_PACKAGES = ("ipykernel", "numpy", "pandas", "matplotlib", "ipywidgets")
@@ -24,6 +26,19 @@ DEFAULT_PACKAGES = ("ipykernel", "numpy", "pandas", "matplotlib", "ipywidgets")
 PTH_NAME = "minihub-user-env.pth"
 PTH_LINE = "import site, sys; site.PREFIXES[:] = [p for p in site.PREFIXES if p == sys.prefix]\n"
 TIMEOUT = 1800  # seconds for one pip run: numpy and pandas from the registry on a slow line
+# A terminal runs a login shell, and Debian's /etc/profile sets PATH afresh: without this the
+# terminal's python and pip are Debian's (pip refuses `--user`: externally managed).
+PROFILE = Path("/etc/profile.d/minihub-user-env.sh")
+PROFILE_TEXT = f"""# Written by `minihub env create` (docs/environments.md): in minihub's servers, whose
+# terminals run login shells, the user environment's bin/ (python, pip) leads PATH again after
+# /etc/profile has reset it. Elsewhere {USER_ENV_VAR} is unset and this does nothing.
+if [ -n "${{{USER_ENV_VAR}-}}" ] && [ -x "${USER_ENV_VAR}/bin/python" ]; then
+  case ":$PATH:" in
+    *":${USER_ENV_VAR}/bin:"*) ;;
+    *) PATH="${USER_ENV_VAR}/bin:$PATH"; export PATH ;;
+  esac
+fi
+"""
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ def create(env: Path, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> list[str]
         done.append("installed " + " ".join(missing))
     if write_kernelspec(env):
         done.append("wrote the python3 kernelspec")
+    if write_profile():
+        done.append(f"wrote {PROFILE}")
     readable(env)
     return done
 
@@ -134,6 +151,18 @@ def write_kernelspec(env: Path) -> bool:
     spec["argv"] = argv
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(spec, indent=1) + "\n")
+    return True
+
+
+def write_profile(path: Path = PROFILE) -> bool:
+    """The login shells' PATH fix (root only; a machine without /etc/profile.d goes without)."""
+    if os.geteuid() != 0 or not path.parent.is_dir():
+        return False
+    with contextlib.suppress(OSError):
+        if path.read_text() == PROFILE_TEXT:
+            return False
+    path.write_text(PROFILE_TEXT)
+    path.chmod(0o644)
     return True
 
 

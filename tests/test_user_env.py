@@ -5,6 +5,7 @@ a student's own kernelspec is listed and starts. Real users, a real hub, real ke
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ import pytest
 from conftest import needs_root
 from helpers import execute, hub_process
 from test_hub_spawn import h
+from test_singleuser_terminals import Term
 
 from minihub import userenv
 
@@ -115,6 +117,31 @@ async def test_pip_install_lands_in_the_students_home_only(http, site):
     other = await kernel(http, site, bob)
     out = await run(http, site, bob, other, f"import {OWN_MODULE}")
     assert "ModuleNotFoundError" in out, out
+
+
+async def test_pip_install_user_in_a_terminal(http, site):
+    """A terminal's login shell (Debian's /etc/profile resets PATH) still finds the user
+    environment's python and pip; `pip install --user` lands in the student's home."""
+    bob, hdr = "mhue_bob", h(site.tokens["mhue_bob"])
+    url = await server(http, site, bob)
+    r = await http.post(f"{url}/api/terminals", json={}, headers=hdr)
+    assert r.status == 200, await r.text()
+    name = (await r.json())["name"]
+    ws = await http.ws_connect(f"{url}/terminals/websocket/{name}", headers=hdr)
+    try:
+        t = Term(ws)
+        assert json.loads((await ws.receive(timeout=10)).data) == ["setup", {}]
+        found = await t.value("command -v python pip")
+        assert found.split() == [str(userenv.python(ENV)), str(ENV / "bin" / "pip")], found
+        await t.run(f"pip install -q --no-input --user {OWN_PKG} && echo pip-$((6 * 7))")
+        await t.until(r"pip-42\r\n", timeout=120)
+    finally:
+        await ws.close()
+        await http.delete(f"{url}/api/terminals/{name}", headers=hdr)
+    assert not list(userenv.site_packages(ENV).glob(f"{OWN_MODULE}*"))
+    k = await kernel(http, site, bob)
+    out = await run(http, site, bob, k, f"import {OWN_MODULE}; print({OWN_MODULE}.__file__)")
+    assert out.startswith(f"{site.homes[bob]}/.local/lib/python3"), out
 
 
 async def test_env_install_reaches_everyone_and_names_kernels_to_restart(http, site):
