@@ -1,11 +1,13 @@
 """The user environment (issue 16): kernels run in /opt/minihub/user, not the hub's venv; a
 student's `%pip install` lands in their home only; `minihub env install` reaches everyone;
-a student's own kernelspec is listed and starts. Real users, a real hub, real kernels."""
+`pip install --user` in a terminal does too; a student's own kernelspec is listed (to them
+only, beside a system-wide one) and starts. Real users, a real hub, real kernels."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -173,7 +175,24 @@ async def test_env_install_reaches_everyone_and_names_kernels_to_restart(http, s
         )
 
 
-async def test_a_students_own_kernelspec_is_listed_and_starts(http, site):
+@pytest.fixture
+def system_kernelspec() -> Iterator[str]:
+    """A kernelspec installed system-wide (as `jupyter kernelspec install` as root would)."""
+    root = Path("/usr/local/share/jupyter")
+    made = [p for p in (root, root / "kernels") if not p.exists()]
+    spec = root / "kernels" / "mhue_sys"
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [str(userenv.python(ENV)), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Class env"}))
+    try:
+        yield spec.name
+    finally:
+        shutil.rmtree(spec)
+        for p in reversed(made):
+            p.rmdir()
+
+
+async def test_a_students_own_kernelspec_is_listed_and_starts(http, site, system_kernelspec):
     ann, bob = "mhue_ann", "mhue_bob"
     k = await kernel(http, site, ann)
     out = await run(
@@ -192,6 +211,8 @@ async def test_a_students_own_kernelspec_is_listed_and_starts(http, site):
     theirs = await server(http, site, bob)
     other = await (await http.get(f"{theirs}/api/kernelspecs", headers=h(site.tokens[bob]))).json()
     assert "myenv" not in other["kernelspecs"]
+    for listed in (specs, other):
+        assert listed["kernelspecs"][system_kernelspec]["spec"]["display_name"] == "Class env"
     mine = await kernel(http, site, ann, "myenv")
     out = await run(http, site, ann, mine, "import sys; print(sys.argv[0], 6 * 7)")
     assert out.split()[-1] == "42", out
