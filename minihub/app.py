@@ -68,6 +68,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
             await store.close()  # else its thread keeps the failed process alive
             raise
         sp.groups_of = access.groups_of  # profiles and limits by hub group
+        servers.protocol.server_role = list(access.roles["server"].scopes)  # [[roles]]
         sp.hub_shared_dirs = lambda: list(settings.get("shared_dirs"))  # class folders
         p = Parts(
             cfg,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import quote
 
+from .access.roles import SERVER_SCOPES
 from .auth import secrets as S
 from .auth.identity import HUB_COOKIES, SESSION_COOKIE
 from .config import Config
@@ -50,6 +51,8 @@ class ServerProtocol:
 
     def __init__(self, cfg: Config, store: Store) -> None:
         self.cfg, self.store = cfg, store
+        # The scopes of the "server" role ([[roles]] may redefine it), set by the app
+        self.server_role: list[str] = list(SERVER_SCOPES)
 
     def default_cmd(self) -> list[str]:
         return [server_python(self.cfg), "-m", "minihub.singleuser"]
@@ -129,7 +132,7 @@ class JupyterhubSingleuser(ServerProtocol):
     async def prepare(
         self, user: User, server_name: str, prefix: str, secret: str, proof: str
     ) -> Prepared:
-        client = await register_server(self.store, user, server_name, prefix)
+        client = await register_server(self.store, user, server_name, prefix, self.server_role)
         env = server_env(self.cfg, user, server_name, prefix, client)
         return Prepared({**base_env(self.cfg), **env, **self.cfg.get("spawner.environment")}, {})
 
@@ -211,10 +214,27 @@ def access_scopes(user: str, server_name: str) -> list[str]:
     return [f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"]
 
 
-async def register_server(store: Store, user: User, server_name: str, prefix: str) -> ServerClient:
+def server_token_scopes(role: list[str] | tuple[str, ...], user: str, server: str) -> list[str]:
+    """The server role's scopes for one server's token, as JupyterHub's User.spawn: "!server"
+    and "!user" resolved to it, users:activity!user added if missing (activity needs it)."""
+    fill = {"!server": f"!server={user}/{server}", "!user": f"!user={user}"}
+    out = [next((s[: -len(k)] + v for k, v in fill.items() if s.endswith(k)), s) for s in role]
+    if not {"users:activity", f"users:activity!user={user}", "inherit"} & set(out):
+        log.warning('the [[roles]] "server" lacks users:activity!user: added (activity needs it)')
+        out.append(f"users:activity!user={user}")
+    return list(dict.fromkeys(out))
+
+
+async def register_server(
+    store: Store,
+    user: User,
+    server_name: str,
+    prefix: str,
+    role: list[str] | tuple[str, ...] = SERVER_SCOPES,
+) -> ServerClient:
     """A fresh API token for this server of `user` (only its hash is kept) and its OAuth
-    client. The token may post activity and reach the server, like JupyterHub's "server"
-    role; it is also the client secret for the code exchange."""
+    client. The token holds the "server" `role`'s scopes (by default: post activity, reach
+    this server); it is also the client secret for the code exchange."""
     token = S.new_token()
     cid = client_id(user.name, server_name)
     await store.delete_server_tokens(user.id, cid, not server_name)
@@ -224,9 +244,7 @@ async def register_server(store: Store, user: User, server_name: str, prefix: st
         S.hash_token(token),
         token[: S.PREFIX_LEN],
         f"Server at {prefix}",
-        # JupyterHub's "server" role: its own server only, not the owner's others (whoever
-        # a server is shared with can read this token in its environment)
-        [f"users:activity!user={user.name}", scopes[0]],
+        server_token_scopes(role, user.name, server_name),
         "server",
         cid,
     )

@@ -271,6 +271,75 @@ async def test_the_user_role_can_be_redefined(aiohttp_client, data_dir):
     assert (await c.get("/hub/api/users/mhac_dan", headers=h(tok["mhac_alice"]))).status == 403
 
 
+@needs_root
+async def test_the_server_token_and_admin_roles_can_be_redefined(aiohttp_client, data_dir):
+    """JupyterHub's built-in roles other than user: `server` gives each server's own token
+    its scopes, `token` those of a token that asked for none, `admin` may go to a service."""
+    extra = """
+    [[roles]]
+    name = "server"
+    scopes = ["access:servers!server", "read:users!user"]
+
+    [[roles]]
+    name = "token"
+    scopes = ["read:users!user"]
+
+    [[roles]]
+    name = "admin"
+    services = ["grading"]
+    """
+    cfg = course_config(data_dir, extra)
+    tok = await tokens(cfg, ["mhac_alice", "mhac_dan"])
+    c = await aiohttp_client(make_app(cfg))
+    # alice's token asked for no scopes: it holds the token role's, capped by hers
+    alice = h(tok["mhac_alice"])
+    assert (await c.get("/hub/api/users/mhac_alice", headers=alice)).status == 200
+    me = await (await c.get("/hub/api/user", headers=alice)).json()
+    assert "servers!user=mhac_alice" not in me["scopes"]
+    r = await c.post("/hub/api/users/mhac_alice/server", headers=alice)
+    assert r.status == 403 and "servers" in (await r.json())["message"]
+    r = await c.post("/hub/api/users/mhac_alice/tokens", headers=alice, json={})
+    assert r.status == 403  # no `tokens`: it cannot mint a wider one either
+    # a server's own token: the server role's scopes, activity added as JupyterHub does
+    from minihub import protocols
+    from minihub.context import PARTS
+
+    p = c.server.app[PARTS]
+    user = await p.store.get_user("mhac_alice")
+    client = await protocols.register_server(
+        p.store, user, "", "/user/mhac_alice/", p.servers.protocol.server_role
+    )
+    me = await (await c.get("/hub/api/user", headers=h(client.api_token))).json()
+    assert {"access:servers!server=mhac_alice/", "users:activity!user=mhac_alice"} <= set(
+        me["scopes"]
+    )
+    server = h(client.api_token)
+    assert (await c.get("/hub/api/users/mhac_alice", headers=server)).status == 200
+    assert (await c.get("/hub/api/users/mhac_dan", headers=server)).status == 403
+    # the service in the admin role: an admin, and its own token is not the token role's
+    svc = h("grading-service-token-0123456789")
+    model = await (await c.get("/hub/api/services/grading", headers=svc)).json()
+    assert model["admin"] is True and model["roles"] == ["admin", "grader"]
+    assert (await c.get("/hub/api/users/mhac_dan", headers=svc)).status == 200
+
+
+def test_the_access_control_docs_examples_load(tmp_path):
+    """Every TOML example in docs/access-control.md is a configuration the hub accepts."""
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "access-control.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(block)
+        cfg = _config.load(path, {"hub.data_dir": str(tmp_path)})
+        assert cfg.roles or cfg.groups, block
+    course = _config.load(path, {"hub.data_dir": str(tmp_path)})  # the last: the course
+    assert {r["name"] for r in course.roles} == {"teaching-assistant", "grader", "user"}
+    assert [s["name"] for s in course.services] == ["grading"]
+
+
 @pytest.mark.parametrize(
     "toml, words",
     [

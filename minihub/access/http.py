@@ -11,14 +11,16 @@ from .model import Access, Principal
 
 
 def principal_of(ident: Identity | None) -> Principal | None:
-    """A session is all its user holds; a token at most its scopes (none: "inherit")."""
+    """A session is all its user holds; a token at most its scopes (a user's token that
+    asked for none: the "token" role's, by default "inherit"; a service's: all its own)."""
     if ident is None:
         return None
     tok = ident.token
-    scoped = tuple(tok.scopes) if tok is not None and tok.scopes else None
     if ident.service is not None:
-        return Principal("service", ident.service, scoped)
-    return Principal("user", ident.name, scoped)
+        return Principal(
+            "service", ident.service, tuple(tok.scopes) if tok and tok.scopes else None
+        )
+    return Principal("user", ident.name, tuple(tok.scopes) if tok is not None else None)
 
 
 def principal(request: web.Request) -> Principal | None:

@@ -28,7 +28,8 @@ WATCH_EVERY = 1.0  # seconds between looks for changes made by another process (
 
 @dataclass(frozen=True)
 class Principal:
-    """A user or a service making a request; `token_scopes` None means all the owner's."""
+    """A user or a service making a request; `token_scopes` None means all the owner's
+    (a session), () a token that asked for no scopes (the "token" role's)."""
 
     kind: str  # "user" or "service"
     name: str
@@ -165,16 +166,22 @@ class Access:
             self._cache[p] = hit  # most recently used last: the first is evicted
             return hit
         own = self._own(p)
-        if p.token_scopes is not None and "inherit" not in p.token_scopes:
+        texts = self.token_asks(p)
+        if texts is not None and "inherit" not in texts:
             # every token may say whose it is (JupyterHub's identify scopes)
-            asked = S.expand(
-                (*p.token_scopes, *S.IDENTIFY[p.kind]), p.name, p.kind, custom=self.custom
-            )
+            asked = S.expand((*texts, *S.IDENTIFY[p.kind]), p.name, p.kind, custom=self.custom)
             own = S.intersect(asked, own, self._user_groups)
         if len(self._cache) >= CACHE_MAX:
             del self._cache[next(iter(self._cache))]
         self._cache[p] = own
         return own
+
+    def token_asks(self, p: Principal) -> tuple[str, ...] | None:
+        """A token's scopes; one that asked for none has the "token" role's (JupyterHub's
+        default for new tokens; [[roles]] may redefine it). None: not a token."""
+        if p.token_scopes is None or p.token_scopes:
+            return p.token_scopes
+        return tuple(self.roles["token"].scopes)
 
     def _own(self, p: Principal) -> frozenset[S.Scope]:
         raw: list[str] = []

@@ -48,6 +48,9 @@ ADMIN_SCOPES = (
     "users:shares",
     "groups:shares",
 )
+# The server role's: its own server only, not the owner's others (whoever a server is
+# shared with can read its token in its environment). minihub.protocols fills the filters.
+SERVER_SCOPES = ("users:activity!user", "access:servers!server")
 
 
 @dataclass
@@ -72,9 +75,7 @@ def builtin_roles(admin_access: bool) -> dict[str, Role]:
     return {
         "user": Role("user", "Standard user privileges", ["self"]),
         "admin": Role("admin", "Elevated privileges (can do anything)", admin),
-        "server": Role(
-            "server", "Post activity only", ["users:activity!user", "access:servers!server"]
-        ),
+        "server": Role("server", "Post activity only", list(SERVER_SCOPES)),
         "token": Role("token", "Token with same permissions as its owner", ["inherit"]),
     }
 

@@ -74,11 +74,12 @@ def service_model(
     request: web.Request, acc: Access, who: Principal, reg: Registry, svc: Service
 ) -> dict[str, Any]:
     base = parts(request).cfg.base_url
+    roles = sorted(acc.roles_of(Principal("service", svc.name)))
     full: dict[str, Any] = {
         "kind": "service",
         "name": svc.name,
-        "roles": sorted(acc.roles_of(Principal("service", svc.name))),
-        "admin": False,
+        "roles": roles,
+        "admin": "admin" in roles,  # JupyterHub keeps the flag in step with the admin role
         "url": svc.url,
         "prefix": svc.prefix(base) if svc.url else "",
         "command": svc.command,

@@ -530,7 +530,9 @@ def _no_stronger(request: web.Request, user: User, wanted: list[str]) -> list[st
     what that token holds (JupyterHub: 403 for scopes the requester does not have)."""
     p = parts(request)
     who = caller(request)
-    mine = who.token_scopes
+    mine = p.access.token_asks(who)  # a token's scopes ("token" role's if it asked for none)
+    if mine is not None and "inherit" in mine:
+        mine = None
     if not wanted or "inherit" in wanted:
         return list(mine) if mine else wanted
     owner = p.access.user(user.name)
