@@ -1,5 +1,6 @@
 """The Share dialog in real Chromium: alice shares her server with bob, bob opens it from
-"Shared with me", alice revokes it; then alice makes a link and bob accepts it."""
+"Shared with me", alice revokes it; then alice makes a link and bob accepts it; then she
+shares it with bob's group and revokes that."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def hub(data_dir: str, tmp_path: Path, make_system_user: Any) -> Iterator[tuple[
     alice = make_system_user(account("mhbs_a"))
     bob = make_system_user(account("mhbs_b"))
     toml = tmp_path / "minihub.toml"
-    toml.write_text(TOML)
+    toml.write_text(TOML + f'\n[[groups]]\nname = "lab"\nusers = ["{bob.name}"]\n')
     with hub_process(toml, data_dir, tmp_path / "hub.log") as url:
         yield url, alice, bob
 
@@ -96,6 +97,21 @@ def test_share_dialog_shared_with_me_and_a_link(hub: tuple[str, Any, Any]) -> No
             b.goto(url + "/hub/home")
             b.locator(f"#shared-with-me tr[data-owner='{alice.name}'] button.shared-leave").click()
             b.locator(f"#shared-with-me tr[data-owner='{alice.name}']").wait_for(state="detached")
+            assert b.request.get(f"{url}/user/{alice.name}/api/status").status == 403
+
+            # alice shares with the group lab (bob is in it), then revokes it
+            a.goto(url + "/hub/home")
+            a.locator("button.share-open[data-server='']").click()
+            a.select_option("#share-kind", "group")
+            a.fill("#share-name", "lab")
+            a.click("#share-submit")
+            a.locator("#share-list li.share[data-kind='group'][data-name='lab']").wait_for()
+            b.goto(url + "/hub/home")
+            row = b.locator(f"#shared-with-me tr[data-owner='{alice.name}']")
+            assert "through the group lab" in row.inner_text()
+            assert b.request.get(f"{url}/user/{alice.name}/api/status").status == 200
+            a.locator("#share-list li.share[data-name='lab'] button.revoke").click()
+            a.locator("#share-list li.muted", has_text="Nobody yet.").wait_for()
             assert b.request.get(f"{url}/user/{alice.name}/api/status").status == 403
 
             # logged out, the link survives the login (the code waits in the tab, never in
