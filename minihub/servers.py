@@ -564,6 +564,25 @@ class Servers:
             srv.status = "running"
             srv.ready.set()
             log.info("re-adopted server %s at %s", srv.label, srv.endpoint)
+        await self._tidy()
+
+    async def _tidy(self) -> None:
+        """Let the spawner remove what killed hubs and servers left (cgroups, kernel dirs)
+        for users with no server now. Before serving, so no spawn runs meanwhile."""
+        try:
+            names = await asyncio.to_thread(self.spawner.leftovers)
+            busy = {s.user_id for s in self._servers.values() if s.status != "stopped"}
+            mine: set[str] = set()
+            others: set[str] = set()
+            for name in names:
+                user = await self.store.get_user(name)
+                if user is None:
+                    others.add(name)
+                elif user.id not in busy:
+                    mine.add(name)
+            await self.spawner.tidy(mine, others)
+        except Exception:  # tidying is never worth failing start-up for
+            log.exception("tidying what stopped servers left failed")
 
 
 def parse_time(text: object) -> float:

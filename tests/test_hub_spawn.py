@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pwd
+import shutil
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +22,8 @@ from helpers import offline_user as hub_login
 
 from minihub.app import make_app
 from minihub.config import Config
+from minihub.kernels.transport import DIR_PREFIX, PID_FILE
+from minihub.spawner.cgroups import UserCgroup, detect
 from minihub.store import Store
 from minihub.users import new_token
 
@@ -98,6 +106,10 @@ async def test_spawn_privilege_drop_isolation_and_readoption(
     # the hub restarts; the server and its kernel are re-adopted, not restarted
     pid = model["servers"][""]["state"]["pid"]
     await c.close()
+    # ... and removes what killed hubs and servers left: the groups of its users without a
+    # server, another hub's empty user group (not one with a server's group below it), the
+    # kernel dirs of its idle users' dead servers and of accounts that are gone
+    planted = plant_leftovers(b.name, b.uid)
     c2 = TestClient(TestServer(make_app(cfg)))
     await c2.start_server()
     try:
@@ -106,6 +118,8 @@ async def test_spawn_privilege_drop_isolation_and_readoption(
         r = await c2.get(f"/user/{a.name}/api/kernels/{kernel['id']}", headers=h(tok[a.name]))
         assert r.status == 200
         assert "2" in await run_code(c2, a.name, tok[a.name], kernel["id"], "print(1+1)")
+        assert any(d.exists() for d in UserCgroup.for_user(a.name).dirs) or not detect().version
+        dead_a = kernel_dir(a.uid, dead=True)
         r = await c2.delete(f"/hub/api/users/{a.name}/server", headers=h(tok[a.name]))
         assert r.status in (202, 204)
         for _ in range(100):
@@ -117,8 +131,66 @@ async def test_spawn_privilege_drop_isolation_and_readoption(
         r = await c2.get(f"/user/{a.name}/api/status", headers=h(tok[a.name]))
         assert r.status == 503 and "not running" in (await r.json())["message"]
         assert await gone(pid)
+        check_tidied(planted)
+        # a stopped server's user group goes with its last server, and its dead kernel dirs
+        assert not any(d.exists() for d in UserCgroup.for_user(a.name).dirs)
+        assert not dead_a.exists()
     finally:
         await c2.close()
+        remove_planted(planted)
+
+
+def kernel_dir(uid: int, dead: bool) -> Path:
+    """A kernel dir as a server makes it (0700, the user's), its server long gone."""
+    d = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+    (d / PID_FILE).write_text(str(2**22 + 1 if dead else os.getpid()))  # above pid_max
+    os.chown(d, uid, uid)
+    os.utime(d, (time.time() - 3600, time.time() - 3600))
+    return d
+
+
+def unused_uid() -> int:
+    uid = 64000
+    while True:
+        try:
+            pwd.getpwuid(uid)
+            uid += 1
+        except KeyError:
+            return uid
+
+
+def plant_leftovers(idle_user: str, idle_uid: int) -> dict[str, list[Path]]:
+    idle = UserCgroup.for_user(idle_user)
+    other_empty = UserCgroup.for_user(f"mhhs_gone{os.getpid()}")
+    other_busy = UserCgroup.for_user(f"mhhs_busy{os.getpid()}")
+    for d in [*idle.dirs, *other_empty.dirs, *other_busy.dirs]:
+        d.mkdir(exist_ok=True)
+    for d in [*idle.dirs, *other_busy.dirs]:
+        (d / "_default").mkdir(exist_ok=True)
+    return {
+        "removed": [
+            *idle.dirs,
+            *other_empty.dirs,
+            kernel_dir(idle_uid, dead=True),
+            kernel_dir(unused_uid(), dead=True),
+        ],
+        "kept": [*(d / "_default" for d in other_busy.dirs), kernel_dir(0, dead=True)],
+    }
+
+
+def check_tidied(planted: dict[str, list[Path]]) -> None:
+    assert [d for d in planted["removed"] if d.exists()] == []
+    assert [d for d in planted["kept"] if not d.exists()] == []
+
+
+def remove_planted(planted: dict[str, list[Path]]) -> None:
+    for d in planted["kept"] + planted["removed"]:
+        if d.name == "_default":
+            with contextlib.suppress(OSError):
+                d.rmdir()
+                d.parent.rmdir()
+        else:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 async def test_browser_login_spawns_and_lands_on_server(aiohttp_client, data_dir, make_system_user):

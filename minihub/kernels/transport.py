@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import stat
 import tempfile
@@ -136,3 +137,45 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return False  # another account's process reuses the pid: ours is gone
     return True
+
+
+def sweep_dead_dirs(uids: set[int], base: str | None = None) -> int:
+    """The hub's (root's) sweep: remove kernel dirs owned by `uids`, or by a uid that no
+    longer has an account, whose server is gone. A server sweeps its own at start, but
+    nothing else removes a stopped user's or a deleted account's, and a later account given
+    the same uid would own them. Returns how many were removed."""
+    base = base or tempfile.gettempdir()
+    removed = 0
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(DIR_PREFIX):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid == 0:
+                continue
+            if st.st_uid not in uids:
+                try:
+                    pwd.getpwuid(st.st_uid)
+                    continue  # someone else's, with an account: theirs to sweep
+                except KeyError:
+                    pass
+            pid_file = Path(entry.path, PID_FILE)
+            if not pid_file.exists() and time.time() - st.st_mtime < 60:
+                continue  # a server starting now has not written its pid yet
+            if pid_file.exists() and _owned_by(int(pid_file.read_text()), st.st_uid):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _owned_by(pid: int, uid: int) -> bool:
+    """The process is alive and runs as uid (root can signal anyone's, so look at /proc)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == uid
+    except OSError:
+        return False

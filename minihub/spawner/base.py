@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -198,6 +198,16 @@ class Spawner(abc.ABC):
 
     def check_options(self, user: str, options: dict[str, Any]) -> None:
         """Raise SpawnError (a 4xx) if `options` would be refused; default: any are fine."""
+
+    def leftovers(self) -> set[str]:
+        """Names of users this spawner may still keep something for from servers that are
+        gone (cgroups a killed hub left); the hub passes back the ones with no server to
+        `tidy`. Default: nothing is kept."""
+        return set()
+
+    async def tidy(self, names: Collection[str], others: Collection[str] = ()) -> None:
+        """Remove what is left of these users' servers (none of them has one now); of
+        `others` (names that are not this hub's users) only what no one can be using."""
 
     async def close(self) -> None:
         """Release watchers; never stops servers (they outlive the hub)."""

@@ -8,11 +8,13 @@ server kills everything left in it. Without usable cgroups, spawning works, unli
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,9 @@ ROOT = Path("/sys/fs/cgroup")
 _PERIOD_US = 100_000
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
 DEFAULT_SERVER_GROUP = "_default"  # not a valid server name, so it names no named server
+# Held while a user's groups are made (the user's, then the server's below it) and while an
+# unused user's group is removed, so a removal never falls between the two mkdirs.
+SETUP_LOCK = threading.Lock()
 
 
 def _read(path: Path) -> str:
@@ -325,6 +330,41 @@ class UserCgroup:
                 d.rmdir()
             except OSError:
                 pass
+
+    def remove_unused(self) -> None:
+        """Delete a user's groups once none of the user's servers has one below it (rmdir
+        refuses a group holding groups or processes), under SETUP_LOCK."""
+        with SETUP_LOCK:
+            self.remove()
+
+
+def leftover_users(mode: Mode | None = None) -> set[str]:
+    """Names of the user groups that exist (safe_name's, as made by for_user)."""
+    mode = mode or detect()
+    names: set[str] = set()
+    for base in (mode.base, mode.memory, mode.cpu, mode.pids):
+        if base is None:
+            continue
+        with contextlib.suppress(OSError):
+            names.update(e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+    return names
+
+
+def remove_leftovers(name: str, leaves: bool, mode: Mode | None = None) -> None:
+    """Remove the empty groups of a user (a directory name from leftover_users) who has no
+    server: what a killed hub, a server that outlived its stop or an older hub left. With
+    `leaves` false only the user's group itself when nothing is below it (a name this hub
+    does not know may be another hub's user, whose server's group exists before its process
+    joins it)."""
+    parent = UserCgroup.for_user(name, mode)
+    with SETUP_LOCK:
+        for d in parent.dirs if leaves else []:
+            with contextlib.suppress(OSError):
+                for leaf in os.scandir(d):
+                    if leaf.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            os.rmdir(leaf.path)
+        parent.remove()
 
 
 def _limit_memory_v1(d: Path, mem: int) -> None:

@@ -11,24 +11,27 @@ restart by pid plus start time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import pwd
 import random
 import resource
 import signal
 import socket
 import stat
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from ..config import Config, parse_bytes
 from ..errors import SpawnError
+from ..kernels.transport import sweep_dead_dirs
 from ..procfs import proc_stat, signal_group, start_ticks
 from ..setting import Setting, between
-from . import accounts
+from . import accounts, cgroups
 from .accounts import apply_disk_quota, drop_to
 from .base import (
     UNKNOWN_EXIT,
@@ -385,8 +388,38 @@ class LocalSpawner(Spawner):
         await asyncio.to_thread(cg.kill_all)
         await self._wait_exit(proc.pid, proc.start_ticks, _KILL_WAIT)
         await self._wait_group_gone(proc, _KILL_WAIT)
-        await asyncio.to_thread(cg.remove)  # the server's own group, now empty
+        await asyncio.to_thread(self._tidy_after, proc, cg)
         log.info("stopped server pid %d", proc.pid)
+
+    @staticmethod
+    def _tidy_after(proc: Proc, cg: UserCgroup) -> None:
+        """What a stopped server leaves: its own group, now empty; the user's group once no
+        other server of the user has one below it; its kernels' dirs if it was killed."""
+        cg.remove()
+        UserCgroup.from_paths(list(proc.extra.get("user_cgroup", []))).remove_unused()
+        uid = proc.extra.get("uid")
+        if isinstance(uid, int) and uid > 0 and os.geteuid() == 0:
+            sweep_dead_dirs({uid})
+
+    def leftovers(self) -> set[str]:
+        return cgroups.leftover_users()
+
+    async def tidy(self, names: Collection[str], others: Collection[str] = ()) -> None:
+        def work() -> None:
+            for name in names:
+                cgroups.remove_leftovers(name, leaves=True)
+            for name in others:
+                cgroups.remove_leftovers(name, leaves=False)
+            if os.geteuid() == 0:
+                uids = set()
+                for name in names:
+                    with contextlib.suppress(KeyError):
+                        uids.add(pwd.getpwnam(name).pw_uid)
+                n = sweep_dead_dirs(uids - {0})
+                if n:
+                    log.info("removed %d kernel dirs of servers that are gone", n)
+
+        await asyncio.to_thread(work)
 
     def _group_alive(self, proc: Proc) -> bool:
         """Members of the dead leader's group remain (only ones that are provably ours)."""
@@ -524,7 +557,13 @@ def server_cgroup(spec: LaunchSpec) -> tuple[dict[str, Any], list[str], bool]:
         "user_cgroup": user_cg.paths(),
     }
     limits = (spec.mem_limit, spec.cpu_limit, spec.max_processes)
-    if not (cg.enabled and user_cg.setup(*limits) and cg.setup(0, 0, 0)):
+    made = False
+    for _ in range(3):  # another hub's tidying may remove the user's group between the mkdirs
+        with cgroups.SETUP_LOCK:  # this hub's never does
+            made = cg.enabled and user_cg.setup(*limits) and cg.setup(0, 0, 0)
+        if made or not cg.enabled:
+            break
+    if not made:
         return extra, [], False
     extra["oom_base"] = cg.oom_kills()
     return extra, cg.paths(), user_cg.limits_processes
