@@ -84,13 +84,17 @@ def user_model(
     return model
 
 
-def token_model(user: User, tok: Token, secret: str | None = None) -> dict[str, Any]:
+def token_model(
+    user: User, tok: Token, held: list[str], secret: str | None = None
+) -> dict[str, Any]:
+    """JupyterHub's token model; `held`: what the token may do now (its scopes, or the
+    "token" role's if it asked for none, capped by its owner's), as get_scopes_for."""
     model: dict[str, Any] = {
         "id": f"a{tok.id}",
         "kind": "api_token",
         "user": user.name,
         "note": tok.note,
-        "scopes": tok.scopes,
+        "scopes": held,
         "roles": [],
         "created": iso(tok.created),
         "expires_at": iso(tok.expires),

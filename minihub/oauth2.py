@@ -1,8 +1,9 @@
 """The hub as an OAuth2 provider for jupyterhub-singleuser servers and HubOAuth services.
 
 Authorization code flow (RFC 6749) with PKCE S256 (RFC 7636) when the client sends a
-challenge. Each server is a client `jupyterhub-user-<name>[-<server>]` whose secret is its
-API token (registered at launch by minihub.protocols); each service with a url a client
+challenge, and JupyterHub's consent page (templates/oauth.html) before a code is given.
+Each server is a client `jupyterhub-user-<name>[-<server>]` whose secret is its API token
+(registered at launch by minihub.protocols); each service with a url a client
 `service-<name>` whose secret is the service's token (registered by minihub.services).
 """
 
@@ -12,19 +13,24 @@ import base64
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from . import scopes
 from .access import Access, Principal
 from .access.http import principal_of
 from .auth import secrets as S
+from .auth.identity import Identity
 from .body import read_form
 from .context import identity, parts
 from .service_spec import Service
 from .services import Registry, registry
 from .store import OAuthClient, Store, User
+from .web.render import render
 
 log = logging.getLogger("minihub.oauth2")
 CODE_SECONDS = 300
@@ -54,39 +60,137 @@ class OAuthError(Exception):
 # --- the provider ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Pending:
+    """An authorization request, checked against the client's registration and the user's
+    access: what a code for it would carry. Built anew from the query (GET) and from the
+    consent form (POST), so nothing the form says is trusted unchecked."""
+
+    client: OAuthClient
+    redirect_uri: str
+    state: str | None
+    challenge: str
+    granted: list[str]
+    service: Service | None
+
+
 @routes.get("/oauth2/authorize")
 async def authorize(request: web.Request) -> web.StreamResponse:
-    """A logged-in user who may use the client's server gets a code; others log in first."""
+    """A logged-in user who may use the client's server gets a code, after a consent page
+    unless JupyterHub would skip it; others log in first."""
     p = parts(request)
     ident = identity(request)
-    if ident is None or ident.via != "cookie":
+    if ident is None or ident.via != "cookie" or ident.user is None:
         raise web.HTTPFound(f"{p.cfg.base_url}hub/login?next={quote(request.path_qs, safe='')}")
-    q = request.query
     try:
-        client = await _client(p.store, q.get("client_id", ""))
-        redirect_uri = _redirect_uri(client, q.get("redirect_uri", ""))
-        if q.get("response_type", "code") != "code":
-            raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
-        challenge = _challenge(q.get("code_challenge", ""), q.get("code_challenge_method", ""))
-        svc = await _may_use(p.store, p.access, client, principal_of(ident), registry(request))
+        pending = await _pending(request, ident, request.query)
     except OAuthError as e:
         return e.response()
-    code = S.new_token()
-    granted = _granted(client, q.get("scope", ""))
+    if await _needs_confirm(p.store, ident.user, pending):
+        return _consent_page(request, ident.user, pending)
+    return await _issue(p.store, ident.user, pending)
+
+
+@routes.post("/oauth2/authorize")
+async def confirm(request: web.Request) -> web.StreamResponse:
+    """The consent page's Authorize or Cancel (its `_xsrf` checked by minihub.middlewares)."""
+    ident = identity(request)
+    form = await read_form(request)
+    try:
+        if ident is None or ident.via != "cookie" or ident.user is None:
+            raise OAuthError("access_denied", "Log in to the hub to authorize a client.", 403)
+        pending = await _pending(request, ident, form)
+    except OAuthError as e:
+        return e.response()
+    if form.get("decision") == "authorize":
+        return await _issue(parts(request).store, ident.user, pending)
+    log.info("%s declined OAuth access for %s", ident.user.name, pending.client.id)
+    # RFC 6749 4.1.2.1: the client hears that the user said no
+    denied = {"error": "access_denied", "error_description": "The user declined access."}
+    raise web.HTTPFound(_back(pending, denied))
+
+
+async def _pending(request: web.Request, ident: Identity, args: Mapping[str, str]) -> Pending:
+    p = parts(request)
+    client = await _client(p.store, args.get("client_id", ""))
+    redirect_uri = _redirect_uri(client, args.get("redirect_uri", ""))
+    if args.get("response_type", "code") != "code":
+        raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
+    challenge = _challenge(args.get("code_challenge", ""), args.get("code_challenge_method", ""))
+    svc = await _may_use(p.store, p.access, client, principal_of(ident), registry(request))
+    granted = _granted(client, args.get("scope", ""))
     if svc is not None:  # a token for a service always reaches that service
         granted = sorted({*granted, svc.access_scope()})
-    await p.store.add_oauth_code(
+    return Pending(client, redirect_uri, args.get("state"), challenge, granted, svc)
+
+
+async def _issue(store: Store, user: User, pending: Pending) -> web.StreamResponse:
+    code = S.new_token()
+    await store.add_oauth_code(
         S.hash_token(code),
-        client.id,
-        ident.user.id if ident.user else 0,
-        redirect_uri,
-        granted,
-        challenge,
+        pending.client.id,
+        user.id,
+        pending.redirect_uri,
+        pending.granted,
+        pending.challenge,
         time.time() + CODE_SECONDS,
     )
-    args = {"code": code, **({"state": q["state"]} if "state" in q else {})}
-    sep = "&" if "?" in redirect_uri else "?"
-    raise web.HTTPFound(f"{redirect_uri}{sep}{urlencode(args)}")
+    raise web.HTTPFound(_back(pending, {"code": code}))
+
+
+def _back(pending: Pending, args: dict[str, str]) -> str:
+    """The client's registered redirect URI with `args` and the request's state."""
+    if pending.state is not None:
+        args = {**args, "state": pending.state}
+    sep = "&" if "?" in pending.redirect_uri else "?"
+    return f"{pending.redirect_uri}{sep}{urlencode(args)}"
+
+
+async def _needs_confirm(store: Store, user: User, pending: Pending) -> bool:
+    """As JupyterHub's needs_oauth_confirm: not for the user's own servers (a server shared
+    with them, or an admin opening another's, does ask), nor for a service with
+    oauth_no_confirm, nor when the user's tokens from this client already hold these scopes."""
+    if pending.client.user_id == user.id:
+        return False
+    if pending.service is not None and pending.service.oauth_no_confirm:
+        return False
+    held = await store.oauth_scopes_granted(user.id, pending.client.id)
+    return not (held and set(pending.granted) <= held)
+
+
+def _consent_page(request: web.Request, user: User, pending: Pending) -> web.Response:
+    """'<client> wants to: <what the scopes allow>', with Authorize and Cancel."""
+    client = pending.client
+    # the client's access to itself and identify are what every login gives: not listed
+    required = {"identify", *(client.allowed_scopes if client.user_id is not None else ())}
+    if pending.service is not None:
+        required.add(pending.service.access_scope())
+    rest = [s for s in pending.granted if s not in required]
+    if not rest or "inherit" in rest:
+        described = [(scopes.DESCRIPTIONS["inherit" if rest else "(no_scope)"], "")]
+    else:
+        raw = parts(request).cfg.custom_scopes  # checked at start-up: each has a description
+        custom = {name: str(spec["description"]) for name, spec in raw.items()}
+        described = scopes.describe(rest, user.name, custom)
+    fields = {
+        "client_id": client.id,
+        "redirect_uri": pending.redirect_uri,
+        "response_type": "code",
+        "scope": " ".join(pending.granted),
+        **({"state": pending.state} if pending.state is not None else {}),
+        **({"code_challenge": pending.challenge} if pending.challenge else {}),
+        **({"code_challenge_method": "S256"} if pending.challenge else {}),
+    }
+    ctx = {
+        "client": client.description or client.id,
+        "redirect_uri": pending.redirect_uri,
+        "described": described,
+        "identify_only": not rest,
+        "fields": fields,
+    }
+    resp = render(request, "oauth.html", ctx)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 async def _client(store: Store, client_id: str) -> OAuthClient:
@@ -113,9 +217,9 @@ def _challenge(challenge: str, method: str) -> str:
 async def _may_use(
     store: Store, access: Access, client: OAuthClient, who: Principal | None, services: Registry
 ) -> Service | None:
-    """Only people who may reach a server or service get a token for it (no consent page:
-    whoever holds access:servers on it, or access:services on the service, as minihub.access
-    decides; so a service's oauth_no_confirm changes nothing). Returns the client's service."""
+    """Only people who may reach a server or service get a token for it: whoever holds
+    access:servers on it, or access:services on the service, as minihub.access decides.
+    Returns the client's service."""
     name = who.name if who else "You"
     if client.user_id is None:
         svc = services.by_client(client.id)

@@ -62,6 +62,63 @@ SCOPES: dict[str, tuple[str, ...]] = {
     "shutdown": (),
     "read:metrics": (),
 }
+# What a person is asked to allow on the OAuth consent page (JupyterHub's scope_definitions).
+DESCRIPTIONS: dict[str, str] = {
+    "(no_scope)": "Identify the owner of the requesting entity.",
+    "self": "Your own resources",
+    "inherit": "Anything you have access to",
+    "admin-ui": "Access the admin page.",
+    "admin:users": "Read, modify, create, and delete users and their authentication state, "
+    "not including their servers or tokens. This is an extremely privileged scope and should "
+    "be considered tantamount to superuser.",
+    "admin:auth_state": "Read a user’s authentication state.",
+    "users": "Read and write permissions to user models (excluding servers, tokens and "
+    "authentication state).",
+    "delete:users": "Delete users.",
+    "list:users": "List users, including at least their names.",
+    "read:users": "Read user models (including the URL of the default server if it is running).",
+    "read:users:name": "Read names of users.",
+    "read:users:groups": "Read users’ group membership.",
+    "read:users:activity": "Read time of last user activity.",
+    "read:roles": "Read role assignments.",
+    "read:roles:users": "Read user role assignments.",
+    "read:roles:services": "Read service role assignments.",
+    "read:roles:groups": "Read group role assignments.",
+    "users:activity": "Update time of last user activity.",
+    "admin:servers": "Read, start, stop, create and delete user servers and their state.",
+    "admin:server_state": "Read and write users’ server state.",
+    "servers": "Start and stop user servers.",
+    "read:servers": "Read users’ names and their server models (excluding the server state).",
+    "start:servers": "Start and edit users' servers.",
+    "delete:servers": "Stop and delete users' servers.",
+    "tokens": "Read, write, create and delete user tokens.",
+    "read:tokens": "Read user tokens.",
+    "admin:groups": "Read and write group information, create and delete groups.",
+    "groups": "Read and write group information, including adding/removing any users to/from "
+    "groups. Note: adding users to groups may affect permissions.",
+    "list:groups": "List groups, including at least their names.",
+    "read:groups": "Read group models.",
+    "read:groups:name": "Read group names.",
+    "delete:groups": "Delete groups.",
+    "admin:services": "Create, read, update, delete services, not including services defined "
+    "from config files.",
+    "list:services": "List services, including at least their names.",
+    "read:services": "Read service models.",
+    "read:services:name": "Read service names.",
+    "read:hub": "Read detailed information about the Hub.",
+    "access:servers": "Access user servers via API or browser.",
+    "access:services": "Access services via API or browser.",
+    "users:shares": "Read and revoke a user's access to shared servers.",
+    "read:users:shares": "Read servers shared with a user.",
+    "groups:shares": "Read and revoke a group's access to shared servers.",
+    "read:groups:shares": "Read servers shared with a group.",
+    "read:shares": "Read information about shared access to servers.",
+    "shares": "Manage access to shared servers.",
+    "proxy": "Read information about the proxy’s routing table, sync the Hub with the proxy "
+    "and notify the Hub about a new proxy.",
+    "shutdown": "Shutdown the hub.",
+    "read:metrics": "Read prometheus metrics.",
+}
 # What "self" means for a user: these, filtered to the user (JupyterHub's _expand_self_scope).
 SELF = ("read:users", "users:shares", "read:shares", "users:activity", "servers", "tokens")
 SELF_ACCESS = "access:servers"
@@ -219,3 +276,23 @@ def intersect(
 
 def strings(held: Iterable[Scope]) -> list[str]:
     return sorted(str(s) for s in held)
+
+
+def describe(
+    texts: Iterable[str], username: str, custom: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(description, whom it applies to) for each scope text, as JupyterHub's
+    describe_raw_scopes: "" for no filter, "only you" for the user's own filter.
+    `custom`: a custom:* scope's description from [custom_scopes]."""
+    out = []
+    for text in texts:
+        name, _, filt = text.partition("!")
+        kind, _, value = filt.partition("=")
+        if not filt:
+            whom = ""
+        elif kind == "user" and value in ("", username):
+            whom = "only you"
+        else:
+            whom = f"{'users in group' if kind == 'group' else kind} {value}".rstrip()
+        out.append((DESCRIPTIONS.get(name) or (custom or {}).get(name) or name, whom))
+    return out

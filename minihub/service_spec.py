@@ -46,8 +46,7 @@ class Service:
     url: str = ""  # http(s)://host:port the hub proxies /services/<name>/ to
     display: bool = True  # listed on the home page (for those who may access it)
     info: dict[str, Any] = field(default_factory=dict)
-    # No consent page exists in minihub, so this changes nothing; kept for JupyterHub configs.
-    oauth_no_confirm: bool = False
+    oauth_no_confirm: bool = False  # no consent page at login (minihub.oauth2)
     oauth_client_id: str = ""
     oauth_redirect_uri: str = ""  # "" = {base_url}services/<name>/oauth_callback
     oauth_client_allowed_scopes: list[str] = field(default_factory=list)

@@ -630,6 +630,17 @@ class Store:
         )
         return tok
 
+    async def oauth_scopes_granted(self, user_id: int, client_id: str) -> set[str]:
+        """What the user's unexpired OAuth tokens from this client hold, together."""
+        rows = await self._all(
+            "SELECT scopes FROM tokens WHERE user_id = ? AND kind = 'oauth' AND client_id = ? "
+            "AND (expires IS NULL OR expires > ?)",
+            user_id,
+            client_id,
+            time.time(),
+        )
+        return {s for (raw,) in rows for s in json.loads(raw)}
+
     async def delete_kind_tokens(self, user_id: int, kind: str) -> None:
         await self._write("DELETE FROM tokens WHERE user_id = ? AND kind = ?", user_id, kind)
 

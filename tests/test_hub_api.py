@@ -106,8 +106,13 @@ async def test_tokens_create_list_revoke(aiohttp_client, data_dir):
     assert r.status == 201
     new = await r.json()
     assert new["token"] and new["note"] == "laptop" and new["expires_at"]
+    # asked for no scopes: it holds the token role's ("inherit": all amy's), and says so
+    assert {"read:users!user=amy", "tokens!user=amy", "access:servers!user=amy"} <= set(
+        new["scopes"]
+    )
     r = await c.get("/hub/api/users/amy/tokens", headers=h)
     listed = (await r.json())["api_tokens"]
+    assert next(t for t in listed if t["id"] == new["id"])["scopes"] == new["scopes"]
     assert {t["id"] for t in listed} >= {new["id"]}
     assert all("token" not in t for t in listed)
     assert (await c.get("/hub/api/user", headers=auth(new["token"]))).status == 200

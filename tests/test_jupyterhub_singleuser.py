@@ -201,6 +201,25 @@ async def test_oauth_provider_pkce_and_plain(aiohttp_client, data_dir):
     }
     assert "servers" not in me and "created" not in me
 
+    # only the user's own server skips the consent page (as JupyterHub): one shared with
+    # another user asks them first, and Authorize gives the code
+    from minihub import users
+    from minihub.context import PARTS
+
+    p = c.server.app[PARTS]
+    await users.create(p.store, p.authenticator, "mhjh_bob", password="pw-long-enough-1")
+    await p.access.share("mhjh_bea", "", ["access:servers!server=mhjh_bea/"], user="mhjh_bob")
+    c.session.cookie_jar.clear()
+    assert (await login(c, "mhjh_bob", "pw-long-enough-1")).status == 302
+    params = {"client_id": client_id, "response_type": "code", "state": "st8"}
+    r = await c.get("/hub/api/oauth2/authorize", params=params, allow_redirects=False)
+    page = await r.text()
+    assert r.status == 200 and "Server at /user/mhjh_bea/</strong> wants to:" in page
+    assert "Identify the owner of the requesting entity." in page
+    form = {**params, "_xsrf": xsrf_of(c), "decision": "authorize"}
+    r = await c.post("/hub/api/oauth2/authorize", data=form, allow_redirects=False)
+    assert r.status == 302 and "code=" in r.headers["Location"], await r.text()
+
 
 async def test_scoped_tokens_and_logged_out_authorize(aiohttp_client, data_dir):
     cfg = hub_config(data_dir)

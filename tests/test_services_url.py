@@ -1,13 +1,16 @@
 """Services with a url: /services/<name>/ proxied to a real service that logs users in with
 JupyterHub's own HubOAuth through the hub's OAuth provider, the REST models, the home page
-and a hub restart."""
+the consent page and a hub restart."""
 
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -28,6 +31,8 @@ SERVICE = Path(__file__).parent / "hub_oauth_service.py"
 LISTER = "lister-token-" + "z" * 20
 PW = "pw-long-enough-1"
 TA, OUT = "mhsv_ta", "mhsv_out"
+AUTHORIZE = "/hub/api/oauth2/authorize"
+HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 
 
 def config(data_dir: str, port: int, sport: int, grader: bool = True) -> Config:
@@ -46,7 +51,12 @@ def config(data_dir: str, port: int, sport: int, grader: bool = True) -> Config:
     cfg.services = [
         {"name": "lister", "api_token": LISTER, "scopes": ["list:services", "read:services"]},
         # nothing listens there: an external service that is down
-        {"name": "hidden", "url": f"http://127.0.0.1:{free_port()}", "display": False},
+        {
+            "name": "hidden",
+            "url": f"http://127.0.0.1:{free_port()}",
+            "display": False,
+            "oauth_no_confirm": True,
+        },
     ]
     if grader:
         cfg.services.append(
@@ -55,6 +65,7 @@ def config(data_dir: str, port: int, sport: int, grader: bool = True) -> Config:
                 "url": f"http://127.0.0.1:{sport}",
                 "command": [sys.executable, str(SERVICE)],
                 "info": {"description": "Grades homework"},
+                "oauth_client_allowed_scopes": ["read:users:activity!user"],
             }
         )
     return cfg
@@ -84,8 +95,17 @@ async def log_in_as(c: TestClient, name: str) -> None:
     assert r.status == 302, await r.text()
 
 
-async def oauth_to_service(c: TestClient) -> aiohttp.ClientResponse:
+def consent_form(page: str) -> dict[str, str]:
+    return {k: html.unescape(v) for k, v in HIDDEN.findall(page)}
+
+
+async def oauth_to_service(c: TestClient, consent: bool) -> aiohttp.ClientResponse:
+    """The service's login through the hub; `consent`: the consent page comes, Authorize."""
     r = await c.get("/services/grader/?x=1")
+    if consent:
+        assert r.status == 200 and r.url.path == AUTHORIZE, await r.text()
+        form = {**consent_form(await r.text()), "decision": "authorize"}
+        r = await c.post(AUTHORIZE, data=form)
     hops = [str(h.url) for h in r.history]
     assert r.status == 200, (hops, await r.text())
     assert any("/hub/api/oauth2/authorize" in h for h in hops), hops
@@ -116,9 +136,38 @@ async def test_service_oauth_proxy_api_home_and_restart(aiohttp_client: Any, dat
     r = await c.get("/services/grader/")
     assert r.status == 200 and str(r.url.path) == "/hub/login"
 
-    # a user with access:services!service=grader logs in through the hub, sees their name
+    # a user with access:services!service=grader logs in through the hub: first the consent
+    # page, as JupyterHub's, with what the client's scopes allow
     await log_in_as(c, TA)
-    r = await oauth_to_service(c)
+    r = await c.get("/services/grader/?x=1")
+    assert r.status == 200 and r.url.path == AUTHORIZE, await r.text()
+    page = await r.text()
+    assert '<strong id="oauth-client">JupyterHub service grader</strong> wants to:' in page
+    assert "<li>Read time of last user activity. Applies to only you.</li>" in page
+    assert 'value="authorize"' in page and 'value="cancel"' in page
+    form = consent_form(page)
+    assert form["client_id"] == "service-grader" and form["state"] and form["code_challenge"]
+    # the form is checked as the query is: a forged POST (no _xsrf), another redirect_uri
+    forged = {k: v for k, v in form.items() if k != "_xsrf"} | {"decision": "authorize"}
+    r = await c.post(AUTHORIZE, data=forged, allow_redirects=False)
+    assert r.status == 403
+    elsewhere = {**form, "decision": "authorize", "redirect_uri": "http://127.0.0.1:9/steal"}
+    r = await c.post(AUTHORIZE, data=elsewhere, allow_redirects=False)
+    assert r.status == 400 and (await r.json())["error"] == "invalid_request"
+    # Cancel: back to the client with error=access_denied (RFC 6749 4.1.2.1), no code
+    r = await c.post(AUTHORIZE, data={**form, "decision": "cancel"}, allow_redirects=False)
+    assert r.status == 302
+    back = urlsplit(r.headers["Location"])
+    args = parse_qs(back.query)
+    assert back.path == "/services/grader/oauth_callback" and "code" not in args
+    assert args["error"] == ["access_denied"] and args["state"] == [form["state"]]
+    r = await c.get(r.headers["Location"])
+    assert r.status == 400  # HubOAuth's callback: "Error in oauth" (tornado shows no reason)
+    store = c.app[PARTS].store
+    row = await store._one("SELECT count(*) FROM tokens WHERE client_id = 'service-grader'")
+    assert row[0] == 0
+    # Authorize: the code, the service's callback, then the page with their name
+    r = await oauth_to_service(c, consent=True)
     page = await r.json()
     assert page["user"] == TA and page["uri"] == "/services/grader/?x=1"
     assert "service-grader" in page["cookies"]
@@ -126,7 +175,6 @@ async def test_service_oauth_proxy_api_home_and_restart(aiohttp_client: Any, dat
     public = await (await c.get("/services/grader/public", headers=h("not-a-hub-token"))).json()
     assert "minihub-session" not in public["cookies"] and public["authorization"] is True
     # the OAuth token carries explicit scopes: the access scope, never "all of the user's"
-    store = c.app[PARTS].store
     row = await store._one(
         "SELECT scopes FROM tokens WHERE kind = 'oauth' AND client_id = ?", "service-grader"
     )
@@ -171,6 +219,11 @@ async def test_service_oauth_proxy_api_home_and_restart(aiohttp_client: Any, dat
     await log_in_as(c, TA)
     r = await c.get("/services/hidden/", headers={"Accept": "application/json"})
     assert r.status == 503 and "not answering" in (await r.json())["message"]
+    # oauth_no_confirm = true: no consent page, the code at once
+    ask = {"client_id": "service-hidden", "response_type": "code", "state": "s1"}
+    r = await c.get(AUTHORIZE, params=ask, allow_redirects=False)
+    assert r.status == 302, await r.text()
+    assert r.headers["Location"].startswith("/services/hidden/oauth_callback?code=")
 
     # a user without the scope: refused by the hub (proxy and authorize alike)
     await log_in_as(c, OUT)
@@ -203,7 +256,8 @@ async def test_service_oauth_proxy_api_home_and_restart(aiohttp_client: Any, dat
     c = await aiohttp_client(make_app(cfg), server_kwargs={"port": port})
     await wait_service(c, "/services/grader/public")
     await log_in_as(c, TA)
-    page = await (await oauth_to_service(c)).json()
+    # no consent page this time: TA's token from this client already holds these scopes
+    page = await (await oauth_to_service(c, consent=False)).json()
     assert page["user"] == TA
     assert session  # OUT's session survived too: still not allowed in
     c.session.cookie_jar.clear()

@@ -28,7 +28,7 @@ from ..isotime import parse_iso
 from ..models import server_model, token_model, user_model
 from ..scopes import Scope
 from ..servers import Server
-from ..store import User, UserQuery
+from ..store import Token, User, UserQuery
 
 routes = web.RouteTableDef()
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -500,9 +500,10 @@ async def _event(resp: web.StreamResponse, data: dict[str, Any]) -> None:
 @routes.get("/users/{name}/tokens")
 async def list_tokens(request: web.Request) -> web.Response:
     user = await target(request, "read:tokens")
-    toks = await parts(request).store.list_tokens(user.id)
+    p = parts(request)
+    toks = await p.store.list_tokens(user.id)
     return web.json_response(
-        {"api_tokens": [token_model(user, t) for t in toks], "oauth_tokens": []}
+        {"api_tokens": [_token_model(p, user, t) for t in toks], "oauth_tokens": []}
     )
 
 
@@ -522,7 +523,7 @@ async def create_token(request: web.Request) -> web.Response:
     scopes.validate(wanted, p.access.custom)
     wanted = _no_stronger(request, user, wanted)
     secret, tok = await users.new_token(parts(request).store, user, note, wanted, expires_in)
-    return web.json_response(token_model(user, tok, secret), status=201)
+    return web.json_response(_token_model(p, user, tok, secret), status=201)
 
 
 def _no_stronger(request: web.Request, user: User, wanted: list[str]) -> list[str]:
@@ -545,6 +546,11 @@ def _no_stronger(request: web.Request, user: User, wanted: list[str]) -> list[st
     return wanted
 
 
+def _token_model(p: Parts, user: User, tok: Token, secret: str | None = None) -> dict[str, Any]:
+    held = p.access.held(Principal("user", user.name, tuple(tok.scopes)))  # as principal_of
+    return token_model(user, tok, scopes.strings(held), secret)
+
+
 def _token_id(request: web.Request) -> int:
     raw = request.match_info["token_id"]
     raw = raw[1:] if raw[:1] in ("a", "o") else raw
@@ -559,7 +565,7 @@ async def get_token(request: web.Request) -> web.Response:
     tok = await parts(request).store.get_token(_token_id(request))
     if tok is None or tok.user_id != user.id:
         raise NotFound("No such token")
-    return web.json_response(token_model(user, tok))
+    return web.json_response(_token_model(parts(request), user, tok))
 
 
 @routes.delete("/users/{name}/tokens/{token_id}")
