@@ -477,15 +477,20 @@ async def servers_point(
 # --------------------------------------------------------------------------- part 3: burst
 
 
-async def burst_part(hub: Hub, users: Users, n: int, kernels: bool) -> dict[str, float]:
-    """n users log in through the form (PAM), spawn and reach a first result at once:
-    with minihub's own server a kernel's `1+1`; with the stand-in its first answer."""
+async def burst_part(
+    hub: Hub, users: Users, n: int, kernels: bool, over: float = 0.0
+) -> dict[str, float]:
+    """n users log in through the form (PAM), spawn and reach a first result: with minihub's
+    own server a kernel's `1+1`; with the stand-in its first answer. They arrive all at once
+    (`over` 0) or evenly spread over `over` seconds (a class arriving within a minute); each
+    one's time is from its own arrival."""
     who = sysnames(n)
     await start(hub)
     async with Client(hub.url, hub.token) as c:
         await c.create_users(who)
 
-        async def one(name: str) -> float:
+        async def one(k: int, name: str) -> float:
+            await asyncio.sleep(k * over / n)
             t0 = time.perf_counter()
             ok, status = await login(hub.url, name, users.passwords[name])
             if not ok:
@@ -505,7 +510,8 @@ async def burst_part(hub: Hub, users: Users, n: int, kernels: bool) -> dict[str,
 
         t0 = time.perf_counter()
         res = await asyncio.wait_for(
-            asyncio.gather(*(one(x) for x in who), return_exceptions=True), 600
+            asyncio.gather(*(one(k, x) for k, x in enumerate(who)), return_exceptions=True),
+            600 + over,
         )
         wall = time.perf_counter() - t0
         ok = [r for r in res if isinstance(r, float)]
@@ -516,6 +522,7 @@ async def burst_part(hub: Hub, users: Users, n: int, kernels: bool) -> dict[str,
     halt(hub)
     return {
         "n": n,
+        "over": over,
         "errors": len(errs),
         "wall": wall,
         "p50": median(ok),
@@ -568,6 +575,24 @@ async def run_hub(
                     lambda: new_minihub('class = "fork"'),
                 )
             )
+    if "burst" in parts and args.burst_over:
+        # the class arriving within a minute: the stand-in on both, and on minihub also its
+        # own server with a kernel's first cell for every one of them
+        steps.append(
+            (
+                "burst_spread",
+                lambda h: burst_part(h, users, args.burst, False, args.burst_over),
+                lambda: make(*pam),
+            )
+        )
+        if name == "minihub":
+            steps.append(
+                (
+                    "burst_kernel_spread",
+                    lambda h: burst_part(h, users, args.burst, True, args.burst_over),
+                    lambda: new_minihub('class = "fork"'),
+                )
+            )
     for key, step, factory in steps:
         hub = factory()
         log(f"{hub.name}: {key} ...")
@@ -600,6 +625,12 @@ def main() -> None:
     ap.add_argument("--own", default="10,100", help="minihub's own servers (no kernels)")
     ap.add_argument("--burst", type=int, default=300, help="users in the class-start burst")
     ap.add_argument("--burst-kernel", type=int, default=100, help="minihub's own + a kernel")
+    ap.add_argument(
+        "--burst-over",
+        type=float,
+        default=60.0,
+        help="also the burst's users arriving evenly over this many seconds (0: not)",
+    )
     ap.add_argument("--idle", type=float, help="seconds of idle CPU sampling (60; 20 quick)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument(

@@ -95,7 +95,9 @@ def per_user_kib(rows: list[Row]) -> float:
 def targets(result: dict[str, Any]) -> list[str]:
     users = rows_of(result, "minihub", "users")
     servers = rows_of(result, "minihub", "servers")
-    burst = result.get("minihub", {}).get("burst", {})
+    mh = result.get("minihub", {})
+    # the burst: a class arriving within one minute and running a first cell
+    burst = mh.get("burst_kernel_spread") or mh.get("burst_spread") or mh.get("burst") or {}
     big = users[-1] if users else {}
     top = servers[-1] if servers else {}
     checks: list[tuple[str, Any, Any, str]] = [
@@ -107,7 +109,12 @@ def targets(result: dict[str, Any]) -> list[str]:
         ("start-up to serving ≤ 1 s", big.get("startup"), 1, "s"),
         ("idle CPU ≤ 1 % of a core (most servers)", top.get("idle_cpu_pct"), 1, "%"),
         ("restart until all servers answer ≤ 5 s", top.get("restart_all"), 5, "s"),
-        ("class-start burst p95 ≤ 10 s", burst.get("p95"), 10, "s"),
+        (
+            f"class-start burst ({burst_what(burst)}) p95 ≤ 10 s",
+            burst.get("p95"),
+            10,
+            "s",
+        ),
         ("class-start burst 0 errors", burst.get("errors"), 0, ""),
     ]
     out = []
@@ -132,25 +139,37 @@ def targets(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def burst_what(b: dict[str, Any]) -> str:
+    over = b.get("over", 0)
+    return f"{int(b.get('n', 0))} users " + (f"arriving over {over:.0f} s" if over else "at once")
+
+
 def burst_lines(result: dict[str, Any]) -> list[str]:
     out = []
     for hub, label in (("jupyterhub", "JupyterHub"), ("minihub", "minihub")):
-        for key, what in (("burst", "stand-in, first answer"), ("burst_kernel", "own server, 1+1")):
+        for key, what in (
+            ("burst", "stand-in, first answer"),
+            ("burst_kernel", "own server, 1+1"),
+            ("burst_spread", "stand-in, first answer"),
+            ("burst_kernel_spread", "own server, 1+1"),
+        ):
             b = result.get(hub, {}).get(key)
             if not isinstance(b, dict):
                 continue
             if "error" in b:
-                out.append(f"| {label} | {what} | failed: {b['error'][:100]} | | | | |")
+                out.append(f"| {label} | {what} | | failed: {b['error'][:100]} | | | | |")
                 continue
+            over = b.get("over", 0)
+            arrive = f"over {over:.0f} s" if over else "at once"
             out.append(
-                f"| {label} | {what} | {int(b['n'])} | {int(b['errors'])} | "
+                f"| {label} | {what} | {arrive} | {int(b['n'])} | {int(b['errors'])} | "
                 f"{fmt(b['wall'], 1, 's')} | {fmt(b['p50'], 1, 's')} | {fmt(b['p95'], 1, 's')} | "
                 f"{fmt(b['p99'], 1, 's')} |"
             )
     if not out:
         return []
-    head = "| hub | first result | users | errors | wall | p50 | p95 | p99 |"
-    return [head, "|---|---|---:|---:|---:|---:|---:|---:|", *out]
+    head = "| hub | first result | arrivals | users | errors | wall | p50 | p95 | p99 |"
+    return [head, "|---|---|---|---:|---:|---:|---:|---:|---:|", *out]
 
 
 def render(result: dict[str, Any]) -> str:
