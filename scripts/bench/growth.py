@@ -326,6 +326,8 @@ async def users_part(hub: Hub, levels: list[int], requests: int) -> list[dict[st
             )
             row["page_p50"], row["page_p99"] = median(page), pct(page, 99)
             row["full"] = median([await full_listing(c) for _ in range(3)])
+            # the first after start compiles the page's templates: apart from the others
+            row["admin_first"] = (await admin_first_page(c, hub, 1))[0]
             adm = await admin_first_page(c, hub, 20)
             row["admin_p50"], row["admin_p99"] = median(adm), pct(adm, 99)
             me, listings = await me_while_listing(c, requests)
@@ -416,28 +418,38 @@ async def proxied_rps(c: Client, who: list[str], total: int) -> tuple[float, flo
 
 
 async def servers_part(
-    hub: Hub, levels: list[int], idle: float, requests: int
+    hub: Hub, levels: list[int], idle: float, requests: int, registered: int = 0, cycles: int = 1
 ) -> list[dict[str, float]]:
     rows = []
     await start(hub)
     async with Client(hub.url, hub.token) as c:
+        if registered:  # users without servers besides, as a big site has
+            await create_users(c, 0, registered)
         await c.create_users(sysnames(max(levels)))
         await asyncio.sleep(3)
         base_pss = hub_pss_mib(hub)[1]
     for level in levels:
-        rows.append(await servers_point(hub, sysnames(level), base_pss, idle, requests))
+        rows.append(
+            await servers_point(hub, sysnames(level), base_pss, idle, requests, registered, cycles)
+        )
     halt(hub)
     return rows
 
 
 async def servers_point(
-    hub: Hub, who: list[str], base_pss: float, idle: float, requests: int
+    hub: Hub,
+    who: list[str],
+    base_pss: float,
+    idle: float,
+    requests: int,
+    registered: int = 0,
+    cycles: int = 1,
 ) -> dict[str, float]:
     """One point: spawn all, memory, idle CPU, proxied load, stop all (the hub process's fds
-    before and after that cycle, the driver's connections closed), spawn all again, restart
-    the hub, re-adoption."""
+    before and after that cycle, the driver's connections closed; then `cycles` - 1 more
+    spawn/stop cycles, the fds after each), spawn all again, restart the hub, re-adoption."""
     level = len(who)
-    row: dict[str, float] = {"servers": level}
+    row: dict[str, float] = {"servers": level, "registered": registered, "cycles": cycles}
     row["fds_before"], row["socks_before"] = fds(list(hub.hub_pids().values()))
     async with Client(hub.url, hub.token) as c:
         t0 = time.perf_counter()
@@ -460,6 +472,17 @@ async def servers_point(
         await stop_all(c, who)
     await asyncio.sleep(5)  # idle keep-alive connections to the stopped servers time out
     row["fds_after"], row["socks_after"] = fds(list(hub.hub_pids().values()))
+    row["fds_first_cycle"] = row["fds_after"]
+    most = row["fds_after"]
+    for k in range(1, cycles):
+        async with Client(hub.url, hub.token) as c:
+            running = await spawn_all(c, who)
+            await stop_all(c, who)
+        await asyncio.sleep(5)
+        row["fds_after"], row["socks_after"] = fds(list(hub.hub_pids().values()))
+        most = max(most, row["fds_after"])
+        log(f"  cycle {k + 1}/{cycles}: {len(running)} spawned, fds {row['fds_after']:.0f}")
+    row["fds_max"] = most
     async with Client(hub.url, hub.token) as c:
         running = await spawn_all(c, who)
     row["running_at_restart"] = len(running)
@@ -550,7 +573,9 @@ async def run_hub(
         steps.append(
             (
                 "servers",
-                lambda h: servers_part(h, args.server_levels, args.idle, args.proxied),
+                lambda h: servers_part(
+                    h, args.server_levels, args.idle, args.proxied, args.registered, args.cycles
+                ),
                 lambda: make(*pam),
             )
         )
@@ -623,6 +648,12 @@ def main() -> None:
     ap.add_argument("--users", default="100,1000,10000", help="registered users, per point")
     ap.add_argument("--servers", default="10,100,300", help="running stand-ins, per point")
     ap.add_argument("--own", default="10,100", help="minihub's own servers (no kernels)")
+    ap.add_argument(
+        "--registered", type=int, default=0, help="servers part: registered users besides"
+    )
+    ap.add_argument(
+        "--cycles", type=int, default=1, help="servers part: spawn/stop cycles for the fd check"
+    )
     ap.add_argument("--burst", type=int, default=300, help="users in the class-start burst")
     ap.add_argument("--burst-kernel", type=int, default=100, help="minihub's own + a kernel")
     ap.add_argument(
