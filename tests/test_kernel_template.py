@@ -56,7 +56,8 @@ def template_pids() -> set[int]:
         if entry.isdigit():
             try:  # the zygotes keep its command line too, as their users
                 root = status(int(entry))["Uid"].split()[0] == "0"
-                if root and "minihub.kernels import template" in cmdline(int(entry)):
+                ours = status(int(entry))["PPid"] == str(os.getpid())  # not another hub's
+                if root and ours and "minihub.kernels import template" in cmdline(int(entry)):
                     found.add(int(entry))
             except (OSError, KeyError, IndexError):
                 continue

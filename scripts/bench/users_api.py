@@ -4,7 +4,7 @@ per registered user, and start-up (a `minihub` subprocess until /hub/health answ
 
 An in-process hub (FakeSpawner) on a SQLite file seeded with N users, as scripts/bench/admin.py.
 Run: /opt/minihub/venv/bin/python scripts/bench/users_api.py [--users N] [--requests N]
-     [--only page,all,whoami,memory,startup] [--profile]
+     [--only page,all,whoami,cull,memory,startup] [--profile]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from minihub.access import Principal
 from minihub.app import make_app
 from minihub.auth.native import NativeAuthenticator
 from minihub.context import PARTS
+from minihub.culler import Culler
 from minihub.spawner.fake import FakeSpawner
 from minihub.store import Store
 from minihub.users import create, new_token
@@ -144,6 +145,8 @@ async def in_process(a: argparse.Namespace, only: set[str]) -> None:
                 stats("GET /hub/api/users (one default page, 500)", xs)
             if "whoami" in only:
                 await whoami_while_listing(c, h, hu, a.requests)
+            if "cull" in only:
+                await cull_passes(c, h, a.users)
             if "memory" in only:
                 await list_all(c, h)
                 # every user asks once as themself: what per-user caches hold after a day
@@ -172,6 +175,38 @@ async def in_process(a: argparse.Namespace, only: set[str]) -> None:
         finally:
             await c.close()
             await fake.shutdown()
+
+
+async def cull_passes(c: TestClient, h: dict[str, str], users: int) -> None:
+    """The culler's pass with every user registered: the built-in one (culler.cull_once,
+    which looks at the servers the hub runs, not at the registered users), and what
+    jupyterhub-idle-culler asks each pass (every page of ?state=ready)."""
+    p = c.server.app[PARTS]
+    cfg = config.load(
+        None, {"hub.data_dir": str(p.cfg.get("hub.data_dir")), "culler.timeout": 10**6}
+    )
+    culler = Culler(cfg, p.servers, p.store, p.metrics, p.access)
+    xs = []
+    for _ in range(20):
+        t = time.perf_counter()
+        culled = await culler.cull_once()
+        xs.append(time.perf_counter() - t)
+        assert not culled
+    stats(f"built-in culler pass ({users} users registered, {RUNNING} running)", xs)
+    xs = []
+    for _ in range(20):
+        t = time.perf_counter()
+        offset, seen = 0, 0
+        for _ in range(1000):  # as jupyterhub-idle-culler 1.4 pages (bounded: 200,000)
+            r = await c.get(f"/hub/api/users?state=ready&offset={offset}&limit=200", headers=h)
+            body = await r.json()
+            seen += len(body["items"])
+            nxt = body["_pagination"].get("next")
+            if not nxt:
+                break
+            offset = nxt["offset"]
+        xs.append(time.perf_counter() - t)
+    stats(f"jupyterhub-idle-culler's listing (?state=ready: {seen} users)", xs)
 
 
 async def whoami_while_listing(
@@ -248,7 +283,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--only", default="page,all,whoami,memory,startup")
+    ap.add_argument("--only", default="page,all,whoami,cull,memory,startup")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sort", default="cumulative", help="the profile's order (tottime)")
     a = ap.parse_args()
