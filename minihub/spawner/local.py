@@ -22,6 +22,8 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -499,10 +501,29 @@ def free_port(host: str) -> int:
                 sock.bind((host, port))
             except OSError:
                 continue
+        if _hand_out(port):
             return port
     with socket.socket(family, socket.SOCK_STREAM) as sock:  # all taken: any free one
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+# Ports given out lately, not yet bound by their server: two spawns at once must not get the
+# same one (20 at a time drew the same port about once in 3,000 spawns).
+_HANDED: dict[int, float] = {}
+_HANDED_LOCK = threading.Lock()
+_HANDED_SECONDS = 120.0  # longer than a server takes to bind its port
+
+
+def _hand_out(port: int) -> bool:
+    now = time.monotonic()
+    with _HANDED_LOCK:
+        for old in [p for p, t in _HANDED.items() if now - t > _HANDED_SECONDS]:
+            del _HANDED[old]
+        if port in _HANDED:
+            return False
+        _HANDED[port] = now
+        return True
 
 
 def _ephemeral_low() -> int:
