@@ -539,8 +539,10 @@ class Servers:
         """Take over the servers an earlier hub left running; stop the ones it was still
         starting when it died (it never told anyone where they are, and the user will get a
         new one), so each (user, server name) has at most one server."""
-        for row in await self.store.list_servers():
-            user = await self.store.get_user_by_id(row.user_id)
+        rows = await self.store.list_servers()
+        users = await self.store.users_by_ids(row.user_id for row in rows)
+        for row in rows:
+            user = users.get(row.user_id)
             if user is None:
                 await self.store.delete_server(row.user_id, row.name)
                 continue
@@ -571,16 +573,10 @@ class Servers:
         for users with no server now. Before serving, so no spawn runs meanwhile."""
         try:
             names = await asyncio.to_thread(self.spawner.leftovers)
-            busy = {s.user_id for s in self._servers.values() if s.status != "stopped"}
-            mine: set[str] = set()
-            others: set[str] = set()
-            for name in names:
-                user = await self.store.get_user(name)
-                if user is None:
-                    others.add(name)
-                elif user.id not in busy:
-                    mine.add(name)
-            await self.spawner.tidy(mine, others)
+            busy = {s.user for s in self._servers.values() if s.status != "stopped"}
+            names -= busy  # their groups are in use
+            known = await self.store.existing_names(names)
+            await self.spawner.tidy(known, names - known)
         except Exception:  # tidying is never worth failing start-up for
             log.exception("tidying what stopped servers left failed")
 

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,29 @@ class Store:
     async def get_user_by_id(self, uid: int) -> User | None:
         row = await self._one(f"SELECT {_USER_COLS} FROM users WHERE id = ?", uid)
         return _user(row) if row else None
+
+    async def users_by_ids(self, ids: Iterable[int]) -> dict[int, User]:
+        """The users with these ids, in a query per 500 (start-up re-adopts hundreds)."""
+        want, found = sorted(set(ids)), dict[int, User]()
+        for k in range(0, len(want), 500):
+            chunk = want[k : k + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._all(
+                f"SELECT {_USER_COLS} FROM users WHERE id IN ({marks})", *chunk
+            ):
+                user = _user(row)
+                found[user.id] = user
+        return found
+
+    async def existing_names(self, names: Iterable[str]) -> set[str]:
+        """Which of these names are users' (a query per 500)."""
+        want, found = sorted(set(names)), set[str]()
+        for k in range(0, len(want), 500):
+            chunk = want[k : k + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._all(f"SELECT name FROM users WHERE name IN ({marks})", *chunk)
+            found.update(str(r[0]) for r in rows)
+        return found
 
     async def list_users(self, offset: int = 0, limit: int = -1) -> list[User]:
         rows = await self._all(
