@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .config import BY_KEY, SETTINGS, Config, find_config, generate, load
 from .errors import HubError, StartupError
+from .singleuser import lean
 
 EPILOG = """\
 first steps:
@@ -114,6 +115,7 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lean.install_hub()  # before anything imports aiohttp
     args = build_parser().parse_args(argv)
     try:
         if args.generate_config:

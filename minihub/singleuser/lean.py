@@ -1,4 +1,4 @@
-"""Keeps jsonschema's optional format checkers out of minihub's server.
+"""Keeps jsonschema's optional format checkers out of minihub's server, aiodns out of all.
 
 nbformat imports jsonschema, which imports every format-checker library it finds installed
 (lark and its grammars, arrow, webcolors, uri_template, isoduration, fqdn, ...: 18 MiB
@@ -34,18 +34,39 @@ FORMAT_CHECKERS = frozenset(
 )
 
 
-class _NoFormatCheckers(importlib.abc.MetaPathFinder):
+# aiohttp takes aiodns (c-ares) when it is installed, as JupyterHub's dependency it is in a
+# venv that has both: 0.9 MiB and ~27 ms of start-up in every minihub process, for DNS lookups
+# the hub and its servers hardly make (servers, kernels and the proxy's targets are addresses).
+# Refused, aiohttp resolves with getaddrinfo in a thread, as where aiodns is not installed.
+RESOLVERS = frozenset({"aiodns", "pycares"})
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    def __init__(self, names: frozenset[str], who: str) -> None:
+        self.names, self.who = names, who
+
     def find_spec(
         self,
         fullname: str,
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> ModuleSpec | None:
-        if fullname.partition(".")[0] in FORMAT_CHECKERS:
-            raise ImportError(f"{fullname} is not used by minihub's server", name=fullname)
+        if fullname.partition(".")[0] in self.names:
+            raise ImportError(f"{fullname} is not used by {self.who}", name=fullname)
         return None
 
 
+def _refuse(names: frozenset[str], who: str) -> None:
+    if not any(isinstance(f, _Refuse) and f.names == names for f in sys.meta_path):
+        sys.meta_path.insert(0, _Refuse(names, who))
+
+
 def install() -> None:
-    if not any(isinstance(f, _NoFormatCheckers) for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoFormatCheckers())
+    """In minihub's server: no format checkers, no aiodns."""
+    _refuse(FORMAT_CHECKERS, "minihub's server")
+    install_hub()
+
+
+def install_hub() -> None:
+    """In any minihub process (before aiohttp is imported): no aiodns."""
+    _refuse(RESOLVERS, "minihub")
