@@ -467,6 +467,12 @@ async def servers_point(
         wall = time.perf_counter() - t1
         row["idle_cpu_pct"] = 100 * cpu_s / wall
         row["cpu_ms_per_server_min"] = 1000 * cpu_s * 60 / wall / max(1, len(running))
+        if registered:  # the listing while the servers run (the issue: "also while 300 run")
+            hdr = {"Accept": PAGINATION}
+            await timed(c.session, c.api("/users?limit=200"), 5, headers=hdr)
+            page = await timed(c.session, c.api("/users?limit=200"), 100, headers=hdr)
+            row["page_p50"], row["page_p99"] = median(page), pct(page, 99)
+            row["full"] = median([await full_listing(c) for _ in range(3)])
         await proxied_rps(c, running, 200)  # warm: connections, routes
         row["rps"], row["rps_p99"], row["rps_errors"] = await proxied_rps(c, running, requests)
         await stop_all(c, who)
