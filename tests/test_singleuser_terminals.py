@@ -22,6 +22,7 @@ from test_hub_spawn import h, make_tokens, start
 
 from minihub.app import make_app
 from minihub.context import PARTS
+from minihub.culler import Culler
 from minihub.isotime import parse_iso
 
 pytestmark = [needs_root, pytest.mark.timeout(90)]
@@ -193,6 +194,13 @@ async def test_activity_and_stopping_the_server(aiohttp_client, data_dir, make_s
     await parts.servers.flush_activity()
     model = await (await c.get(f"/hub/api/users/{a.name}", headers=ha)).json()
     assert parse_iso(model["last_activity"]) >= quiet_since + 1
+    # The built-in culler sees it: with a timeout that any activity from before the quiet
+    # time exceeds, and only the server's own report to go on, it leaves the server alone.
+    culler = Culler(parts.cfg, parts.servers, parts.store, parts.metrics, parts.access)
+    culler.timeout = time.time() - quiet_since - 0.5  # seconds, as a float
+    srv.last_activity = 0.0
+    assert await culler.cull_once() == []
+    assert srv.status == "running" and srv.last_activity >= quiet_since + 1
 
     r = await c.delete(f"/hub/api/users/{a.name}/server", headers=ha)
     assert r.status in (202, 204)
