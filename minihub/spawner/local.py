@@ -390,6 +390,7 @@ class LocalSpawner(Spawner):
         await asyncio.to_thread(cg.kill_all)
         await self._wait_exit(proc.pid, proc.start_ticks, _KILL_WAIT)
         await self._wait_group_gone(proc, _KILL_WAIT)
+        await self._wait_cgroup_empty(cg, _KILL_WAIT)
         await asyncio.to_thread(self._tidy_after, proc, cg)
         log.info("stopped server pid %d", proc.pid)
 
@@ -435,6 +436,18 @@ class LocalSpawner(Spawner):
             status = self._poll(pid, ticks)
             if status is not None or loop.time() >= deadline:
                 return status
+            await asyncio.sleep(_POLL_INTERVAL)
+
+    async def _wait_cgroup_empty(self, cg: UserCgroup, timeout: float) -> None:
+        """Until the SIGKILLed members of the server's cgroup (kernels in a session of their
+        own) are gone: a stop returns with nothing of the server left (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while cg.enabled and loop.time() < deadline:
+            left: set[int] = await asyncio.to_thread(cg.pids)
+            if not left:
+                return
+            await asyncio.to_thread(cg.kill_all)  # one that forked meanwhile
             await asyncio.sleep(_POLL_INTERVAL)
 
     async def _wait_group_gone(self, proc: Proc, timeout: float) -> None:
