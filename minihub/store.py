@@ -324,27 +324,23 @@ class Store:
         return _user(row) if row else None
 
     async def users_by_ids(self, ids: Iterable[int]) -> dict[int, User]:
-        """The users with these ids, in a query per 500 (start-up re-adopts hundreds)."""
-        want, found = sorted(set(ids)), dict[int, User]()
-        for k in range(0, len(want), 500):
-            chunk = want[k : k + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in await self._all(
-                f"SELECT {_USER_COLS} FROM users WHERE id IN ({marks})", *chunk
-            ):
-                user = _user(row)
-                found[user.id] = user
-        return found
+        """The users with these ids (start-up re-adopts hundreds)."""
+        rows = await self._all_in(f"SELECT {_USER_COLS} FROM users WHERE id IN", ids)
+        return {u.id: u for u in map(_user, rows)}
 
     async def existing_names(self, names: Iterable[str]) -> set[str]:
-        """Which of these names are users' (a query per 500)."""
-        want, found = sorted(set(names)), set[str]()
+        """Which of these names are users'."""
+        return {
+            str(r[0]) for r in await self._all_in("SELECT name FROM users WHERE name IN", names)
+        }
+
+    async def _all_in(self, sql: str, values: Iterable[Any]) -> list[Any]:
+        """`sql` ending in "IN", for these values: a query per 500 (SQLite's variable limit)."""
+        want, rows = sorted(set(values)), []
         for k in range(0, len(want), 500):
             chunk = want[k : k + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = await self._all(f"SELECT name FROM users WHERE name IN ({marks})", *chunk)
-            found.update(str(r[0]) for r in rows)
-        return found
+            rows += await self._all(f"{sql} ({','.join('?' * len(chunk))})", *chunk)
+        return rows
 
     async def list_users(self, offset: int = 0, limit: int = -1) -> list[User]:
         rows = await self._all(

@@ -358,12 +358,13 @@ def remove_leftovers(name: str, leaves: bool, mode: Mode | None = None) -> None:
     joins it)."""
     parent = UserCgroup.for_user(name, mode)
     with SETUP_LOCK:
-        for d in parent.dirs if leaves else []:
-            with contextlib.suppress(OSError):
-                for leaf in os.scandir(d):
-                    if leaf.is_dir(follow_symlinks=False):
-                        with contextlib.suppress(OSError):
-                            os.rmdir(leaf.path)
+        if leaves:
+            for d in parent.dirs:
+                with contextlib.suppress(OSError):
+                    for leaf in os.scandir(d):
+                        if leaf.is_dir(follow_symlinks=False):
+                            with contextlib.suppress(OSError):
+                                os.rmdir(leaf.path)
         parent.remove()
 
 

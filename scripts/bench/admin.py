@@ -16,36 +16,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import users_api
 from aiohttp.test_utils import TestClient, TestServer
 
 from minihub import config
 from minihub.app import make_app
-from minihub.auth.native import NativeAuthenticator
 from minihub.spawner.fake import FakeSpawner
-from minihub.store import Store
-from minihub.users import create, new_token
 
 PASSWORD = "bench-password-1"
 RUNNING = 20
 
 
 async def seed(data: Path, users: int) -> str:
-    cfg = config.load(None, {"hub.data_dir": str(data), "auth.authenticator": "native"})
-    store = await Store.open(data / "minihub.sqlite")
-    boss = await create(store, NativeAuthenticator(cfg, store), "boss", True, PASSWORD)
-    now = time.time()
-    await store.db.executemany(
-        "INSERT INTO users (name, created, last_activity) VALUES (?, ?, ?)",
-        [(f"user{i:05d}", now, now - i) for i in range(users)],
-    )
-    await store.db.execute("INSERT INTO groups (name) VALUES ('class')")
-    await store.db.execute(
-        "INSERT INTO group_users SELECT g.id, u.id FROM groups g, users u "
-        "WHERE g.name = 'class' AND u.id % 50 = 0"  # 200 members: a big class
-    )
-    token = (await new_token(store, boss, "bench"))[0]
-    await store.close()
-    return token
+    """users_api.py's hub: N users, a group of every 50th (200 of 10,000: a big class), the
+    admin `boss`; the admin's token."""
+    return (await users_api.seed(data, users))[0]
 
 
 def line(label: str, xs: list[float]) -> str:
