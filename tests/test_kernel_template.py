@@ -22,6 +22,7 @@ from conftest import gone, hub_config, needs_root
 from test_hub_spawn import h, make_tokens, run_code, start
 
 from minihub.app import make_app
+from minihub.context import PARTS
 from minihub.procfs import proc_stat
 from minihub.spawner.kernel_template import TEMPLATE_ENV
 
@@ -80,6 +81,17 @@ async def template_started(c: TestClient, name: str, token: str, old: set[int]) 
         await asyncio.sleep(0.5)
 
 
+async def template_ready(c: TestClient) -> None:
+    """Until the hub's template has imported what it preloads and serves (it starts in the
+    background; servers spawned before then exec their own zygote)."""
+    templates = c.server.app[PARTS].servers.spawner._templates  # type: ignore[attr-defined]
+    for _ in range(300):  # bounded: 30 s
+        if templates and all(t._sock is not None for t in templates.values()):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the kernel template never became ready")
+
+
 async def kernel_of(c: TestClient, name: str, token: str) -> dict[str, Any]:
     r = await c.post(f"/user/{name}/api/kernels", headers=h(token), json={"name": "python3"})
     assert r.status == 201, await r.text()
@@ -95,6 +107,7 @@ async def test_zygotes_fork_from_one_template_as_each_user(data_dir, make_system
     await c.start_server()
     try:
         await template_started(c, users[0].name, tok["mhkt_ann"], template_pids())
+        await template_ready(c)
         seen = {}
         for u in users:
             server_pid = (await start(c, u.name, tok[u.name]))["servers"][""]["state"]["pid"]
@@ -128,6 +141,7 @@ async def test_zygotes_fork_from_one_template_as_each_user(data_dir, make_system
         os.kill(a_tpl, signal.SIGKILL)
         assert await gone(a_tpl)
         await template_started(c, users[0].name, tok["mhkt_ann"], {a_tpl})
+        await template_ready(c)
         await start(c, users[0].name, tok["mhkt_ann"])
         who = await kernel_of(c, users[0].name, tok["mhkt_ann"])
         new_tpl = proc_stat(who["ppid"])

@@ -106,6 +106,14 @@ async def test_an_account_the_login_did_not_make_is_refused(
     assert await store.get_user(victim.name) is None
 
 
+def uid_taken(n: int) -> bool:
+    try:
+        pwd.getpwuid(n)
+        return True
+    except KeyError:
+        return False
+
+
 async def test_a_made_name_whose_account_changed_hands_is_refused(aiohttp_client, data_dir, clean):
     """The login made mhws_ann's account; the operator removed it, and the name is someone
     else's account now: the user password must not open it."""
@@ -113,7 +121,10 @@ async def test_a_made_name_whose_account_changed_hands_is_refused(aiohttp_client
     assert (await login(c, "mhws_ann", USER_PW)).status == 302
     first = uid("mhws_ann")
     userdel("mhws_ann")
-    subprocess.run(["useradd", "-m", "-K", "UID_MIN=3000", "mhws_ann"], check=True)
+    # another uid than before, chosen here: useradd's own pick may give the freed one back
+    # (the highest in use plus one, when other test processes remove accounts meanwhile)
+    other = next(n for n in range(first + 1000 if first else 4000, 60000) if not uid_taken(n))
+    subprocess.run(["useradd", "-m", "-u", str(other), "mhws_ann"], check=True)
     assert uid("mhws_ann") not in (None, first)
     r = await login(c, "mhws_ann", USER_PW)
     assert r.status == 403 and "is taken" in await r.text()
