@@ -83,21 +83,31 @@ def hub(tmp_path_factory: pytest.TempPathFactory, make_system_user: Any) -> Iter
         yield h
 
 
-@pytest.fixture
-def page(hub: Hub) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def browser(hub: Hub) -> Iterator[Any]:
+    """One Chromium for the module; each test gets a context of its own (no shared cookies)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pg = browser.new_page()
-            pg.on("dialog", lambda d: d.accept())
-            pg.goto(hub.url + "/hub/login?next=%2Fhub%2Fadmin")
-            fill_login(pg, hub.admin)
-            pg.wait_for_url("**/hub/admin")
-            yield pg
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture
+def page(hub: Hub, browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        pg.on("dialog", lambda d: d.accept())
+        pg.goto(hub.url + "/hub/login?next=%2Fhub%2Fadmin")
+        fill_login(pg, hub.admin)
+        pg.wait_for_url("**/hub/admin")
+        yield pg
+    finally:
+        context.close()
 
 
 def shot(page: Any, name: str) -> None:
