@@ -9,9 +9,11 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -62,8 +64,7 @@ async def seed(cfg: Any) -> dict[str, str]:
     return tok
 
 
-@pytest.fixture
-async def hub(data_dir: str) -> AsyncIterator[tuple[TestClient[Any, Any], FakeSpawner, str]]:
+def hub_cfg(data_dir: str) -> Any:
     cfg = hub_config(data_dir, auth__authenticator="native", hub__allow_named_servers=True)
     cfg.roles = [
         {
@@ -72,7 +73,26 @@ async def hub(data_dir: str) -> AsyncIterator[tuple[TestClient[Any, Any], FakeSp
             "users": ["tia"],
         }
     ]
-    tok = await seed(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The seeded store, made once for the module (hashing the passwords and writing N rows
+    took most of a second); every test's hub starts on a fresh copy of it."""
+    d = tmp_path_factory.mktemp("seed")
+    d.chmod(0o711)
+    tok = asyncio.run(seed(hub_cfg(str(d))))
+    return d / "minihub.sqlite", tok
+
+
+@pytest.fixture
+async def hub(
+    data_dir: str, seeded: tuple[Path, dict[str, str]]
+) -> AsyncIterator[tuple[TestClient[Any, Any], FakeSpawner, str]]:
+    cfg = hub_cfg(data_dir)
+    store, tok = seeded
+    shutil.copyfile(store, cfg.data_dir / "minihub.sqlite")
     fake = FakeSpawner()
     c: TestClient[Any, Any] = TestClient(TestServer(make_app(cfg, spawner=fake)))
     await c.start_server()
