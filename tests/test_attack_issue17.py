@@ -5,9 +5,12 @@ FakeSpawner for the admin page, the local spawner and a real account for git-pul
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -71,8 +74,7 @@ async def _seed(cfg: Any) -> str:
         await store.close()
 
 
-@pytest.fixture
-async def hub(data_dir: str) -> AsyncIterator[tuple[TestClient[Any, Any], str]]:
+def _cfg(data_dir: str) -> Any:
     cfg = hub_config(
         data_dir,
         auth__authenticator="native",
@@ -80,7 +82,26 @@ async def hub(data_dir: str) -> AsyncIterator[tuple[TestClient[Any, Any], str]]:
         auth__signup_approval=True,
     )
     cfg.roles = [TUTOR, GRADER]
-    tok = await _seed(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The seeded store, made once for the module (six bcrypt hashes took most of a second);
+    every test's hub starts on a fresh copy of it."""
+    d = tmp_path_factory.mktemp("seed")
+    d.chmod(0o711)
+    tok = asyncio.run(_seed(_cfg(str(d))))
+    return d / "minihub.sqlite", tok
+
+
+@pytest.fixture
+async def hub(
+    data_dir: str, seeded: tuple[Path, str]
+) -> AsyncIterator[tuple[TestClient[Any, Any], str]]:
+    cfg = _cfg(data_dir)
+    store, tok = seeded
+    shutil.copyfile(store, cfg.data_dir / "minihub.sqlite")
     fake = FakeSpawner()
     c: TestClient[Any, Any] = TestClient(TestServer(make_app(cfg, spawner=fake)))
     await c.start_server()
