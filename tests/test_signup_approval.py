@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pwd
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,8 +57,7 @@ def clean() -> Iterator[None]:
         userdel(n)
 
 
-@pytest.fixture
-async def hub(aiohttp_client: Any, data_dir: str, clean: None) -> AsyncIterator[Any]:
+def hub_cfg(data_dir: str) -> Any:
     cfg = hub_config(
         data_dir,
         auth__authenticator="native",
@@ -67,12 +67,32 @@ async def hub(aiohttp_client: Any, data_dir: str, clean: None) -> AsyncIterator[
         users__create_system_users=True,
     )
     cfg.roles = [{"name": "helper", "scopes": ["admin-ui", "read:users"], "users": ["ta"]}]
+    return cfg
+
+
+async def seed(cfg: Any) -> None:
     store = await Store.open(cfg.data_dir / "minihub.sqlite")
     auth = NativeAuthenticator(cfg, store)
     await create(store, auth, "boss", True, "boss-password")
     await create(store, auth, "ta", False, "ta-password")
     await create(store, auth, "joe", False, "joe-password")
     await store.close()
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded store, made once for the module (three bcrypt hashes); every test's hub
+    starts on a fresh copy of it."""
+    d = tmp_path_factory.mktemp("seed")
+    d.chmod(0o711)
+    asyncio.run(seed(hub_cfg(str(d))))
+    return d / "minihub.sqlite"
+
+
+@pytest.fixture
+async def hub(aiohttp_client: Any, data_dir: str, clean: None, seeded: Path) -> AsyncIterator[Any]:
+    cfg = hub_cfg(data_dir)
+    shutil.copyfile(seeded, cfg.data_dir / "minihub.sqlite")
     yield await aiohttp_client(make_app(cfg))
 
 
