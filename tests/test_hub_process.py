@@ -175,9 +175,22 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
             session_id = uuid.uuid4().hex
             ws = await s.ws_connect(url + f"?session_id={session_id}")
             msg_id = uuid.uuid4().hex
-            sleeper = "import time; time.sleep(2); print('done')"
+            # 'done' is printed only once the test says so, after the hub (and so its
+            # client) is gone; then the kernel says it has printed (bounded: 60 s).
+            go, printed = Path(u.home) / "mhpr-go", Path(u.home) / "mhpr-printed"
+            sleeper = (
+                f"import os, time\nfor _ in range(1200):\n    if os.path.exists({str(go)!r}):"
+                "\n        break\n    time.sleep(0.05)\nprint('done', flush=True)\n"
+                f"open({str(printed)!r}, 'w').close()"
+            )
             await ws.send_json(execute_request(sleeper, msg_id, session_id))
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(30):  # the execution has started; now the hub goes away
+                async for m in ws:
+                    msg = json.loads(m.data)
+                    if msg.get("parent_header", {}).get("msg_id") == msg_id and (
+                        msg["msg_type"] == "status" and msg["content"]["execution_state"] == "busy"
+                    ):
+                        break
             hub.send_signal(sig)
             code = await asyncio.to_thread(hub.wait, 20)  # the client keeps answering meanwhile
             assert code == (0 if sig == signal.SIGTERM else -9)
@@ -194,7 +207,12 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
             if sig == signal.SIGTERM:
                 assert closed.data == aiohttp.WSCloseCode.GOING_AWAY
             await ws.close()
-        await asyncio.sleep(2.5)  # 'done' is printed while no client is connected
+        go.touch()  # 'done' is printed while no client is connected
+        for _ in range(300):
+            if printed.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert printed.exists(), "the kernel did not print while the hub was down"
         hub = start_hub(cmd, port, log)
         async with aiohttp.ClientSession(headers=h(token)) as s:
             r = await s.get(f"{base}/user/{u.name}/api/kernels/{kernel['id']}")
