@@ -4,6 +4,7 @@ in Chromium, and running code in a kernel over its websocket (through the hub's 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,46 @@ def hub_process(toml: Path, data_dir: str | Path, log: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_hub(proc)
+
+
+# --- users and tokens for a hub process, made before it starts ------------------------------
+CLI_TOKEN_NOTE = "Requested via minihub token"
+
+
+def add_users(
+    data: str | Path,
+    names: Iterable[str],
+    toml: str | Path | None = None,
+    admins: Iterable[str] = (),
+) -> dict[str, str]:
+    """What `minihub [-f toml] --data-dir data user add NAME [--admin]` and then
+    `minihub ... token NAME` do for each name (not native: no password is asked), done in
+    this process: {name: API token}. Two CLI processes a user took ~1.7 s (each imports the
+    hub and every plugin); test_config_cli tests the commands themselves."""
+    from minihub import users
+    from minihub.config import find_config, load
+    from minihub.plugins import make_authenticator
+    from minihub.store import Store
+
+    cfg = load(find_config(str(toml) if toml else None), {"hub.data_dir": str(data)})
+    admin = set(admins)
+
+    async def main() -> dict[str, str]:
+        cfg.data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        store = await Store.open(cfg.data_dir / "minihub.sqlite")
+        try:
+            auth = make_authenticator(cfg, store)
+            tokens = {}
+            for name in names:
+                user = await users.create(store, auth, name, name in admin)
+                tokens[name] = (await users.new_token(store, user, CLI_TOKEN_NOTE))[0]
+            return tokens
+        finally:
+            await store.close()
+
+    # A thread of its own: callers may be async tests, whose loop is running in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result(timeout=60)
 
 
 # --- the login form in Chromium --------------------------------------------------------------

@@ -67,15 +67,7 @@ def make_hub(tmp: Path, users: list[str], toml: str) -> Hub:
     cfg = tmp / "minihub.toml"
     cfg.write_text(toml)
     cli = [*MINIHUB, "-f", str(cfg), "--data-dir", str(data)]
-    tokens = {}
-    for name in users:
-        assert (
-            subprocess.run([*cli, "user", "add", name], capture_output=True, check=False).returncode
-            == 0
-        )
-        tokens[name] = subprocess.run(
-            [*cli, "token", name], capture_output=True, text=True, check=True
-        ).stdout.strip()
+    tokens = helpers.add_users(data, users, cfg)
     cmd = [*cli, "--port", str(port)]
     return Hub(cmd, port, data, log, tokens, start_hub(cmd, port, log))
 
