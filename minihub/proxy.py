@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import logging
 import re
-import ssl
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import proxy_client as pc
+from . import trust
 from .errors import BadRequest, HubError
 from .singleuser import PROOF_HEADER, SECRET_HEADER
 
@@ -202,8 +202,8 @@ class Proxy:
         # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
         self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
         # Servers reached over https (e.g. pods with their own certificate) are verified
-        # against the system's CAs, or the file [hub] server_ca_file names.
-        self._tls = ssl.create_default_context(cafile=server_ca_file or None)
+        # against the system's CAs, or the file [hub] server_ca_file names (made at first use).
+        self._ca_file = server_ca_file
         # limit=0: every open websocket holds a connection; a cap would stall the next.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0)
         self._session = aiohttp.ClientSession(
@@ -292,7 +292,7 @@ class Proxy:
                 head,
                 body,
                 length,
-                self._tls if upstream.scheme == "https" else None,
+                trust.client_context(self._ca_file) if upstream.scheme == "https" else None,
             )
         except pc.UpstreamError as e:
             raise _upstream_error(e, upstream) from None
@@ -326,7 +326,7 @@ class Proxy:
                 max_msg_size=self._ws_max_msg_size,
                 compress=0,
                 decode_text=False,
-                ssl=self._tls,
+                ssl=trust.client_context(self._ca_file) if upstream.scheme == "https" else True,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._ws_close_timeout),
             )
         except aiohttp.WSServerHandshakeError as e:

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from . import trust
 from .auth import secrets as S
 from .config import Config
 from .errors import BadRequest, SpawnError, TooManyRequests
@@ -154,12 +155,7 @@ class Servers:
 
     # --- lifetime ---------------------------------------------------------------------
     async def open(self) -> None:
-        # Readiness and activity probes verify an https server as the proxy does: against
-        # the system's CAs, or [hub] server_ca_file.
-        tls = ssl.create_default_context(cafile=str(self.cfg.get("hub.server_ca_file")) or None)
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=5), connector=aiohttp.TCPConnector(ssl=tls)
-        )
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         await self.adopt()
         self._poller = asyncio.create_task(self._poll_loop(), name="minihub-poll-servers")
 
@@ -391,11 +387,21 @@ class Servers:
         assert self._http is not None
         try:
             async with self._http.get(
-                url, headers={SECRET_HEADER: srv.secret}, timeout=aiohttp.ClientTimeout(total=2)
+                url,
+                headers={SECRET_HEADER: srv.secret},
+                timeout=aiohttp.ClientTimeout(total=2),
+                ssl=self._tls(url),
             ) as r:
                 return self.protocol.ready(r.status, r.headers, srv.proof)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
+
+    def _tls(self, url: str) -> ssl.SSLContext | bool:
+        """Probes verify an https server as the proxy does: against the system's CAs, or
+        [hub] server_ca_file."""
+        if url.startswith("https:"):
+            return trust.client_context(str(self.cfg.get("hub.server_ca_file")))
+        return True
 
     def _row(self, srv: Server, state: str) -> ServerRow:
         e = srv.endpoint
@@ -501,12 +507,12 @@ class Servers:
         url = f"{srv.endpoint.origin}{self.prefix(srv)}api/"
         hdr = {SECRET_HEADER: srv.secret}
         try:
-            async with self._http.get(url + "status", headers=hdr) as r:
+            async with self._http.get(url + "status", headers=hdr, ssl=self._tls(url)) as r:
                 genuine = self.protocol.ready(r.status, r.headers, srv.proof)
                 status = await r.json() if genuine else {}
             last = parse_time(status.get("last_activity"))
             if status.get("kernels"):
-                async with self._http.get(url + "kernels", headers=hdr) as r:
+                async with self._http.get(url + "kernels", headers=hdr, ssl=self._tls(url)) as r:
                     kernels = await r.json() if r.status == 200 else []
                 if any(k.get("execution_state") == "busy" for k in kernels):
                     last = time.time()

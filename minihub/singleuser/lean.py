@@ -12,10 +12,13 @@ kernels and terminals run other interpreters and are untouched.
 from __future__ import annotations
 
 import importlib.abc
+import os
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+
+from .. import trust
 
 FORMAT_CHECKERS = frozenset(
     {
@@ -68,5 +71,25 @@ def install() -> None:
 
 
 def install_hub() -> None:
-    """In any minihub process (before aiohttp is imported): no aiodns."""
+    """In any minihub process (before aiohttp is imported): no aiodns, no CA bundle read."""
     _refuse(RESOLVERS, "minihub")
+    _import_aiohttp_with_cas_on_demand()
+
+
+def _import_aiohttp_with_cas_on_demand() -> None:
+    """aiohttp makes its two default client contexts as it is imported, each reading the whole
+    CA bundle (~0.9 MiB, ~45 ms: see minihub.trust). Imported with the bundle named away
+    (SSL_CERT_FILE, for this import only), they keep OpenSSL's default directory and read a CA
+    from it when a handshake needs one; only where that directory has hashed names, so that
+    they trust exactly what they would have."""
+    if "aiohttp" in sys.modules or not trust.hashed_ca_dir():
+        return
+    before = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        import aiohttp  # noqa: F401 - imported here for its contexts' sake
+    finally:
+        if before is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = before
