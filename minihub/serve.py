@@ -7,6 +7,7 @@ users' servers keep running unless [hub] cleanup_servers. SIGHUP reloads the cer
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import gc
 import logging
@@ -145,12 +146,25 @@ async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     # request for up to ~25 ms under load (~3 ms frozen).
     gc.collect()
     gc.freeze()
+    _return_free_memory()
     await stop.wait()
     log.info("shutting down: finishing requests for up to %gs", grace)
     if redirect is not None:
         await redirect.cleanup()
     await runner.cleanup()
     log.info("stopped")
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the system once start-up is done: what importing,
+    reading the database and re-adopting servers freed stays resident otherwise (glibc's
+    malloc_trim; measured ~1.4 MiB of the hub's PSS at rest)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
 
 
 async def _redirect_listener(cfg: Config) -> web.AppRunner | None:
