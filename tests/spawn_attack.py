@@ -38,10 +38,11 @@ class Hub:
 
     def token(self, name: str) -> str:
         """Add `name` (an existing system account) to the hub; an API token for it."""
-        self.cli("user", "add", name)
-        tok = self.cli("token", name).stdout.strip()
-        assert tok, f"no token for {name}"
-        return tok
+        return self.tokens_for([name])[name]
+
+    def tokens_for(self, names: list[str]) -> dict[str, str]:
+        """`token` for each name (what `minihub user add` and `minihub token` do)."""
+        return helpers.add_users(self.data, names, self.toml)
 
     def server_row(self, name: str) -> tuple[int, str]:
         """(pid, nonce) of the user's server, from the hub's database."""
@@ -66,7 +67,7 @@ async def running_hub(tmp: Path, toml: str = "", users: tuple[str, ...] = ()) ->
     cmd = [*MINIHUB, "-f", str(path), "--data-dir", str(data), "--port", str(port)]
     log = tmp / "hub.log"
     hub = Hub(f"http://127.0.0.1:{port}", data, log, None, path)
-    hub.tokens = {name: hub.token(name) for name in users}
+    hub.tokens = hub.tokens_for(list(users))
     hub.proc = start_hub(cmd, port, log)
     try:
         yield hub
