@@ -81,29 +81,33 @@ def add_users(
     names: Iterable[str],
     toml: str | Path | None = None,
     admins: Iterable[str] = (),
+    tokens: Iterable[str] | None = None,
 ) -> dict[str, str]:
     """What `minihub [-f toml] --data-dir data user add NAME [--admin]` and then
     `minihub ... token NAME` do for each name (not native: no password is asked), done in
-    this process: {name: API token}. Two CLI processes a user took ~1.7 s (each imports the
-    hub and every plugin); test_config_cli tests the commands themselves."""
+    this process: {name: API token}, for the `tokens` names only if given. Two CLI
+    processes a user took ~1.7 s (each imports the hub and every plugin); test_config_cli
+    tests the commands themselves."""
     from minihub import users
     from minihub.config import find_config, load
     from minihub.plugins import make_authenticator
     from minihub.store import Store
 
     cfg = load(find_config(str(toml) if toml else None), {"hub.data_dir": str(data)})
-    admin = set(admins)
+    names = list(names)
+    admin, wanted = set(admins), set(names if tokens is None else tokens)
 
     async def main() -> dict[str, str]:
         cfg.data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         store = await Store.open(cfg.data_dir / "minihub.sqlite")
         try:
             auth = make_authenticator(cfg, store)
-            tokens = {}
+            made = {}
             for name in names:
                 user = await users.create(store, auth, name, name in admin)
-                tokens[name] = (await users.new_token(store, user, CLI_TOKEN_NOTE))[0]
-            return tokens
+                if name in wanted:
+                    made[name] = (await users.new_token(store, user, CLI_TOKEN_NOTE))[0]
+            return made
         finally:
             await store.close()
 

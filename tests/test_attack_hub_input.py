@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from aiohttp import web
 from conftest import hub_config, hub_log_faults, needs_root
+from helpers import add_users
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_config_cli import MINIHUB, free_port, start_hub
@@ -115,20 +116,8 @@ def running_hub(tmp: Path, boss: Any, amy: Any) -> Iterator[RealHub]:
     toml = tmp / "m.toml"
     toml.write_text("[auth]\nlogin_failure_delay_seconds = 1.0\n")
     cli = [*MINIHUB, "-f", str(toml), "--data-dir", str(data)]
-    for name, extra in ((boss.name, ["--admin"]), (amy.name, [])):
-        r = subprocess.run(
-            [*cli, "user", "add", name, *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert r.returncode == 0, r.stderr
-    r = subprocess.run(
-        [*cli, "token", boss.name], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert r.returncode == 0, r.stderr
-    token = r.stdout.strip().splitlines()[-1]
+    names = [boss.name, amy.name]
+    token = add_users(data, names, toml, admins=[boss.name], tokens=[boss.name])[boss.name]
     proc = start_hub([*cli, "--port", str(port), "--log-level", "DEBUG"], port, log)
     hub = RealHub(port, token, log, data / "minihub.sqlite", proc, boss.name, amy)
     try:
