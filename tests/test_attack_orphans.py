@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 from conftest import needs_root
-from helpers import execute
+from helpers import add_users, execute
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
 
@@ -56,15 +56,7 @@ async def _kernel_pid(s: aiohttp.ClientSession, base: str, user: str) -> int:
 def _hub(tmp_path: Path, name: str, *extra: str) -> tuple[list[str], int, Path, str]:
     data, port = tmp_path / "data", free_port()
     cmd = [*MINIHUB, "--data-dir", str(data), "--port", str(port), *extra]
-    assert (
-        subprocess.run(
-            [*MINIHUB, "--data-dir", str(data), "user", "add", name], capture_output=True
-        ).returncode
-        == 0
-    )
-    token = subprocess.run(
-        [*MINIHUB, "--data-dir", str(data), "token", name], capture_output=True, text=True
-    ).stdout.strip()
+    token = add_users(data, [name])[name]
     return cmd, port, data, token
 
 
