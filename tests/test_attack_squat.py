@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import needs_root
+from helpers import add_users
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
 
@@ -233,15 +234,7 @@ async def test_killing_the_server_and_taking_its_port_gets_nothing(tmp_path, mak
     u = make_system_user("mhsq_eve")
     data, port = tmp_path / "data", free_port()
     cmd = [*MINIHUB, "--data-dir", str(data), "--port", str(port)]
-    assert (
-        subprocess.run(
-            [*MINIHUB, "--data-dir", str(data), "user", "add", u.name], capture_output=True
-        ).returncode
-        == 0
-    )
-    token = subprocess.run(
-        [*MINIHUB, "--data-dir", str(data), "token", u.name], capture_output=True, text=True
-    ).stdout.strip()
+    token = add_users(data, [u.name])[u.name]
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     base = f"http://127.0.0.1:{port}"
