@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import trustme
 from conftest import needs_root
-from helpers import execute_request
+from helpers import add_users, execute_request
 from test_config_cli import MINIHUB, free_port, start_hub
 from test_hub_spawn import h
 
@@ -147,18 +147,7 @@ async def test_hub_restart_keeps_kernel_running(tmp_path, make_system_user, sig)
     u = make_system_user(f"mhpr_{sig.name.lower()}")
     data, port = tmp_path / "data", free_port()
     cmd = [*MINIHUB, "--data-dir", str(data), "--port", str(port)]
-    token = (
-        subprocess.run(
-            [*MINIHUB, "--data-dir", str(data), "user", "add", u.name],
-            capture_output=True,
-            text=True,
-        ).returncode
-        == 0
-        and subprocess.run(
-            [*MINIHUB, "--data-dir", str(data), "token", u.name], capture_output=True, text=True
-        ).stdout.strip()
-    )
-    assert token
+    token = add_users(data, [u.name])[u.name]
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     base = f"http://127.0.0.1:{port}"
