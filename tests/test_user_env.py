@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import needs_root
-from helpers import execute, hub_process
+from helpers import add_users, execute, hub_process
 from test_hub_spawn import h
 from test_singleuser_terminals import Term
 
@@ -45,16 +45,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, make_system_user: Any) -> Ite
     tmp = tmp_path_factory.mktemp("userenv")
     data = tmp / "data"
     users = [make_system_user("mhue_ann"), make_system_user("mhue_bob")]
-    tokens = {}
-    for u in users:
-        subprocess.run([*MINIHUB, "--data-dir", str(data), "user", "add", u.name], check=True)
-        out = subprocess.run(
-            [*MINIHUB, "--data-dir", str(data), "token", u.name],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        tokens[u.name] = out.stdout.strip().splitlines()[-1]
+    tokens = add_users(data, [u.name for u in users])
     toml = tmp / "m.toml"
     toml.write_text(f'[spawner]\nuser_env = "{ENV}"\n')
     with hub_process(toml, data, tmp / "hub.log") as base:
