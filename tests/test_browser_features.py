@@ -304,7 +304,7 @@ def test_autosave_when_dirty(context: Any, server: Server) -> None:
     put_notebook(server, path, [""])
     page = context.new_page()
     # The page-level setting that shortens Jupyter's two minutes.
-    page.add_init_script("window.minihubSettings = {autosaveSeconds: 1}")
+    page.add_init_script("window.minihubSettings = {autosaveSeconds: 0.5}")  # its least
     page.goto(server.url + "notebooks/" + path)
     wait_idle(page)
 
@@ -321,7 +321,7 @@ def test_autosave_when_dirty(context: Any, server: Server) -> None:
     put_notebook(server, path, ["someone else's version"])
     type_in_cell(page, 0, " and more")
     page.locator("#notice.error", has_text="autosave is paused").wait_for()
-    page.wait_for_timeout(2500)  # two more autosave ticks: still nothing written
+    page.wait_for_timeout(1250)  # two more autosave ticks: still nothing written
     assert disk_sources(server, path) == ["someone else's version"]
     assert page.evaluate("window.minihubNotebook.dirty")
 
