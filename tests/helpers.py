@@ -82,10 +82,11 @@ def add_users(
     toml: str | Path | None = None,
     admins: Iterable[str] = (),
     tokens: Iterable[str] | None = None,
+    passwords: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """What `minihub [-f toml] --data-dir data user add NAME [--admin]` and then
-    `minihub ... token NAME` do for each name (not native: no password is asked), done in
-    this process: {name: API token}, for the `tokens` names only if given. Two CLI
+    """What `minihub [-f toml] --data-dir data user add NAME [--admin]` (with the password
+    from `passwords` a native hub asks for) and then `minihub ... token NAME` do for each
+    name, done in this process: {name: API token}, for the `tokens` names only if given. Two CLI
     processes a user took ~1.7 s (each imports the hub and every plugin); test_config_cli
     tests the commands themselves."""
     from minihub import users
@@ -104,7 +105,8 @@ def add_users(
             auth = make_authenticator(cfg, store)
             made = {}
             for name in names:
-                user = await users.create(store, auth, name, name in admin)
+                pw = (passwords or {}).get(name)
+                user = await users.create(store, auth, name, name in admin, pw)
                 if name in wanted:
                     made[name] = (await users.new_token(store, user, CLI_TOKEN_NOTE))[0]
             return made

@@ -217,10 +217,10 @@ def test_cli_user_commands(tmp_path, native_toml):
 
 async def test_rest_shutdown_needs_its_scope_and_stops_the_hub(hub_proc, tmp_path, native_toml):
     cmd, port, data = hub_proc
-    cli = ["-f", str(native_toml), "--data-dir", str(data)]
-    assert run(*cli, "user", "add", "boss", "--admin", stdin="boss-password-1\n").returncode == 0
-    assert run(*cli, "user", "add", "pupil", stdin="pupil-password-1\n").returncode == 0
-    tokens = {n: run(*cli, "token", n).stdout.strip() for n in ("boss", "pupil")}
+    from helpers import add_users  # helpers imports this module
+
+    passwords = {"boss": "boss-password-1", "pupil": "pupil-password-1"}
+    tokens = add_users(data, passwords, native_toml, admins=["boss"], passwords=passwords)
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     url = f"http://127.0.0.1:{port}/hub/api/shutdown"
