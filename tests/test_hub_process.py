@@ -52,14 +52,7 @@ async def test_tls_hsts_secure_cookie_sighup_and_redirect(tmp_path):
         '[auth]\nauthenticator = "native"\n'
     )
     data = tmp_path / "data"
-    assert (
-        subprocess.run(
-            [*MINIHUB, "-f", str(toml), "--data-dir", str(data), "user", "add", "tess"],
-            input="tess-password\n",
-            text=True,
-        ).returncode
-        == 0
-    )
+    add_users(data, ["tess"], toml, tokens=[], passwords={"tess": "tess-password"})
     hub = start_hub(
         [*MINIHUB, "-f", str(toml), "--data-dir", str(data), "--port", str(port)],
         port,
