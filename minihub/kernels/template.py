@@ -19,7 +19,6 @@ Runs as `python -E -s -c COMMAND fd` (no PYTHON* variables, no user site: it is 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import resource
@@ -78,8 +77,7 @@ def serve(fd: int) -> None:
     for name in KERNEL_START:
         with contextlib.suppress(Exception):
             __import__(name)
-    gc.collect()
-    gc.freeze()  # the children's collections then leave the shared pages alone
+    forkloop.settle()
     exits = forkloop.ChildExits()
     sock.send(json.dumps({"ready": os.getpid()}).encode())
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -143,8 +142,7 @@ def _zygote(sock: socket.socket) -> None:
     except Exception as e:  # noqa: BLE001 - a kernel exec'd instead will say what is wrong
         _send(sock, {"error": f"cannot import ipykernel: {e}"})
         os._exit(1)
-    gc.collect()
-    gc.freeze()  # keep the imported objects' pages shared with the children
+    forkloop.settle()
     request = _serve(sock)
     _run_child(request)
 

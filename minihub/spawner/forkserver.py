@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import gc
 import itertools
 import json
 import logging
@@ -412,7 +411,7 @@ def zygote(fd: int, preload_kernels: bool = True) -> None:
     sock = socket.socket(fileno=fd)
     exits = forkloop.ChildExits()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    gc.freeze()  # the children's collections then leave the shared pages alone
+    forkloop.settle()
 
     def on_request() -> bool | None:
         msg, fds, _, _ = socket.recv_fds(sock, _MSG_MAX, 5)
