@@ -396,13 +396,10 @@ def forkable(cmd: list[str]) -> bool:
 def zygote(fd: int, preload_kernels: bool = True) -> None:
     """Import the server once, then fork one child per request until the hub goes away.
     `preload_kernels`: also import ipykernel, for kernels that run the hub's Python."""
-    from minihub.singleuser import lean
-
-    lean.install()
-    import minihub.singleuser.app  # noqa: F401 - the imports every server shares
     from minihub.kernels import zygote as kernel_zygote
+    from minihub.singleuser import preload
 
-    _warm_server()
+    preload.warm()
 
     if preload_kernels:
         with contextlib.suppress(Exception):  # servers' kernel zygotes share ipykernel's pages
@@ -432,17 +429,6 @@ def zygote(fd: int, preload_kernels: bool = True) -> None:
         return None
 
     forkloop.serve(sock, exits, send, on_request)
-
-
-def _warm_server() -> None:
-    """What a server imports when it first opens a notebook: nbformat, jsonschema (less its
-    format checkers: singleuser/lean.py) and the validator built for the schema, 12.7 MiB
-    resident, measured. Here, they are shared by every server instead of each one's own."""
-    with contextlib.suppress(Exception):  # a server that needs them imports them itself
-        from minihub.singleuser import contents
-
-        nbf = contents.nbf()
-        nbf.validate(nbf.v4.new_notebook())
 
 
 def _fork_one(
