@@ -166,7 +166,7 @@ THE_ATTACK = [
 def test_bad_link_then_autosave_keeps_all_four_cells(context: Any, hub: Hub) -> None:
     path = write_nb(hub, "mhas_attack.ipynb", notebook(THE_ATTACK))
     original = path.read_bytes()
-    nb = open_nb(context, hub, path.name, autosave=1)
+    nb = open_nb(context, hub, path.name, autosave=0.5)
     page = nb.page
     cells = page.locator(".cell")
     assert cells.count() == 4 and cell_count(page) == 4
