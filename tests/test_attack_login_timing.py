@@ -10,12 +10,11 @@ their durations (those are in scripts/bench/login_flood.py).
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import needs_root
+from helpers import add_users
 from test_attack_lockout import client, post_login, real_hub
 
 DELAY = 3.0  # long beside a correct login (tens of ms), so the order of answers is robust
@@ -38,28 +37,11 @@ async def logged(log: Path, needles: list[str]) -> bool:
     return False
 
 
-def native_user(tmp_path: Path, name: str, password: str) -> None:
+def native_users(tmp_path: Path, passwords: dict[str, str]) -> None:
+    """What `minihub user add NAME` (each with its password) does, in this process."""
     cfg = tmp_path / "hub.toml"
     cfg.write_text(hub_toml("native"))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "minihub",
-            "-f",
-            str(cfg),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "user",
-            "add",
-            name,
-        ],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    add_users(tmp_path / "data", passwords, cfg, tokens=[], passwords=passwords)
 
 
 @needs_root
@@ -68,8 +50,7 @@ async def test_unknown_name_and_wrong_password_answer_alike(tmp_path, make_syste
     known = make_system_user(f"mhtm_{kind}1")
     other = make_system_user(f"mhtm_{kind}2")
     if kind == "native":
-        for u in (known, other):
-            native_user(tmp_path, u.name, u.password)
+        native_users(tmp_path, {u.name: u.password for u in (known, other)})
     with real_hub(tmp_path, hub_toml(kind)) as (base, log):
         async with client() as s1, client() as s2, client() as s3:
             unknown = asyncio.create_task(post_login(s1, base, "mhtm_nosuch", "wrong-pass-1"))
