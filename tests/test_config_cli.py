@@ -138,8 +138,10 @@ def start_hub(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
 
 async def test_sigkill_loses_nothing_and_logs_hold_no_secrets(hub_proc, tmp_path, native_toml):
     cmd, port, data = hub_proc
+    from helpers import add_users  # helpers imports this module
+
     cli = ["-f", str(native_toml), "--data-dir", str(data)]
-    assert run(*cli, "user", "add", "ops", "--admin", stdin="ops-password-1\n").returncode == 0
+    add_users(data, ["ops"], native_toml, ["ops"], [], {"ops": "ops-password-1"})
     log = tmp_path / "hub.log"
     hub = start_hub(cmd, port, log)
     url = f"http://127.0.0.1:{port}"
