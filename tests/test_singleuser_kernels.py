@@ -222,7 +222,7 @@ async def test_idle_kernels_are_culled(
         deadline = time.monotonic() + 30
         while await kernel_model(http, srv, kid) is not None:
             assert time.monotonic() < deadline, "kernel was never culled"
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.1)
         assert "culling kernel" in srv.log.read_text()
     finally:
         srv.stop()
