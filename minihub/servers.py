@@ -46,6 +46,12 @@ PROBE_BACKOFF, PROBE_MAX_INTERVAL = 1.5, 0.5
 POLL_EVERY = 5.0
 SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
 _DRAIN_TURNS = 3  # loop turns the progress follower gets after start returns
+PORT_TAKEN_RETRIES = 2  # starts again on another port, for a server that binds its own
+# What a server that exits because its port is taken says: the system's words (EADDRINUSE)
+# and Jupyter Server's (port_retries = 0, as jupyterhub-singleuser runs it).
+_PORT_TAKEN = re.compile(
+    r"Address already in use|could not be started because port \d+ is not available"
+)
 
 # JupyterHub 6's server names (its "safe slug": a lowercase letter first, a letter or digit
 # last, no "--"); and names the default server's own pages use, which a named server would
@@ -281,15 +287,28 @@ class Servers:
     async def _start(self, user: User, srv: Server) -> None:
         t0 = time.monotonic()
         try:
-            launch = await self._launch(user, srv)
-            started = await self._run_start(launch, srv)
-            srv.endpoint, srv.state = started.endpoint, started.state
-            srv.started = srv.last_activity = time.time()
-            # Stored before it is ready: a hub killed now finds it at restart and stops it,
-            # instead of starting a second server for the same user beside it.
-            await self.store.save_server(self._row(srv, "starting"))
-            srv.progress.append("Waiting for the server to answer")
-            await self._wait_ready(srv)
+            for attempt in range(1 + PORT_TAKEN_RETRIES):
+                launch = await self._launch(user, srv)
+                started = await self._run_start(launch, srv)
+                srv.endpoint, srv.state = started.endpoint, started.state
+                srv.started = srv.last_activity = time.time()
+                # Stored before it is ready: a hub killed now finds it at restart and stops
+                # it, instead of starting a second server for the same user beside it.
+                await self.store.save_server(self._row(srv, "starting"))
+                srv.progress.append("Waiting for the server to answer")
+                try:
+                    await self._wait_ready(srv)
+                    break
+                except SpawnError as e:
+                    if attempt == PORT_TAKEN_RETRIES or not _port_was_taken(e):
+                        raise
+                # A server that binds its own port (jupyterhub-singleuser) got one free when
+                # handed out, which another process took before the server bound it.
+                log.warning("%s: its port was taken before it bound it; again", srv.label)
+                srv.progress.append("Its port was taken meanwhile: starting it on another")
+                await self.spawner.stop(srv.state, 2)
+                await self._forget_run(srv)
+                srv.status = "pending"
             await self.store.save_server(self._row(srv, "running"))
             srv.status = "running"
             srv.spawn_seconds = time.monotonic() - t0
@@ -595,6 +614,12 @@ def parse_time(text: object) -> float:
         return parse_iso(text)
     except ValueError:
         return 0.0
+
+
+def _port_was_taken(e: SpawnError) -> bool:
+    return e.message.startswith("Server exited during start") and bool(
+        _PORT_TAKEN.search(e.log_tail)
+    )
 
 
 def _exit_text(status: int) -> str:
