@@ -183,6 +183,17 @@ def hub_pss_mib(hub: Hub) -> tuple[float, float]:
     return pss_kib(pids["hub"]) / 1024, sum(pss_kib(p) for p in pids.values()) / 1024
 
 
+def anon_mib(pid: int) -> float:
+    """The process's own memory (Pss_Anon): PSS less the file pages (the Python executable,
+    libcrypto, extension modules) that it shares with whatever else runs them, so that PSS
+    moves with what else runs on the machine and this does not."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss_Anon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -317,6 +328,7 @@ async def users_part(hub: Hub, levels: list[int], requests: int) -> list[dict[st
         await asyncio.sleep(3)
         row["pss_hub"], row["pss_all"] = hub_pss_mib(hub)
         row["rss_hub"] = rss_mib(hub.proc.pid)
+        row["anon_hub"] = anon_mib(hub.hub_pids()["hub"])
         async with Client(hub.url, hub.token) as c:
             page = await timed(
                 c.session, c.api("/users?limit=200"), 5, headers={"Accept": PAGINATION}
