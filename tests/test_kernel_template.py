@@ -78,7 +78,11 @@ async def template_started(c: TestClient, name: str, token: str, old: set[int]) 
         raise AssertionError("no kernel template started")
     finally:
         await c.delete(f"/hub/api/users/{name}/server", headers=h(token))
-        await asyncio.sleep(0.5)
+        for _ in range(300):  # bounded: 30 s until it is stopped, not only asked to stop
+            model = await (await c.get(f"/hub/api/users/{name}", headers=h(token))).json()
+            if model["server"] is None and model["pending"] is None:
+                break
+            await asyncio.sleep(0.05)
 
 
 async def template_ready(c: TestClient) -> None:
