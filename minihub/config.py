@@ -343,6 +343,16 @@ HUB_SETTINGS: list[Setting] = [
         60,
         "Seconds a server may take to answer before its start counts as failed.",
     ),
+    Setting(
+        "spawner",
+        "slow_spawn_timeout",
+        (int, float),
+        10,
+        "Seconds a start request waits for the server to answer before it returns 202 "
+        "(pending); the page then follows the start's progress. JupyterHub's "
+        "slow_spawn_timeout.",
+        check=between(0, 300),
+    ),
     _s(
         "spawner",
         "stop_timeout",

@@ -44,7 +44,7 @@ PROBE_INTERVAL = 0.05
 # per spawn (scripts/bench/kube.py); a server ready at once is still seen within 50 ms.
 PROBE_BACKOFF, PROBE_MAX_INTERVAL = 1.5, 0.5
 POLL_EVERY = 5.0
-SLOW_SPAWN = 10.0  # POST /server answers 202 (pending) after this long
+SLOW_SPAWN: float | None = None  # a test's own [spawner] slow_spawn_timeout, if it sets one
 _DRAIN_TURNS = 3  # loop turns the progress follower gets after start returns
 PORT_TAKEN_RETRIES = 2  # starts again on another port, for a server that binds its own
 # What a server that exits because its port is taken says: the system's words (EADDRINUSE)
@@ -228,8 +228,9 @@ class Servers:
         user_options: dict[str, Any] | None = None,
     ) -> Server:
         """Start this server of `user` (if not already up); return after `wait` s at most
-        (default SLOW_SPAWN, read now so that a test can shorten it)."""
-        wait = SLOW_SPAWN if wait is None else wait
+        (default [spawner] slow_spawn_timeout)."""
+        if wait is None:
+            wait = float(self.sp["slow_spawn_timeout"] if SLOW_SPAWN is None else SLOW_SPAWN)
         self.check_name(user, name)
         srv = self.get(user, name)
         if srv.status == "stopped":

@@ -108,6 +108,7 @@ async def test_a_hub_killed_mid_spawn_stops_that_server_when_it_returns(tmp_path
     cfg = tmp_path / "minihub.toml"
     cfg.write_text(
         f"[spawner]\ncmd = {json.dumps([python, '-c', SLOW_SERVER])}\nstart_timeout = 120\n"
+        "slow_spawn_timeout = 1\n"  # the 202 after 1 s, not 10: the server is still starting
     )
     cmd = [*MINIHUB, "-f", str(cfg), *cmd[len(MINIHUB) :]]
     log = tmp_path / "hub.log"
