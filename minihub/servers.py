@@ -289,15 +289,15 @@ class Servers:
         t0 = time.monotonic()
         try:
             for attempt in range(1 + PORT_TAKEN_RETRIES):
-                launch = await self._launch(user, srv)
-                started = await self._run_start(launch, srv)
-                srv.endpoint, srv.state = started.endpoint, started.state
-                srv.started = srv.last_activity = time.time()
-                # Stored before it is ready: a hub killed now finds it at restart and stops
-                # it, instead of starting a second server for the same user beside it.
-                await self.store.save_server(self._row(srv, "starting"))
-                srv.progress.append("Waiting for the server to answer")
                 try:
+                    launch = await self._launch(user, srv)
+                    started = await self._run_start(launch, srv)
+                    srv.endpoint, srv.state = started.endpoint, started.state
+                    srv.started = srv.last_activity = time.time()
+                    # Stored before it is ready: a hub killed now finds it at restart and
+                    # stops it, instead of starting a second server for the user beside it.
+                    await self.store.save_server(self._row(srv, "starting"))
+                    srv.progress.append("Waiting for the server to answer")
                     await self._wait_ready(srv)
                     break
                 except SpawnError as e:
@@ -307,7 +307,8 @@ class Servers:
                 # handed out, which another process took before the server bound it.
                 log.warning("%s: its port was taken before it bound it; again", srv.label)
                 srv.progress.append("Its port was taken meanwhile: starting it on another")
-                await self.spawner.stop(srv.state, 2)
+                if srv.state:
+                    await self.spawner.stop(srv.state, 2)
                 await self._forget_run(srv)
                 srv.status = "pending"
             await self.store.save_server(self._row(srv, "running"))
@@ -618,9 +619,10 @@ def parse_time(text: object) -> float:
 
 
 def _port_was_taken(e: SpawnError) -> bool:
-    return e.message.startswith("Server exited during start") and bool(
-        _PORT_TAKEN.search(e.log_tail)
-    )
+    """The server said so as it exited, or the hub found the port taken as it started it."""
+    if e.message.startswith("Server exited during start"):
+        return bool(_PORT_TAKEN.search(e.log_tail))
+    return e.message.startswith("Cannot listen on") and "Address already in use" in e.message
 
 
 def _exit_text(status: int) -> str:

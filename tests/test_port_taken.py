@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from typing import Any
 
@@ -32,7 +33,7 @@ attempts = len(open(os.path.expanduser("~/attempts")).read().split())
 if sys.argv[1] == "broken":
     sys.exit("this server is broken")
 host = url.hostname or "127.0.0.1"
-if attempts == 1:  # someone holds the port: for real, a listener of its own
+if attempts == 1 and sys.argv[1] == "taken":  # its port taken: for real, by itself
     holder = socket.socket()
     holder.bind((host, url.port))
     holder.listen()
@@ -100,3 +101,47 @@ async def test_a_taken_port_is_retried_and_nothing_else_is(
         assert len(attempts) == 1  # a broken server is not started again
         assert "this server is broken" in model["failed"]["log_tail"]
         assert "Its port was taken" not in said
+
+
+@needs_root
+async def test_a_port_found_taken_as_the_hub_starts_the_server_is_retried(
+    aiohttp_client: Any, data_dir: str, make_system_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub checks the port once more as it starts the server; taken by then (here the
+    first port handed out has a listener of the test's own), it starts it on another."""
+    from minihub.spawner import local
+
+    u = make_system_user("mhpt_hub")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    handed: list[int] = []
+    real = local.free_port
+
+    def first_one_taken(host: str) -> int:
+        handed.append(taken if not handed else real(host))
+        return handed[-1]
+
+    monkeypatch.setattr(local, "free_port", first_one_taken)
+    port = free_port()
+    cfg = hub_config(
+        data_dir,
+        hub__port=port,
+        spawner__server="jupyterhub-singleuser",
+        spawner__cmd=[sys.executable, "-c", SERVER, "taken-later"],
+        spawner__start_timeout=20,
+    )
+    try:
+        c = await aiohttp_client(make_app(cfg), server_kwargs={"port": port})
+        r = await login(c, u.name, u.password)
+        assert r.status == 302, await r.text()
+        model = await spawn(c, u.name)
+        said = await progress(c, u.name)
+        assert model.get("server"), said
+        assert handed[0] == taken and len(handed) == 2  # started once, on the second port
+        assert "Its port was taken meanwhile" in said
+        r = await c.get(f"/user/{u.name}/api", allow_redirects=False)
+        assert r.status == 200 and await r.text() == "ok"
+    finally:
+        squatter.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -549,6 +550,26 @@ def _take_back(port: int) -> None:
         _HANDED.pop(port, None)
 
 
+_TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+
+
+def port_holders(port: int) -> str:
+    """Who has a TCP socket on local `port` (from /proc/net/tcp and tcp6): "LISTEN by uid
+    1001, ...": what an "Address already in use" was about."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 7 and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                found.append(f"{_TCP_STATES.get(cols[3], 'state ' + cols[3])} by uid {cols[7]}")
+    return ", ".join(found[:8])
+
+
 def _ephemeral_low() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -663,7 +684,11 @@ def _listen_socket(spec: LaunchSpec, config: dict[str, Any]) -> tuple[socket.soc
         sock.listen(128)
     except OSError as e:
         sock.close()
-        raise SpawnError(f"Cannot listen on {spec.listen_host} for the server: {e}") from None
+        port = int(config.get("port") or 0)
+        if e.errno == errno.EADDRINUSE and port:
+            log.warning("port %d is taken: %s", port, port_holders(port) or "by nobody now")
+        where = f"{spec.listen_host}:{port}" if port else spec.listen_host
+        raise SpawnError(f"Cannot listen on {where} for the server: {e}") from None
     config["listen_fd"] = sock.fileno()
     return sock, port
 
