@@ -7,8 +7,6 @@ import logging
 import os
 from typing import ClassVar
 
-import bcrypt
-
 from ..config import Config
 from ..errors import BadRequest, Forbidden
 from ..setting import Setting
@@ -19,18 +17,28 @@ from .signups import Signups
 log = logging.getLogger("minihub.auth")
 
 
+# bcrypt is imported at the first password, not with the hub: its compiled library is ~0.4
+# MiB of a hub at rest (measured) that may log everyone in with PAM and never need it.
+
+
 @functools.cache
 def _dummy_hash() -> bytes:
     """Checked against for unknown names, so they take as long as known ones (made once,
     on first use: hashing at import would slow every start of the hub and the CLI)."""
+    import bcrypt
+
     return bcrypt.hashpw(b"dummy-password", bcrypt.gensalt(rounds=10))
 
 
 def hash_password(password: str) -> str:
+    import bcrypt
+
     return bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(rounds=10)).decode()
 
 
 def verify_password(password: str, hashed: str | None) -> bool:
+    import bcrypt
+
     # bcrypt hashes at most 72 bytes
     ok = bcrypt.checkpw(password.encode()[:72], hashed.encode() if hashed else _dummy_hash())
     return ok and hashed is not None

@@ -71,25 +71,35 @@ def install() -> None:
 
 
 def install_hub() -> None:
-    """In any minihub process (before aiohttp is imported): no aiodns, no CA bundle read."""
+    """In any minihub process (before aiohttp is imported): no aiodns, no CA bundle read, no
+    C++ runtime for frozenlist."""
     _refuse(RESOLVERS, "minihub")
-    _import_aiohttp_with_cas_on_demand()
+    _import_aiohttp()
 
 
-def _import_aiohttp_with_cas_on_demand() -> None:
-    """aiohttp makes its two default client contexts as it is imported, each reading the whole
-    CA bundle (~0.9 MiB, ~45 ms: see minihub.trust). Imported with the bundle named away
-    (SSL_CERT_FILE, for this import only), they keep OpenSSL's default directory and read a CA
-    from it when a handshake needs one; only where that directory has hashed names, so that
-    they trust exactly what they would have."""
-    if "aiohttp" in sys.modules or not trust.hashed_ca_dir():
+def _import_aiohttp() -> None:
+    """Import aiohttp with the environment it reads at import time set for that import only:
+    - aiohttp makes its two default client contexts as it is imported, each reading the
+      whole CA bundle (~0.9 MiB, ~45 ms: see minihub.trust). With the bundle named away
+      (SSL_CERT_FILE) they keep OpenSSL's default directory and read a CA from it when a
+      handshake needs one; only where that directory has hashed names, so that they trust
+      exactly what they would have.
+    - frozenlist's compiled FrozenList is C++: it alone loads libstdc++ into the hub (~0.9
+      MiB of the hub's PSS at rest, measured). Its pure-Python one (FROZENLIST_NO_EXTENSIONS,
+      its documented switch) holds aiohttp's signal handlers, walked a few times a request.
+    """
+    if "aiohttp" in sys.modules:
         return
-    before = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = os.devnull
+    env = {"FROZENLIST_NO_EXTENSIONS": "1"}
+    if trust.hashed_ca_dir():
+        env["SSL_CERT_FILE"] = os.devnull
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        import aiohttp  # noqa: F401 - imported here for its contexts' sake
+        import aiohttp  # noqa: F401 - imported here, in this environment
     finally:
-        if before is None:
-            del os.environ["SSL_CERT_FILE"]
-        else:
-            os.environ["SSL_CERT_FILE"] = before
+        for k, v in before.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
