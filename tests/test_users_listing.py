@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_hub_api import auth, hub_with_tokens
+
+from minihub.api import users as users_api
+from minihub.context import PARTS
 
 PAGE = {"Accept": "application/jupyterhub-pagination+json"}
 
@@ -17,7 +21,9 @@ async def listed(c: Any, token: str, paginated: bool = False) -> dict[str, dict[
     return {u["name"]: u for u in (body["items"] if paginated else body)}
 
 
-async def test_each_change_shows_in_the_next_listing(aiohttp_client, data_dir):
+@pytest.mark.parametrize("cap", [users_api.MAX_ENCODED, 2])  # 2: fewer than the users
+async def test_each_change_shows_in_the_next_listing(aiohttp_client, data_dir, monkeypatch, cap):
+    monkeypatch.setattr(users_api, "MAX_ENCODED", cap)
     c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"boss": True, "amy": False})
     boss = auth(tok["boss"])
     r = await c.post("/hub/api/users", headers=boss, json={"usernames": ["ben", "cai"]})
@@ -51,3 +57,22 @@ async def test_each_change_shows_in_the_next_listing(aiohttp_client, data_dir):
     assert r.status == 201
     now = await listed(c, tok["boss"], paginated=True)
     assert now["cai"]["last_activity"] is None and now["cai"]["groups"] == []
+
+
+async def test_a_full_cache_keeps_what_it_holds(aiohttp_client, data_dir, monkeypatch):
+    """More users listed than it holds: it keeps the first ones it was given, instead of
+    evicting each one just before the next listing asks for it again (it did: every page of
+    every listing of 10,002 users was encoded anew)."""
+    monkeypatch.setattr(users_api, "MAX_ENCODED", 3)
+    c, tok = await hub_with_tokens(aiohttp_client, data_dir, {"boss": True, "amy": False})
+    boss = auth(tok["boss"])
+    r = await c.post("/hub/api/users", headers=boss, json={"usernames": ["ben", "cai", "dan"]})
+    assert r.status == 201
+    first = await listed(c, tok["boss"], paginated=True)
+    access = c.server.app[PARTS].access
+    _, held = users_api._ENCODED[access]
+    kept = dict(held)
+    assert len(kept) == 3
+    assert await listed(c, tok["boss"], paginated=True) == first
+    _, held = users_api._ENCODED[access]
+    assert held == kept and all(held[k] is kept[k] for k in kept)  # the same, not re-made
