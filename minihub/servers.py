@@ -44,6 +44,7 @@ PROBE_INTERVAL = 0.05
 # per spawn (scripts/bench/kube.py); a server ready at once is still seen within 50 ms.
 PROBE_BACKOFF, PROBE_MAX_INTERVAL = 1.5, 0.5
 POLL_EVERY = 5.0
+POLL_SLICE = 16  # servers polled between turns of the loop
 SLOW_SPAWN: float | None = None  # a test's own [spawner] slow_spawn_timeout, if it sets one
 _DRAIN_TURNS = 3  # loop turns the progress follower gets after start returns
 PORT_TAKEN_RETRIES = 2  # starts again on another port, for a server that binds its own
@@ -114,6 +115,7 @@ class Server:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     spawn_seconds: float = 0.0
+    flushed_activity: float = 0.0  # the last_activity last written to the database
 
     @property
     def key(self) -> tuple[int, str]:
@@ -483,9 +485,14 @@ class Servers:
             await self.protocol.forget(user, srv.name)  # its API token dies too
 
     async def poll_all(self) -> None:
-        for srv in self.all():
+        # A local spawner's poll is a few system calls that do not wait: a pass over 300
+        # servers held the loop ~15 ms every POLL_EVERY, the p99 of requests meanwhile (a
+        # page of users 16 ms). Every POLL_SLICE servers, the requests waiting go first.
+        for i, srv in enumerate(list(self.all()), 1):
             if srv.status == "running":
                 await self.check(srv)
+            if i % POLL_SLICE == 0:
+                await asyncio.sleep(0)
 
     def _exited(self, reported: State) -> None:
         """The spawner saw a server exit: mark it stopped and clean up what it left now."""
@@ -556,10 +563,19 @@ class Servers:
                 log.exception("polling servers failed")
 
     async def flush_activity(self) -> None:
-        for srv in self.all():
-            if srv.status == "running" and srv.last_activity:
-                await self.store.touch_server(srv.user_id, srv.name, srv.last_activity)
-                await self.store.touch_user(srv.user_id, srv.last_activity)
+        """Write the servers' activity since the last flush, all in one statement each for
+        servers and users: one write (and one commit) per server and per user, 600 with 300
+        servers every 30 s, queued page queries behind them; idle servers need none."""
+        moved = [
+            srv
+            for srv in self.all()
+            if srv.status == "running" and srv.last_activity > srv.flushed_activity
+        ]
+        if not moved:
+            return
+        await self.store.touch_activity([(s.user_id, s.name, s.last_activity) for s in moved])
+        for srv in moved:
+            srv.flushed_activity = max(srv.flushed_activity, srv.last_activity)
 
     # --- re-adoption ------------------------------------------------------------------
     async def adopt(self) -> None:

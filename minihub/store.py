@@ -561,13 +561,24 @@ class Store:
             for r in rows
         ]
 
-    async def touch_server(self, user_id: int, name: str, when: float) -> None:
+    async def touch_activity(self, servers: list[tuple[int, str, float]]) -> None:
+        """Servers' last activity (user id, server name, when) and their users', one
+        statement each: the latest of what is stored and what is given."""
+        users: dict[int, float] = {}
+        for uid, _, when in servers:
+            users[uid] = max(when, users.get(uid, 0.0))
         await self._write(
-            "UPDATE servers SET last_activity = max(coalesce(last_activity, 0), ?)"
-            " WHERE user_id = ? AND name = ?",
-            when,
-            user_id,
-            name,
+            "UPDATE servers SET last_activity = max(coalesce(servers.last_activity, 0), "
+            "json_extract(t.value, '$[2]')) FROM json_each(?) AS t "
+            "WHERE servers.user_id = json_extract(t.value, '$[0]') "
+            "AND servers.name = json_extract(t.value, '$[1]')",
+            json.dumps(servers),
+        )
+        await self._write(
+            "UPDATE users SET last_activity = max(coalesce(users.last_activity, 0), "
+            "json_extract(t.value, '$[1]')) FROM json_each(?) AS t "
+            "WHERE users.id = json_extract(t.value, '$[0]')",
+            json.dumps(list(users.items())),
         )
 
     async def delete_server(self, user_id: int, name: str = "") -> None:
