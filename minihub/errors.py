@@ -63,3 +63,8 @@ class SpawnError(HubError):
     def __init__(self, message: str, log_tail: str = "", status: int = 502) -> None:
         super().__init__(message, status)
         self.log_tail = log_tail
+
+
+class PortTaken(SpawnError):
+    """The server's port was taken between its hand-out and its bind (by another process):
+    the hub may start the server again on another."""

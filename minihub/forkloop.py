@@ -21,8 +21,8 @@ T = TypeVar("T")
 
 
 def settle() -> None:
-    """Just before a process forks the children that are to share its pages: collect its
-    imports' garbage, hand the free pages of glibc's heap back to the kernel (malloc_trim:
+    """Once a process's start-up is done (just before it forks the children that are to
+    share its pages, or before the hub serves): collect its imports' garbage, hand the free pages of glibc's heap back to the kernel (malloc_trim:
     else every child maps them and counts a share in its PSS, though none needs their
     contents), and freeze what is left, so that the children's collections never write to
     those objects' headers."""

@@ -7,9 +7,7 @@ users' servers keep running unless [hub] cleanup_servers. SIGHUP reloads the cer
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
-import gc
 import logging
 import os
 import signal
@@ -22,7 +20,7 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
-from . import protocols
+from . import forkloop, protocols
 from .app import make_app
 from .config import Config
 from .context import PARTS, SHUTDOWN
@@ -145,27 +143,15 @@ async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     # Start-up objects (modules, templates, settings) live as long as the hub: frozen, the
     # collector stops re-scanning them in full collections, which paused every in-flight
     # request for up to ~25 ms under load (~3 ms frozen).
-    gc.collect()
-    gc.freeze()
-    _return_free_memory()
+    # And what start-up freed goes back to the system (glibc's malloc_trim: ~1.4 MiB of the
+    # hub's PSS at rest, measured), as in the processes that fork (forkloop.settle).
+    forkloop.settle()
     await stop.wait()
     log.info("shutting down: finishing requests for up to %gs", grace)
     if redirect is not None:
         await redirect.cleanup()
     await runner.cleanup()
     log.info("stopped")
-
-
-def _return_free_memory() -> None:
-    """Hand the heap's free pages back to the system once start-up is done: what importing,
-    reading the database and re-adopting servers freed stays resident otherwise (glibc's
-    malloc_trim; measured ~1.4 MiB of the hub's PSS at rest)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
 
 
 async def _redirect_listener(cfg: Config) -> web.AppRunner | None:

@@ -29,7 +29,7 @@ import aiohttp
 from . import trust
 from .auth import secrets as S
 from .config import Config
-from .errors import BadRequest, SpawnError, TooManyRequests
+from .errors import BadRequest, PortTaken, SpawnError, TooManyRequests
 from .isotime import parse_iso
 from .protocols import ServerProtocol
 from .proxy import Upstream
@@ -302,8 +302,8 @@ class Servers:
                     srv.progress.append("Waiting for the server to answer")
                     await self._wait_ready(srv)
                     break
-                except SpawnError as e:
-                    if attempt == PORT_TAKEN_RETRIES or not _port_was_taken(e):
+                except PortTaken:
+                    if attempt == PORT_TAKEN_RETRIES:
                         raise
                 # A server that binds its own port (jupyterhub-singleuser) got one free when
                 # handed out, which another process took before the server bound it.
@@ -392,10 +392,9 @@ class Servers:
         while time.monotonic() < deadline:
             status = await self.spawner.poll(srv.state)
             if status is not None:
-                raise SpawnError(
-                    f"Server exited during start ({_exit_text(status)}).",
-                    await self.spawner.log_tail(srv.state),
-                )
+                tail = await self.spawner.log_tail(srv.state)
+                error = PortTaken if _PORT_TAKEN.search(tail) else SpawnError
+                raise error(f"Server exited during start ({_exit_text(status)}).", tail)
             if await self._answers(url, srv):
                 return
             await asyncio.sleep(interval)
@@ -632,13 +631,6 @@ def parse_time(text: object) -> float:
         return parse_iso(text)
     except ValueError:
         return 0.0
-
-
-def _port_was_taken(e: SpawnError) -> bool:
-    """The server said so as it exited, or the hub found the port taken as it started it."""
-    if e.message.startswith("Server exited during start"):
-        return bool(_PORT_TAKEN.search(e.log_tail))
-    return e.message.startswith("Cannot listen on") and "Address already in use" in e.message
 
 
 def _exit_text(status: int) -> str:

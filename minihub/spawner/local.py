@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from ..config import Config, parse_bytes
-from ..errors import SpawnError
+from ..errors import PortTaken, SpawnError
 from ..kernels.transport import sweep_dead_dirs
 from ..procfs import proc_stat, signal_group, start_ticks
 from ..setting import Setting, between
@@ -685,10 +685,12 @@ def _listen_socket(spec: LaunchSpec, config: dict[str, Any]) -> tuple[socket.soc
     except OSError as e:
         sock.close()
         port = int(config.get("port") or 0)
-        if e.errno == errno.EADDRINUSE and port:
-            log.warning("port %d is taken: %s", port, port_holders(port) or "by nobody now")
         where = f"{spec.listen_host}:{port}" if port else spec.listen_host
-        raise SpawnError(f"Cannot listen on {where} for the server: {e}") from None
+        message = f"Cannot listen on {where} for the server: {e}"
+        if e.errno == errno.EADDRINUSE and port:  # handed out free, taken since
+            log.warning("port %d is taken: %s", port, port_holders(port) or "by nobody now")
+            raise PortTaken(message) from None
+        raise SpawnError(message) from None
     config["listen_fd"] = sock.fileno()
     return sock, port
 
