@@ -13,13 +13,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from test_config_cli import free_port
+
+T = TypeVar("T")
 
 
 # --- a hub process ---------------------------------------------------------------------------
@@ -217,3 +219,14 @@ async def offline_user(store, name: str, admin: bool = False):  # type: ignore[n
     if admin:
         await access_db.assign_role(store, "admin", name)
     return user
+
+
+def seed_once(
+    tmp_path_factory: Any, make_cfg: Callable[[str], Any], seed: Callable[[Any], Awaitable[T]]
+) -> tuple[Path, T]:
+    """A module's seeded store, made once (hashing its passwords takes most of a second):
+    the SQLite file each test's hub starts on a copy of, and what `seed` returned."""
+    d = tmp_path_factory.mktemp("seed")
+    d.chmod(0o711)
+    made = asyncio.run(seed(make_cfg(str(d))))
+    return d / "minihub.sqlite", made

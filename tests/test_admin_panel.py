@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import bcrypt
+import helpers
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import hub_config, login, xsrf_of
@@ -78,12 +79,8 @@ def hub_cfg(data_dir: str) -> Any:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """The seeded store, made once for the module (hashing the passwords and writing N rows
-    took most of a second); every test's hub starts on a fresh copy of it."""
-    d = tmp_path_factory.mktemp("seed")
-    d.chmod(0o711)
-    tok = asyncio.run(seed(hub_cfg(str(d))))
-    return d / "minihub.sqlite", tok
+    """The seeded store (passwords and N rows), made once; each test's hub starts on a copy."""
+    return helpers.seed_once(tmp_path_factory, hub_cfg, seed)
 
 
 @pytest.fixture

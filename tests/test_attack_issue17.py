@@ -5,7 +5,6 @@ FakeSpawner for the admin page, the local spawner and a real account for git-pul
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import helpers
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import hub_config, login, needs_root, xsrf_of
@@ -87,12 +87,8 @@ def _cfg(data_dir: str) -> Any:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The seeded store, made once for the module (six bcrypt hashes took most of a second);
-    every test's hub starts on a fresh copy of it."""
-    d = tmp_path_factory.mktemp("seed")
-    d.chmod(0o711)
-    tok = asyncio.run(_seed(_cfg(str(d))))
-    return d / "minihub.sqlite", tok
+    """The seeded store (six bcrypt hashes), made once; each test's hub starts on a copy."""
+    return helpers.seed_once(tmp_path_factory, _cfg, _seed)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from conftest import SystemUser
 from helpers import execute, fill_login, hub_process
-from test_browser_notebook import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, account, needs_browser
+from test_browser_notebook import ARTIFACTS, account, chromium, needs_browser
 
 from minihub.store import Store
 from minihub.users import new_token
@@ -86,14 +86,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory, make_system_user: Any) -> Iter
 @pytest.fixture(scope="module")
 def browser(hub: Hub) -> Iterator[Any]:
     """One Chromium for the module; each test gets a context of its own (no shared cookies)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture

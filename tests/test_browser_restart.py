@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from helpers import Hub, launch_hub, stop_hub
 from test_browser_hub import log_in
-from test_browser_notebook import CHROMIUM, CHROMIUM_ARGS, account, needs_browser
+from test_browser_notebook import account, chromium, needs_browser
 from test_config_cli import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -26,15 +26,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One Chromium for both signals; each test has a context (cookies) of its own."""
-    from playwright.sync_api import sync_playwright
-
     needs_browser()
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

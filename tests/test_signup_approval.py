@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import helpers
 import pytest
 from conftest import hub_config
 from conftest import login as login_form
@@ -81,12 +82,8 @@ async def seed(cfg: Any) -> None:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seeded store, made once for the module (three bcrypt hashes); every test's hub
-    starts on a fresh copy of it."""
-    d = tmp_path_factory.mktemp("seed")
-    d.chmod(0o711)
-    asyncio.run(seed(hub_cfg(str(d))))
-    return d / "minihub.sqlite"
+    """The seeded store (three bcrypt hashes), made once; each test's hub starts on a copy."""
+    return helpers.seed_once(tmp_path_factory, hub_cfg, seed)[0]
 
 
 @pytest.fixture
