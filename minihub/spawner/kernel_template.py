@@ -76,10 +76,11 @@ class KernelTemplate:
             return True
         with self._start_lock:
             if self._starting is None or not self._starting.is_alive():
-                self._starting = threading.Thread(
+                starting = threading.Thread(
                     target=self._restart, name="minihub-kernel-template", daemon=True
                 )
-                self._starting.start()
+                starting.start()  # before close() can see it: it joins what it finds
+                self._starting = starting
         return False
 
     def _restart(self) -> None:
@@ -156,8 +157,10 @@ class KernelTemplate:
 
     def close(self) -> None:
         """The template ends on EOF; the zygotes it forked go on with their servers."""
-        if self._starting is not None:
-            self._starting.join(READY_TIMEOUT)
+        with self._start_lock:
+            starting = self._starting
+        if starting is not None:
+            starting.join(READY_TIMEOUT)
         with self._lock:
             self._close_sock()
             if self._proc is not None:
