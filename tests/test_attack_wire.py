@@ -144,7 +144,7 @@ async def _wait_for_server(http: aiohttp.ClientSession, hub: Hub) -> None:
 
 def server_pid(uid: int) -> int:
     """The user's notebook server: her process whose parent is not hers (the hub forked it),
-    other than her kernel zygote (the hub's kernel template forked that)."""
+    other than her kernels (the hub's kernel template forked those)."""
     found = [
         pid
         for pid in _pids_of(uid)

@@ -5,8 +5,10 @@ It imports ipykernel and IPython once and, for each kernel, forks; the child run
 The server forks it at start-up, before its event loop, zmq context or any thread exists
 (fork_early), so its pages, and the hub's fork server's (which may have imported ipykernel
 already), stay shared; without that it is exec'd when the server starts. With a user
-environment (MINIHUB_USER_ENV, docs/environments.md) it is always exec'd, in that
-environment's python, so that kernels import its packages, never the hub's.
+environment (MINIHUB_USER_ENV, docs/environments.md) it runs that environment's python, so
+that kernels import its packages, never the hub's: as root with the fork spawner, the hub's
+kernel template (template.py) forks the kernels itself and speaks this protocol to the server
+(`Zygote` is the server's side of both); otherwise it is exec'd.
 """
 
 from __future__ import annotations
@@ -79,12 +81,13 @@ def preload() -> None:
 
 _early: socket.socket | None = None  # the server's end, when it forked its zygote early
 _early_pid = 0
-_given: socket.socket | None = None  # the server's end of a zygote the hub had forked for it
+_given: socket.socket | None = None  # the server's end of its channel to the kernel template
 
 
 def adopt(fd: int) -> None:
-    """In the server: the hub forked this server's zygote from its kernel template and gave
-    the server its end of their socket (launch config kernel_zygote_fd)."""
+    """In the server: the hub gave it a channel to its kernel template (template.py), which
+    forks this server's kernels and speaks to it as a zygote (launch config
+    kernel_zygote_fd)."""
     global _given
     os.set_inheritable(fd, False)  # never into a kernel or terminal exec'd
     _given = socket.socket(fileno=fd)
@@ -101,7 +104,7 @@ def fork_early() -> None:
         ours.close()
         if sys.path and sys.path[0] in ("", os.getcwd()):
             del sys.path[0]  # the server's start dir, which an exec'd kernel would not have
-        _close_fds_but(theirs.fileno())  # e.g. the server's listening socket
+        close_fds_but(theirs.fileno())  # e.g. the server's listening socket
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -121,10 +124,10 @@ def discard_early() -> None:
         _early = None
 
 
-def _close_fds_but(keep: int) -> None:
+def close_fds_but(*keep: int) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd != keep:
+        if fd > 2 and fd not in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -144,21 +147,7 @@ def _zygote(sock: socket.socket) -> None:
         os._exit(1)
     forkloop.settle()
     request = _serve(sock)
-    _run_child(request)
-
-
-def serve_preloaded(sock: socket.socket) -> None:
-    """In a zygote forked from the hub's kernel template (template.py), as the user: take
-    the server's stdout and stderr (its first message), then serve like an exec'd one."""
-    _, fds, _, _ = socket.recv_fds(sock, 1, 2)
-    if len(fds) != 2:
-        os._exit(1)  # not a server's hand-over
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    for src, dst in ((devnull, 0), (fds[0], 1), (fds[1], 2)):
-        os.dup2(src, dst)
-        os.close(src)
-    request = _serve(sock)
-    _run_child(request)
+    run_child(request)
 
 
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
@@ -192,7 +181,7 @@ def _serve(sock: socket.socket) -> dict[str, Any]:
     return forkloop.serve(sock, exits, lambda msg: _send(sock, msg), on_request)
 
 
-def _run_child(request: dict[str, Any]) -> None:
+def run_child(request: dict[str, Any]) -> None:
     """In the child: run `python -c <code> args...` in a new session, then exit (never return
     into the server's frames it was forked from)."""
     code = 1
@@ -282,39 +271,67 @@ class Zygote:
     async def _run(self) -> None:
         global _early, _given
         assert self._ready is not None
+        stream = None
         if _early is not None:
             ours, self.pid, _early = _early, _early_pid, None
-        elif _given is not None:  # its pid comes with "ready"
+            stream = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        elif _given is not None:
             ours, _given = _given, None
-            try:
-                socket.send_fds(ours, [b"F"], [1, 2])
-            except OSError as e:
-                log.warning("kernel zygote from the template is gone: %s", e)
-                ours.close()
+            stream = await self._from_template(ours)
+        if stream is None:
+            own = self._exec()
+            if own is None:
                 self._ready.set_result(False)
                 return
-        else:
-            ours, theirs = socket.socketpair()
-            try:
-                self._proc = subprocess.Popen(  # noqa: ASYNC220 - a fork+exec, no waiting
-                    [self.python, "-c", command(), str(theirs.fileno())],
-                    pass_fds=(theirs.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    cwd=self.cwd,
-                )
-            except OSError as e:
-                log.warning("kernel zygote did not start: %s", e)
-                self._ready.set_result(False)
-                return
-            finally:
-                theirs.close()
-            self.pid = self._proc.pid
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+            stream = await asyncio.open_unix_connection(sock=own, limit=1 << 20)
+        reader, self._writer = stream
         try:
             while line := await reader.readline():
                 self._dispatch(json.loads(line))
         finally:
             self._gone()
+
+    async def _from_template(
+        self, ours: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The hub's kernel template forks this server's kernels over `ours` once it
+        answers "ready" (with its pid; it may still be importing); None if it never will."""
+        try:
+            socket.send_fds(ours, [b"F"], [1, 2])  # the kernels' stdout and stderr
+        except OSError as e:
+            log.warning("kernel template is gone: %s", e)
+            ours.close()
+            return None
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        try:
+            line = await asyncio.wait_for(reader.readline(), READY_TIMEOUT)
+        except (TimeoutError, ValueError):
+            line = b""
+        if not line:
+            log.warning("kernel template did not answer: this server starts its own zygote")
+            writer.close()
+            return None
+        self._dispatch(json.loads(line))
+        return reader, writer
+
+    def _exec(self) -> socket.socket | None:
+        """Start a zygote of this server's own: our end of its socket, or None."""
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-c", command(), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
+            )
+        except OSError as e:
+            log.warning("kernel zygote did not start: %s", e)
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        return ours
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         assert self._ready is not None
@@ -366,6 +383,9 @@ class Zygote:
             reply = await asyncio.wait_for(fut, READY_TIMEOUT)
         except (OSError, TimeoutError) as e:
             log.warning("kernel zygote did not fork: %s", e)
+            return None
+        if "pid" not in reply:
+            log.warning("kernel zygote did not fork: %s", reply.get("error", reply))
             return None
         pid = int(reply["pid"])
         self.forked.add(pid)

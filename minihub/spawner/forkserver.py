@@ -52,7 +52,7 @@ _MSG_MAX = 1 << 20
 _REPLY_TIMEOUT = 30.0
 _LISTEN_FD = 3  # where the server finds its listening socket, as with LocalSpawner
 _OLD_LOG_FD = 4  # the log's rotated copy, which the server's log pump writes to
-_ZYGOTE_FD = 5  # its end of the kernel zygote forked for it (kernel_template.py)
+_ZYGOTE_FD = 5  # its end of its channel to the kernel template (kernel_template.py)
 _PIPE_BUF = 60_000  # fits a pipe's default buffer (64 KiB); more: the buffer is grown
 
 
@@ -77,10 +77,10 @@ class ForkSpawner(LocalSpawner):
             "kernel_template",
             bool,
             True,
-            'With class = "fork", as root, and a user environment: fork each server\'s '
-            "kernel zygote from one process that has imported ipykernel, so kernels share "
-            "its pages across users and a spawn imports nothing. false: each server execs "
-            "its own zygote.",
+            'With class = "fork", as root, and a user environment: fork every server\'s '
+            "kernels from one process that has imported ipykernel, so kernels share its "
+            "pages across users and a spawn imports nothing. false: each server execs its "
+            "own kernel zygote.",
         ),
     ]
 
@@ -173,8 +173,9 @@ class ForkSpawner(LocalSpawner):
     def _kernel_zygote(
         self, spec: LaunchSpec, config: dict[str, Any], join: list[str], nproc: int
     ) -> int | None:
-        """The server's end of a kernel zygote forked for it by the kernel template, when
-        its kernels run a user environment (root hubs only); else None: it execs its own."""
+        """The server's end of its channel to the kernel template, which forks its kernels,
+        when they run a user environment (root hubs only); else None: it execs its own
+        zygote."""
         python = user_python(spec.env.get(USER_ENV_VAR, ""))
         uid, gid, groups = drop_to(spec.account)
         if not python or uid is None or not config.get("kernel_zygote", True):
@@ -186,7 +187,7 @@ class ForkSpawner(LocalSpawner):
             tpl = self._templates[python] = KernelTemplate(python)
         acct = spec.account
         env = launch_env(spec)
-        return tpl.zygote_for(
+        return tpl.channel_for(
             {
                 "uid": uid,
                 "gid": gid,

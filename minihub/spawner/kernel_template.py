@@ -1,9 +1,11 @@
 """The hub's handle on the kernel template (minihub/kernels/template.py): started once per
-user environment, it forks each server's kernel zygote as the server's user, so that
-ipykernel's pages are shared by every user's kernels and a spawn imports nothing.
+user environment, it forks every server's kernels as the server's user, so that ipykernel's
+pages are shared by every user's kernels and a spawn imports nothing.
 
-Used by the fork spawner as root; any failure (no user environment, no ipykernel in it, the
-template gone) leaves the server to exec its own zygote, as before.
+Used by the fork spawner as root. Each server gets a channel to it at its spawn, also while
+the template is still importing (the channel is handed over once it serves: the server's
+first kernel waits for that, never a spawn). Any failure (no user environment, no ipykernel
+in it, the template gone) leaves the server to exec its own zygote, as before.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..kernels import template, zygote
 log = logging.getLogger("minihub.spawner")
 READY_TIMEOUT = 30.0  # importing ipykernel, on a slow disk
 REPLY_TIMEOUT = 10.0
-# The template's environment: nothing of the hub's (its children's is set per zygote).
+# The template's environment: nothing of the hub's (its children's is set per kernel).
 # debugpy's import-time note on frozen modules would go to the hub's log, once per start.
 TEMPLATE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -32,72 +34,87 @@ TEMPLATE_ENV = {
 
 
 class KernelTemplate:
-    """One template process for one python; `zygote_for` is called from worker threads."""
+    """One template process for one python; `channel_for` is called from worker threads."""
 
     def __init__(self, python: str) -> None:
         self.python = python
+        self.pid = 0  # the template's, from its "ready" (it is not the hub's child)
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._ids = 0
         self._broken = False  # it could not import ipykernel: do not try again
+        self._pending: list[tuple[dict[str, Any], socket.socket]] = []  # until it serves
         self._starting: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def zygote_for(self, req: dict[str, Any]) -> int | None:
-        """A new zygote for a server: the server's end of its socket (an fd the caller
-        owns), or None. `req`: uid, gid, groups, cgroup, nproc, umask, oom_score_adj, cwd, env.
+    def channel_for(self, req: dict[str, Any]) -> int | None:
+        """A channel for a server's kernels: the server's end (an fd the caller owns), or
+        None. `req`: uid, gid, groups, cgroup, nproc, umask, oom_score_adj, cwd, env.
 
         Never waits for the template's imports (a second or two): while it starts, in the
-        background, servers exec their own zygote, as without it."""
-        if not self._ready():
-            return None
-        with self._lock:
-            if not self._ensure():
-                return None
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                reply = self._ask(req, theirs.fileno())
-            finally:
-                theirs.close()
-            if reply is None or "pid" not in reply:
-                ours.close()
-                if reply is not None:
-                    log.warning("kernel template refused: %s", reply.get("error"))
-                return None
-            return ours.detach()
-
-    def _ready(self) -> bool:
-        """Whether a template serves now; if none does (first use, or it died), start one
-        in a thread, for the next servers. Never blocks on a start under way."""
+        background, channels wait in the hub and are handed over once it serves."""
         if self._broken:
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with self._lock:
+            serving = self._serving()
+            if not serving:
+                self._pending.append((req, theirs))
+            else:
+                try:
+                    reply = self._ask(req, theirs.fileno())
+                finally:
+                    theirs.close()
+        if not serving:
+            self._start_in_background()
+            return ours.detach()
+        if reply is None or "pid" not in reply:
+            ours.close()
+            if reply is not None:
+                log.warning("kernel template refused: %s", reply.get("error"))
+            return None
+        return ours.detach()
+
+    def _serving(self) -> bool:
+        """Under the lock: a template answers (a closed socket reads as EOF at once)."""
+        if self._sock is None:
             return False
-        if self._sock is not None and self._proc is not None and self._proc.poll() is None:
+        try:
+            gone = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
             return True
+        except OSError:
+            gone = True
+        if gone:
+            self._close_sock()
+        return not gone
+
+    def _start_in_background(self) -> None:
         with self._start_lock:
             if self._starting is None or not self._starting.is_alive():
                 starting = threading.Thread(
-                    target=self._restart, name="minihub-kernel-template", daemon=True
+                    target=self._start, name="minihub-kernel-template", daemon=True
                 )
                 starting.start()  # before close() can see it: it joins what it finds
                 self._starting = starting
-        return False
 
-    def _restart(self) -> None:
+    def _start(self) -> None:
+        ours = self._launch()
         with self._lock:
-            self._close_sock()
-        self._start()
+            pending, self._pending = self._pending, []
+            self._sock = ours
+            for req, theirs in pending:  # a failed start closes them: those servers exec
+                with theirs:
+                    reply = self._ask(req, theirs.fileno()) if self._sock is not None else None
+                if reply is not None and "pid" not in reply:
+                    log.warning("kernel template refused: %s", reply.get("error"))
 
-    def _ensure(self) -> bool:
-        """Under the lock: the template serves (else the next _ready starts one)."""
-        alive = self._proc is not None and self._proc.poll() is None
-        return not self._broken and alive and self._sock is not None
-
-    def _start(self) -> bool:
+    def _launch(self) -> socket.socket | None:
+        """Start a template and wait for its imports: the hub's end of its socket, or None."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             try:
-                self._proc = subprocess.Popen(
+                launcher = subprocess.Popen(
                     [
                         self.python,
                         "-E",
@@ -105,6 +122,7 @@ class KernelTemplate:
                         "-c",
                         zygote.command(template.COMMAND),
                         str(theirs.fileno()),
+                        str(os.getpid()),  # whose it is, for ps: it is not the hub's child
                     ],
                     stdin=subprocess.DEVNULL,
                     cwd="/",
@@ -115,18 +133,22 @@ class KernelTemplate:
             except OSError as e:
                 log.warning("kernel template did not start: %s", e)
                 self._broken = True
-                return False
+                ours.close()
+                return None
         msg = _recv(ours, READY_TIMEOUT)
+        try:
+            launcher.wait(READY_TIMEOUT)  # it forks the template and exits at once
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait(5)
         if msg is None or "ready" not in msg:
             log.warning("kernel template is not ready: %s", (msg or {}).get("error", "no answer"))
             self._broken = msg is not None  # an import error will not go away
-            ours.close()
-            self._stop_proc()
-            return False
-        with self._lock:
-            self._sock = ours
-        log.info("kernel template started: pid %d (%s)", self._proc.pid, self.python)
-        return True
+            ours.close()  # a template still importing exits on EOF once it is done
+            return None
+        self.pid = int(msg["ready"])
+        log.info("kernel template started: pid %d (%s)", self.pid, self.python)
+        return ours
 
     def _ask(self, req: dict[str, Any], fd: int) -> dict[str, Any] | None:
         assert self._sock is not None
@@ -150,24 +172,18 @@ class KernelTemplate:
             self._sock.close()
             self._sock = None
 
-    def _stop_proc(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(5)
-
     def close(self) -> None:
-        """The template ends on EOF; the zygotes it forked go on with their servers."""
+        """The template goes on while servers hold channels (their kernels with it) and
+        ends with the last; servers still waiting for one exec their own zygote."""
         with self._start_lock:
             starting = self._starting
         if starting is not None:
             starting.join(READY_TIMEOUT)
         with self._lock:
             self._close_sock()
-            if self._proc is not None:
-                try:
-                    self._proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self._stop_proc()
+            for _, theirs in self._pending:
+                theirs.close()
+            self._pending.clear()
 
 
 def _recv(sock: socket.socket, timeout: float) -> dict[str, Any] | None:

@@ -46,8 +46,12 @@ class Hub:
 
     def hub_pids(self) -> dict[str, int]:
         """The hub process and its helpers running as root (JupyterHub: its proxy; minihub:
-        its fork server, once started): everything but the users' own processes."""
+        its fork server and kernel template, once started): everything but the users' own
+        processes. minihub's kernel template is not the hub's child (it outlives a hub
+        restart): its command line ends with the hub's pid."""
         found = {"hub": self.proc.pid}
+        for pid in kernel_templates(self.proc.pid):
+            found[f"kernel template {pid}"] = pid
         todo = children(self.proc.pid)
         while todo:
             pid = todo.pop()
@@ -132,6 +136,16 @@ admin_users = ["{admin}"]
 concurrent_spawn_limit = {spawn_limit}
 active_server_limit = {active_limit}
 """
+
+
+def kernel_templates(hub_pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and owner(int(entry)) == 0:
+            cmd = cmdline(int(entry))
+            if "minihub.kernels import template" in cmd and cmd.split()[-1:] == [str(hub_pid)]:
+                found.append(int(entry))
+    return found
 
 
 def minihub_cmd(cfg: Path, *args: str) -> list[str]:
