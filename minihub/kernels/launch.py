@@ -109,7 +109,9 @@ class ZygoteProvisioner(LocalProvisioner):
             and cmd[2] == BOOT
             and forkable(cmd, env, self.zygote.python)
         ):
-            env["JPY_PARENT_PID"] = str(self.zygote.pid)  # the kernel exits if the zygote does
+            # the kernel exits if its zygote does (the kernel template takes this out: its
+            # kernels outlive it, and their channel's close ends them instead)
+            env["JPY_PARENT_PID"] = str(self.zygote.pid)
             cwd = str(kwargs.get("cwd") or os.getcwd())
             pid = await self.zygote.fork(cmd, env, cwd)
             if pid is not None:

@@ -60,20 +60,20 @@ class KernelTemplate:
             serving = self._serving()
             if not serving:
                 self._pending.append((req, theirs))
-            else:
-                try:
-                    reply = self._ask(req, theirs.fileno())
-                finally:
-                    theirs.close()
+            elif not self._hand(req, theirs):
+                ours.close()
+                return None
         if not serving:
             self._start_in_background()
-            return ours.detach()
-        if reply is None or "pid" not in reply:
-            ours.close()
-            if reply is not None:
-                log.warning("kernel template refused: %s", reply.get("error"))
-            return None
         return ours.detach()
+
+    def _hand(self, req: dict[str, Any], theirs: socket.socket) -> bool:
+        """Under the lock: give the template a channel's end (closed here either way)."""
+        with theirs:
+            reply = self._ask(req, theirs.fileno()) if self._sock is not None else None
+        if reply is not None and "pid" not in reply:
+            log.warning("kernel template refused: %s", reply.get("error"))
+        return reply is not None and "pid" in reply
 
     def _serving(self) -> bool:
         """Under the lock: a template answers (a closed socket reads as EOF at once)."""
@@ -104,10 +104,7 @@ class KernelTemplate:
             pending, self._pending = self._pending, []
             self._sock = ours
             for req, theirs in pending:  # a failed start closes them: those servers exec
-                with theirs:
-                    reply = self._ask(req, theirs.fileno()) if self._sock is not None else None
-                if reply is not None and "pid" not in reply:
-                    log.warning("kernel template refused: %s", reply.get("error"))
+                self._hand(req, theirs)
 
     def _launch(self) -> socket.socket | None:
         """Start a template and wait for its imports: the hub's end of its socket, or None."""
