@@ -114,6 +114,7 @@ class Server:
     log_tail: str = ""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    cleanup: asyncio.Task[None] | None = None  # after a run that died, until it is done
     spawn_seconds: float = 0.0
     flushed_activity: float = 0.0  # the last_activity last written to the database
 
@@ -290,6 +291,7 @@ class Servers:
     async def _start(self, user: User, srv: Server) -> None:
         t0 = time.monotonic()
         try:
+            await self._cleaned_up(srv)
             for attempt in range(1 + PORT_TAKEN_RETRIES):
                 try:
                     launch = await self._launch(user, srv)
@@ -518,9 +520,21 @@ class Servers:
         srv.error = f"Your server stopped ({why})."
         srv.log_tail = await self.spawner.log_tail(state)
         await self._forget_run(srv)
-        # Its kernels and whatever else it started would run on, unseen by the culler.
-        await self.spawner.stop(state, 0)
+        # Its kernels and whatever else it started would run on, unseen by the culler. The
+        # user may start the server again meanwhile: that start waits for this (_cleaned_up).
+        srv.cleanup = asyncio.create_task(self.spawner.stop(state, 0), name=f"clean-{srv.label}")
+        await asyncio.shield(srv.cleanup)
         return False
+
+    async def _cleaned_up(self, srv: Server) -> None:
+        """Wait until what the server's last run left behind is gone: the same server's
+        next run reuses its cgroup, which that clean-up removes (the new server then could
+        not join it and failed to start)."""
+        cleanup, srv.cleanup = srv.cleanup, None
+        if cleanup is not None and not cleanup.done():
+            srv.progress.append("Cleaning up after the server that stopped")
+            with contextlib.suppress(Exception):  # check() reports its failure
+                await asyncio.shield(cleanup)
 
     async def refresh_activity(self, srv: Server) -> None:
         """Fold the server's own view of activity (kernel executions, API use) into ours."""

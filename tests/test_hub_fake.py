@@ -126,6 +126,15 @@ async def up(c: TestClient, name: str, tok: str, server: str = "") -> None:
     await ready(c, name, tok, server)
 
 
+async def _until_cleaning(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """A start's progress events up to the one that says it waits for a clean-up."""
+    async for e in events(resp):
+        yield e
+        if e.get("message", "").startswith("Cleaning up"):
+            resp.close()
+            return
+
+
 async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     async with asyncio.timeout(10):
         async for line in resp.content:
@@ -302,6 +311,33 @@ async def test_a_dying_server_is_noticed_through_on_exit(hub: Hub, fake: FakeSpa
     assert (await c.get("/user/amy/work/api/x", headers=h(tok["amy"]))).status == 503
     assert "killed by signal 9" in await (await c.get("/hub/home")).text()
     await up(c, "amy", tok["amy"])
+
+
+async def test_a_start_after_a_death_waits_until_the_hub_has_cleared_up(
+    hub: Hub, fake: FakeSpawner
+) -> None:
+    """The dead server's clean-up and the user's next start of it never overlap: on a real
+    hub both use the server's cgroup, which the clean-up removes (the new server then failed
+    to join it: "no such file")."""
+    c, tok = await hub()
+    await up(c, "amy", tok["amy"])
+    plan = fake.plan("amy")
+    plan.clean_go.clear()
+    plan.entered.clear()
+    try:
+        await fake.die("amy", -9)
+        await asyncio.wait_for(plan.cleaning.wait(), 10)
+        assert (await model(c, "amy", tok["amy"]))["server"] is None
+        r = await c.post("/hub/api/users/amy/server", headers=h(tok["amy"]))
+        assert not plan.entered.is_set(), "the new server started while the old was cleared up"
+        assert r.status == 202, await r.text()
+        resp = await c.get("/hub/api/users/amy/server/progress", headers=h(tok["amy"]))
+        said = [e.get("message") async for e in _until_cleaning(resp)]
+        assert said[-1] == "Cleaning up after the server that stopped", said
+    finally:
+        plan.clean_go.set()
+    await ready(c, "amy", tok["amy"])
+    assert plan.entered.is_set()
 
 
 async def test_restart_readopts_running_servers_and_stops_unfinished_ones(

@@ -7,7 +7,9 @@ test changes before or during a start:
 - `fail` non-empty: once released, start raises SpawnError(fail, log, fail_status).
 - `say(message)`: a progress message, yielded by progress() while a start runs.
 - `stop_go` set: stop returns at once; cleared: stop waits for it (`stopping` is set) up
-  to its timeout, then forces the server. `log`: the lines log_tail returns.
+  to its timeout, then forces the server. `clean_go` cleared: stop of a server that has
+  already exited (the hub clearing up after it) waits for it (`cleaning` is set).
+  `log`: the lines log_tail returns.
 A started server is a real aiohttp app on 127.0.0.1 that answers as minihub's own does
 (minihub.singleuser): 403 without X-Minihub-Secret, the proof on every answer to the
 secret, `{prefix}api/status` with last_activity; any other path echoes {"user",
@@ -52,6 +54,8 @@ class Plan:
     log: list[str] = field(default_factory=list)
     stop_go: asyncio.Event = field(default_factory=_set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    clean_go: asyncio.Event = field(default_factory=_set)
+    cleaning: asyncio.Event = field(default_factory=asyncio.Event)
     messages: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
 
     def say(self, message: str) -> None:
@@ -119,9 +123,16 @@ class FakeSpawner(Spawner):
 
     async def stop(self, state: State, timeout: float) -> None:
         srv = self.servers.get(str(state.get("id")))
-        if srv is None or srv.exit is not None:
+        if srv is None:
             return
         plan = self.plan(srv.launch.key)
+        if srv.exit is not None:
+            plan.cleaning.set()
+            try:
+                await plan.clean_go.wait()
+            finally:
+                plan.cleaning.clear()
+            return
         plan.stopping.set()
         try:
             await asyncio.wait_for(plan.stop_go.wait(), timeout)

@@ -707,6 +707,8 @@ def _start_error(spec: LaunchSpec, e: OSError) -> SpawnError:
             f"{name} may not run {spec.cmd[0]}: permission denied. Set "
             "[spawner] python to an interpreter every user can read and run."
         )
+    if isinstance(e, FileNotFoundError) and e.filename not in (None, spec.cmd[0]):
+        return SpawnError(f"Cannot start the server for {name}: {e.filename} does not exist.")
     if isinstance(e, FileNotFoundError):
         return SpawnError(
             f"Cannot run {spec.cmd[0]}: no such file (check [spawner] cmd and [spawner] python)."
