@@ -173,6 +173,8 @@ class Servers:
             self._poller.cancel()
         self.spawner.on_exit = None
         await asyncio.gather(*self._checks, return_exceptions=True)
+        cleanups = [s.cleanup for s in self._servers.values() if s.cleanup]
+        await asyncio.gather(*cleanups, return_exceptions=True)  # a cancelled check's too
         tasks = [s.task for s in self._servers.values() if s.task and not s.task.done()]
         for t in tasks:
             t.cancel()
