@@ -163,16 +163,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pss_kib(pid: int) -> int:
-    """Proportional set size of one process (0 if it is gone)."""
+def rollup_kib(pid: int) -> dict[str, int]:
+    """One process's smaps_rollup, KiB by field (Pss, Pss_Anon, Pss_File, ...); {} if gone."""
+    out = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                key, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    out[key] = int(rest.split()[0])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
-    return 0
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process (0 if it is gone)."""
+    return rollup_kib(pid).get("Pss", 0)
 
 
 def pids_of_uid(uid: int) -> list[int]:

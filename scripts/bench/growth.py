@@ -43,6 +43,7 @@ from common import (
     pct,
     pss_kib,
     rmtree,
+    rollup_kib,
     stop_process,
 )
 from hubs import ADMIN, Hub, minihub_cmd
@@ -187,11 +188,7 @@ def anon_mib(pid: int) -> float:
     """The process's own memory (Pss_Anon): PSS less the file pages (the Python executable,
     libcrypto, extension modules) that it shares with whatever else runs them, so that PSS
     moves with what else runs on the machine and this does not."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss_Anon:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return rollup_kib(pid).get("Pss_Anon", 0) / 1024
 
 
 def rss_mib(pid: int) -> float:

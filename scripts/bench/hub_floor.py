@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import free_port, log, stop_process, wait_http
+from common import free_port, log, rollup_kib, stop_process, wait_http
 from hubs import start_minihub
 
 PY = sys.executable
@@ -69,13 +69,8 @@ STEPS: list[tuple[str, str, str]] = [
 
 
 def rollup(pid: int) -> dict[str, float]:
-    out = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("Pss", "Pss_Anon", "Pss_File"):
-                out[key] = int(rest.split()[0]) / 1024
-    return out
+    got = rollup_kib(pid)
+    return {k: got[k] / 1024 for k in ("Pss", "Pss_Anon", "Pss_File")}
 
 
 def bare() -> dict[str, float]:
