@@ -333,3 +333,35 @@ async def test_oom_killed_kernel_is_reported(
         await spawner.stop_process(proc, timeout=5)
         await spawner.close()
         UserCgroup.from_paths(proc.extra["cgroup"]).remove()
+
+
+def test_an_oom_kill_counted_while_the_victim_was_still_exiting_is_its_death(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count goes up as the OOM killer picks the kernel; a watch that saw the kernel still
+    alive a moment later (exiting, its memory being freed) must not hide the kill (seen in CI
+    under Slurm: 'killed by SIGKILL' for an OOM kill)."""
+    from minihub.kernels import kernel
+
+    clock = [1000.0]
+    monkeypatch.setattr(kernel.time, "monotonic", lambda: clock[0])
+    events = tmp_path / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    monkeypatch.setattr(kernel, "_memory_events_path", lambda: events)
+    counter = kernel.OomCounter()
+    for _ in range(20):  # alive, watched every second: the baseline stays 1 kill
+        clock[0] += 1
+        counter.refresh()
+    events.write_text("low 0\nhigh 0\nmax 9\noom 2\noom_kill 2\n")
+    clock[0] += 1
+    counter.refresh()  # the victim still exiting, seen alive
+    clock[0] += 1
+    assert kernel.describe_exit(-signal.SIGKILL, counter.increased()) == "killed: out of memory"
+    # That kill is now the baseline: a later SIGKILL without one is not called out of memory,
+    # and an exit with a status of its own never is.
+    for _ in range(20):
+        clock[0] += 1
+        counter.refresh()
+    assert kernel.describe_exit(-signal.SIGKILL, counter.increased()) == "killed by SIGKILL"
+    events.write_text("low 0\nhigh 0\nmax 12\noom 3\noom_kill 3\n")
+    assert kernel.describe_exit(1, counter.increased()) == "exited with status 1"

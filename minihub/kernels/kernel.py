@@ -11,7 +11,9 @@ import hmac
 import json
 import logging
 import os
+import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -318,11 +320,11 @@ class Kernel:
 
 
 def describe_exit(status: int | None, oom_killed: bool) -> str:
-    if oom_killed:
+    # The OOM killer sends SIGKILL; an exit with a status of its own was not its doing even
+    # if it struck another process of the server meanwhile.
+    if oom_killed and status in (None, -signal.SIGKILL):
         return "killed: out of memory"
     if status is not None and status < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-status).name}"
         except ValueError:
@@ -331,21 +333,35 @@ def describe_exit(status: int | None, oom_killed: bool) -> str:
 
 
 class OomCounter:
-    """The OOM-kill count of this server's memory cgroup (cgroup v2), to explain deaths."""
+    """The OOM-kill count of this server's memory cgroup (cgroup v2), to explain deaths.
+
+    The count goes up when the OOM killer picks its victim, but the victim is seen dead only
+    once it has exited, which for a process that held hundreds of MB can take longer than a
+    watch interval: a reading taken meanwhile (the kernel still alive) must not become the
+    baseline, or the kill that ended it would not count. So the baseline is the newest
+    reading at least SETTLE seconds old.
+    """
+
+    SETTLE = 10.0
 
     def __init__(self) -> None:
         self.path = _memory_events_path()
-        self.last = self._read()
+        self.readings: deque[tuple[float, int]] = deque([(time.monotonic(), self._read())])
 
     def _read(self) -> int:
         return (oom_kills(self.path) if self.path else None) or 0
 
     def refresh(self) -> None:
-        self.last = self._read()
+        now = time.monotonic()
+        self.readings.append((now, self._read()))
+        while len(self.readings) > 1 and self.readings[1][0] <= now - self.SETTLE:
+            self.readings.popleft()
 
     def increased(self) -> bool:
+        """True if the count grew since the baseline; the count now becomes the baseline."""
         now = self._read()
-        grew, self.last = now > self.last, now
+        grew = now > self.readings[0][1]
+        self.readings = deque([(time.monotonic(), now)])
         return grew
 
 
