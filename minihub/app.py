@@ -85,6 +85,7 @@ def parts_ctx(cfg: Config, spawner: Spawner | None = None) -> object:
         )
         _gauges(p)
         access.on_change(proxy.recheck_websockets)
+        p.identities.on_invalidate(proxy.recheck_credentials)
         app[PARTS] = p
         await servers.open()
         culler = Culler(cfg, servers, store, metrics, access, p.identities)

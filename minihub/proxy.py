@@ -10,7 +10,7 @@ import asyncio
 import hmac
 import logging
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,15 @@ def normalise_path(raw_path: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing else "")
 
 
+@dataclass
+class _WsCheck:
+    """What an open websocket is asked again: its permission, its credential."""
+
+    allowed: Callable[[], bool] | None
+    signed_in: Callable[[], Awaitable[bool]] | None
+    revoked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class _Ticker:
     """Calls on_activity at most once per ACTIVITY_EVERY seconds."""
 
@@ -197,7 +206,8 @@ class Proxy:
         self._ws_max_msg_size = ws_max_msg_size
         self._ws_close_timeout = ws_close_timeout
         self._websockets: dict[web.WebSocketResponse, aiohttp.ClientWebSocketResponse[Any]] = {}
-        self._ws_allowed: dict[web.WebSocketResponse, tuple[Callable[[], bool], asyncio.Event]] = {}
+        self._ws_allowed: dict[web.WebSocketResponse, _WsCheck] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
         # Plain HTTP goes through a lean keep-alive client: aiohttp's ClientSession costs
         # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
         self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -220,6 +230,8 @@ class Proxy:
         )
 
     async def close(self) -> None:
+        for task in list(self._rechecks):
+            task.cancel()
         await self.close_websockets()
         await self._pool.close()
         await self._session.close()
@@ -235,6 +247,7 @@ class Proxy:
         keep_authorization: bool = False,
         cookie_path: str = "/",
         allowed: Callable[[], bool] | None = None,
+        signed_in: Callable[[], Awaitable[bool]] | None = None,
     ) -> web.StreamResponse:
         """Send `request` to `upstream` at `path` (from normalise_path) plus its query string.
 
@@ -251,6 +264,9 @@ class Proxy:
         never for another path or a Domain.
         `allowed`: asked again for an open websocket by `recheck_websockets` (after a change
         of permissions); once it says False the websocket is closed (1008).
+        `signed_in`: asked again for an open websocket by `recheck_credentials` (after a
+        logout, a token's deletion, a password change): is the credential it was opened with
+        still good? Once it says False the websocket is closed (1008).
         """
         if not path.startswith("/"):
             raise ValueError("path must start with /")
@@ -264,9 +280,8 @@ class Proxy:
             _check_ws_handshake(request)
             url = URL(upstream.origin + target, encoded=True)
             keep = ("Authorization",) if keep_authorization else ()
-            return await self._forward_ws(
-                request, upstream, url, policy, on_activity, keep, allowed
-            )
+            check = _WsCheck(allowed, signed_in)
+            return await self._forward_ws(request, upstream, url, policy, on_activity, keep, check)
         return await self._forward_http(
             request, upstream, target, policy, on_activity, keep_authorization
         )
@@ -311,8 +326,8 @@ class Proxy:
         url: URL,
         policy: _CookiePolicy,
         on_activity: Callable[[], None] | None,
-        keep: tuple[str, ...] = (),
-        allowed: Callable[[], bool] | None = None,
+        keep: tuple[str, ...],
+        check: _WsCheck,
     ) -> web.StreamResponse:
         headers = _request_headers(request, upstream, policy.hub, _WS_REQUEST_DROP, keep)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
@@ -351,10 +366,9 @@ class Proxy:
         try:
             await client_ws.prepare(request)
             self._websockets[client_ws] = up_ws
-            revoked = asyncio.Event()
-            if allowed is not None:
-                self._ws_allowed[client_ws] = (allowed, revoked)
-            await _bridge(client_ws, up_ws, _Ticker(on_activity), revoked)
+            if check.allowed is not None or check.signed_in is not None:
+                self._ws_allowed[client_ws] = check
+            await _bridge(client_ws, up_ws, _Ticker(on_activity), check.revoked)
         finally:
             self._websockets.pop(client_ws, None)
             self._ws_allowed.pop(client_ws, None)
@@ -364,10 +378,34 @@ class Proxy:
     def recheck_websockets(self) -> None:
         """Close (1008, policy violation) every websocket its `allowed` no longer allows:
         a revoked permission ends an open connection, not only the next request."""
-        for client_ws, (allowed, revoked) in list(self._ws_allowed.items()):
-            if not allowed():
-                self._ws_allowed.pop(client_ws, None)
-                revoked.set()  # the bridge stops relaying and closes both sides
+        for client_ws, check in list(self._ws_allowed.items()):
+            if check.allowed is not None and not check.allowed():
+                self._revoke(client_ws, check)
+
+    def recheck_credentials(self) -> None:
+        """Close (1008) every websocket whose credential is no longer good, soon: each
+        `signed_in` asks the store, so this runs as a task of its own."""
+        if not any(c.signed_in for c in self._ws_allowed.values()):
+            return
+        task = asyncio.get_running_loop().create_task(self._recheck_credentials())
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck_credentials(self) -> None:
+        for client_ws, check in list(self._ws_allowed.items()):
+            if check.signed_in is None or check.revoked.is_set():
+                continue
+            try:
+                good = await check.signed_in()
+            except Exception:  # unsure is not good: the client reconnects
+                log.exception("checking a websocket's credential failed: closing it")
+                good = False
+            if not good:
+                self._revoke(client_ws, check)
+
+    def _revoke(self, client_ws: web.WebSocketResponse, check: _WsCheck) -> None:
+        self._ws_allowed.pop(client_ws, None)
+        check.revoked.set()  # the bridge stops relaying and closes both sides
 
     async def close_websockets(self) -> None:
         """Close every proxied websocket with 1001 (going away): clients reconnect.

@@ -18,7 +18,7 @@ Authorization header is forwarded: services check tokens with the hub themselves
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -62,7 +62,10 @@ async def service_route(request: web.Request) -> web.StreamResponse:
     def still_allowed() -> bool:
         return who is None or p.access.allows(who, "access:services", service=name)
 
-    return await _forward(request, svc, path, prefix, still_allowed)
+    async def signed_in() -> bool:  # an anonymous websocket has no credential to lose
+        return ident is None or await p.identities.still_good(ident, request)
+
+    return await _forward(request, svc, path, prefix, still_allowed, signed_in)
 
 
 def upstream_of(svc: Service) -> Upstream:
@@ -72,7 +75,12 @@ def upstream_of(svc: Service) -> Upstream:
 
 
 async def _forward(
-    request: web.Request, svc: Service, path: str, prefix: str, allowed: Callable[[], bool]
+    request: web.Request,
+    svc: Service,
+    path: str,
+    prefix: str,
+    allowed: Callable[[], bool],
+    signed_in: Callable[[], Awaitable[bool]],
 ) -> web.StreamResponse:
     p = parts(request)
     start = time.perf_counter()
@@ -89,6 +97,7 @@ async def _forward(
             keep_authorization=True,
             cookie_path=prefix,
             allowed=allowed,
+            signed_in=signed_in,
         )
     except UpstreamUnavailable:
         raise ServiceUnavailable(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -58,7 +58,10 @@ async def user_route(request: web.Request) -> web.StreamResponse:
     def still_allowed() -> bool:
         return p.access.allows(who, "access:servers", user=name, server=server)
 
-    return await _forward(request, p, srv, upstream, path, prefix, still_allowed)
+    async def signed_in() -> bool:
+        return await p.identities.still_good(ident, request)
+
+    return await _forward(request, p, srv, upstream, path, prefix, still_allowed, signed_in)
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -96,6 +99,7 @@ async def _forward(
     path: str,
     prefix: str,
     allowed: Callable[[], bool],
+    signed_in: Callable[[], Awaitable[bool]],
 ) -> web.StreamResponse:
     start = time.perf_counter()
     p.metrics.proxied.inc()
@@ -125,6 +129,7 @@ async def _forward(
             keep_authorization=protocol.forwards_owner_token and own_token,
             cookie_path=prefix,
             allowed=allowed,
+            signed_in=signed_in,
         )
     except ProxyError as e:
         if await _server_died(p, srv, dying=not isinstance(e, UpstreamTimeout)):

@@ -414,3 +414,66 @@ async def test_the_admin_flag_migrates_to_the_admin_role(tmp_path):
         assert "admin" not in cols
     finally:
         await store.close()
+
+
+async def _relays(ws: aiohttp.ClientWebSocketResponse, tag: str) -> None:
+    """The kernel answers an execute_request sent on `ws` (it is open and relayed)."""
+    from helpers import execute_request
+
+    await ws.send_json(execute_request(f"print({tag!r})", tag * 8, "s" * 32))
+    async with asyncio.timeout(30):
+        while True:
+            msg = await ws.receive_json()
+            if msg["msg_type"] == "stream" and msg["parent_header"].get("msg_id") == tag * 8:
+                assert msg["content"]["text"] == tag + "\n"
+                return
+
+
+async def _closed_1008(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async with asyncio.timeout(10):
+        msg = await ws.receive()
+        while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            msg = await ws.receive()
+    assert ws.close_code == 1008, (msg, ws.close_code)
+
+
+@needs_root
+async def test_a_deleted_token_or_a_logout_closes_the_websockets_it_opened(
+    aiohttp_client, data_dir, make_system_user
+):
+    """A revoked credential ends what it opened, not only its next request: a kernel's
+    websocket opened with a token that is then deleted, or by a session that then logs out,
+    closes at once (1008); the owner's other connections run on."""
+    from conftest import login, xsrf_of
+
+    amy = make_system_user("mhac_amy")
+    cfg = course_config(data_dir)
+    tok = await tokens(cfg, [amy.name])
+    c = await aiohttp_client(make_app(cfg))
+    await start(c, amy.name, tok[amy.name])
+    main = h(tok[amy.name])
+    r = await c.post(f"/hub/api/users/{amy.name}/tokens", headers=main, json={"note": "laptop"})
+    assert r.status == 201, await r.text()
+    laptop = await r.json()
+    r = await c.post(f"/user/{amy.name}/api/kernels", headers=main, json={})
+    assert r.status == 201, await r.text()
+    url = f"/user/{amy.name}/api/kernels/{(await r.json())['id']}/channels"
+    r = await login(c, amy.name, amy.password)
+    assert r.status == 302, await r.text()
+    by_laptop = await c.ws_connect(url, headers=h(laptop["token"]))
+    by_token = await c.ws_connect(url, headers=main)
+    by_session = await c.ws_connect(url)  # the session cookie
+    for ws, tag in ((by_laptop, "a"), (by_token, "b"), (by_session, "c")):
+        await _relays(ws, tag)
+
+    r = await c.delete(f"/hub/api/users/{amy.name}/tokens/{laptop['id']}", headers=main)
+    assert r.status == 204, await r.text()
+    await _closed_1008(by_laptop)
+    await _relays(by_token, "d")
+    await _relays(by_session, "e")
+
+    r = await c.post("/hub/logout", data={"_xsrf": xsrf_of(c)}, allow_redirects=False)
+    assert r.status == 302
+    await _closed_1008(by_session)
+    await _relays(by_token, "f")
+    await by_token.close()

@@ -7,6 +7,7 @@ The cookie holds a random session id; SQLite holds its SHA-256. API tokens come 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,18 +45,41 @@ class Identities:
         self.store = store
         self.key = key
         self._cache: dict[str, tuple[float, Identity | None]] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_invalidate(self, fn: Callable[[], None]) -> None:
+        """Call `fn` whenever a credential may have stopped being good (see invalidate)."""
+        self._listeners.append(fn)
 
     def invalidate(self) -> None:
+        """A session or token may be gone or changed (a logout, a token's deletion, a
+        password change, a user's removal): forget what was resolved, and tell the listeners
+        (the proxy asks each open websocket's credential again)."""
         self._cache.clear()
+        for fn in list(self._listeners):
+            fn()
 
-    async def resolve(self, request: web.Request) -> Identity | None:
+    async def resolve(self, request: web.Request, touch: bool = True) -> Identity | None:
         auth = request.headers.get("Authorization", "")
         if auth:
-            return await self._from_token(auth)
+            return await self._from_token(auth, touch)
         sid = request.cookies.get(SESSION_COOKIE)
         return await self._from_session(sid) if sid else None
 
-    async def _from_token(self, header: str) -> Identity | None:
+    async def still_good(self, ident: Identity, request: web.Request) -> bool:
+        """Does `request`'s credential still resolve to `ident` (the same user or service,
+        by the same session or token)? Asked of an open websocket after invalidate."""
+        again = await self.resolve(request, touch=False)
+        return (
+            again is not None
+            and (again.user.id if again.user else None) == (ident.user.id if ident.user else None)
+            and again.service == ident.service
+            and again.session_hash == ident.session_hash
+            and (again.token.id if again.token else None)
+            == (ident.token.id if ident.token else None)
+        )
+
+    async def _from_token(self, header: str, touch: bool = True) -> Identity | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() not in ("token", "bearer") or not value.strip():
             return None
@@ -68,7 +92,7 @@ class Identities:
         if ident is None:
             svc = await self.store.service_token(h)
             ident = Identity(None, "token", token=svc[1], service=svc[0]) if svc else None
-        if ident is not None and ident.token is not None:
+        if touch and ident is not None and ident.token is not None:
             await self.store.touch_token(ident.token.id)
         return self._remember("t:" + h, ident)
 
