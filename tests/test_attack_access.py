@@ -164,6 +164,24 @@ async def test_a_named_servers_token_reaches_only_that_server(hub: Any) -> None:
     assert client.access_scopes == ["access:servers!server=amy/work", "access:servers!user=amy"]
 
 
+async def test_the_default_servers_token_is_not_reported_as_reaching_the_named_ones(
+    hub: Any,
+) -> None:
+    """The same for amy's default server: `GET /hub/api/user` with its token must not say
+    access:servers!user=amy, which jupyterhub-singleuser on amy's named servers accepts; amy's
+    own token, which reaches all her servers, says both."""
+    c, tok = await hub()
+    p = c.server.app[PARTS]
+    amy = await p.store.get_user("amy")
+    assert amy is not None
+    client = await protocols.register_server(p.store, amy, "", "/user/amy/")
+    me = await call(c, "GET", "/user", client.api_token, 200)
+    assert "access:servers!server=amy/" in me["scopes"]
+    assert not [s for s in me["scopes"] if s.startswith("access:servers!user")], me["scopes"]
+    own = await call(c, "GET", "/user", tok["amy"], 200)
+    assert {"access:servers!server=amy/", "access:servers!user=amy"} <= set(own["scopes"])
+
+
 # --- a share is filtered to a server: it must not reach what is done to the owner ----------
 async def test_a_share_does_not_reach_the_admin_pages_actions_on_its_owner(hub: Any) -> None:
     """adm (an admin) shares her server with cy, a teaching assistant who may open the admin

@@ -236,15 +236,16 @@ async def whoami(request: web.Request) -> web.Response:
     m = model(p, me(request), request)
     m["session_id"] = None
     m["scopes"] = scopes.strings(have)
+    # jupyterhub-singleuser asks for these filters by name; say each one the caller holds.
+    # !user only if it reaches all the caller's servers: a named server accepts it, and the
+    # default server's own token (access:servers!server=amy/) must not reach those.
+    explicit = set()
     if p.access.allows(who, "access:servers", user=who.name, server=""):
-        # jupyterhub-singleuser asks for the server filter by name; say it explicitly.
-        m["scopes"] = sorted(
-            {
-                *m["scopes"],
-                f"access:servers!server={who.name}/",
-                f"access:servers!user={who.name}",
-            }
-        )
+        explicit.add(f"access:servers!server={who.name}/")
+    if p.access.allows(who, "access:servers", user=who.name):
+        explicit.add(f"access:servers!user={who.name}")
+    if explicit:
+        m["scopes"] = sorted({*m["scopes"], *explicit})
     return web.json_response(m)
 
 
