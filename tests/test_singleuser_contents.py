@@ -174,6 +174,14 @@ async def test_create_copy_rename_delete(api: Any, server: Server) -> None:
     assert f["name"] == "untitled.py"
     status, cp = await api("POST", "api/contents/" + d["path"], {"copy_from": nb["path"]})
     assert status == 201 and cp["name"] == "Untitled-Copy1.ipynb"
+    # a copy goes into a directory only: POSTed onto a file (a notebook here) it would
+    # replace it unvalidated, with no checkpoint; as jupyter_server, 400, and nothing changes
+    before = (await api("GET", "api/contents/" + nb["path"]))[1]["content"]
+    for target in (nb["path"], d["path"] + "/missing/x.ipynb"):
+        status, body = await api("POST", "api/contents/" + target, {"copy_from": f["path"]})
+        assert status in (400, 404) and body["message"], (target, status, body)
+    status, still = await api("GET", "api/contents/" + nb["path"])
+    assert status == 200 and still["content"] == before
     status, moved = await api("PATCH", "api/contents/" + cp["path"], {"path": "moved.ipynb"})
     assert status == 200 and moved["path"] == "moved.ipynb"
     status, _ = await api("PATCH", "api/contents/moved.ipynb", {"path": nb["path"]})

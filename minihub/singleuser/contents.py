@@ -326,17 +326,18 @@ class ContentsManager:
         raise AssertionError("unreachable")
 
     def copy(self, from_path: str, to_path: str) -> Model:
-        """Copy a file into directory to_path (as name-Copy1.ext) or onto path to_path."""
+        """Copy a file into directory to_path, as name-Copy1.ext (never onto a file: that
+        would replace it unvalidated and with no checkpoint; PUT saves over one)."""
         from_path, to_path = from_path.strip("/"), to_path.strip("/")
+        self._require_dir(to_path)
         src = self.os_path(from_path)
         if not os.path.exists(src):
             raise NotFound(f"No such file: {from_path}")
         if os.path.isdir(src):
             raise BadRequest("Can't copy directories")
-        if os.path.isdir(self.os_path(to_path)):
-            name = COPY_PAT.sub(".", from_path.rsplit("/", 1)[-1])
-            to_path = f"{to_path}/{self.increment_filename(name, to_path, insert='-Copy')}"
-            to_path = to_path.strip("/")
+        name = COPY_PAT.sub(".", from_path.rsplit("/", 1)[-1])
+        to_path = f"{to_path}/{self.increment_filename(name, to_path, insert='-Copy')}"
+        to_path = to_path.strip("/")
         atomic_copy(src, self.os_path(to_path, writing=True))
         return self.get(to_path, content=False)
 
