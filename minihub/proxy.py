@@ -80,6 +80,7 @@ _UNSENDABLE_CLOSE = frozenset({0, 1005, 1006, 1015})
 # %2E and %2F are decoded before dot-segments are resolved, so an encoded ".." cannot reach
 # a server that decodes it after the hub chose a route on the raw text.
 _ENCODED_DOT_SLASH = re.compile(r"%2[eEfF]")
+_SLASH_RUNS = re.compile(r"//+")
 # What a failed exchange with a user server can raise (aiohttp wraps most in ClientError).
 _UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 
@@ -157,6 +158,23 @@ def normalise_path(raw_path: str) -> str:
             out.append(part)
     trailing = parts[-1] in ("", ".", "..") and bool(out)
     return "/" + "/".join(out) + ("/" if trailing else "")
+
+
+def canonical_path(request: web.Request) -> str:
+    """The request's path from normalise_path, if that is the path the browser asked for
+    (up to runs of `/`). Otherwise a GET or HEAD is redirected there and anything else is
+    refused (400): a browser reads `..%2F` as part of a segment, so for
+    `/user/ta/..%2Falice/tree` it sends the cookies of ta's server's URL space (a
+    jupyterhub-singleuser OAuth cookie, which holds a token) to what normalises to alice's.
+    """
+    raw, _, query = request.raw_path.partition("?")
+    path = normalise_path(raw)
+    if path == _SLASH_RUNS.sub("/", raw or "/"):
+        return path
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method in ("GET", "HEAD") and not websocket:
+        raise web.HTTPFound(path + (f"?{query}" if query else ""))
+    raise BadRequest(f"Ask for this path as {path[:200]!r}: {raw[:200]!r} is not canonical.")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .access.http import principal_of
 from .auth.identity import SESSION_COOKIE
 from .context import identity, parts
 from .errors import Forbidden, NotFound, ServiceUnavailable
-from .proxy import Upstream, UpstreamUnavailable, normalise_path
+from .proxy import Upstream, UpstreamUnavailable, canonical_path
 from .service_spec import Service
 from .services import registry
 from .user_proxy import _is_websocket, _same_origin
@@ -36,7 +36,7 @@ from .user_proxy import _is_websocket, _same_origin
 async def service_route(request: web.Request) -> web.StreamResponse:
     """/services/<name>/...: authorise (if identified), then hand the request to the proxy."""
     p = parts(request)
-    path = normalise_path(request.raw_path.split("?", 1)[0])
+    path = canonical_path(request)
     base = p.cfg.base_url + "services/"
     name = path[len(base) :].split("/", 1)[0] if path.startswith(base) else ""
     svc = registry(request).get(name) if name else None

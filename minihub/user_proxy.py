@@ -17,7 +17,7 @@ from aiohttp import web
 from .access.http import principal_of
 from .context import Parts, identity, parts
 from .errors import Forbidden, ServiceUnavailable
-from .proxy import ProxyError, Upstream, UpstreamTimeout, normalise_path
+from .proxy import ProxyError, Upstream, UpstreamTimeout, canonical_path
 from .servers import Server
 from .store import User
 from .web.errors import wants_json
@@ -26,7 +26,7 @@ from .web.errors import wants_json
 async def user_route(request: web.Request) -> web.StreamResponse:
     """/user/<name>/...: authenticate, authorise, then hand the request to the proxy."""
     p = parts(request)
-    path = normalise_path(request.raw_path.split("?", 1)[0])
+    path = canonical_path(request)
     base = p.cfg.base_url
     rest = path[len(base + "user/") :] if path.startswith(base + "user/") else ""
     name, _, tail = rest.partition("/")

@@ -204,3 +204,37 @@ async def test_a_share_does_not_reach_the_admin_pages_actions_on_its_owner(hub: 
         "/hub/admin/users/adm/start", data={"_xsrf": xsrf_of(c)}, allow_redirects=False
     )
     assert r.status == 302  # the server's own actions: shared, so allowed
+
+
+# --- ..%2F: the browser's path and the hub's route must name the same server --------------
+async def test_an_encoded_slash_cannot_carry_one_servers_cookies_to_another(hub: Any) -> None:
+    """bo may open amy's server (a share). A link to /user/bo/..%2Famy/x is, for a browser,
+    under /user/bo/ (it sends the cookies of bo's own server's URL space, such as
+    jupyterhub-singleuser's OAuth cookie), while the hub's route normalises it to amy's
+    server. So such a path is never forwarded: a GET is redirected to the canonical path
+    (where the browser sends /user/amy/'s cookies), anything else is refused."""
+    from yarl import URL
+
+    c, tok = await hub()
+    await call(c, "POST", "/shares/amy/", tok["amy"], 200, {"user": "bo"})
+    await up(c, "amy", tok["amy"])
+    for raw in ("/user/bo/..%2Famy/api/x?q=1", "/user/bo/%2E%2E/amy/api/x?q=1"):
+        url = c.make_url("").join(URL(raw, encoded=True))
+        r = await c.session.get(url, headers=h(tok["bo"]), allow_redirects=False)
+        assert r.status == 302 and r.headers["Location"] == "/user/amy/api/x?q=1", raw
+        r = await c.session.post(url, headers=h(tok["bo"]), allow_redirects=False)
+        assert r.status == 400 and "canonical" in (await r.json())["message"], raw
+        ws = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        r = await c.session.get(url, headers={**h(tok["bo"]), **ws}, allow_redirects=False)
+        assert r.status == 400, raw
+    # the same under /services/, and runs of / are left alone (no browser reads them apart)
+    url = c.make_url("").join(URL("/services/a/..%2Fb/", encoded=True))
+    r = await c.session.get(url, allow_redirects=False)
+    assert r.status == 302 and r.headers["Location"] == "/services/b/"
+    url = c.make_url("").join(URL("/user/amy//api/x", encoded=True))
+    assert (await c.session.get(url, headers=h(tok["bo"]))).status == 200
