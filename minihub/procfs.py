@@ -64,3 +64,44 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def tcp_socket_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The owner (uid) of this machine's TCP socket from `local` to `remote`, from
+    /proc/net/tcp and tcp6: for a connection the hub accepted from loopback, pass the
+    peer's address as `local` and the hub's as `remote` to learn who connected. None if
+    there is no such socket (it closed meanwhile)."""
+    import ipaddress
+
+    def norm(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            a = ipaddress.ip_address(addr.split("%", 1)[0])
+        except ValueError:
+            return None
+        return a.ipv4_mapped or a if isinstance(a, ipaddress.IPv6Address) else a
+
+    def parse(col: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+        hexaddr, _, hexport = col.partition(":")
+        raw = bytes.fromhex(hexaddr)  # 32-bit words in host (little-endian) order
+        if len(raw) == 4:
+            return ipaddress.IPv4Address(raw[::-1]), int(hexport, 16)
+        a = ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+        return a.ipv4_mapped or a, int(hexport, 16)
+
+    want = ((norm(local[0]), local[1]), (norm(remote[0]), remote[1]))
+    if None in (want[0][0], want[1][0]):
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            try:
+                if len(cols) > 7 and (parse(cols[1]), parse(cols[2])) == want:
+                    return int(cols[7])
+            except ValueError:
+                continue
+    return None

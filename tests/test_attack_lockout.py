@@ -197,3 +197,66 @@ async def test_behind_a_nat_one_guesser_does_not_shut_out_the_others(tmp_path, m
             assert (await post_login(s, base, neighbour.name, neighbour.password, via=nat))[
                 0
             ] == 302
+
+
+# A local user's process (a kernel, a terminal) posting logins to the hub on loopback.
+_LOCAL_GUESSER = """
+import json, sys, urllib.error, urllib.parse, urllib.request
+base, name, count, via = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+out = []
+for i in range(count):
+    data = urllib.parse.urlencode({"username": name, "password": f"guess-{i}"}).encode()
+    fwd = via if via != "fresh" else f"198.51.{i // 250}.{1 + i % 250}"
+    req = urllib.request.Request(base + "/hub/login", data, {"X-Forwarded-For": fwd})
+    try:
+        out.append(urllib.request.urlopen(req, timeout=60).status)
+    except urllib.error.HTTPError as e:
+        out.append(e.code)
+print(json.dumps(out))
+"""
+
+
+@needs_root
+async def test_a_local_user_cannot_pass_for_the_trusted_loopback_proxy(
+    tmp_path, make_system_user, request
+):
+    """Behind nginx on this machine ([hub] trusted_proxies = ["127.0.0.1"]) a student's
+    kernel connects from 127.0.0.1 too. Its X-Forwarded-For must not be believed: a fresh
+    forged address per guess would dodge every backoff, and the classroom NAT's address
+    forged would lock the class out. Its guesses count as its own uid's."""
+    import json
+    import os
+    import tempfile
+
+    student = make_system_user("mhlk_stud")
+    victim = make_system_user("mhlk_vict")
+    shared = tempfile.TemporaryDirectory(prefix="mhlk-", dir="/tmp")  # tmp_path is root's only
+    request.addfinalizer(shared.cleanup)
+    os.chmod(shared.name, 0o755)
+    script = Path(shared.name) / "guess.py"
+    script.write_text(_LOCAL_GUESSER)
+    os.chmod(script, 0o644)
+
+    def guess(base: str, name: str, count: int, via: str) -> list[int]:
+        done = subprocess.run(
+            ["runuser", "-u", student.name, "--", "/usr/bin/python3", str(script)]
+            + [base, name, str(count), via],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    nat = "192.0.2.200"
+    with real_hub(tmp_path, PAM_HUB, TRUST_LOOPBACK_PROXY) as (base, _):
+        # a fresh forged address per guess: still one guesser, backed off after 3
+        statuses = guess(base, victim.name, 6, "fresh")
+        assert statuses[:3] == [403] * 3 and 429 in statuses[3:], statuses
+        # forging the NAT's address past [auth] login_address_delay_after (20)...
+        statuses = guess(base, "mhlk_nobody", 24, nat)
+        assert 429 in statuses, statuses
+        # ...does not touch the NAT: nginx (root here) forwarding it gets the victim in
+        async with client() as s:
+            status, _, _ = await post_login(s, base, victim.name, victim.password, via=nat)
+            assert status == 302

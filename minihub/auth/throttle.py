@@ -78,7 +78,7 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: list[Net
     X-Forwarded-For entry that is not itself a trusted proxy (entries left of it are whatever
     the client chose to send, so they are never believed)."""
     addr = peer or "?"
-    if not _in(addr, trusted):
+    if not in_networks(addr, trusted):
         return addr
     hops = [h.strip() for header in forwarded_for for h in header.split(",")]
     for hop in reversed(hops):
@@ -87,12 +87,12 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: list[Net
         except ValueError:
             return addr  # garbage: stop at the last hop we could read
         addr = hop
-        if not _in(hop, trusted):
+        if not in_networks(hop, trusted):
             break
     return addr
 
 
-def _in(ip: str, networks: list[Network]) -> bool:
+def in_networks(ip: str, networks: list[Network]) -> bool:
     try:
         a = ipaddress.ip_address(ip)
     except ValueError:

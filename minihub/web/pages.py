@@ -13,12 +13,12 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from .. import users
+from .. import procfs, users
 from ..access.http import principal, require
 from ..auth import names
 from ..auth.base import TRUSTED_ATTEMPT, AuthResult
 from ..auth.identity import SESSION_COOKIE, XSRF_COOKIE
-from ..auth.throttle import Attempt, client_address
+from ..auth.throttle import Attempt, address_group, client_address, in_networks
 from ..context import Parts, identity, parts
 from ..errors import BadRequest, Forbidden, HubError, NotFound
 from ..servers import Server, Servers, check_server_name
@@ -125,12 +125,33 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
 
 def login_address(request: web.Request) -> str:
-    """Who is logging in, for the throttle: X-Forwarded-For only from a trusted proxy."""
-    return client_address(
-        request.remote,
-        request.headers.getall("X-Forwarded-For", []),
-        parts(request).throttle.trusted_proxies,
-    )
+    """Who is logging in, for the throttle: X-Forwarded-For only from a trusted proxy.
+
+    A trusted proxy on loopback (nginx on this machine) shares its address with every
+    user's kernels and terminals here, which could forge the header (a fresh address per
+    guess, or a victim's address to lock it out). So a loopback peer counts as that proxy
+    only if its socket belongs to root or a system account (below [spawner] uid_min); a
+    user's own process counts as "uid N", its header ignored.
+    """
+    p = parts(request)
+    trusted = p.throttle.trusted_proxies
+    peer = request.remote
+    if peer and address_group(peer) == "loopback" and in_networks(peer, trusted):
+        uid = _loopback_peer_uid(request)
+        if uid is None:
+            return peer
+        if uid != 0 and uid >= int(p.cfg.get("spawner.uid_min")):
+            return f"uid {uid}"
+    return client_address(peer, request.headers.getall("X-Forwarded-For", []), trusted)
+
+
+def _loopback_peer_uid(request: web.Request) -> int | None:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    sock = transport.get_extra_info("sockname") if transport else None
+    if not (isinstance(peer, tuple) and isinstance(sock, tuple)):
+        return None
+    return procfs.tcp_socket_uid((peer[0], peer[1]), (sock[0], sock[1]))
 
 
 async def _authenticate(p: Parts, attempt: Attempt, password: str) -> AuthResult | None:
