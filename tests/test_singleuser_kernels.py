@@ -200,6 +200,17 @@ async def test_sessions_tie_kernels_to_paths(http: aiohttp.ClientSession, server
     url = f"{server.url}api/sessions/{s['id']}"
     async with http.patch(url, json={"path": "t.ipynb"}, headers=h) as r:
         assert (await r.json())["path"] == "t.ipynb"
+    # a refused PATCH (no such kernel) changes nothing, not even the fields before it
+    refused = {"path": "u.ipynb", "name": "u", "kernel": {"id": "no-such-kernel"}}
+    async with http.patch(url, json=refused, headers=h) as r:
+        assert r.status in (400, 404), await r.text()
+    async with http.get(url, headers=h) as r:
+        kept = await r.json()
+    assert (kept["path"], kept["name"], kept["kernel"]["id"]) == (
+        "t.ipynb",
+        "s.ipynb",
+        s["kernel"]["id"],
+    )
     async with http.patch(url, json={"kernel": {"name": "python3"}}, headers=h) as r:
         s2 = await r.json()
     assert s2["kernel"]["id"] != s["kernel"]["id"]

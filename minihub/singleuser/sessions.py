@@ -86,12 +86,14 @@ class SessionManager:
         # Every field is checked before any is applied: a refused PATCH changes nothing.
         path, spec = _path_of(body), _kernel_spec(body)
         texts = {key: text_field(body, key) for key in ("name", "type") if key in body}
+        kernel_id = old_kernel
+        if spec and (spec.get("id") or spec.get("name")):  # may refuse: nothing changed yet
+            kernel_id = await self._kernel_for(spec, s.path if path is None else path)
         if path is not None:
             s.path = path
         for key, value in texts.items():
             setattr(s, key, value)
-        if spec and (spec.get("id") or spec.get("name")):
-            s.kernel_id = await self._kernel_for(spec, s.path)
+        s.kernel_id = kernel_id
         if s.kernel_id != old_kernel and old_kernel in self.kernels.kernels:
             # As jupyter_server: the session's previous kernel is shut down.
             await self.kernels.shutdown(old_kernel)
