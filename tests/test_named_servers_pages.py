@@ -106,6 +106,12 @@ async def test_home_page_forms_limits_and_refusals(aiohttp_client, data_dir, mak
     # a name she has, and one past the limit, are refused in the page
     r = await post(c, "/hub/home/servers", xsrf, server_name="work")
     assert r.status == 400 and "already have a server named" in await r.text()
+    # a GET (a link from anywhere: no XSRF token) only offers to create one, with a form
+    r = await c.get(f"/hub/spawn/{ann.name}/two", allow_redirects=False)
+    text = await r.text()
+    assert r.status == 200 and f'action="/hub/spawn/{ann.name}/two"' in text, text
+    assert 'method="post"' in text and 'name="_xsrf"' in text
+    assert "two" not in await servers_of(c, ann.name, tok[ann.name])
     r = await post(c, "/hub/spawn/" + ann.name + "/two", xsrf)  # JupyterHub's: creates it
     assert r.status == 302 and r.headers["Location"].startswith(
         f"/hub/spawn-pending/{ann.name}/two?next="

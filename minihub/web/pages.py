@@ -508,17 +508,20 @@ def pending_url(p: Parts, user: User, server_name: str) -> str:
 @routes.get("/hub/spawn/{name}/{server_name}")
 async def spawn_form(request: web.Request) -> web.Response:
     """The spawner's options form (profiles), as JupyterHub's spawn page; without one, the
-    server starts at once, as there."""
+    user's own server starts at once, as there. A GET carries no XSRF token (a link from
+    another site is one), so creating a named server, or starting another user's, is only
+    offered here: the Start button posts it."""
     user = await may_act_on(request, "start:servers")
     p = parts(request)
     server_name = request.match_info.get("server_name", "")
-    if server_name and p.servers.peek(user.id, server_name) is None:
+    srv = p.servers.peek(user.id, server_name)
+    if server_name and srv is None:
         p.servers.check_name(user, server_name)
     own = f"{p.cfg.base_url}user/{user.name}/" + (f"{server_name}/" if server_name else "")
     nxt = safe_next(request, request.query.get("next")) if request.query.get("next") else own
     form = p.servers.spawner.options_form(user.name)
-    srv = p.servers.peek(user.id, server_name)
-    if not form or (srv is not None and srv.status in ("pending", "running")):
+    at_once = current(request).id == user.id and (srv is not None or not server_name)
+    if (not form and at_once) or (srv is not None and srv.status in ("pending", "running")):
         if srv is None or srv.status != "running":
             await start(p, user, server_name)
         pending = pending_url(p, user, server_name)
