@@ -48,6 +48,23 @@ async def test_native_login_sets_safe_cookies_and_logout_revokes(aiohttp_client,
     assert r.status == 302 and "/hub/login" in r.headers["Location"]
 
 
+async def test_behind_a_trusted_tls_proxy_the_cookies_are_secure(aiohttp_client, data_dir):
+    """nginx terminating TLS in front of a plain-HTTP hub says so in X-Forwarded-Proto: the
+    session and XSRF cookies must be Secure then (and only when a trusted proxy says so)."""
+    users = {"alice": "alice-password"}
+    https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+    c = await native_hub(aiohttp_client, data_dir, users, hub__trusted_proxies=["127.0.0.1"])
+    r = await login(c, "alice", "alice-password", headers=https)
+    assert r.status == 302
+    assert r.cookies[SESSION_COOKIE]["secure"] and r.cookies["_xsrf"]["secure"]
+    r = await login(c, "alice", "alice-password")  # nginx's plain-HTTP side, if it has one
+    assert r.status == 302 and not r.cookies[SESSION_COOKIE]["secure"]
+    await c.close()
+    c = await native_hub(aiohttp_client, data_dir)  # no trusted proxy: the header is anyone's
+    r = await login(c, "alice", "alice-password", headers=https)
+    assert r.status == 302 and not r.cookies[SESSION_COOKIE]["secure"]
+
+
 async def test_wrong_password_and_unknown_user_are_refused_alike(aiohttp_client, data_dir):
     c = await native_hub(aiohttp_client, data_dir, {"bob": "bob-password"})
     r1 = await login(c, "bob", "wrong-password")

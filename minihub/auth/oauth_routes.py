@@ -14,7 +14,7 @@ from .. import users
 from ..context import Parts, parts
 from ..errors import BadRequest, HubError, NotFound
 from ..web.errors import clean
-from ..web.pages import after_login, safe_next, start_session
+from ..web.pages import after_login, over_https, safe_next, start_session
 from . import secrets as S
 from .oauth import OAuthenticator, Pending
 from .oauth_client import LoginRefused
@@ -63,7 +63,7 @@ async def oauth_login(request: web.Request) -> web.Response:
         path=f"{p.cfg.base_url}hub/",
         httponly=True,
         samesite="Lax",
-        secure=p.cfg.tls or request.secure,
+        secure=over_https(request, p),
         max_age=int(auth.pending.ttl),
     )
     resp.headers["Cache-Control"] = "no-store"

@@ -198,6 +198,16 @@ async def after_login(
     return nxt
 
 
+def over_https(request: web.Request, p: Parts) -> bool:
+    """Did the browser come over HTTPS: the hub's own TLS, or a trusted proxy's (nginx
+    terminating TLS says so in X-Forwarded-Proto)? Cookies are marked Secure then."""
+    if p.cfg.tls or request.secure:
+        return True
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+    peer = request.remote
+    return proto == "https" and peer is not None and in_networks(peer, p.throttle.trusted_proxies)
+
+
 async def start_session(
     request: web.Request, p: Parts, user: User, resp: web.StreamResponse
 ) -> None:
@@ -205,7 +215,7 @@ async def start_session(
     sid = await users.new_session(p.store, user, max_age)
     from ..auth import secrets as S
 
-    secure = p.cfg.tls or request.secure
+    secure = over_https(request, p)
     resp.set_cookie(
         SESSION_COOKIE,
         sid,
