@@ -306,7 +306,10 @@ class Servers:
                     srv.progress.append("Waiting for the server to answer")
                     await self._wait_ready(srv)
                     break
-                except PortTaken:
+                except SpawnError as e:
+                    # It may also have exited before start returned ("exited at once").
+                    if not (isinstance(e, PortTaken) or _PORT_TAKEN.search(e.log_tail)):
+                        raise
                     if attempt == PORT_TAKEN_RETRIES:
                         raise
                 # A server that binds its own port (jupyterhub-singleuser) got one free when

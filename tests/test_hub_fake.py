@@ -232,6 +232,27 @@ async def test_failed_start_shows_message_and_log(hub: Hub, fake: FakeSpawner):
     assert "No such image" not in await (await c.get("/hub/home")).text()
 
 
+async def test_a_server_that_exits_at_once_on_a_taken_port_is_started_again(
+    hub: Hub, fake: FakeSpawner
+):
+    """A server that binds its own port may find it taken so fast that it is gone before
+    the spawner's start returns ('exited at once', seen in CI): that is a taken port too."""
+    c, tok = await hub()
+    plan = fake.plan("amy")
+    plan.fail, plan.fail_once = "The server for amy exited at once (status 1).", True
+    plan.log = ["Traceback (most recent call last):", "OSError: [Errno 98] Address already in use"]
+    await up(c, "amy", tok["amy"])
+    resp = await c.get("/hub/api/users/amy/server/progress", headers=h(tok["amy"]))
+    said = [e["message"] async for e in events(resp)]
+    assert "Its port was taken meanwhile: starting it on another" in said, said
+    # any other failure at once is not tried again
+    await c.delete("/hub/api/users/amy/server", headers=h(tok["amy"]))
+    plan.fail, plan.fail_once = "The server for amy exited at once (status 1).", True
+    plan.log = ["this server is broken"]
+    r = await c.post("/hub/api/users/amy/server", headers=h(tok["amy"]))
+    assert r.status == 502 and "exited at once" in (await r.json())["message"]
+
+
 async def test_spawn_and_active_limits_are_429_with_retry_after(hub: Hub, fake: FakeSpawner):
     c, tok = await hub(spawner__concurrent_spawn_limit=1, spawner__active_server_limit=1)
     fake.plan("amy").go.clear()

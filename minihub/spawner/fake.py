@@ -51,6 +51,7 @@ class Plan:
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     fail: str = ""
     fail_status: int = 502
+    fail_once: bool = False  # the next start fails with `fail`, the one after succeeds
     log: list[str] = field(default_factory=list)
     stop_go: asyncio.Event = field(default_factory=_set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -96,11 +97,10 @@ class FakeSpawner(Spawner):
         plan.entered.set()
         await plan.go.wait()
         if plan.fail or launch.protocol != "minihub":
-            raise SpawnError(
-                plan.fail or "FakeSpawner serves only the minihub protocol.",
-                "\n".join(plan.log),
-                plan.fail_status,
-            )
+            message = plan.fail or "FakeSpawner serves only the minihub protocol."
+            if plan.fail_once:
+                plan.fail, plan.fail_once = "", False
+            raise SpawnError(message, "\n".join(plan.log), plan.fail_status)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
