@@ -29,7 +29,7 @@ from test_kube_spawner import follow, run_code, spawn, stop
 pytestmark = pytest.mark.timeout(200)
 
 MINIHUB = [sys.executable, "-m", "minihub"]
-USERS = ("mhs_ann", "mhs_bob", "mhs_cat", "mhs_dan", "mhs_tim")
+USERS = ("mhs_ann", "mhs_bob", "mhs_cat", "mhs_dan", "mhs_tim", "mhs_eve")
 # The default profile changes nothing, so the tests that pass options see the plain settings.
 PROFILES = """
 [[slurm.profile_list]]
@@ -153,9 +153,52 @@ async def test_spawn_on_a_chosen_node_runs_a_kernel_as_the_user(
         )
         out = (await run_code(s, "mhs_ann", code)).split()
         assert out == ["mhs_ann", "n2", state["job_id"], "False"], out
+        # The batch shell and srun keep the launch in their environment for the job's life,
+        # where the user's kernels can read it: it holds no secret and no proof.
+        launches = json.loads(await run_code(s, "mhs_ann", LAUNCH_ENVIRONS))
+        assert launches, "the batch shell's environment was not found"
+        assert all("config" not in launch for launch in launches), launches
+        assert '"secret"' not in json.dumps(launches) and '"proof"' not in json.dumps(launches)
     # The secret is in no file the job wrote and in no world-readable script.
     script = slurm_cluster.run("scontrol", "write", "batch_script", state["job_id"], "-")
     assert "secret" not in script and "MINIHUB_SLURM_LAUNCH" not in script
+
+
+# A kernel's look at every environment it can read: the launches found there (JSON).
+LAUNCH_ENVIRONS = """
+import json, os
+found = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        environ = open(f"/proc/{pid}/environ", "rb").read()
+    except OSError:
+        continue
+    for item in environ.split(b"\\0"):
+        if item.startswith(b"MINIHUB_SLURM_LAUNCH="):
+            found.append(json.loads(item.split(b"=", 1)[1]))
+print(json.dumps(found))
+"""
+
+
+async def test_a_launch_token_reported_again_stops_the_job(hub: SlurmHub) -> None:
+    """The user's own code reads the launch token from the batch shell and reports with it,
+    as a process that raced the job's own report would: it gets no config, and the job
+    whose token was used twice is stopped (its server could be an impostor's)."""
+    async with hub.session("mhs_eve") as s:
+        events = await spawn(s, "mhs_eve")
+        assert events[-1].get("ready"), events
+        launch = json.loads(await run_code(s, "mhs_eve", LAUNCH_ENVIRONS))[0]
+        state = (await model(s, "mhs_eve"))["servers"][""]["state"]
+        hdr = {"X-Minihub-Launch-Token": launch["token"]}
+        body = {"job_id": state["job_id"], "port": 1}
+        async with s.post("/hub/api/slurm/report", json=body, headers=hdr) as r:
+            assert r.status == 404 and "config" not in await r.text()
+        for _ in range(120):
+            if not (await model(s, "mhs_eve"))["servers"]:
+                break
+            await asyncio.sleep(0.5)
+        assert not (await model(s, "mhs_eve"))["servers"], "the job ran on"
+    assert "used twice: stopping the job" in hub.log.read_text()
 
 
 # --- one user cannot reach another's server -------------------------------------------------------

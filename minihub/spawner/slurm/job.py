@@ -2,10 +2,13 @@
 take the launch out of the environment, bind a free port, report it to the hub, then become
 the server with the bound socket and its config on stdin.
 
-The launch (MINIHUB_SLURM_LAUNCH, JSON: the server's config and command, the hub's report
-URL and this launch's one-time token) comes in the job's environment, which only the user
-and root can read; it is removed before anything else runs, so kernels do not inherit it.
-The report is authenticated by the token; the hub takes the host from Slurm, not from here.
+The launch (MINIHUB_SLURM_LAUNCH, JSON: the server's command, the hub's report URL and this
+launch's one-time token) comes in the job's environment; it is removed before anything else
+runs, so kernels do not inherit it, but the batch shell and srun keep it in theirs for the
+job's life, where the user's other processes can read it. So it holds nothing secret: the
+server's config (its secret and proof) is the hub's answer to the report, which the token
+authenticates; a token reported twice stops the job. The hub takes the host from Slurm,
+not from here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -21,13 +25,19 @@ LAUNCH_ENV = "MINIHUB_SLURM_LAUNCH"
 TOKEN_HEADER = "X-Minihub-Launch-Token"
 
 
-def report(url: str, token: str, job_id: str, port: int) -> None:
+def report(url: str, token: str, job_id: str, port: int) -> dict[str, Any]:
+    """Tell the hub the port; its answer is the server's config."""
     body = json.dumps({"job_id": job_id, "port": port}).encode()
     req = urllib.request.Request(
         url, body, {"Content-Type": "application/json", TOKEN_HEADER: token}, method="POST"
     )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        r.read()
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        sys.exit(f"minihub: the hub refused this job's report ({e.code}): not starting")
+    config: dict[str, Any] = answer["config"]
+    return config
 
 
 def bind(ip: str) -> socket.socket:
@@ -66,7 +76,7 @@ def main() -> None:
     launch = json.loads(raw)
     job_id = os.environ.get("SLURM_JOB_ID", "")
     sock = bind(launch["ip"])
-    report(launch["report_url"], launch["token"], job_id, sock.getsockname()[1])
+    launch["config"] = report(launch["report_url"], launch["token"], job_id, sock.getsockname()[1])
     print(f"minihub: job {job_id} serves on port {sock.getsockname()[1]}", flush=True)
     become_server(launch, sock)
 

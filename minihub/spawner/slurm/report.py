@@ -1,7 +1,8 @@
 """POST /hub/api/slurm/report: a Slurm job tells the hub the port its server listens on.
 
-Authenticated by the launch's one-time token (X-Minihub-Launch-Token), which only that job
-has (in its environment); the host is Slurm's address of the job's node, never the job's
+Authenticated by the launch's one-time token (X-Minihub-Launch-Token), which that job has
+(in its environment); the answer is the server's config (secret and proof), for the job to
+hand its server on stdin. The host is Slurm's address of the job's node, never the job's
 say. Answers 404 to anything else, so the route reveals nothing.
 """
 
@@ -30,6 +31,9 @@ async def report(request: web.Request) -> web.Response:
     port = body.number("port", 1, 65535)
     if job_id is None or port is None or port != int(port):
         raise BadRequest("Expected JSON {job_id: string, port: an integer 1-65535}")
-    if not await spawner.report(token, job_id, int(port)):
+    config = await spawner.report(token, job_id, int(port))
+    if config is None:
         raise NotFound("Not found")
-    return web.json_response({"ok": True})
+    response = web.json_response({"ok": True, "config": config})
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -50,12 +50,16 @@ HOPELESS = frozenset(
 )  # fmt: skip
 _WATCH = 0.5  # seconds between looks at the queue while a job starts
 _STOP_WAIT = 30.0  # after SIGKILL, for the job to leave the node
+USED_TOKENS_KEPT = 10_000  # launch tokens remembered after use (a few hundred bytes each)
 
 
 @dataclass
 class _Pending:
-    """A submitted job waiting for its report."""
+    """A submitted job waiting for its report; `config` (the server's secret and proof) is
+    the report's answer, never in the job's environment."""
 
+    config: dict[str, Any]
+    user: str
     reported: asyncio.Future[tuple[str, int]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -71,6 +75,9 @@ class SlurmSpawner(Spawner):
         self.queue = Queue()
         self._progress = ProgressLog()
         self._pending: dict[str, _Pending] = {}  # hash of a launch token -> its start
+        # hash of a used launch token -> (job id, user): a second report with it stops that job
+        self._used: dict[str, tuple[str, str]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self._ended: dict[str, Job] = {}  # job id -> the last view of a job that ended
         self._partitions: list[dict[str, str]] = []
         self._partitions_task: asyncio.Task[None] | None = None
@@ -89,7 +96,7 @@ class SlurmSpawner(Spawner):
         settings, profile = self._settings(launch.user, launch.user_options)
         account = await asyncio.to_thread(_account, launch.user)
         token = secrets.token_urlsafe(32)
-        pending = _Pending()
+        pending = _Pending(launch.config, launch.user)
         self._pending[S.hash_token(token)] = pending
         state: State = {"user": launch.user, **({"profile": profile} if profile else {})}
         try:
@@ -229,8 +236,7 @@ class SlurmSpawner(Spawner):
         self, launch: Launch, account: pwd.struct_passwd, settings: dict[str, Any], token: str,
         api: str,
     ) -> dict[str, str]:  # fmt: skip
-        payload = {
-            "config": launch.config,
+        payload = {  # nothing secret: the batch shell and srun keep this for the job's life
             "cmd": launch.cmd,
             "protocol": launch.protocol,
             "prefix": launch.prefix,
@@ -308,16 +314,38 @@ class SlurmSpawner(Spawner):
         out = await run(["squeue", "-h", "-j", job_id, "-o", "%B"])
         return out.strip()
 
-    async def report(self, token: str, job_id: str, port: int) -> bool:
-        """A job says where its server listens (the report route calls this). False if the
-        token belongs to no start in progress, or to another job."""
-        pending = self._pending.get(S.hash_token(token))
+    async def report(self, token: str, job_id: str, port: int) -> dict[str, Any] | None:
+        """A job says where its server listens (the report route calls this): the server's
+        config, which the job hands the server on stdin. None if the token belongs to no
+        start in progress, or to another job. The token is in the job's environment, which
+        the user's other processes on the node may read: one that reports first gets the
+        config, but the job's own report then comes second, and a second report with a
+        token stops that job (its server would be an impostor's)."""
+        h = S.hash_token(token)
+        used = self._used.get(h)
+        if used is not None:
+            log.warning(
+                "the launch token of Slurm job %s was used twice: stopping the job", used[0]
+            )
+            task = asyncio.create_task(self._stop_contested(*used))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            return None
+        pending = self._pending.get(h)
         if pending is None or pending.reported.done():
-            return False
+            return None
         if pending.job_id and pending.job_id != job_id:
-            return False
+            return None
+        self._used[h] = (pending.job_id or job_id, pending.user)
+        while len(self._used) > USED_TOKENS_KEPT:
+            del self._used[next(iter(self._used))]
         pending.reported.set_result((job_id, port))
-        return True
+        return pending.config
+
+    async def _stop_contested(self, job_id: str, user: str) -> None:
+        await self.stop({"job_id": job_id, "user": user}, 0)
+        if self.on_exit is not None:
+            self.on_exit({"job_id": job_id})  # the hub checks that server now
 
     async def _job(self, state: State, fresh: bool = False) -> Job | None:
         """The job of this state in the queue view; a job of that id that belongs to someone
