@@ -11,6 +11,7 @@ in the hub asks which.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -137,9 +138,8 @@ class JupyterhubSingleuser(ServerProtocol):
         return Prepared({**base_env(self.cfg), **env, **self.cfg.get("spawner.environment")}, {})
 
     async def forget(self, user: User, server_name: str) -> None:
-        await self.store.delete_server_tokens(
-            user.id, client_id(user.name, server_name), not server_name
-        )
+        for cid in client_ids(user.name, server_name):
+            await self.store.delete_server_tokens(user.id, cid, not server_name)
 
 
 PROTOCOLS: dict[str, type[ServerProtocol]] = {
@@ -210,6 +210,20 @@ def client_id(user: str, server_name: str) -> str:
     return f"jupyterhub-user-{user}" + (f"-{server_name}" if server_name else "")
 
 
+def client_ids(user: str, server_name: str) -> tuple[str, str]:
+    """JupyterHub's name, and the one used when another user's server holds it: alice's
+    "lab" and alice-lab's default server are both jupyterhub-user-alice-lab there."""
+    plain = client_id(user, server_name)
+    digest = hashlib.sha256(f"{user}/{server_name}".encode()).hexdigest()[:10]
+    return plain, f"{plain}-{digest}"
+
+
+async def server_client_id(store: Store, user: User, server_name: str) -> str:
+    plain, own = client_ids(user.name, server_name)
+    holder = await store.get_oauth_client(plain)
+    return own if holder is not None and holder.user_id not in (None, user.id) else plain
+
+
 def access_scopes(user: str, server_name: str) -> list[str]:
     return [f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"]
 
@@ -236,8 +250,9 @@ async def register_server(
     client. The token holds the "server" `role`'s scopes (by default: post activity, reach
     this server); it is also the client secret for the code exchange."""
     token = S.new_token()
-    cid = client_id(user.name, server_name)
-    await store.delete_server_tokens(user.id, cid, not server_name)
+    cid = await server_client_id(store, user, server_name)
+    for old in client_ids(user.name, server_name):
+        await store.delete_server_tokens(user.id, old, not server_name)
     scopes = access_scopes(user.name, server_name)
     await store.add_kind_token(
         user.id,
@@ -255,7 +270,9 @@ async def register_server(
         client.redirect_uri,
         f"Server at {prefix}",
         user.id,
-        ["identify", *scopes],
+        # A token made for this server reaches this server, not the owner's others: the
+        # server accepts !user too (a visitor's own token), but its client asks only !server.
+        ["identify", scopes[0]],
     )
     return client
 

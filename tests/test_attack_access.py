@@ -238,3 +238,29 @@ async def test_an_encoded_slash_cannot_carry_one_servers_cookies_to_another(hub:
     assert r.status == 302 and r.headers["Location"] == "/services/b/"
     url = c.make_url("").join(URL("/user/amy//api/x", encoded=True))
     assert (await c.session.get(url, headers=h(tok["bo"]))).status == 200
+
+
+# --- OAuth clients of servers: one per server, reaching that server only -------------------
+async def test_servers_oauth_clients_never_collide_and_reach_their_own_server(hub: Any) -> None:
+    """JupyterHub's client ids make amy's named server "lab" and the user amy-lab's default
+    server both jupyterhub-user-amy-lab: the second would take over the first's client
+    (redirect URI, secret, owner), breaking its logins. And a token made for one server's
+    client must not carry access to the owner's other servers."""
+    c, tok = await hub()
+    p = c.server.app[PARTS]
+    await new_user(c, tok["adm"], "amy-lab")
+    amy, amy_lab = await p.store.get_user("amy"), await p.store.get_user("amy-lab")
+    assert amy is not None and amy_lab is not None
+    lab = await protocols.register_server(p.store, amy, "lab", "/user/amy/lab/")
+    other = await protocols.register_server(p.store, amy_lab, "", "/user/amy-lab/")
+    assert lab.client_id == "jupyterhub-user-amy-lab" and other.client_id != lab.client_id
+    kept = await p.store.get_oauth_client(lab.client_id)
+    assert kept is not None and kept.user_id == amy.id
+    assert kept.redirect_uri == "/user/amy/lab/oauth_callback"
+    assert kept.allowed_scopes == ["identify", "access:servers!server=amy/lab"]
+    # started again, each keeps its own id
+    again = await protocols.register_server(p.store, amy_lab, "", "/user/amy-lab/")
+    assert again.client_id == other.client_id
+    assert (await protocols.register_server(p.store, amy, "lab", "/user/amy/lab/")).client_id == (
+        lab.client_id
+    )
