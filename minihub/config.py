@@ -200,7 +200,13 @@ HUB_SETTINGS: list[Setting] = [
     ),
     _s("auth", "blocked_users", list, [], "Users who may never log in."),
     _s("auth", "allowed_groups", list, [], "Unix groups whose members may log in (PAM)."),
-    _s("auth", "admin_groups", list, [], "Unix groups whose members are admins (PAM)."),
+    _s(
+        "auth",
+        "admin_groups",
+        list,
+        [],
+        "Unix groups whose members are admins (PAM); set, they decide at every login.",
+    ),
     _s(
         "auth",
         "manage_groups",

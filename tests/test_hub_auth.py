@@ -246,6 +246,11 @@ async def test_pam_login_locked_expired_and_groups(aiohttp_client, data_dir, mak
     assert (await login(c, expired.name, expired.password)).status == 403
     assert (await login(c, staff.name, staff.password, next="/hub/home")).status == 302
     assert (await (await c.get("/hub/api/user")).json())["admin"] is True
+    # out of the admin group: no longer an admin at the next login
+    subprocess.run(["gpasswd", "-d", staff.name, "mhau_staff"], check=True, capture_output=True)
+    c.session.cookie_jar.clear()
+    assert (await login(c, staff.name, staff.password, next="/hub/home")).status == 302
+    assert (await (await c.get("/hub/api/user")).json())["admin"] is False
 
 
 @needs_root

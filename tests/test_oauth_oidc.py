@@ -356,6 +356,12 @@ async def test_admin_groups_and_blocked_users(start_hub, browser, accounts, make
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
         r = await sign_in(other, hub, "mhoa_blk")
         assert r.status == 403 and "may not use this hub" in await r.text()
+    # out of the provider's staff group: no longer an admin at the next sign-in
+    set_account(accounts, "mhoa_adm", groups=[])
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as again:
+        assert (await sign_in(again, hub, "mhoa_adm")).status == 302
+        me = await (await again.get(hub.make_url("/hub/api/user"))).json()
+        assert me["name"] == "mhoa_adm" and me["admin"] is False
 
 
 async def test_missing_unix_account_is_refused_with_advice_or_created(start_hub, browser, accounts):

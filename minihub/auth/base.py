@@ -185,9 +185,11 @@ class Authenticator(abc.ABC):
         )
 
     def is_admin(self, name: str) -> bool | None:
+        """admin_users are admins; with admin_groups the Unix groups decide at every login
+        (out of the group, out of the admins); else None: left as the hub has it."""
         if name in self.admin_users or (self.admin_groups & unix_groups(name)):
             return True
-        return None
+        return False if self.admin_groups else None
 
 
 def unix_groups(name: str) -> set[str]:

@@ -342,8 +342,15 @@ class OAuthenticator(Authenticator):
                 f"{name} is not on this hub's list of allowed users: ask an admin to add you."
             )
         await self._ensure_account(name)
-        admin = name in self.admin_users or bool(self.oauth_admin_groups & person.groups)
-        return AuthResult(name, True if admin else None, self.managed(person.groups))
+        return AuthResult(name, self._admin(name, person), self.managed(person.groups))
+
+    def _admin(self, name: str, person: Person) -> bool | None:
+        """admin_users are admins; with admin_groups the provider's groups decide at every
+        sign-in (taken out of the group, out of the admins, as oauthenticator); else None:
+        left as the hub has it (an admin may have made them one)."""
+        if name in self.admin_users or self.oauth_admin_groups & person.groups:
+            return True
+        return False if self.oauth_admin_groups else None
 
     def username(self, person: Person) -> str:
         raw = person.raw_name
