@@ -88,7 +88,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         return e.response()
     if await _needs_confirm(p.store, ident.user, pending):
         return _consent_page(request, ident.user, pending)
-    return await _issue(p.store, ident.user, pending)
+    return await _issue(p.store, ident, pending)
 
 
 @routes.post("/oauth2/authorize")
@@ -103,7 +103,7 @@ async def confirm(request: web.Request) -> web.StreamResponse:
     except OAuthError as e:
         return e.response()
     if form.get("decision") == "authorize":
-        return await _issue(parts(request).store, ident.user, pending)
+        return await _issue(parts(request).store, ident, pending)
     log.info("%s declined OAuth access for %s", ident.user.name, pending.client.id)
     # RFC 6749 4.1.2.1: the client hears that the user said no
     denied = {"error": "access_denied", "error_description": "The user declined access."}
@@ -124,16 +124,19 @@ async def _pending(request: web.Request, ident: Identity, args: Mapping[str, str
     return Pending(client, redirect_uri, args.get("state"), challenge, granted, svc)
 
 
-async def _issue(store: Store, user: User, pending: Pending) -> web.StreamResponse:
+async def _issue(store: Store, ident: Identity, pending: Pending) -> web.StreamResponse:
+    """A code for the logged-in user; it and its token last only as long as this session."""
+    assert ident.user is not None
     code = S.new_token()
     await store.add_oauth_code(
         S.hash_token(code),
         pending.client.id,
-        user.id,
+        ident.user.id,
         pending.redirect_uri,
         pending.granted,
         pending.challenge,
         time.time() + CODE_SECONDS,
+        ident.session_hash,
     )
     raise web.HTTPFound(_back(pending, {"code": code}))
 
@@ -252,7 +255,7 @@ async def token(request: web.Request) -> web.Response:
     p = parts(request)
     args = await read_form(request)
     try:
-        user, scoped, client = await _exchange(p.store, args, request.headers)
+        user, scoped, client, session = await _exchange(p.store, args, request.headers)
     except OAuthError as e:
         return e.response()
     secret = S.new_token()
@@ -266,6 +269,7 @@ async def token(request: web.Request) -> web.Response:
         "oauth",
         client.id,
         time.time() + max_age,
+        session,
     )
     log.info("issued an OAuth token to %s for %s", user.name, client.id)
     return web.json_response(
@@ -281,7 +285,7 @@ async def token(request: web.Request) -> web.Response:
 
 async def _exchange(
     store: Store, args: dict[str, str], headers: Any
-) -> tuple[User, list[str], OAuthClient]:
+) -> tuple[User, list[str], OAuthClient, str | None]:
     if args.get("grant_type") != "authorization_code":
         raise OAuthError("unsupported_grant_type", "Only grant_type=authorization_code works.")
     client_id, secret = _client_credentials(args, headers)
@@ -297,7 +301,9 @@ async def _exchange(
     user = await store.get_user_by_id(code.user_id)
     if user is None:
         raise OAuthError("invalid_grant", "The user is gone.")
-    return user, code.scopes, client
+    if code.session_hash and await store.session_user(code.session_hash) is None:
+        raise OAuthError("invalid_grant", "The login that authorized this code has ended.")
+    return user, code.scopes, client, code.session_hash
 
 
 def _client_credentials(args: dict[str, str], headers: Any) -> tuple[str, str]:

@@ -196,6 +196,13 @@ MIGRATIONS: list[str] = [
         requested REAL NOT NULL
     );
     """,
+    # 7: an OAuth code and its token remember the hub session that authorized them, so a
+    # logout (or a password change, which ends every session) ends them too, as JupyterHub
+    """
+    ALTER TABLE oauth_codes ADD COLUMN session_hash TEXT;
+    ALTER TABLE tokens ADD COLUMN session_hash TEXT;
+    CREATE INDEX tokens_session ON tokens(session_hash) WHERE session_hash IS NOT NULL;
+    """,
 ]
 
 
@@ -443,10 +450,16 @@ class Store:
         return _user(row) if row else None
 
     async def delete_session(self, id_hash: str) -> None:
+        """The session, and the OAuth tokens it authorized."""
         await self._write("DELETE FROM sessions WHERE id_hash = ?", id_hash)
+        await self._write("DELETE FROM tokens WHERE session_hash = ?", id_hash)
 
     async def delete_user_sessions(self, user_id: int) -> None:
+        """Every session of the user, and the OAuth tokens they authorized."""
         await self._write("DELETE FROM sessions WHERE user_id = ?", user_id)
+        await self._write(
+            "DELETE FROM tokens WHERE user_id = ? AND session_hash IS NOT NULL", user_id
+        )
 
     async def purge_expired(self) -> None:
         now = time.time()
@@ -654,10 +667,16 @@ class Store:
         kind: str,
         client_id: str | None,
         expires: float | None = None,
+        session_hash: str | None = None,
     ) -> Token:
+        """A token of a kind ("server", "oauth"); `session_hash`: the session it lasts for."""
         tok = await self.add_token(user_id, token_hash, prefix, note, scopes, expires)
         await self._write(
-            "UPDATE tokens SET kind = ?, client_id = ? WHERE id = ?", kind, client_id, tok.id
+            "UPDATE tokens SET kind = ?, client_id = ?, session_hash = ? WHERE id = ?",
+            kind,
+            client_id,
+            session_hash,
+            tok.id,
         )
         return tok
 
@@ -741,10 +760,11 @@ class Store:
         scopes: list[str],
         challenge: str,
         expires: float,
+        session_hash: str | None = None,
     ) -> None:
         await self._write(
             "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, "
-            "code_challenge, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "code_challenge, expires, session_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             code_hash,
             client_id,
             user_id,
@@ -752,6 +772,7 @@ class Store:
             json.dumps(scopes),
             challenge,
             expires,
+            session_hash,
         )
 
     async def take_oauth_code(self, code_hash: str) -> OAuthCode | None:
@@ -759,13 +780,13 @@ class Store:
         # One statement, so two exchanges racing for the same code cannot both get it.
         row = await self._one(
             "DELETE FROM oauth_codes WHERE hash = ? RETURNING client_id, "
-            "user_id, redirect_uri, scopes, code_challenge, expires",
+            "user_id, redirect_uri, scopes, code_challenge, expires, session_hash",
             code_hash,
         )
         await self._write("DELETE FROM oauth_codes WHERE expires <= ?", time.time())
         if not row or row[5] <= time.time():
             return None
-        return OAuthCode(row[0], row[1], row[2], json.loads(row[3]), row[4])
+        return OAuthCode(row[0], row[1], row[2], json.loads(row[3]), row[4], row[6])
 
 
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last moment a datetime can show
@@ -788,3 +809,4 @@ class OAuthCode:
     redirect_uri: str
     scopes: list[str]
     code_challenge: str
+    session_hash: str | None = None  # the hub session that authorized it

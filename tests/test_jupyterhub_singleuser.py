@@ -222,6 +222,59 @@ async def test_oauth_provider_pkce_and_plain(aiohttp_client, data_dir):
     assert r.status == 302 and "code=" in r.headers["Location"], await r.text()
 
 
+async def test_oauth_tokens_end_with_the_login_that_authorized_them(aiohttp_client, data_dir):
+    """As JupyterHub: an OAuth token (a server's or service's HubOAuth cookie holds one)
+    lasts as long as the hub session that authorized it. A logout ends the tokens that
+    session authorized, a password change all the user's; a code authorized by a session
+    that has ended since gives no token."""
+    from conftest import xsrf_of as xsrf
+
+    cfg = hub_config(data_dir, auth__authenticator="native")
+    client_id, secret = await _setup(cfg, "mhjh_eli", "pw-long-enough-1")
+    c = await aiohttp_client(make_app(cfg))
+    form = {"grant_type": "authorization_code", "client_id": client_id, "client_secret": secret}
+
+    async def token_of(code: str) -> tuple[int, str]:
+        r = await c.post("/hub/api/oauth2/token", data={**form, "code": code})
+        return r.status, (await r.json()).get("access_token", "")
+
+    async def works(token: str) -> bool:
+        r = await c.get("/hub/api/user", headers={"Authorization": f"Bearer {token}"})
+        return r.status == 200
+
+    assert (await login(c, "mhjh_eli", "pw-long-enough-1")).status == 302
+    first = (await token_of(await _authorize(c, client_id)))[1]
+    assert await works(first)
+    # a second browser: its own session, its own token
+    other = TestClient(c.server)
+    assert (await login(other, "mhjh_eli", "pw-long-enough-1")).status == 302
+    r = await other.get(
+        "/hub/api/oauth2/authorize",
+        params={"client_id": client_id, "response_type": "code"},
+        allow_redirects=False,
+    )
+    second_code = parse_qs(urlparse(r.headers["Location"]).query)["code"][0]
+    second = (await token_of(second_code))[1]
+    pending_code = await _authorize(c, client_id)  # authorized now, exchanged after logout
+
+    r = await c.post("/hub/logout", data={"_xsrf": xsrf(c)}, allow_redirects=False)
+    assert r.status == 302
+    assert not await works(first)
+    assert await works(second)  # the other browser's login goes on
+    status, _ = await token_of(pending_code)
+    assert status == 400
+
+    r = await other.post(
+        "/hub/change-password",
+        data={"old": "pw-long-enough-1", "new": "pw-long-enough-2", "new2": "pw-long-enough-2",
+              "_xsrf": xsrf(other)},
+        allow_redirects=False,
+    )  # fmt: skip
+    assert r.status == 302, await r.text()
+    assert not await works(second)
+    await other.close()
+
+
 async def test_scoped_tokens_and_logged_out_authorize(aiohttp_client, data_dir):
     cfg = hub_config(data_dir)
     store = await Store.open(cfg.data_dir / "minihub.sqlite")
