@@ -255,11 +255,16 @@ async def token(request: web.Request) -> web.Response:
     p = parts(request)
     args = await read_form(request)
     try:
-        user, scoped, client, session = await _exchange(p.store, args, request.headers)
+        user, scoped, client, session_hash = await _exchange(p.store, args, request.headers)
+        session_ends = await p.store.session_expires(session_hash) if session_hash else None
+        if session_hash and session_ends is None:
+            raise OAuthError("invalid_grant", "The login that authorized this code has ended.")
     except OAuthError as e:
         return e.response()
     secret = S.new_token()
     max_age = float(p.cfg.get("hub.session_max_age_days")) * 86400
+    if session_ends is not None:  # it ends when that login does, at the latest
+        max_age = min(max_age, session_ends - time.time())
     await p.store.add_kind_token(
         user.id,
         S.hash_token(secret),
@@ -269,7 +274,7 @@ async def token(request: web.Request) -> web.Response:
         "oauth",
         client.id,
         time.time() + max_age,
-        session,
+        session_hash,
     )
     log.info("issued an OAuth token to %s for %s", user.name, client.id)
     return web.json_response(
@@ -301,8 +306,6 @@ async def _exchange(
     user = await store.get_user_by_id(code.user_id)
     if user is None:
         raise OAuthError("invalid_grant", "The user is gone.")
-    if code.session_hash and await store.session_user(code.session_hash) is None:
-        raise OAuthError("invalid_grant", "The login that authorized this code has ended.")
     return user, code.scopes, client, code.session_hash
 
 

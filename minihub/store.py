@@ -449,6 +449,13 @@ class Store:
         )
         return _user(row) if row else None
 
+    async def session_expires(self, id_hash: str) -> float | None:
+        """When the session ends; None if it has already."""
+        row = await self._one(
+            "SELECT expires FROM sessions WHERE id_hash = ? AND expires > ?", id_hash, time.time()
+        )
+        return float(row[0]) if row else None
+
     async def delete_session(self, id_hash: str) -> None:
         """The session, and the OAuth tokens it authorized."""
         await self._write("DELETE FROM sessions WHERE id_hash = ?", id_hash)

@@ -243,8 +243,17 @@ async def test_oauth_tokens_end_with_the_login_that_authorized_them(aiohttp_clie
         return r.status == 200
 
     assert (await login(c, "mhjh_eli", "pw-long-enough-1")).status == 302
-    first = (await token_of(await _authorize(c, client_id)))[1]
+    code = await _authorize(c, client_id)
+    # a session near its end (as if logged in 14 days ago): the token ends with it
+    import sqlite3
+    import time
+
+    with sqlite3.connect(cfg.data_dir / "minihub.sqlite") as db:
+        db.execute("UPDATE sessions SET expires = ?", (time.time() + 600,))
+    r = await c.post("/hub/api/oauth2/token", data={**form, "code": code})
+    first = (await r.json())["access_token"]
     assert await works(first)
+    assert 0 < (await r.json())["expires_in"] <= 600
     # a second browser: its own session, its own token
     other = TestClient(c.server)
     assert (await login(other, "mhjh_eli", "pw-long-enough-1")).status == 302
