@@ -341,6 +341,36 @@ async def test_domain_and_group_rules(
         assert r.status == 403
 
 
+@pytest.mark.parametrize(
+    "login, claims, domains, refused",
+    [
+        ("mhoa_em1", {}, ["example.org"], ""),
+        ("mhoa_em2", {"email": "mhoa_em2@elsewhere.net"}, [], "is an email address"),
+        ("mhoa_em3", {}, ["example.org", "example.net"], "is an email address"),
+        ("mhoa_em4", {"email_verified": False}, ["example.org"], "not verified"),
+    ],
+)
+async def test_an_email_becomes_a_user_name_only_within_one_domain(
+    start_hub, browser, accounts, make_system_user, login, claims, domains, refused
+):
+    """username_claim = "email" (Auth0's and Google's default): mhoa_em1@example.org signs
+    in as mhoa_em1 only where example.org is the one allowed domain; else anyone's
+    mhoa_em1@ of any domain, verified or not, would be that same hub user."""
+    make_system_user(login)
+    set_account(accounts, login, **claims)
+    oauth = {"username_claim": "email", "allowed_domains": domains, "allow_all": not domains}
+    hub = await start_hub(oauth=oauth)
+    r = await sign_in(browser, hub, login)
+    page = await r.text()
+    if not refused:
+        assert r.status == 302, page
+        me = await (await browser.get(hub.make_url("/hub/api/user"))).json()
+        assert me["name"] == login
+    else:
+        assert r.status == 403 and refused in page, page
+        assert not session_cookie(browser)
+
+
 async def test_admin_groups_and_blocked_users(start_hub, browser, accounts, make_system_user):
     make_system_user("mhoa_adm")
     set_account(accounts, "mhoa_adm", groups=["staff"])

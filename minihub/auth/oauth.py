@@ -358,8 +358,8 @@ class OAuthenticator(Authenticator):
             raise LoginRefused(
                 f"{self.login_service} did not say who you are (no {self.username_claim!r} claim)."
             )
-        if "@" in raw:  # an email as the name: its local part (allowed_domains keeps it unique)
-            raw = raw.split("@", 1)[0]
+        if "@" in raw:  # an email as the name: its local part, unique only within one domain
+            raw = self._local_part(raw, person)
         try:
             return names.validate(raw)
         except HubError as e:
@@ -367,6 +367,23 @@ class OAuthenticator(Authenticator):
                 f"Your {self.login_service} name {raw[:64]!r} cannot be a hub "
                 f"user name. {e.message}"
             ) from None
+
+    def _local_part(self, raw: str, person: Person) -> str:
+        """alice for alice@example.org, if example.org is the one allowed domain: with no
+        domain rule, or several, alice@a.org and alice@b.org (or an unverified alice@ of
+        any provider account) would sign in as the same hub user."""
+        domains = sorted(self.allowed_domains)
+        if len(domains) != 1 or _domain(raw) != domains[0]:
+            only = f"@{domains[0]}" if len(domains) == 1 else "one domain"
+            raise LoginRefused(
+                f"Your {self.login_service} name {raw[:64]!r} is an email address, and the hub "
+                f"makes user names only of addresses in {only} ([auth.oauth] allowed_domains "
+                "with one domain), so that people of different domains never share a name. "
+                "An admin can set it, or username_claim to a claim without '@'."
+            )
+        if raw.lower() == person.email.lower() and not person.email_verified:
+            raise LoginRefused(f"Your email address {raw[:64]!r} is not verified.")
+        return raw.rsplit("@", 1)[0]
 
     def _domain_ok(self, person: Person) -> bool:
         if person.hosted_domain and person.hosted_domain.lower() in self.allowed_domains:
