@@ -383,6 +383,7 @@ class Servers:
             config=prepared.config,
             prefix=prefix,
             user_options=dict(srv.user_options),
+            owner=f"{user.id}-{user.created:.6f}",
         )
 
     def _derive(self, srv: Server) -> None:

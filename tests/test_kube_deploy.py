@@ -320,6 +320,7 @@ def test_the_role_allows_only_what_the_spawner_needs(
         ("create", "pods"), ("delete", "pods"), ("watch", "pods"),
         ("watch", "events"), ("create", "secrets"), ("patch", "secrets"),
         ("create", "services"), ("create", "persistentvolumeclaims"),
+        ("patch", "persistentvolumeclaims"),
     ]  # fmt: skip
     for verb, what in allowed:
         assert can_i(kube, sa, verb, what, "-n", ns), f"{sa} cannot {verb} {what}"

@@ -420,6 +420,20 @@ async def test_a_users_claim_outlives_the_server(
             assert (await spawn(s, "kfrank"))[-1].get("ready")
             async with s.get("/user/kfrank/api/contents/work/note.txt") as r:
                 assert (await r.json())["content"] == "kept\n"
+            await stop(s, "kfrank")
+        # kfrank is removed; someone signs up as kfrank later: not given the old files
+        hub.cli("user", "remove", "kfrank")
+        hub.user("kfrank")
+        async with hub.session("kfrank") as s:
+            failed = (await spawn(s, "kfrank"))[-1]
+            assert failed.get("failed") and "earlier user named kfrank" in failed["message"]
+            assert not [p for p in hub.pods() if p["metadata"]["name"] == "jupyter-kfrank"]
+            # the admin hands the claim over, as the message says
+            handover = failed["message"].split("(kubectl annotate ")[1].rstrip(").")
+            kube_cluster.kubectl("-n", kube_namespace, "annotate", *handover.split())
+            assert (await spawn(s, "kfrank"))[-1].get("ready")
+            async with s.get("/user/kfrank/api/contents/work/note.txt") as r:
+                assert (await r.json())["content"] == "kept\n"
     finally:
         hub.stop()
     kube_cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)

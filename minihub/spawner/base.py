@@ -80,6 +80,9 @@ class Launch:
     config: dict[str, Any]
     prefix: str  # the server's URL prefix, e.g. /user/alice/ or /user/alice/work/
     user_options: dict[str, Any] = field(default_factory=dict)
+    # The hub user's identity: a later user of the same name (after a removal) has another,
+    # so what a spawner keeps for a user beyond a server (a volume) is not handed to them.
+    owner: str = ""
 
     @property
     def key(self) -> str:

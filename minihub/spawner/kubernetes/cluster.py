@@ -250,6 +250,10 @@ class Cluster:
                 return False
             raise
 
+    async def annotate(self, kind: str, name: str, annotations: dict[str, str]) -> None:
+        patch = {"metadata": {"annotations": annotations}}
+        await self.client.patch(KINDS[kind], name, patch, namespace=self.namespace)
+
     async def own(self, kind: str, name: str, pod_name: str, pod_uid: str) -> None:
         """Make the pod the owner of `name`, so the cluster deletes it with the pod."""
         patch = {

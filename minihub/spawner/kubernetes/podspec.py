@@ -22,6 +22,7 @@ LABEL_USER = "hub.jupyter.org/username"  # KubeSpawner's, so its dashboards and 
 LABEL_SERVER = "hub.jupyter.org/servername"
 ANNOTATION_USER = "hub.jupyter.org/username"
 ANNOTATION_SERVER = "hub.jupyter.org/servername"
+ANNOTATION_OWNER = "minihub.org/owner"  # Launch.owner: which hub user of the name
 CONTAINER = "notebook"  # KubeSpawner's name for the server's container
 # Environment that must never sit in a pod spec in clear (anyone who may read pods sees
 # those): it goes into the server's Secret and reaches the container by secretKeyRef.
@@ -330,7 +331,10 @@ def pvc(settings: dict[str, Any], launch: Launch, names: Names, hub: str) -> dic
                 LABEL_HUB: hub,
                 LABEL_USER: label_value(launch.user),
             },
-            "annotations": {ANNOTATION_USER: launch.user},
+            "annotations": {
+                ANNOTATION_USER: launch.user,
+                **({ANNOTATION_OWNER: launch.owner} if launch.owner else {}),
+            },
         },
         "spec": spec,
     }

@@ -270,6 +270,7 @@ class KubeSpawner(Spawner):
         self, cluster: Cluster, settings: dict[str, Any], launch: Launch, names: podspec.Names
     ) -> None:
         if await cluster.exists("PersistentVolumeClaim", names.pvc):
+            await self._check_claim_owner(cluster, launch, names.pvc)
             return
         self._say(launch, f"Creating your storage (volume claim {names.pvc})")
         try:
@@ -277,6 +278,28 @@ class KubeSpawner(Spawner):
         except Exception as e:
             if _code(e) != 409:  # made by a start of another server of the user meanwhile
                 raise
+
+    async def _check_claim_owner(self, cluster: Cluster, launch: Launch, claim: str) -> None:
+        """The claim is this hub user's: one left by an earlier user of the name (removed
+        from the hub, then the name signed up again) is not mounted. A claim from before
+        claims named their owner is taken as this user's."""
+        if not launch.owner:
+            return
+        found = await cluster.get("PersistentVolumeClaim", claim)
+        owner = (found.metadata.annotations or {}).get(podspec.ANNOTATION_OWNER)
+        if owner is None:
+            await cluster.annotate(
+                "PersistentVolumeClaim", claim, {podspec.ANNOTATION_OWNER: launch.owner}
+            )
+        elif owner != launch.owner:
+            raise SpawnError(
+                f"The volume claim {claim} was made for an earlier user named {launch.user}, "
+                "since removed from the hub, so it is not given to this one. An admin can "
+                f"delete it (kubectl delete pvc {claim}) or hand it over (kubectl annotate "
+                f"--overwrite pvc {claim} {podspec.ANNOTATION_OWNER}={launch.owner}).",
+                "",
+                409,
+            )
 
     async def _replace(self, cluster: Cluster, manifest: dict[str, Any]) -> None:
         """Create an object, replacing a leftover of the same name."""
