@@ -356,3 +356,18 @@ def test_oauth_table_in_the_config_file(tmp_path, data_dir):
     cfg = hub_config(data_dir, **{"auth.authenticator": "oauth", "auth.oauth.issuer": "x"})
     with pytest.raises(StartupError, match="client_id"):
         OAuthenticator(cfg, None)  # type: ignore[arg-type]
+
+
+def test_a_flood_of_started_sign_ins_does_not_push_out_others() -> None:
+    """GET /hub/oauth_login needs no login: one address starting sign-ins it never finishes
+    evicts only its own oldest, and a full store gives up the biggest holder's first, so a
+    sign-in started elsewhere meanwhile still finishes."""
+    from minihub.auth.oauth import PendingLogins
+
+    store = PendingLogins(limit=40, per_address=5)
+    state, _ = store.add("browser-of-amy", "", "192.0.2.10")
+    flood = [store.add("x", "", "198.51.100.9")[0] for _ in range(100)]
+    assert sum(store.take(s) is not None for s in flood[:-5]) == 0  # only its newest 5 kept
+    for i in range(100):  # many addresses, to the store's limit and past it
+        store.add("x", "", f"203.0.113.{i % 20}")
+    assert store.take(state) is not None

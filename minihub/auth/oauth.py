@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +33,7 @@ log = logging.getLogger("minihub.auth")
 
 STATE_TTL = 600.0  # seconds a started sign-in may take
 MAX_PENDING = 10_000
+PENDING_PER_ADDRESS = 50  # started sign-ins one address may hold: more evict its own oldest
 MAX_ORGS = 20
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -63,17 +65,26 @@ class Pending:
     nonce: str
     next: str
     expires: float
+    address: str = ""  # who started it (the throttle's address group)
 
 
 class PendingLogins:
     """Started sign-ins by hash of their `state`, in memory: a hub restart only asks for a retry."""
 
-    def __init__(self, ttl: float = STATE_TTL, limit: int = MAX_PENDING) -> None:
-        self.ttl, self.limit = ttl, limit
+    def __init__(
+        self,
+        ttl: float = STATE_TTL,
+        limit: int = MAX_PENDING,
+        per_address: int = PENDING_PER_ADDRESS,
+    ) -> None:
+        self.ttl, self.limit, self.per_address = ttl, limit, per_address
         self._by_state: dict[str, Pending] = {}
 
-    def add(self, browser: str, next_url: str) -> tuple[str, Pending]:
-        self._prune()
+    def add(self, browser: str, next_url: str, address: str = "") -> tuple[str, Pending]:
+        """A new sign-in. `address` starting many evicts only its own oldest; when the store
+        is full, the oldest of the address that holds most goes: a flood of sign-ins that
+        are never finished does not push out everyone else's."""
+        self._prune(address)
         state = secrets.token_urlsafe(32)
         pending = Pending(
             S.hash_token(browser),
@@ -81,6 +92,7 @@ class PendingLogins:
             secrets.token_urlsafe(24),
             next_url,
             time.monotonic() + self.ttl,
+            address,
         )
         self._by_state[S.hash_token(state)] = pending
         return state, pending
@@ -91,12 +103,17 @@ class PendingLogins:
             return None
         return pending
 
-    def _prune(self) -> None:
+    def _prune(self, address: str) -> None:
         now = time.monotonic()
         for k in [k for k, p in self._by_state.items() if p.expires < now]:
             del self._by_state[k]
-        while len(self._by_state) >= self.limit:  # oldest first: dicts keep insertion order
-            del self._by_state[next(iter(self._by_state))]
+        mine = [k for k, p in self._by_state.items() if p.address == address]
+        if len(mine) >= self.per_address:  # oldest first: dicts keep insertion order
+            del self._by_state[mine[0]]
+        while len(self._by_state) >= self.limit:
+            counts = Counter(p.address for p in self._by_state.values())
+            top = counts.most_common(1)[0][0]
+            del self._by_state[next(k for k, p in self._by_state.items() if p.address == top)]
 
 
 @dataclass

@@ -14,10 +14,11 @@ from .. import users
 from ..context import Parts, parts
 from ..errors import BadRequest, HubError, NotFound
 from ..web.errors import clean
-from ..web.pages import after_login, over_https, safe_next, start_session
+from ..web.pages import after_login, login_address, over_https, safe_next, start_session
 from . import secrets as S
 from .oauth import OAuthenticator, Pending
 from .oauth_client import LoginRefused
+from .throttle import address_group
 
 log = logging.getLogger("minihub.auth")
 STATE_COOKIE = "minihub-oauth-state"
@@ -48,7 +49,9 @@ async def oauth_login(request: web.Request) -> web.Response:
     if len(browser) != 43:  # reuse the cookie so sign-ins in two tabs both work
         browser = secrets.token_urlsafe(32)
     nxt = request.query.get("next", "")
-    state, pending = auth.pending.add(browser, safe_next(request, nxt) if nxt else "")
+    state, pending = auth.pending.add(
+        browser, safe_next(request, nxt) if nxt else "", address_group(login_address(request))
+    )
     try:
         url = await auth.client.authorize_url(
             callback_url(request, auth, p), state, pending.verifier, pending.nonce
