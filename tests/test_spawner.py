@@ -584,3 +584,13 @@ def test_trying_a_port_never_binds_one_handed_out(monkeypatch: pytest.MonkeyPatc
         stop.set()
         asker.join(10)
     assert given and handed not in given
+
+
+def test_no_server_runs_as_nobody() -> None:
+    """A hub user named nobody (an OAuth login under allow_all, say) must not run as the
+    account that owns every file whose owner is unmapped (uid 65534 passes uid_min)."""
+    from minihub.spawner.accounts import lookup_account
+
+    with pytest.raises(SpawnError) as e:
+        lookup_account("nobody", uid_min=1000)
+    assert e.value.status == 403 and "nobody" in e.value.message

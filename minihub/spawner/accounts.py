@@ -28,6 +28,7 @@ log = logging.getLogger("minihub.spawner")
 # What useradd accepts everywhere (and what cannot be mistaken for an option).
 _UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _SUBPROCESS_TIMEOUT = 30.0
+NOBODY_UIDS = frozenset({65534, 4294967294})  # nobody, in 16- and 32-bit
 
 
 def lookup_account(name: str, *, uid_min: int, allow_root: bool = False) -> Account:
@@ -41,6 +42,12 @@ def lookup_account(name: str, *, uid_min: int, allow_root: bool = False) -> Acco
         ) from None
     if pw.pw_uid == 0 and not allow_root:
         raise SpawnError(f"minihub never runs a server as root ({name!r} has uid 0).", status=403)
+    if pw.pw_uid in NOBODY_UIDS:  # the kernel's overflow ids: files of unmapped owners
+        raise SpawnError(
+            f"minihub never runs a server as {name!r} (uid {pw.pw_uid}, the 'nobody' account, "
+            "which owns whatever has no owner of its own).",
+            status=403,
+        )
     if 0 < pw.pw_uid < uid_min:
         raise SpawnError(
             f"Account {name!r} has uid {pw.pw_uid}, below [spawner] uid_min = {uid_min}. "

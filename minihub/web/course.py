@@ -199,7 +199,11 @@ def _not_private(real: str, p: Parts) -> None:
         raise BadRequest(f"{real} holds the hub's own data ({data}): it cannot be shared.")
     uid_min = int(p.cfg.get("spawner.uid_min"))
     for pw in pwd.getpwall():
-        if pw.pw_uid < uid_min or pw.pw_uid == 65534 or not pw.pw_dir.startswith("/"):
+        if (
+            pw.pw_uid < uid_min
+            or pw.pw_uid in accounts.NOBODY_UIDS
+            or not pw.pw_dir.startswith("/")
+        ):
             continue
         home = os.path.realpath(pw.pw_dir)
         if home != "/" and (_within(real, home) or _within(home, real)):
