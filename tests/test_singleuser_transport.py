@@ -340,6 +340,47 @@ def test_dirs_of_dead_servers_are_swept(tmp_path: Path) -> None:
     assert not os.path.exists(runtime.path)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hub's sweep runs as root")
+def test_the_root_sweep_never_reads_a_planted_pid_file(
+    tmp_path: Path, make_system_user: Any
+) -> None:
+    """The hub sweeps users' kernel dirs as root after every stop: a user's server.pid that
+    is a link (to /dev/zero it would be read until memory ran out; here to a file naming
+    pid 1) or a FIFO (a hub thread blocked for good) must be passed over at once, and a
+    real dead server's dir still removed."""
+    import concurrent.futures
+
+    from minihub.kernels.transport import sweep_dead_dirs
+
+    eve = make_system_user("mhst_eve")
+    os.chmod(tmp_path, 0o755)
+    made = {}
+    for kind in ("zero", "fifo", "dead"):
+        d = tmp_path / f"{DIR_PREFIX}{kind}"
+        d.mkdir(mode=0o700)
+        made[kind] = d
+    (tmp_path / "elsewhere").write_text("1")
+    os.symlink(tmp_path / "elsewhere", made["zero"] / PID_FILE)
+    os.mkfifo(made["fifo"] / PID_FILE)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (made["dead"] / PID_FILE).write_text(str(dead.pid))
+    for d in made.values():
+        os.lchown(d / PID_FILE, eve.uid, eve.gid)
+        os.chown(d, eve.uid, eve.gid)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        swept = pool.submit(sweep_dead_dirs, {eve.uid}, str(tmp_path))
+        assert swept.result(timeout=10) == 1
+    finally:
+        try:  # a reader blocked on the FIFO (the bug) gets its end of file
+            os.close(os.open(made["fifo"] / PID_FILE, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # no reader: nothing blocked
+        pool.shutdown(wait=True)
+    assert made["zero"].exists() and made["fifo"].exists() and not made["dead"].exists()
+
+
 def test_an_open_base_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.chmod(tmp_path, 0o755)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))

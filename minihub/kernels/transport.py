@@ -123,8 +123,10 @@ def _sweep_stale(base: str) -> None:
             # A dir younger than a minute may be a starting server that has no pid file yet.
             if not pid_file.exists() and time.time() - entry.stat().st_mtime < 60:
                 continue
-            if pid_file.exists() and _alive(int(pid_file.read_text())):
-                continue
+            if pid_file.exists():
+                pid = read_pid(pid_file)
+                if pid is None or _alive(pid):
+                    continue
             shutil.rmtree(entry.path, ignore_errors=True)
             log.info("removed the kernel dir of a server that is gone: %s", entry.path)
 
@@ -164,13 +166,38 @@ def sweep_dead_dirs(uids: set[int], base: str | None = None) -> int:
                 except KeyError:
                     pass
             pid_file = Path(entry.path, PID_FILE)
-            if not pid_file.exists() and time.time() - st.st_mtime < 60:
+            if not os.path.lexists(pid_file) and time.time() - st.st_mtime < 60:
                 continue  # a server starting now has not written its pid yet
-            if pid_file.exists() and _owned_by(int(pid_file.read_text()), st.st_uid):
-                continue
+            if os.path.lexists(pid_file):
+                pid = read_pid(pid_file)
+                if pid is None or _owned_by(pid, st.st_uid):
+                    continue  # not a pid (the user's doing: left as it is), or alive
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
     return removed
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in a user's pid file, read by root: never through a link, never from a FIFO
+    or a device (a link to /dev/zero would read until memory ran out, a FIFO would block a
+    hub thread for good), at most 32 bytes. None if it is not a regular file with a pid."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, 32)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        pid = int(data)
+    except ValueError:
+        return None
+    return pid if pid > 0 else None
 
 
 def _owned_by(pid: int, uid: int) -> bool:
