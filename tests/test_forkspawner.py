@@ -75,6 +75,8 @@ async def test_forked_server_runs_as_the_user_with_a_clean_environment(
     assert r["pid"] == r["pgid"] == r["sid"] == proc.pid
     env = r["env"]
     assert "MINIHUB_TEST_SECRET" not in env and env["MINIHUB_VISIBLE"] == "yes"
+    # nor in the environment block the fork inherited from the fork server's memory
+    assert "must-not-leak" not in r["environ"] and "PATH=" in r["environ"]
     assert (env["HOME"], env["USER"], env["LOGNAME"]) == (fred.home, fred.name, fred.name)
     assert (
         set(env) - {"MINIHUB_VISIBLE", "HOME", "USER", "LOGNAME", "SHELL", "PATH", "LC_CTYPE"}

@@ -364,6 +364,21 @@ def _grow_pipe(fd: int, size: int) -> None:
         ) from None
 
 
+# What the fork server starts with: every server is a copy of its memory, and clearing
+# os.environ later does not erase the environment block on its stack, which a user's code
+# can read there (/proc/self/stat gives its addresses). So not the hub's own environment
+# (an operator's Environment= may hold a cloud key or a bind password), only this.
+FORK_SERVER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_FORK_SERVER_PASSED = (
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+)  # how the hub's python finds minihub
+
+
+def fork_server_env() -> dict[str, str]:
+    return {**FORK_SERVER_ENV, **{k: os.environ[k] for k in _FORK_SERVER_PASSED if k in os.environ}}
+
+
 def _start_zygote(preload_kernels: bool = True) -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     flag = [] if preload_kernels else ["--no-kernel-preload"]
@@ -373,6 +388,7 @@ def _start_zygote(preload_kernels: bool = True) -> tuple[subprocess.Popen[bytes]
             [sys.executable, "-m", "minihub.spawner.forkserver", str(theirs.fileno()), *flag],
             stdin=subprocess.DEVNULL,
             cwd="/",
+            env=fork_server_env(),
             pass_fds=(theirs.fileno(),),
             start_new_session=True,
             close_fds=True,
