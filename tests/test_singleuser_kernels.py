@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -85,6 +86,21 @@ async def test_status_me_and_kernelspecs(http: aiohttp.ClientSession, server: Se
     logo = py["resources"]["logo-64x64"]
     async with http.get(f"http://{server.url.split('/')[2]}{logo}", headers=h) as r:
         assert r.status == 200 and r.content_type == "image/png"
+    # a kernelspec of the user's own, with a page in it: served sandboxed, never as a page
+    # of the hub's origin (a visitor of a shared server would run its script)
+    spec = Path(server.user.home) / ".local/share/jupyter/kernels/mine"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        '{"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"], '
+        '"display_name": "Mine", "language": "python"}'
+    )
+    (spec / "p.html").write_text("<script>alert(document.cookie)</script>")
+    subprocess.run(["chown", "-R", f"{server.user.uid}:{server.user.gid}",
+                    f"{server.user.home}/.local"], check=True)  # fmt: skip
+    async with http.get(server.url + "kernelspecs/mine/p.html", headers=h) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["Content-Security-Policy"] == "sandbox"
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
     async with http.get(server.url + "api/kernels/nope", headers=h) as r:
         assert r.status == 404 and "message" in await r.json()
 

@@ -98,7 +98,10 @@ async def kernelspec_resource(request: web.Request) -> web.StreamResponse:
     target = os.path.realpath(os.path.join(root, fname))
     if not target.startswith(root + os.sep) or not os.path.isfile(target):
         raise NotFound(f"Kernel spec resource not found: {name}/{fname}")
-    return web.FileResponse(target)
+    # The user's own kernelspecs (~/.local/share/jupyter/kernels) are theirs to write: an
+    # HTML or SVG file there must not run as a page of the hub's origin for a visitor.
+    headers = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+    return web.FileResponse(target, headers=headers)
 
 
 def setup(app: web.Application, base_url: str) -> None:
