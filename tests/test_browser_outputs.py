@@ -166,3 +166,19 @@ def test_a_students_kernelspec_in_new_and_change_kernel(page: Any, hub: Hub) -> 
     wait_idle(page)
     cell = run_cell(page, 7, "print(6 * 7)")
     assert cell.locator(".output pre").inner_text().strip() == "42"
+
+
+def test_markdown_cannot_lay_itself_over_the_app(page: Any) -> None:
+    """Markdown renders in the page itself (not the sandbox): its inline styles keep colour
+    but lose what would lift it out of its cell over the whole app (a fake sign-in page)."""
+    cover = (
+        '<a class="cover" href="https://evil.example/" style="position:fixed;inset:0;'
+        'z-index:2147483647;transform:scale(9);color:rgb(255, 0, 0)">Session expired</a>'
+    )
+    cell = run_cell(page, 8, f"from IPython.display import Markdown\nMarkdown({cover!r})")
+    link = cell.locator(".output a.cover")
+    style = link.evaluate(
+        "el => { const s = getComputedStyle(el);"
+        " return [s.position, s.zIndex, s.transform, s.color]; }"
+    )
+    assert style == ["static", "auto", "none", "rgb(255, 0, 0)"], style

@@ -101,6 +101,19 @@ function insertMath(root, rendered, mark) {
 
 const PURIFY = { FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select"], FORBID_ATTR: ["srcset"] };
 
+// Inline styles stay (coloured text, widths), but none that lifts an element out of its
+// cell: position:fixed with a z-index would lay a fake "sign in again" page, or a link,
+// over the whole app. As JupyterLab's sanitizer, which drops `position` too.
+const ESCAPING_STYLE = /^(position|z-index|inset|transform|translate|scale|rotate)$/i;
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  const style = node.style;
+  if (!style || !node.hasAttribute("style")) return;
+  for (const prop of Array.from(style)) {
+    if (ESCAPING_STYLE.test(prop)) style.removeProperty(prop);
+  }
+  if (!style.length) node.removeAttribute("style");
+});
+
 /** Markdown (with math) to a sanitised element; relative links resolve against notebookDir. */
 export function renderMarkdown(source, notebookDir = "") {
   const rendered = [];
