@@ -207,7 +207,7 @@ def test_image_command_and_pull_secrets(tmp_path: Path) -> None:
     assert c["ports"] == [{"name": "notebook-port", "containerPort": 8888}]
     assert manifest["spec"]["restartPolicy"] == "Never"
     own = container(build(cfg, launch(protocol="minihub"))[0])
-    assert own["command"] == ["python3", "-m", "minihub.singleuser"]
+    assert own["command"] == ["python3", "-I", "-m", "minihub.singleuser"]
     cfg2 = load(tmp_path, '[kubernetes]\ncmd = ["/opt/venv/bin/jupyterhub-singleuser"]\n')
     assert container(build(cfg2, launch())[0])["command"] == ["/opt/venv/bin/jupyterhub-singleuser"]
     plain = build(load(tmp_path), launch())[0]["spec"]

@@ -201,6 +201,31 @@ async def test_a_launch_token_reported_again_stops_the_job(hub: SlurmHub) -> Non
     assert "used twice: stopping the job" in hub.log.read_text()
 
 
+async def test_a_minihub_of_the_users_own_in_the_home_is_not_run(hub: SlurmHub) -> None:
+    """The job runs in the user's home (--chdir): with `python -m`, a ~/minihub/ there would
+    be first on sys.path, and the user's own job.py or server would get the server's
+    secret and proof from the hub's answer. Both run with python -I."""
+    import pwd
+
+    home = Path(pwd.getpwnam("mhs_eve").pw_dir)
+    fake = "import pathlib\npathlib.Path.home().joinpath('hijacked').write_text('x')\n"
+    for rel in ("minihub/spawner/slurm/job.py", "minihub/singleuser/__main__.py"):
+        target = home / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for d in (home / "minihub", *list(target.relative_to(home).parents)[:-1]):
+            (home / d / "__init__.py").touch()
+        target.write_text(fake)
+    subprocess.run(["chown", "-R", "mhs_eve:", str(home / "minihub")], check=True)
+    try:
+        async with hub.session("mhs_eve") as s:
+            events = await spawn(s, "mhs_eve")
+            assert events[-1].get("ready"), events
+            assert not (home / "hijacked").exists()
+            await stop(s, "mhs_eve")
+    finally:
+        subprocess.run(["rm", "-rf", str(home / "minihub")], check=True)
+
+
 # --- one user cannot reach another's server -------------------------------------------------------
 async def test_another_user_cannot_reach_the_server(hub: SlurmHub) -> None:
     async with hub.session("mhs_ann") as s:

@@ -390,8 +390,19 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
         "kernel_idle_timeout": 0,
         "mem_limit": 0,
     }
-    # The tree under test, not whatever copy is installed in the venv.
-    env = {"PYTHONPATH": str(Path(__file__).parent.parent)}
+    # The server is the venv's minihub (python -I ignores PYTHONPATH), never one of the
+    # user's: a ~/minihub/ in its working directory would be first on sys.path with -m and
+    # get the server's secret and proof.
+    home = Path(alice.home)
+    planted = home / "minihub" / "singleuser"
+    planted.mkdir(parents=True, exist_ok=True)
+    (home / "minihub" / "__init__.py").write_text("")
+    (planted / "__init__.py").write_text("")
+    (planted / "__main__.py").write_text(
+        "import sys\nopen('hijacked', 'w').write(sys.stdin.read())\n"
+    )
+    subprocess.run(["chown", "-R", f"{alice.uid}:{alice.gid}", str(home / "minihub")], check=True)
+    env = {"PYTHONPATH": str(home)}  # ignored too
     cmd = [sys.executable, "-m", "minihub.singleuser"]
     spec = make_spec(alice, log_dir, cmd=cmd, config=config, env=env)
     proc = await spawner.start_process(spec)
@@ -410,6 +421,8 @@ async def test_real_singleuser_server(spawner: LocalSpawner, alice: Account, log
         async with s.get(url) as r:
             assert r.status == 403
         kernels = await _start_kernel(s, proc, base_url, spec.log_path)
+    assert not (home / "hijacked").exists()
+    shutil.rmtree(home / "minihub")
     for pid in kernels:
         info = proc_stat(pid)
         assert info is not None and info[3] == alice.uid

@@ -47,7 +47,7 @@ from .base import (
     Usage,
 )
 from .cgroups import UserCgroup
-from .process import Account, LaunchSpec, Proc
+from .process import Account, LaunchSpec, Proc, isolated
 
 log = logging.getLogger("minihub.spawner")
 
@@ -294,7 +294,7 @@ class LocalSpawner(Spawner):
         user, group, extra = drop_to(spec.account)
         try:
             return subprocess.Popen(
-                spec.cmd,
+                isolated(spec.cmd),
                 stdin=subprocess.PIPE,
                 stdout=logfd,
                 stderr=logfd,

@@ -23,6 +23,16 @@ class Account:
     shell: str
 
 
+def isolated(cmd: list[str]) -> list[str]:
+    """minihub's own server (`<python> -m minihub.singleuser`) with python's -I: run with
+    the user's home as its working directory, `-m` would put that first on sys.path (and
+    the user's site-packages after it), so a ~/minihub/ of the user's would be the server,
+    holding its secret and proof. Other commands are the operator's, run as given."""
+    if len(cmd) == 3 and cmd[1:] == ["-m", "minihub.singleuser"]:
+        return [cmd[0], "-I", *cmd[1:]]
+    return cmd
+
+
 @dataclass
 class LaunchSpec:
     username: str  # the hub's name for the user

@@ -15,6 +15,7 @@ from typing import Any
 from ...config import parse_bytes
 from ...singleuser import CONFIG_ENV
 from ..base import Launch
+from ..process import isolated
 
 GROUP = "minihub.org"
 LABEL_HUB = f"{GROUP}/hub"
@@ -119,7 +120,7 @@ def command(settings: dict[str, Any], launch: Launch) -> list[str] | None:
     if settings["cmd"]:
         return list(settings["cmd"])
     if launch.protocol == "minihub":
-        return ["python3", "-m", "minihub.singleuser"]
+        return isolated(["python3", "-m", "minihub.singleuser"])  # not the home's minihub/
     return None
 
 

@@ -405,7 +405,7 @@ def render(settings: dict[str, Any], account: pwd.struct_passwd, python: str) ->
         "nodelist", "constraint", "options", "prologue", "epilogue", "srun",
     )}  # fmt: skip
     values["gres"] = f"gpu:{settings['ngpus']}" if settings["ngpus"] else ""
-    cmd = f"{python} -m minihub.spawner.slurm.job"
+    cmd = f"{python} -I -m minihub.spawner.slurm.job"  # -I: not a minihub/ of the job's cwd
     template = jinja2.Environment(keep_trailing_newline=True).from_string(
         settings["batch_script"] or BATCH_SCRIPT
     )
