@@ -226,6 +226,7 @@ class Proxy:
         self._websockets: dict[web.WebSocketResponse, aiohttp.ClientWebSocketResponse[Any]] = {}
         self._ws_allowed: dict[web.WebSocketResponse, _WsCheck] = {}
         self._rechecks: set[asyncio.Task[None]] = set()
+        self._recheck_again = False
         # Plain HTTP goes through a lean keep-alive client: aiohttp's ClientSession costs
         # more CPU per request than the rest of the proxy; websockets stay on aiohttp.
         self._pool = pc.Pool(connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -405,11 +406,21 @@ class Proxy:
         `signed_in` asks the store, so this runs as a task of its own."""
         if not any(c.signed_in for c in self._ws_allowed.values()):
             return
+        if self._rechecks:  # one pass at a time; a change during it gets one more pass
+            self._recheck_again = True
+            return
         task = asyncio.get_running_loop().create_task(self._recheck_credentials())
         self._rechecks.add(task)
         task.add_done_callback(self._rechecks.discard)
 
     async def _recheck_credentials(self) -> None:
+        while True:
+            self._recheck_again = False
+            await self._recheck_pass()
+            if not self._recheck_again:
+                return
+
+    async def _recheck_pass(self) -> None:
         for client_ws, check in list(self._ws_allowed.items()):
             if check.signed_in is None or check.revoked.is_set():
                 continue

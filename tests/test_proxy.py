@@ -990,3 +990,31 @@ async def test_pooled_connection_closed_by_server_is_not_used(
             await asyncio.sleep(0.02)
     assert await _get(raw_hub, "/user/x/bye", "POST", data=b"body") == (200, b"ok")
     assert len({c for c, *_ in raw.seen}) == 2
+
+
+async def test_credential_rechecks_are_one_pass_at_a_time() -> None:
+    """Every logout and token deletion asks open websockets' credentials again: a burst of
+    them (a create-and-delete loop) must not start a pass, each a store query per
+    websocket, for every one, only the pass running and one more after it."""
+    from minihub.proxy import _WsCheck
+
+    proxy = Proxy()
+    asked = 0
+
+    async def signed_in() -> bool:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0.01)
+        return True
+
+    proxy._ws_allowed[object()] = _WsCheck(None, signed_in)  # type: ignore[index]
+    try:
+        for _ in range(100):
+            proxy.recheck_credentials()
+            await asyncio.sleep(0)
+        while proxy._rechecks:
+            await asyncio.gather(*proxy._rechecks)
+        assert 1 <= asked <= 2, asked
+    finally:
+        proxy._ws_allowed.clear()
+        await proxy.close()
