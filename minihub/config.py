@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from .access import roles
 from .errors import StartupError
 from .kernels.wire import DEFAULT_MAX_BUFFERS, DEFAULT_MAX_JSON, DEFAULT_MAX_MESSAGE
 from .service_spec import validate as validate_services
-from .setting import Setting, between
+from .setting import Setting, between, positive
 
 log = logging.getLogger("minihub")
 
@@ -87,7 +88,14 @@ HUB_SETTINGS: list[Setting] = [
         "File holding the secret that signs XSRF tokens and derives server secrets. "
         "Empty: <data_dir>/cookie_secret. Created with mode 0600 if missing.",
     ),
-    _s("hub", "session_max_age_days", (int, float), 14, "How long a login session lasts."),
+    Setting(
+        "hub",
+        "session_max_age_days",
+        (int, float),
+        14,
+        "How long a login session lasts.",
+        check=positive,
+    ),
     _s(
         "hub",
         "connect_url",
@@ -342,12 +350,13 @@ HUB_SETTINGS: list[Setting] = [
         "Directory a user's server opens in; {username} is replaced. Empty: the user's home.",
     ),
     _s("spawner", "default_url", str, "/tree/", "Path under /user/<name> a browser lands on."),
-    _s(
+    Setting(
         "spawner",
         "start_timeout",
         (int, float),
         60,
         "Seconds a server may take to answer before its start counts as failed.",
+        check=positive,
     ),
     Setting(
         "spawner",
@@ -565,6 +574,8 @@ def _type_ok(setting: Setting, value: Any) -> bool:
         return False
     if not isinstance(value, types):
         return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # TOML's inf and nan: no setting means them
     if isinstance(value, list):
         return all(_item_ok(setting.item, x) for x in value)
     return True

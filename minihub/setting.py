@@ -36,3 +36,7 @@ def between(low: int, high: int) -> Check:
         return None if low <= value <= high else f"must be between {low} and {high}, not {value}"
 
     return check
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be more than 0, not {value}"

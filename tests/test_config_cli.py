@@ -48,6 +48,11 @@ def free_port() -> int:
         ('[auth]\nadmin_users = "alice"\n', r"\[auth\] admin_users must be a list of strings"),
         ('[auth]\nauthenticator = "ldap"\n', r"authenticator"),
         ('[spawner]\nmem_limit = "lots"\n', r"mem_limit"),
+        # passed the type check once, then made every login (inf) or progress stream a 500
+        ("[hub]\nsession_max_age_days = inf\n", r"\[hub\] session_max_age_days must be"),
+        ("[hub]\nsession_max_age_days = nan\n", r"\[hub\] session_max_age_days must be"),
+        ("[hub]\nsession_max_age_days = -1\n", r"session_max_age_days: must be more than 0"),
+        ("[spawner]\nstart_timeout = inf\n", r"\[spawner\] start_timeout must be"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, text, expect):
