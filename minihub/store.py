@@ -524,6 +524,16 @@ class Store:
         )
         return [_token(r) for r in rows]
 
+    async def count_api_tokens(self, user_id: int) -> int:
+        """The user's own unexpired API tokens (not servers' or OAuth's)."""
+        row = await self._one(
+            "SELECT COUNT(*) FROM tokens WHERE user_id = ? AND kind = 'api' "
+            "AND (expires IS NULL OR expires > ?)",
+            user_id,
+            time.time(),
+        )
+        return int(row[0]) if row else 0
+
     async def touch_token(self, token_id: int) -> None:
         if token_id < 0:  # a service's token (see service_token_owner)
             await self._write(

@@ -16,6 +16,7 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound, SpawnError
 from .spawner import accounts
 from .store import Store, Token, User
 
+MAX_TOKENS = 1000  # API tokens per user (servers' and OAuth's are not counted)
 log = logging.getLogger("minihub.users")
 
 
@@ -143,6 +144,13 @@ async def new_token(
     scopes: list[str] | None = None,
     expires_in: float | None = None,
 ) -> tuple[str, Token]:
+    """A new API token; BadRequest once the user has MAX_TOKENS (each is a row kept until
+    it expires or is deleted, and listing them costs the hub a pass over all)."""
+    if await store.count_api_tokens(user.id) >= MAX_TOKENS:
+        raise BadRequest(
+            f"{user.name} has {MAX_TOKENS} API tokens already: delete some first "
+            "(the token page, or DELETE /hub/api/users/<name>/tokens/<id>)."
+        )
     secret = S.new_token()
     expires = time.time() + expires_in if expires_in else None
     tok = await store.add_token(

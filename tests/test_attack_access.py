@@ -264,3 +264,27 @@ async def test_servers_oauth_clients_never_collide_and_reach_their_own_server(hu
     assert (await protocols.register_server(p.store, amy, "lab", "/user/amy/lab/")).client_id == (
         lab.client_id
     )
+
+
+# --- what one user can make the hub keep ----------------------------------------------------
+async def test_a_user_cannot_make_the_hub_keep_without_bound(
+    hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every API token is a row the hub keeps and lists in one pass; every server's
+    user_options are kept with it, stored and put in every model. Both are bounded, with a
+    message saying what to do."""
+    from minihub import users
+
+    monkeypatch.setattr(users, "MAX_TOKENS", 3)
+    c, tok = await hub()
+    made = [await call(c, "POST", "/users/amy/tokens", tok["amy"], 201) for _ in range(2)]
+    # amy's login token from the fixture is the third
+    r = await c.post("/hub/api/users/amy/tokens", headers=h(tok["amy"]), json={})
+    assert r.status == 400 and "delete some first" in (await r.json())["message"]
+    await call(c, "DELETE", f"/users/amy/tokens/{made[0]['id']}", tok["amy"], 204)
+    await call(c, "POST", "/users/amy/tokens", tok["amy"], 201)
+
+    big = {"a": [[] for _ in range(40_000)]}  # ~160 KiB of JSON, under the body limit
+    r = await c.post("/hub/api/users/amy/server", headers=h(tok["amy"]), json=big)
+    assert r.status == 400 and "user_options" in (await r.json())["message"]
+    assert (await call(c, "GET", "/users/amy", tok["amy"], 200))["servers"] == {}

@@ -35,6 +35,7 @@ PAGINATION = "application/jupyterhub-pagination+json"
 MAX_LIMIT = 500
 CHUNK = 100  # user models built between two yields to the event loop
 MAX_NEW_USERS = 1000  # per POST /users; a class list, not a bulk import
+USER_OPTIONS_MAX = 64 * 1024  # a profile's choices are a few hundred bytes
 MAX_EXPIRES_IN = 100 * 365.25 * 86400  # past a century, leave expires_in out: "never"
 # The JupyterHub REST API version minihub speaks: clients (jupyterhub-singleuser, the idle
 # culler) choose features by it, so it is what GET /hub/api and X-JupyterHub-Version report.
@@ -423,6 +424,8 @@ async def start_server(request: web.Request) -> web.Response:
     p = parts(request)
     name = request.match_info.get("server_name", "")
     options = (await read_body(request)).data  # user_options, as JupyterHub's body
+    if len(json.dumps(options)) > USER_OPTIONS_MAX:  # kept with the server, stored, listed
+        raise BadRequest(f"user_options must be at most {USER_OPTIONS_MAX // 1024} KiB of JSON.")
     srv = p.servers.peek(user.id, name)
     what = f"server {name!r}" if name else "server"
     if srv and srv.status in ("running", "stopping"):
