@@ -90,6 +90,15 @@ HUB_SETTINGS: list[Setting] = [
     ),
     Setting(
         "hub",
+        "idle_connection_timeout",
+        (int, float),
+        75,
+        "Seconds a client connection may sit idle, or half-way through sending a request, "
+        "before the hub closes it (websockets and responses in progress are not idle).",
+        check=positive,
+    ),
+    Setting(
+        "hub",
         "session_max_age_days",
         (int, float),
         14,

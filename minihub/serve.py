@@ -124,7 +124,15 @@ async def _serve(cfg: Config, ctx: ssl.SSLContext | None) -> None:
     app = make_app(cfg)
     stop = app[SHUTDOWN] = asyncio.Event()
     grace = float(cfg.get("hub.shutdown_grace_seconds"))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=grace,
+        # aiohttp's default (3630 s) also holds a connection that sent half a request line
+        # and stopped: thousands of them would pin the hub's memory and fds for an hour.
+        keepalive_timeout=float(cfg.get("hub.idle_connection_timeout")),
+    )
     await runner.setup()
     ip, port = cfg.get("hub.ip"), int(cfg.get("hub.port"))
     try:
