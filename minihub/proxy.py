@@ -80,7 +80,6 @@ _UNSENDABLE_CLOSE = frozenset({0, 1005, 1006, 1015})
 # %2E and %2F are decoded before dot-segments are resolved, so an encoded ".." cannot reach
 # a server that decodes it after the hub chose a route on the raw text.
 _ENCODED_DOT_SLASH = re.compile(r"%2[eEfF]")
-_SLASH_RUNS = re.compile(r"//+")
 # What a failed exchange with a user server can raise (aiohttp wraps most in ClientError).
 _UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 
@@ -161,15 +160,19 @@ def normalise_path(raw_path: str) -> str:
 
 
 def canonical_path(request: web.Request) -> str:
-    """The request's path from normalise_path, if that is the path the browser asked for
-    (up to runs of `/`). Otherwise a GET or HEAD is redirected there and anything else is
-    refused (400): a browser reads `..%2F` as part of a segment, so for
+    """The request's path from normalise_path, unless that took a segment back (`.` or `..`,
+    also encoded): then a GET or HEAD is redirected there and anything else is refused
+    (400). A browser reads `..%2F` as part of a segment, so for
     `/user/ta/..%2Falice/tree` it sends the cookies of ta's server's URL space (a
     jupyterhub-singleuser OAuth cookie, which holds a token) to what normalises to alice's.
     """
     raw, _, query = request.raw_path.partition("?")
     path = normalise_path(raw)
-    if path == _SLASH_RUNS.sub("/", raw or "/"):
+    decoded = _ENCODED_DOT_SLASH.sub(lambda m: "." if m[0][2] in "eE" else "/", raw)
+    if not any(part in (".", "..") for part in decoded.split("/")):
+        # Only %2F decoded and runs of / collapsed: no segment of the browser's path is
+        # taken back, so it is not sent another server's cookies (clients that encode the
+        # whole file path, slashes too, keep working).
         return path
     websocket = request.headers.get("Upgrade", "").lower() == "websocket"
     if request.method in ("GET", "HEAD") and not websocket:

@@ -236,8 +236,11 @@ async def test_an_encoded_slash_cannot_carry_one_servers_cookies_to_another(hub:
     url = c.make_url("").join(URL("/services/a/..%2Fb/", encoded=True))
     r = await c.session.get(url, allow_redirects=False)
     assert r.status == 302 and r.headers["Location"] == "/services/b/"
-    url = c.make_url("").join(URL("/user/amy//api/x", encoded=True))
-    assert (await c.session.get(url, headers=h(tok["bo"]))).status == 200
+    # a client that encodes a file path's slashes too (%2F, no dot segment) is forwarded
+    for raw in ("/user/amy//api/x", "/user/amy/api%2Fx"):
+        url = c.make_url("").join(URL(raw, encoded=True))
+        r = await c.session.get(url, headers=h(tok["bo"]), allow_redirects=False)
+        assert r.status == 200, raw
 
 
 # --- OAuth clients of servers: one per server, reaching that server only -------------------
