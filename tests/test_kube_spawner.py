@@ -591,3 +591,23 @@ async def test_a_quota_refusal_is_reported(kube_hub: KubeHub) -> None:
     assert kube_hub.pods() == []
     secrets = kube_hub.cluster.get_json("-n", kube_hub.ns, "secrets")["items"]
     assert not [x for x in secrets if x["metadata"]["name"].startswith("jupyter-kmia")]
+
+
+async def test_another_hubs_launch_secret_is_left_alone(kube_hub: KubeHub) -> None:
+    """Two hubs in one namespace: a start that finds a Secret of its pod's name made by the
+    other hub fails with why, and neither deletes it nor discards it on the way out (the
+    other hub's running server needs it)."""
+    kube_hub.cluster.apply(kube_hub.ns, {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "jupyter-kzed-launch", "labels": {"minihub.org/hub": "other-hub"}},
+        "stringData": {"config": "the other hub's"},
+    })  # fmt: skip
+    kube_hub.user("kzed")
+    kube_hub.start()
+    async with kube_hub.session("kzed") as s:
+        events = await spawn(s, "kzed")
+    assert events[-1].get("failed"), events
+    assert "another hub made" in events[-1]["message"], events[-1]
+    secret = kube_hub.cluster.get_json("-n", kube_hub.ns, "secret", "jupyter-kzed-launch")
+    assert secret["metadata"]["labels"]["minihub.org/hub"] == "other-hub"
+    assert kube_hub.pods() == []

@@ -250,6 +250,14 @@ class Cluster:
                 return False
             raise
 
+    async def labels_of(self, kind: str, name: str) -> dict[str, str]:
+        """An object's labels, by an empty patch (whose answer is the object): the hub's
+        Role may not read Secrets back."""
+        found = await self.client.patch(
+            KINDS[kind], name, {"metadata": {}}, namespace=self.namespace
+        )
+        return dict(found.metadata.labels or {})
+
     async def annotate(self, kind: str, name: str, annotations: dict[str, str]) -> None:
         patch = {"metadata": {"annotations": annotations}}
         await self.client.patch(KINDS[kind], name, patch, namespace=self.namespace)

@@ -103,14 +103,12 @@ class KubeSpawner(Spawner):
             {"minihub.org/port": str(port), "minihub.org/profile": profile}
         )
         state: State = {"pod": names.pod, "namespace": names.namespace, "port": port}
-        state["secret"] = names.secret
-        if settings["services_enabled"]:
-            state["service"] = names.pod
         try:
             if names.pvc:
                 await self._ensure_pvc(cluster, settings, launch, names)
             labels = podspec.labels(settings, launch, cluster.hub)
             await self._replace(cluster, podspec.secret(names, data, labels))
+            state["secret"] = names.secret  # ours from here: a failure below discards it
             self._say(launch, f"Creating pod {names.pod}" + (f" ({profile})" if profile else ""))
             uid = await self._create_pod(cluster, manifest)
             state["uid"] = uid
@@ -118,6 +116,7 @@ class KubeSpawner(Spawner):
             if settings["services_enabled"]:
                 svc = podspec.service(names, labels, port)
                 await self._replace(cluster, svc)
+                state["service"] = names.pod
                 await cluster.own("Service", names.pod, names.pod, uid)
             info = await self._follow(cluster, launch, settings, names.pod, uid)
         except BaseException as e:
@@ -302,13 +301,22 @@ class KubeSpawner(Spawner):
             )
 
     async def _replace(self, cluster: Cluster, manifest: dict[str, Any]) -> None:
-        """Create an object, replacing a leftover of the same name."""
+        """Create an object, replacing a leftover of this hub's of the same name; another
+        hub's (two hubs in one namespace) is not touched."""
         try:
             await cluster.create(manifest)
         except Exception as e:
             if _code(e) != 409:
                 raise
-            await cluster.delete(manifest["kind"], manifest["metadata"]["name"], 0)
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if (await cluster.labels_of(kind, name)).get(podspec.LABEL_HUB) != cluster.hub:
+                raise SpawnError(
+                    f"A {kind} named {name} that another hub made is in the way; the admin "
+                    "can change [kubernetes] pod_name_template or hub_instance.",
+                    "",
+                    409,
+                ) from None
+            await cluster.delete(kind, name, 0)
             await cluster.create(manifest)
 
     async def _create_pod(self, cluster: Cluster, manifest: dict[str, Any]) -> str:
