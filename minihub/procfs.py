@@ -5,6 +5,7 @@ it, so it imports nothing else."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,6 +67,22 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def tcp_rows() -> Iterator[list[str]]:
+    """The columns of each TCP socket of this machine's network namespace (IPv4 and IPv6),
+    as /proc/net/tcp and tcp6 give them: [1] local and [2] remote address:port in hex,
+    [3] the state, [7] the owner's uid."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 7:
+                yield cols
+
+
 def tcp_socket_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The owner (uid) of this machine's TCP socket from `local` to `remote`, from
     /proc/net/tcp and tcp6: for a connection the hub accepted from loopback, pass the
@@ -91,17 +108,13 @@ def tcp_socket_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | Non
     want = ((norm(local[0]), local[1]), (norm(remote[0]), remote[1]))
     if None in (want[0][0], want[1][0]):
         return None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
+    port = f":{local[1]:04X}"
+    for cols in tcp_rows():
+        if not cols[1].endswith(port):  # the cheap test first: most rows are other ports
             continue
-        for row in rows:
-            cols = row.split()
-            try:
-                if len(cols) > 7 and (parse(cols[1]), parse(cols[2])) == want:
-                    return int(cols[7])
-            except ValueError:
-                continue
+        try:
+            if (parse(cols[1]), parse(cols[2])) == want:
+                return int(cols[7])
+        except ValueError:
+            continue
     return None

@@ -144,9 +144,18 @@ def normalise_path(raw_path: str) -> str:
     collapsed; other escapes are kept, so `%252F` stays a literal `%2F` in a name. A
     trailing slash is kept; a query string or fragment is dropped.
     """
-    path = raw_path.split("?", 1)[0].split("#", 1)[0]
-    if "%" in path:
-        path = _ENCODED_DOT_SLASH.sub(lambda m: "." if m[0][2] in "eE" else "/", path)
+    return _resolve(_decode_dot_slash(raw_path.split("?", 1)[0].split("#", 1)[0]))
+
+
+def _decode_dot_slash(path: str) -> str:
+    """`%2E` and `%2F` (either case) decoded, every other escape kept."""
+    if "%" not in path:
+        return path
+    return _ENCODED_DOT_SLASH.sub(lambda m: "." if m[0][2] in "eE" else "/", path)
+
+
+def _resolve(path: str) -> str:
+    """`.`/`..` segments resolved (never above `/`), runs of `/` collapsed."""
     parts = path.split("/")
     out: list[str] = []
     for part in parts:
@@ -167,15 +176,14 @@ def canonical_path(request: web.Request) -> str:
     jupyterhub-singleuser OAuth cookie, which holds a token) to what normalises to alice's.
     """
     raw, _, query = request.raw_path.partition("?")
-    path = normalise_path(raw)
-    decoded = _ENCODED_DOT_SLASH.sub(lambda m: "." if m[0][2] in "eE" else "/", raw)
+    decoded = _decode_dot_slash(raw)
+    path = _resolve(decoded)
     if not any(part in (".", "..") for part in decoded.split("/")):
         # Only %2F decoded and runs of / collapsed: no segment of the browser's path is
         # taken back, so it is not sent another server's cookies (clients that encode the
         # whole file path, slashes too, keep working).
         return path
-    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-    if request.method in ("GET", "HEAD") and not websocket:
+    if request.method in ("GET", "HEAD") and not _is_websocket(request):
         raise web.HTTPFound(path + (f"?{query}" if query else ""))
     raise BadRequest(f"Ask for this path as {path[:200]!r}: {raw[:200]!r} is not canonical.")
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 from ..config import Config, parse_bytes
 from ..errors import PortTaken, SpawnError
 from ..kernels.transport import sweep_dead_dirs
-from ..procfs import proc_stat, signal_group, start_ticks
+from ..procfs import proc_stat, signal_group, start_ticks, tcp_rows
 from ..setting import Setting, between
 from . import accounts, cgroups
 from .accounts import apply_disk_quota, drop_to
@@ -556,17 +556,11 @@ _TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A":
 def port_holders(port: int) -> str:
     """Who has a TCP socket on local `port` (from /proc/net/tcp and tcp6): "LISTEN by uid
     1001, ...": what an "Address already in use" was about."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 7 and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                found.append(f"{_TCP_STATES.get(cols[3], 'state ' + cols[3])} by uid {cols[7]}")
+    found = [
+        f"{_TCP_STATES.get(cols[3], 'state ' + cols[3])} by uid {cols[7]}"
+        for cols in tcp_rows()
+        if int(cols[1].rsplit(":", 1)[1], 16) == port
+    ]
     return ", ".join(found[:8])
 
 

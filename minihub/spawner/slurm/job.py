@@ -21,6 +21,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ..process import isolated
+
 LAUNCH_ENV = "MINIHUB_SLURM_LAUNCH"
 TOKEN_HEADER = "X-Minihub-Launch-Token"
 
@@ -52,9 +54,7 @@ def bind(ip: str) -> socket.socket:
 def become_server(launch: dict[str, Any], sock: socket.socket) -> None:
     """exec the server: minihub's reads its config (with the socket's fd) on stdin;
     jupyterhub-singleuser gets its URL in the environment and binds the port itself."""
-    cmd: list[str] = launch["cmd"]
-    if cmd[1:] == ["-m", "minihub.singleuser"]:  # -I: not a minihub/ of the user's home
-        cmd = [cmd[0], "-I", *cmd[1:]]
+    cmd = isolated(launch["cmd"])  # -I: not a minihub/ of the user's home
     port = sock.getsockname()[1]
     if launch["protocol"] == "jupyterhub-singleuser":
         host = launch["ip"] if ":" not in launch["ip"] else f"[{launch['ip']}]"
